@@ -1,0 +1,70 @@
+"""ProtoBase: a transactional, object-oriented database for Python.
+
+    from protobase import ObjectSpace, MemoryStorage
+
+    with ObjectSpace(MemoryStorage()) as space:
+        db = space.new_database("shop")
+        with db.transaction() as tr:
+            tr.set_root_object("greeting", "hello")
+"""
+
+from .atoms import AtomPointer
+from .collections import CountedSet, Dictionary, HashDictionary, List, Set
+from .errors import (
+    AtomNotFoundError,
+    AuthenticationError,
+    ClusterUnavailableError,
+    ConflictError,
+    CorruptionError,
+    DatabaseExistsError,
+    DatabaseNotFoundError,
+    ImmutableObjectError,
+    ProtoBaseException,
+    ReadOnlyTransactionError,
+    RootConflict,
+    StorageError,
+    TransactionClosedError,
+    ValidationError,
+)
+from .objects import DBObject, Literal, MutableObject, UnknownObject, register_class
+from .space import Database, ObjectSpace
+from .storage import CommitBatch, MemoryStorage, RootRef, Storage
+from .transaction import Transaction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AtomNotFoundError",
+    "AtomPointer",
+    "AuthenticationError",
+    "ClusterUnavailableError",
+    "CommitBatch",
+    "ConflictError",
+    "CorruptionError",
+    "CountedSet",
+    "DBObject",
+    "Database",
+    "DatabaseExistsError",
+    "DatabaseNotFoundError",
+    "Dictionary",
+    "HashDictionary",
+    "ImmutableObjectError",
+    "List",
+    "Literal",
+    "MemoryStorage",
+    "MutableObject",
+    "ObjectSpace",
+    "ProtoBaseException",
+    "ReadOnlyTransactionError",
+    "RootConflict",
+    "RootRef",
+    "Set",
+    "Storage",
+    "StorageError",
+    "Transaction",
+    "TransactionClosedError",
+    "UnknownObject",
+    "ValidationError",
+    "__version__",
+    "register_class",
+]

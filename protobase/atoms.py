@@ -1,0 +1,162 @@
+"""Atoms, atom pointers and the class registry.
+
+An *atom* is an immutable, serialized unit of data: a DBObject's state, a
+collection node, a space root. Storage backends see atoms as opaque bytes.
+
+Atom framing (every atom any backend stores)::
+
+    offset  size  field
+    0       1     format byte, 0x01
+    1       8     xxh3-64 of the payload, big-endian
+    9       n     payload: one msgpack value (see `protobase.codec`)
+
+The checksum is computed by the writer and verified by `unframe_atom` on
+every read, so corruption anywhere between the writer and the reader (disk,
+network, cache, S3) raises `CorruptionError` naming the pointer, instead of
+decoding garbage.
+
+An `AtomPointer` is ``(transaction_id, index)``: a 128-bit id chosen by the
+writer for the whole commit and the atom's position within the commit's batch.
+The writer assigns pointers before it writes, so a parent atom can refer to
+children of the same commit; pointers never depend on where bytes land.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+import warnings
+from typing import NamedTuple
+
+import xxhash
+
+from .errors import CorruptionError
+
+TRANSACTION_ID_BYTES = 16
+ATOM_FORMAT = 0x01
+_HEADER = struct.Struct(">BQ")
+HEADER_SIZE = _HEADER.size
+
+
+class AtomPointer(NamedTuple):
+    """Where an atom lives: the commit that wrote it and its index in that commit."""
+
+    transaction_id: bytes
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id.hex()}:{self.index}"
+
+
+def new_transaction_id() -> bytes:
+    """A fresh random 128-bit transaction id (collisions are negligible)."""
+    return os.urandom(TRANSACTION_ID_BYTES)
+
+
+def checksum(payload: bytes) -> int:
+    """The 64-bit checksum stored in every atom frame."""
+    return int(xxhash.xxh3_64_intdigest(payload))
+
+
+def frame_atom(payload: bytes) -> bytes:
+    """Wrap an encoded payload with the format byte and its checksum."""
+    return _HEADER.pack(ATOM_FORMAT, checksum(payload)) + payload
+
+
+def unframe_atom(data: bytes, pointer: AtomPointer | None = None) -> bytes:
+    """Verify an atom frame and return its payload.
+
+    Raises:
+        CorruptionError: the frame is truncated, of an unknown format, or its
+            checksum does not match; the message names the pointer.
+    """
+    where = f"atom {pointer}" if pointer is not None else "atom"
+    if len(data) < HEADER_SIZE:
+        raise CorruptionError(f"{where} is truncated: {len(data)} bytes, header needs {HEADER_SIZE}")
+    fmt, expected = _HEADER.unpack_from(data)
+    if fmt != ATOM_FORMAT:
+        raise CorruptionError(f"{where} has unknown format byte {fmt:#04x}")
+    payload = bytes(data[HEADER_SIZE:])
+    if checksum(payload) != expected:
+        raise CorruptionError(
+            f"{where} failed its checksum: the stored bytes are damaged; "
+            "run `protobase fsck` on the storage and restore from a backup"
+        )
+    return payload
+
+
+class ClassRegistry:
+    """Maps stored class names to Python classes, with aliases for renames.
+
+    Invariant: `name_of(cls)` is the name a class is stored under, and
+    `lookup(name_of(cls))` returns `cls`. A name that is neither registered nor
+    importable resolves to None; the object layer then loads a generic object
+    and warns.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, type] = {}
+        self._names: dict[type, str] = {}
+
+    def register(self, cls: type, name: str | None = None, aliases: tuple[str, ...] = ()) -> None:
+        """Register `cls` under `name` (default ``module.QualName``) and aliases."""
+        stored = name or default_class_name(cls)
+        previous = self._names.get(cls)
+        if previous is not None and previous != stored:
+            self._by_name.pop(previous, None)
+        self._names[cls] = stored
+        self._by_name[stored] = cls
+        for alias in aliases:
+            self._by_name[alias] = cls
+
+    def name_of(self, cls: type) -> str:
+        name = self._names.get(cls)
+        if name is None:
+            name = default_class_name(cls)
+            self._names[cls] = name
+            self._by_name.setdefault(name, cls)
+        return name
+
+    def lookup(self, name: str) -> type | None:
+        cls = self._by_name.get(name)
+        if cls is not None:
+            return cls
+        cls = _import_class(name)
+        if cls is not None:
+            self._by_name[name] = cls
+        return cls
+
+
+def default_class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _import_class(name: str) -> type | None:
+    """Import ``module.QualName``, trying each split point; None when absent."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        except Exception as exc:  # an importable module that fails to run
+            warnings.warn(
+                f"importing {module_name!r} for stored class {name!r} failed: {exc!r}",
+                stacklevel=3,
+            )
+            return None
+        target: object = module
+        for attr in parts[cut:]:
+            target = getattr(target, attr, None)
+            if target is None:
+                break
+        if isinstance(target, type):
+            return target
+        return None
+    return None
+
+
+registry = ClassRegistry()
+"""The process-wide registry used by the object layer."""

@@ -1,0 +1,249 @@
+"""msgpack encoding of stored values and atom pointers.
+
+Plain Python values round-trip exactly, with their type: None, bool, int of
+any size, float, str, bytes, datetime (naive, fixed-offset or zoneinfo),
+date, timedelta, Decimal, UUID, tuple, list and dict (keys of any storable
+hashable type). Anything else raises `ValidationError` naming the type.
+
+msgpack extension codes (the stored format; never renumber)::
+
+    0  AtomPointer   16-byte transaction id + uint32 index, big-endian
+    1  int           beyond 64 bits: two's-complement bytes, big-endian
+    2  tuple         packed list of the items
+    3  datetime      [y, mo, d, h, mi, s, us, fold, tz]; tz is nil,
+                     [0, offset_seconds, offset_microseconds, name|nil] or [1, zone key]
+    4  date          [y, mo, d]
+    5  timedelta     [days, seconds, microseconds]
+    6  Decimal       str(value)
+    7  UUID          16 bytes
+    32..127          reserved for the object layer (`ExtensionHooks`)
+
+Decoding never returns garbage: truncated input, trailing bytes, an unknown
+extension code or a malformed extension payload raise `CorruptionError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Protocol
+
+import msgpack
+
+from .atoms import TRANSACTION_ID_BYTES, AtomPointer
+from .errors import CorruptionError, ProtoBaseException, ValidationError
+
+EXT_POINTER = 0
+EXT_BIGINT = 1
+EXT_TUPLE = 2
+EXT_DATETIME = 3
+EXT_DATE = 4
+EXT_TIMEDELTA = 5
+EXT_DECIMAL = 6
+EXT_UUID = 7
+FIRST_OBJECT_EXT = 32
+LAST_OBJECT_EXT = 127
+
+_POINTER = struct.Struct(">16sI")
+
+PLAIN_SCALAR_TYPES: frozenset[type] = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        str,
+        bytes,
+        dt.datetime,
+        dt.date,
+        dt.timedelta,
+        Decimal,
+        uuid.UUID,
+    }
+)
+"""Scalar types the codec stores by itself (containers: tuple, list, dict)."""
+
+
+class ExtensionHooks(Protocol):
+    """How the object layer adds its own types to the codec.
+
+    `encode_extension` returns ``(code, plain)`` for a value it owns, where
+    `plain` is any encodable value, or None when the value is not its own.
+    `decode_extension` turns ``(code, plain)`` back into the value.
+    """
+
+    def encode_extension(self, value: Any) -> tuple[int, Any] | None: ...
+
+    def decode_extension(self, code: int, plain: Any) -> Any: ...
+
+
+def encode_pointer(pointer: AtomPointer) -> bytes:
+    return _POINTER.pack(pointer.transaction_id, pointer.index)
+
+
+def decode_pointer(data: bytes) -> AtomPointer:
+    if len(data) != _POINTER.size:
+        raise CorruptionError(f"atom pointer payload has {len(data)} bytes, expected {_POINTER.size}")
+    transaction_id, index = _POINTER.unpack(data)
+    return AtomPointer(transaction_id, index)
+
+
+def _encode_tz(tz: dt.tzinfo) -> list[Any]:
+    if isinstance(tz, zoneinfo.ZoneInfo) and tz.key is not None:
+        return [1, tz.key]
+    if isinstance(tz, dt.timezone):
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        default_name = dt.timezone(offset).tzname(None)
+        return [0, offset.days * 86400 + offset.seconds, offset.microseconds,
+                None if name == default_name else name]
+    raise ValidationError(
+        f"cannot store a datetime with tzinfo of type {type(tz).__name__}: "
+        "use datetime.timezone or zoneinfo.ZoneInfo"
+    )
+
+
+def _decode_tz(spec: Any) -> dt.tzinfo | None:
+    if spec is None:
+        return None
+    if spec[0] == 1:
+        return zoneinfo.ZoneInfo(spec[1])
+    if spec[0] == 0:
+        offset = dt.timedelta(seconds=spec[1], microseconds=spec[2])
+        return dt.timezone(offset) if spec[3] is None else dt.timezone(offset, spec[3])
+    raise CorruptionError(f"unknown timezone tag {spec[0]!r} in a stored datetime")
+
+
+def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtType]:
+    def pack(value: Any) -> bytes:
+        return msgpack.packb(value, default=default, use_bin_type=True, strict_types=True)
+
+    def default(value: Any) -> msgpack.ExtType:
+        kind = type(value)
+        if kind is int:
+            size = (value.bit_length() + 8) // 8
+            return msgpack.ExtType(EXT_BIGINT, value.to_bytes(size, "big", signed=True))
+        if kind is tuple:
+            return msgpack.ExtType(EXT_TUPLE, pack(list(value)))
+        if kind is AtomPointer:
+            return msgpack.ExtType(EXT_POINTER, encode_pointer(value))
+        if kind is dt.datetime:
+            tz = None if value.tzinfo is None else _encode_tz(value.tzinfo)
+            fields = [value.year, value.month, value.day, value.hour, value.minute,
+                      value.second, value.microsecond, value.fold, tz]
+            return msgpack.ExtType(EXT_DATETIME, pack(fields))
+        if kind is dt.date:
+            return msgpack.ExtType(EXT_DATE, pack([value.year, value.month, value.day]))
+        if kind is dt.timedelta:
+            return msgpack.ExtType(
+                EXT_TIMEDELTA, pack([value.days, value.seconds, value.microseconds])
+            )
+        if kind is Decimal:
+            return msgpack.ExtType(EXT_DECIMAL, str(value).encode("ascii"))
+        if kind is uuid.UUID:
+            return msgpack.ExtType(EXT_UUID, value.bytes)
+        if hooks is not None:
+            owned = hooks.encode_extension(value)
+            if owned is not None:
+                code, plain = owned
+                return msgpack.ExtType(code, pack(plain))
+        raise ValidationError(
+            f"cannot store a value of type {kind.__module__}.{kind.__qualname__}: "
+            "store plain values (None, bool, int, float, str, bytes, datetime, date, "
+            "timedelta, Decimal, UUID, tuple, list, dict), DBObject, MutableObject "
+            "or ProtoBase collections"
+        )
+
+    return default
+
+
+def _make_ext_hook(hooks: ExtensionHooks | None) -> Callable[[int, bytes], Any]:
+    def unpack(data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == EXT_POINTER:
+            return decode_pointer(data)
+        if code == EXT_BIGINT:
+            return int.from_bytes(data, "big", signed=True)
+        if code == EXT_TUPLE:
+            items = unpack(data)
+            if type(items) is not list:
+                raise CorruptionError("tuple extension does not hold a list")
+            return tuple(items)
+        if code == EXT_DATETIME:
+            y, mo, d, h, mi, s, us, fold, tz = unpack(data)
+            return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
+        if code == EXT_DATE:
+            y, mo, d = unpack(data)
+            return dt.date(y, mo, d)
+        if code == EXT_TIMEDELTA:
+            days, seconds, micros = unpack(data)
+            return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+        if code == EXT_DECIMAL:
+            return Decimal(data.decode("ascii"))
+        if code == EXT_UUID:
+            if len(data) != 16:
+                raise CorruptionError(f"UUID extension has {len(data)} bytes, expected 16")
+            return uuid.UUID(bytes=data)
+        if hooks is not None and FIRST_OBJECT_EXT <= code <= LAST_OBJECT_EXT:
+            return hooks.decode_extension(code, unpack(data))
+        raise CorruptionError(f"unknown msgpack extension code {code} in stored data")
+
+    return ext_hook
+
+
+class Codec:
+    """Encodes and decodes stored values, with optional object-layer hooks.
+
+    A Codec is cheap to build and safe to share between threads.
+    """
+
+    def __init__(self, hooks: ExtensionHooks | None = None) -> None:
+        self._default = _make_default(hooks)
+        self._ext_hook = _make_ext_hook(hooks)
+
+    def encode(self, value: Any) -> bytes:
+        """Encode `value`; raises `ValidationError` for an unstorable type."""
+        try:
+            return msgpack.packb(value, default=self._default, use_bin_type=True, strict_types=True)
+        except (ValueError, OverflowError) as exc:
+            # msgpack refuses e.g. a dict nested deeper than its limit.
+            raise ValidationError(f"cannot encode value: {exc}") from exc
+
+    def decode(self, data: bytes) -> Any:
+        """Decode one value; raises `CorruptionError` on any malformed input."""
+        try:
+            return msgpack.unpackb(
+                data, ext_hook=self._ext_hook, raw=False, strict_map_key=False
+            )
+        except ProtoBaseException:
+            raise
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            UnicodeDecodeError,
+            zoneinfo.ZoneInfoNotFoundError,
+            msgpack.UnpackException,
+            RecursionError,
+        ) as exc:
+            raise CorruptionError(f"stored data does not decode: {type(exc).__name__}: {exc}") from exc
+
+
+_plain = Codec()
+
+
+def encode(value: Any) -> bytes:
+    """Encode a plain value (no object-layer types)."""
+    return _plain.encode(value)
+
+
+def decode(data: bytes) -> Any:
+    """Decode a plain value (no object-layer types)."""
+    return _plain.decode(data)

@@ -1,0 +1,145 @@
+"""List: an indexed, persistent sequence (a counted B+-tree).
+
+get, set, insert and remove at any position are O(log n); negative positions
+count from the end, as in Python; a position out of range raises IndexError.
+``head(n)`` is the first n items, ``tail(n)`` the items from position n on
+(ProtoBase's historical meaning), ``slice(a, b)`` follows Python slicing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, overload
+
+from .base import PersistentCollection
+from .btree import (
+    build_positional,
+    positional_get,
+    positional_insert,
+    positional_remove,
+    positional_set,
+    positional_values,
+)
+
+if TYPE_CHECKING:
+    from typing import Self
+
+
+class List(PersistentCollection):
+    """An immutable list value; every mutator returns the new list."""
+
+    __slots__ = ()
+    _kind = "list"
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        super().__init__()
+        values = list(items)
+        for position, value in enumerate(values):
+            self._check(value, f"List item {position}")
+        self._root = build_positional(values)
+        self._count = len(values)
+
+    def _position(self, index: int, *, inserting: bool = False) -> int:
+        if type(index) is not int and not isinstance(index, int):
+            raise TypeError(f"list positions are integers, not {type(index).__name__}")
+        size = self._count + (1 if inserting else 0)
+        position = index + self._count if index < 0 else index
+        if not 0 <= position < size:
+            raise IndexError(f"list position {index} out of range for a List of {self._count}")
+        return position
+
+    # -- reading -----------------------------------------------------------------
+
+    def get_at(self, index: int) -> Any:
+        """The item at `index` (negative counts from the end); IndexError if absent."""
+        return positional_get(self._node(), self._loader, self._position(index))
+
+    def as_iterable(self) -> Iterator[Any]:
+        return positional_values(self._node(), self._loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.as_iterable()
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            if index.step not in (None, 1):
+                return List(list(self.as_iterable())[index])
+            return self.slice(index.start, index.stop)
+        return self.get_at(index)
+
+    def __contains__(self, value: object) -> bool:
+        return any(item == value for item in self.as_iterable())
+
+    # -- changing ----------------------------------------------------------------
+
+    def set_at(self, index: int, value: Any) -> Self:
+        self._check(value, f"List item {index}")
+        return self._derive(positional_set(self._node(), self._loader, self._position(index),
+                                           value))
+
+    def insert_at(self, index: int, value: Any) -> Self:
+        """Insert so that `value` ends at `index`; ``insert_at(len(l), v)`` appends."""
+        self._check(value, f"List item {index}")
+        if index < 0:
+            position = self._position(index)
+        else:
+            position = self._position(index, inserting=True)
+        return self._derive(positional_insert(self._node(), self._loader, position, value))
+
+    def remove_at(self, index: int) -> Self:
+        root, _ = positional_remove(self._node(), self._loader, self._position(index))
+        return self._derive(root)
+
+    def append_last(self, value: Any) -> Self:
+        return self.insert_at(self._count, value)
+
+    def append_first(self, value: Any) -> Self:
+        return self.insert_at(0, value)
+
+    def remove_first(self) -> Self:
+        if not self._count:
+            raise IndexError("remove_first from an empty List")
+        return self.remove_at(0)
+
+    def remove_last(self) -> Self:
+        if not self._count:
+            raise IndexError("remove_last from an empty List")
+        return self.remove_at(-1)
+
+    def extend(self, items: Iterable[Any]) -> Self:
+        """Append every item; O(k log n) with no per-item path copies."""
+        values = list(items.as_iterable() if isinstance(items, PersistentCollection) else items)
+        for offset, value in enumerate(values):
+            self._check(value, f"List item {self._count + offset}")
+        if not values:
+            return self
+        if not self._count:
+            return self._derive(build_positional(values))
+        edit = object()
+        root = self._node()
+        for value in values:
+            assert root is not None
+            root = positional_insert(root, self._loader, root.total, value, edit)
+        return self._derive(root)
+
+    def head(self, count: int) -> Self:
+        """The first `count` items."""
+        return self.slice(0, count)
+
+    def tail(self, start: int) -> Self:
+        """The items from position `start` to the end."""
+        return self.slice(start, None)
+
+    def slice(self, start: int | None, stop: int | None) -> Self:
+        """Items ``[start:stop]`` with Python's slicing rules."""
+        first, last, _ = slice(start, stop).indices(self._count)
+        if first == 0 and last >= self._count:
+            return self
+        values = list(positional_values(self._node(), self._loader, first, last))
+        return self._derive(build_positional(values))

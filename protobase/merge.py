@@ -1,0 +1,82 @@
+"""Three-way merge of persistent trees: how a transaction rebases.
+
+When the root moved since a transaction's snapshot, its changes are merged
+with the concurrent ones: *base* is the snapshot, *mine* the transaction's
+version, *theirs* the current one. Pure functions over collection values;
+no storage and no clocks.
+
+Rules (DESIGN.md section 3):
+
+- A key (root name, dictionary key, set element, object id) changed on one
+  side only takes that side's value.
+- A key changed on both sides merges recursively when the three values are
+  keyed collections of one kind (a Dictionary inside a Dictionary, ...);
+  otherwise it is a write-write conflict: `ConflictError`, nothing written.
+  Adding the same key on both sides, or deleting it on both, is a conflict.
+- A List is never merged by position: a List changed on both sides conflicts.
+- Nothing is merged by guessing: equal-looking values written by both sides
+  still conflict (two increments of a counter must not become one).
+
+Diffs skip the subtrees both versions share, so a merge costs
+O(changes x (node width + log n)), not O(n).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .collections.btree import MISSING, NodeLoader, keyed_diff
+from .collections.keyed import KeyedCollection
+from .errors import ConflictError
+from .values import same_value
+
+
+def changes(base: KeyedCollection, other: KeyedCollection,
+            loader: NodeLoader) -> dict[Any, tuple[Any, Any, Any]]:
+    """``{sort key: (key, base value, other value)}`` for every differing key."""
+    keyfn = type(base)._keyfn
+    return {
+        skey: (key, base_value, other_value)
+        for skey, key, base_value, other_value in keyed_diff(
+            base._node(), other._node(), loader, keyfn, same_value
+        )
+    }
+
+
+def merge_keyed(base: KeyedCollection, mine: KeyedCollection, theirs: KeyedCollection,
+                loader: NodeLoader, path: str) -> KeyedCollection:
+    """Apply mine's changes since base onto theirs, or raise `ConflictError`."""
+    my_changes = changes(base, mine, loader)
+    if not my_changes:
+        return theirs
+    their_changes = changes(base, theirs, loader)
+    to_apply = []
+    for skey, (key, base_value, my_value) in my_changes.items():
+        theirs_entry = their_changes.get(skey)
+        if theirs_entry is None:
+            to_apply.append((key, my_value))
+            continue
+        their_value = theirs_entry[2]
+        where = f"{path}[{key!r}]"
+        if base_value is MISSING or my_value is MISSING or their_value is MISSING:
+            raise ConflictError(
+                f"{where} was added or removed by a concurrent transaction that committed "
+                "first; nothing was written. Run the transaction again (Database.run retries)."
+            )
+        to_apply.append((key, merge_values(base_value, my_value, their_value, loader, where)))
+    return theirs._pb_apply_changes(to_apply)
+
+
+def merge_values(base: Any, mine: Any, theirs: Any, loader: NodeLoader, path: str) -> Any:
+    """Merge one value changed on both sides (see the module rules)."""
+    kind = type(base)
+    if (
+        issubclass(kind, KeyedCollection)
+        and type(mine) is kind
+        and type(theirs) is kind
+    ):
+        return merge_keyed(base, mine, theirs, loader, path)
+    raise ConflictError(
+        f"{path} was changed by a concurrent transaction that committed first; "
+        "nothing was written. Run the transaction again (Database.run retries)."
+    )

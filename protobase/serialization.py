@@ -1,0 +1,202 @@
+"""Between objects and atoms: the object layer's codec extensions.
+
+Extension codes (see `protobase.codec` for the plain ones; never renumber)::
+
+    32  DBObject          [class name, {attribute: value}]
+    33  collection        [kind, root node pointer | nil, count, meta]
+    34  MutableObject     [object id, class name]   (a reference; the state is
+                          in the database's object table)
+    35  Literal           pointer of the atom holding the str/bytes value
+
+`AtomWriter` turns the values of one commit into the atoms of its batch:
+every node or literal not yet stored in *this* space gets the next index of
+the batch; stored ones are referred to by their pointer. `AtomReader`
+decodes atoms for one snapshot (a transaction): references to mutable
+objects resolve through the snapshot's identity map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .atoms import AtomPointer, frame_atom
+from .codec import Codec
+from .collections.base import PersistentCollection
+from .collections.btree import Node
+from .errors import CorruptionError, ValidationError
+from .objects import (
+    DBObject,
+    Literal,
+    MutableObject,
+    UnknownMutableObject,
+    UnknownObject,
+    class_name,
+    resolve_class,
+)
+
+EXT_OBJECT = 32
+EXT_COLLECTION = 33
+EXT_MUTABLE_REF = 34
+EXT_LITERAL = 35
+
+
+class SnapshotContext(Protocol):
+    """What `AtomReader` needs from the snapshot it decodes for."""
+
+    @property
+    def origin(self) -> object: ...
+
+    def load_node(self, pointer: AtomPointer) -> Node: ...
+
+    def load_nodes(self, pointers: list[AtomPointer]) -> list[Node]: ...
+
+    def load_value(self, pointer: AtomPointer) -> Any: ...
+
+    def mutable_for(self, oid: bytes, cls: type[MutableObject], stored_name: str) -> MutableObject: ...
+
+
+def _foreign(what: str) -> ValidationError:
+    return ValidationError(
+        f"this {what} was read from another ObjectSpace and cannot be stored here: "
+        "copy its contents into a new collection of this space"
+    )
+
+
+class AtomWriter:
+    """Collects the atoms of one commit attempt.
+
+    Invariant: ``atoms[i]`` is the framed atom with pointer
+    ``(transaction_id, i)``; nothing is marked stored until `mark_saved`
+    runs after the storage accepted the batch.
+    """
+
+    def __init__(self, origin: object, transaction_id: bytes) -> None:
+        self.origin = origin
+        self.transaction_id = transaction_id
+        self.atoms: list[bytes] = []
+        self._assigned: dict[int, AtomPointer] = {}
+        self._written: list[tuple[Any, AtomPointer]] = []
+        self._codec = Codec(self)
+
+    def is_saved(self, node: Node) -> bool:
+        return node.pointer is not None and node.origin is self.origin
+
+    def _reserve(self, obj: Any) -> tuple[AtomPointer, bool]:
+        pointer = self._assigned.get(id(obj))
+        if pointer is not None:
+            return pointer, False
+        pointer = AtomPointer(self.transaction_id, len(self.atoms))
+        self._assigned[id(obj)] = pointer
+        self._written.append((obj, pointer))
+        self.atoms.append(b"")
+        return pointer, True
+
+    def node_pointer(self, node: Node) -> AtomPointer:
+        if node.pointer is not None:
+            if node.origin is self.origin:
+                return node.pointer
+            raise _foreign("collection")
+        if node.origin is not None and node.origin is not self.origin:
+            raise _foreign("collection")
+        pointer, fresh = self._reserve(node)
+        if fresh:
+            payload = node.payload(self._child_pointer)
+            self.atoms[pointer.index] = frame_atom(self._codec.encode(payload))
+        return pointer
+
+    def _child_pointer(self, child: Any) -> AtomPointer:
+        if type(child) is AtomPointer:
+            return child
+        return self.node_pointer(child)
+
+    def write_value(self, value: Any) -> AtomPointer:
+        """Store `value` as an atom of its own (the space root)."""
+        pointer = AtomPointer(self.transaction_id, len(self.atoms))
+        self.atoms.append(b"")
+        self.atoms[pointer.index] = frame_atom(self._codec.encode(value))
+        return pointer
+
+    def encode_extension(self, value: Any) -> tuple[int, Any] | None:
+        if isinstance(value, DBObject):
+            return EXT_OBJECT, [class_name(value), value._attrs]
+        if isinstance(value, PersistentCollection):
+            root = value._root
+            if root is None:
+                pointer = None
+            elif type(root) is AtomPointer:
+                if value._loader.origin is not self.origin:  # type: ignore[attr-defined]
+                    raise _foreign("collection")
+                pointer = root
+            else:
+                pointer = self.node_pointer(root)  # type: ignore[arg-type]
+            return EXT_COLLECTION, [value._kind, pointer, value._count, value._pb_meta()]
+        if isinstance(value, MutableObject):
+            return EXT_MUTABLE_REF, [value._pb_oid, class_name(value)]
+        if isinstance(value, Literal):
+            if value._pointer is not None and value._origin is self.origin:
+                return EXT_LITERAL, value._pointer
+            pointer, fresh = self._reserve(value)
+            if fresh:
+                self.atoms[pointer.index] = frame_atom(self._codec.encode(value.value))
+            return EXT_LITERAL, pointer
+        return None
+
+    def decode_extension(self, code: int, plain: Any) -> Any:
+        raise AssertionError("AtomWriter does not decode")
+
+    def mark_saved(self) -> None:
+        """Record the pointers of a batch the storage accepted."""
+        for obj, pointer in self._written:
+            if isinstance(obj, Node):
+                obj.pointer = pointer
+                obj.origin = self.origin
+                obj.edit = None
+            elif isinstance(obj, Literal):
+                obj._pointer = pointer
+                obj._origin = self.origin
+
+
+class AtomReader:
+    """Decodes the atoms of one snapshot."""
+
+    def __init__(self, context: SnapshotContext) -> None:
+        self._context = context
+        self._codec = Codec(self)
+
+    def decode(self, payload: bytes) -> Any:
+        return self._codec.decode(payload)
+
+    def encode_extension(self, value: Any) -> tuple[int, Any] | None:
+        return None
+
+    def decode_extension(self, code: int, plain: Any) -> Any:
+        try:
+            if code == EXT_OBJECT:
+                name, attrs = plain
+                if type(name) is not str or type(attrs) is not dict:
+                    raise ValueError("object extension needs a name and an attribute map")
+                cls = resolve_class(name, DBObject)
+                if cls is None:
+                    return UnknownObject._pb_with_name(name, attrs)
+                return cls._pb_from_state(attrs)  # type: ignore[attr-defined]
+            if code == EXT_COLLECTION:
+                kind, root, count, meta = plain
+                cls = PersistentCollection._registry.get(kind)
+                if cls is None:
+                    raise ValueError(f"unknown collection kind {kind!r}")
+                if root is not None and type(root) is not AtomPointer:
+                    raise ValueError("collection root is not a pointer")
+                return cls._pb_from_descriptor(root, int(count), meta, self._context)
+            if code == EXT_MUTABLE_REF:
+                oid, name = plain
+                if type(oid) is not bytes or type(name) is not str:
+                    raise ValueError("mutable object reference needs an id and a class name")
+                cls = resolve_class(name, MutableObject) or UnknownMutableObject
+                return self._context.mutable_for(oid, cls, name)
+            if code == EXT_LITERAL:
+                if type(plain) is not AtomPointer:
+                    raise ValueError("literal extension does not hold a pointer")
+                return Literal._pb_stored(plain, self._context.load_value, self._context.origin)
+        except (TypeError, ValueError) as exc:
+            raise CorruptionError(f"malformed object-layer extension {code}: {exc}") from exc
+        raise CorruptionError(f"unknown object-layer extension code {code}")

@@ -1,0 +1,263 @@
+"""ObjectSpace and Database: the entry points of an application.
+
+An `ObjectSpace` wraps one storage and holds named databases. A `Database`
+starts transactions; see `protobase.transaction` for their isolation and
+commit rules.
+
+Invariants:
+
+- Session monotonic reads: a transaction started after a commit of this
+  space (in any thread) sees that commit or a later one.
+- The space caches verified atom payloads (immutable, so the cache never
+  needs invalidation) up to a byte budget, shared by every transaction.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+from .atoms import AtomPointer, new_transaction_id, unframe_atom
+from .collections import Dictionary, HashDictionary
+from .errors import (
+    ConflictError,
+    DatabaseExistsError,
+    RootConflict,
+    StorageError,
+    ValidationError,
+)
+from .serialization import AtomWriter
+from .storage.interfaces import CommitBatch, RootRef, Storage
+from .transaction import SPACE_FORMAT, Snapshot, Transaction
+
+T = TypeVar("T")
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+
+class AtomCache:
+    """A thread-safe LRU of verified atom payloads, bounded in bytes."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self._capacity = capacity_bytes
+        self._size = 0
+        self._entries: OrderedDict[AtomPointer, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, pointer: AtomPointer) -> bytes | None:
+        with self._lock:
+            payload = self._entries.get(pointer)
+            if payload is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(pointer)
+            self.hits += 1
+            return payload
+
+    def put(self, pointer: AtomPointer, payload: bytes) -> None:
+        if len(payload) > self._capacity:
+            return
+        with self._lock:
+            if pointer in self._entries:
+                return
+            self._entries[pointer] = payload
+            self._size += len(payload)
+            while self._size > self._capacity:
+                _, evicted = self._entries.popitem(last=False)
+                self._size -= len(evicted)
+
+
+class ObjectSpace:
+    """A storage and the named databases in it.
+
+    Use as a context manager, or call `close` when done.
+    """
+
+    def __init__(self, storage: Storage, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if not isinstance(storage, Storage):
+            raise ValidationError(
+                f"ObjectSpace needs a storage (MemoryStorage, StandaloneFileStorage, ...), "
+                f"not {type(storage).__name__}"
+            )
+        self._storage = storage
+        self._origin = object()
+        self._cache = AtomCache(cache_bytes)
+        self._latest_lock = threading.Lock()
+        self._latest = RootRef(None, 0)
+        self._closed = False
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    # -- roots and atoms ---------------------------------------------------------
+
+    def _read_root(self) -> RootRef:
+        if self._closed:
+            raise StorageError("this ObjectSpace is closed")
+        ref = self._storage.read_root()
+        with self._latest_lock:
+            if ref.version < self._latest.version:
+                raise StorageError(
+                    f"storage went back to root version {ref.version} after this space saw "
+                    f"{self._latest.version}; refusing a stale read"
+                )
+            self._latest = ref
+        return ref
+
+    def _note_root(self, ref: RootRef) -> None:
+        with self._latest_lock:
+            if ref.version > self._latest.version:
+                self._latest = ref
+
+    def _read_payloads(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+        """Verified payloads of `pointers`, through the shared cache."""
+        found: list[bytes | None] = [self._cache.get(p) for p in pointers]
+        missing = [i for i, payload in enumerate(found) if payload is None]
+        if missing:
+            raw = self._storage.get_atoms([pointers[i] for i in missing])
+            for i, data in zip(missing, raw, strict=True):
+                payload = unframe_atom(data, pointers[i])
+                self._cache.put(pointers[i], payload)
+                found[i] = payload
+        return found  # type: ignore[return-value]
+
+    # -- databases ---------------------------------------------------------------
+
+    def new_database(self, name: str) -> Database:
+        """Create database `name`; `DatabaseExistsError` when it exists."""
+        _check_database_name(name)
+        while True:
+            ref = self._read_root()
+            snapshot = Snapshot(self, ref)
+            try:
+                databases = snapshot._databases_at(ref)
+                if databases.has(name):
+                    raise DatabaseExistsError(
+                        f"database {name!r} already exists; open it with "
+                        f"space.open_database({name!r})"
+                    )
+                state = {"roots": Dictionary(), "objects": HashDictionary()}
+                writer = AtomWriter(self._origin, new_transaction_id())
+                pointer = writer.write_value(
+                    {"format": SPACE_FORMAT, "databases": databases.set_at(name, state)}
+                )
+                try:
+                    new_ref = self._storage.commit(
+                        CommitBatch(writer.transaction_id, writer.atoms), ref.version, pointer
+                    )
+                except RootConflict:
+                    continue
+                writer.mark_saved()
+                self._note_root(new_ref)
+                return Database(self, name)
+            finally:
+                snapshot.close()
+
+    def open_database(self, name: str) -> Database:
+        """Open database `name`; `DatabaseNotFoundError` when it does not exist."""
+        _check_database_name(name)
+        ref = self._read_root()
+        snapshot = Snapshot(self, ref)
+        try:
+            snapshot._database_state(snapshot._databases_at(ref), name)
+        finally:
+            snapshot.close()
+        return Database(self, name)
+
+    def list_databases(self) -> list[str]:
+        ref = self._read_root()
+        snapshot = Snapshot(self, ref)
+        try:
+            return list(snapshot._databases_at(ref).keys())
+        finally:
+            snapshot.close()
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the storage. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._storage.close()
+
+    def __enter__(self) -> ObjectSpace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_database_name(name: object) -> None:
+    if type(name) is not str or not name:
+        raise ValidationError(f"a database name is a non-empty str, not {name!r}")
+
+
+class Database:
+    """A named database of an ObjectSpace; starts transactions."""
+
+    def __init__(self, space: ObjectSpace, name: str) -> None:
+        self.space = space
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Database {self.name!r}>"
+
+    def new_transaction(self) -> Transaction:
+        """A transaction on a snapshot of the database as of now."""
+        return Transaction(self, self.space._read_root())
+
+    def new_read_only_transaction(self) -> Transaction:
+        """A transaction that refuses writes (cheaper to reason about)."""
+        return Transaction(self, self.space._read_root(), read_only=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """``with db.transaction() as tr:`` commits on success, aborts on error."""
+        tr = self.new_transaction()
+        try:
+            yield tr
+        except BaseException:
+            tr.abort()
+            raise
+        if not tr._closed:
+            tr.commit()
+
+    def run(self, fn: Callable[[Transaction], T], retries: int = 10) -> T:
+        """Run ``fn(tr)`` and commit, re-running it on `ConflictError`.
+
+        Args:
+            fn: the work; it may run several times, so it must not have side
+                effects outside the transaction.
+            retries: how many times to re-run after a conflict.
+
+        Returns:
+            What the successful run of `fn` returned.
+
+        Raises:
+            ConflictError: still conflicting after `retries` re-runs.
+        """
+        attempt = 0
+        while True:
+            tr = self.new_transaction()
+            try:
+                result = fn(tr)
+                if not tr._closed:
+                    tr.commit()
+                return result
+            except ConflictError:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                # Jittered backoff so that contending threads stop colliding.
+                time.sleep(random.random() * min(0.0005 * 2**attempt, 0.02))
+            finally:
+                if not tr._closed:
+                    tr.abort()

@@ -1,0 +1,79 @@
+"""MemoryStorage: the reference backend, short enough to be obviously right.
+
+Everything lives in process memory and disappears with the process. It keeps
+every invariant of `protobase.storage.interfaces` and is the yardstick the
+conformance suite holds the other backends to.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from ..atoms import AtomPointer
+from ..errors import AtomNotFoundError, RootConflict, StorageError
+from .interfaces import CommitBatch, RootRef
+
+
+class MemoryStorage:
+    """An in-memory, thread-safe storage."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batches: dict[bytes, tuple[bytes, ...]] = {}
+        self._committed: dict[bytes, RootRef] = {}
+        self._root = RootRef(None, 0)
+        self._closed = False
+
+    def read_root(self) -> RootRef:
+        with self._lock:
+            self._check_open()
+            return self._root
+
+    def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+        with self._lock:
+            self._check_open()
+            found = []
+            for pointer in pointers:
+                batch = self._batches.get(pointer.transaction_id)
+                if batch is None or not 0 <= pointer.index < len(batch):
+                    raise AtomNotFoundError(f"no atom at {pointer} in this MemoryStorage")
+                found.append(batch[pointer.index])
+            return found
+
+    def commit(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> RootRef:
+        atoms = tuple(bytes(atom) for atom in batch.atoms)
+        with self._lock:
+            self._check_open()
+            earlier = self._committed.get(batch.transaction_id)
+            if earlier is not None:
+                if self._batches[batch.transaction_id] != atoms:
+                    raise StorageError(
+                        f"transaction id {batch.transaction_id.hex()} was already committed "
+                        "with different atoms; every commit needs a fresh transaction id"
+                    )
+                return earlier
+            if self._root.version != expected_root_version:
+                raise RootConflict(
+                    f"root is at version {self._root.version}, "
+                    f"commit expected {expected_root_version}"
+                )
+            if new_root.transaction_id == batch.transaction_id:
+                if not 0 <= new_root.index < len(atoms):
+                    raise StorageError(f"new root {new_root} is not an atom of the batch")
+            elif new_root.transaction_id not in self._batches:
+                raise StorageError(f"new root {new_root} is not a stored atom")
+            self._batches[batch.transaction_id] = atoms
+            self._root = RootRef(new_root, self._root.version + 1)
+            self._committed[batch.transaction_id] = self._root
+            return self._root
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("this MemoryStorage is closed")

@@ -1,0 +1,448 @@
+"""Snapshots and transactions: snapshot isolation with optimistic, merging commits.
+
+Layout of a space in atoms (the root pointer of the storage names the first)::
+
+    space root atom   {"format": 1, "databases": Dictionary[name -> database state]}
+    database state    {"roots": Dictionary[root name -> value],
+                       "objects": HashDictionary[object id -> (class name, attributes)]}
+
+A `Transaction` reads one snapshot (the root at its start) and collects its
+writes privately. `commit` writes the new space root with a compare-and-set
+on the root version. When the root moved meanwhile, the transaction rebases:
+its changes are merged three-way into the current root (`protobase.merge`)
+and the compare-and-set is tried again. A conflict raises `ConflictError`
+and writes nothing. Every commit attempt uses a fresh transaction id, so an
+attempt that lost the race leaves nothing that a retry could be confused with.
+
+Invariants:
+
+- Inside one transaction an object id maps to one Python object.
+- Nodes decoded for a transaction are private to it (they may hold its
+  MutableObjects); the raw atom bytes are shared through the space's cache.
+- After `commit` or `abort` (successful or not) the transaction and every
+  object read through it refuse further use with `TransactionClosedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .atoms import AtomPointer, new_transaction_id
+from .collections import CountedSet, Dictionary, HashDictionary, List, Set
+from .collections.base import PersistentCollection
+from .collections.btree import MISSING, Node, iter_nodes, keyed_get
+from .errors import (
+    ConflictError,
+    CorruptionError,
+    DatabaseNotFoundError,
+    ReadOnlyTransactionError,
+    RootConflict,
+    TransactionClosedError,
+    ValidationError,
+)
+from .merge import merge_keyed
+from .objects import (
+    DBObject,
+    MutableObject,
+    ObjectContext,
+    UnknownMutableObject,
+    class_name,
+    unbound_objects,
+)
+from .serialization import AtomReader, AtomWriter
+from .storage.interfaces import CommitBatch, RootRef
+from .values import check_storable, same_value
+
+if TYPE_CHECKING:
+    from .space import Database, ObjectSpace
+
+SPACE_FORMAT = 1
+MAX_REBASES = 64
+"""Rebase attempts inside one commit before it gives up with ConflictError."""
+
+class Snapshot:
+    """A consistent, read-only view of a space at one root version."""
+
+    def __init__(self, space: ObjectSpace, ref: RootRef) -> None:
+        self._space = space
+        self._ref = ref
+        self._reader = AtomReader(self)
+        self._nodes: dict[AtomPointer, Node] = {}
+        self._identity: dict[bytes, MutableObject] = {}
+        self._closed = False
+
+    @property
+    def origin(self) -> object:
+        return self._space._origin
+
+    @property
+    def root_version(self) -> int:
+        """The commit version this snapshot reads."""
+        return self._ref.version
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransactionClosedError(
+                "this transaction has ended (committed or aborted); "
+                "start a new one with db.new_transaction() and read the data again"
+            )
+
+    # -- loading (NodeLoader and SnapshotContext) --------------------------------
+
+    def load_node(self, pointer: AtomPointer) -> Node:
+        self._check_open()
+        node = self._nodes.get(pointer)
+        if node is None:
+            payload = self._space._read_payloads([pointer])[0]
+            node = Node.from_payload(self._reader.decode(payload), pointer, self.origin)
+            self._nodes[pointer] = node
+        return node
+
+    def load_nodes(self, pointers: Sequence[AtomPointer]) -> list[Node]:
+        self._check_open()
+        missing = [p for p in pointers if p not in self._nodes]
+        if missing:
+            for pointer, payload in zip(missing, self._space._read_payloads(missing), strict=True):
+                self._nodes[pointer] = Node.from_payload(
+                    self._reader.decode(payload), pointer, self.origin
+                )
+        return [self._nodes[p] for p in pointers]
+
+    def load_value(self, pointer: AtomPointer) -> Any:
+        self._check_open()
+        return self._reader.decode(self._space._read_payloads([pointer])[0])
+
+    def mutable_for(self, oid: bytes, cls: type[MutableObject], stored_name: str) -> MutableObject:
+        obj = self._identity.get(oid)
+        if obj is None:
+            obj = cls._pb_ghost(oid, self._object_context())
+            if issubclass(cls, UnknownMutableObject):
+                object.__setattr__(obj, "_pb_stored_name", stored_name)
+            self._identity[oid] = obj
+        return obj
+
+    def _object_context(self) -> ObjectContext:
+        raise TransactionClosedError("mutable objects are read through a database transaction")
+
+    # -- the space layout ----------------------------------------------------------
+
+    def _databases_at(self, ref: RootRef) -> Dictionary:
+        if ref.pointer is None:
+            return Dictionary()
+        root = self.load_value(ref.pointer)
+        if type(root) is not dict or root.get("format") != SPACE_FORMAT:
+            found = root.get("format") if type(root) is dict else type(root).__name__
+            raise CorruptionError(
+                f"space root {ref.pointer} has format {found!r}; this ProtoBase reads format "
+                f"{SPACE_FORMAT}"
+            )
+        databases = root.get("databases")
+        if not isinstance(databases, Dictionary):
+            raise CorruptionError(f"space root {ref.pointer} holds no database dictionary")
+        return databases
+
+    def _database_state(self, databases: Dictionary, name: str) -> tuple[Dictionary, HashDictionary]:
+        state = databases.get_at(name)
+        if state is None:
+            raise DatabaseNotFoundError(
+                f"database {name!r} does not exist; create it with space.new_database({name!r})"
+            )
+        roots, objects = state.get("roots"), state.get("objects")
+        if not isinstance(roots, Dictionary) or not isinstance(objects, HashDictionary):
+            raise CorruptionError(f"database {name!r} has a malformed state record")
+        return roots, objects
+
+    def close(self) -> None:
+        self._closed = True
+        self._nodes.clear()
+
+
+class Transaction(Snapshot, ObjectContext):
+    """One unit of work on a database, isolated on the snapshot it started from."""
+
+    def __init__(self, database: Database, ref: RootRef, read_only: bool = False) -> None:
+        super().__init__(database.space, ref)
+        self._database = database
+        self._read_only = read_only
+        self._base_databases = self._databases_at(ref)
+        self._base_roots, self._base_objects = self._database_state(
+            self._base_databases, database.name
+        )
+        self._roots = self._base_roots
+        self._dirty: dict[bytes, MutableObject] = {}
+        self._new: dict[bytes, MutableObject] = {}
+        self._read_current_oids: set[bytes] = set()
+        self._read_current_roots: set[str] = set()
+        self.committed_root: RootRef | None = None
+
+    @property
+    def database(self) -> Database:
+        return self._database
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def _object_context(self) -> ObjectContext:
+        return self
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._read_only:
+            raise ReadOnlyTransactionError(
+                "this transaction is read-only; write in a transaction from db.new_transaction()"
+            )
+
+    # -- root objects ----------------------------------------------------------------
+
+    def get_root_object(self, name: str) -> Any:
+        """The value stored under root `name`, or None when unset."""
+        self._check_open()
+        return self._roots.get_at(name)
+
+    def set_root_object(self, name: str, value: Any) -> None:
+        """Store `value` under root `name` (visible to others after commit)."""
+        self._check_writable()
+        if type(name) is not str:
+            raise ValidationError(f"root names are str, not {type(name).__name__}")
+        check_storable(value, f"root object {name!r}")
+        self._roots = self._roots.set_at(name, value)
+
+    def remove_root_object(self, name: str) -> None:
+        """Remove root `name`; KeyError when it is not set."""
+        self._check_writable()
+        self._roots = self._roots.remove_at(name)
+
+    def root_names(self) -> list[str]:
+        self._check_open()
+        return list(self._roots.keys())
+
+    def read_current(self, item: Any) -> Any:
+        """Validate at commit that `item` did not change since this snapshot.
+
+        `item` is a MutableObject or a root name. When a concurrent commit
+        changed it, this transaction's commit raises `ConflictError`
+        (serializable for that read). Returns `item`.
+        """
+        self._check_open()
+        if isinstance(item, MutableObject):
+            self._read_current_oids.add(item._pb_oid)
+        elif type(item) is str:
+            self._read_current_roots.add(item)
+        else:
+            raise ValidationError(
+                f"read_current takes a MutableObject or a root name, not {type(item).__name__}"
+            )
+        return item
+
+    # -- new collections ---------------------------------------------------------------
+
+    def _attach(self, collection: PersistentCollection) -> Any:
+        self._check_open()
+        collection._loader = self
+        return collection
+
+    def new_list(self) -> List:
+        return self._attach(List())  # type: ignore[no-any-return]
+
+    def new_dictionary(self) -> Dictionary:
+        return self._attach(Dictionary())  # type: ignore[no-any-return]
+
+    def new_hash_dictionary(self) -> HashDictionary:
+        return self._attach(HashDictionary())  # type: ignore[no-any-return]
+
+    def new_set(self) -> Set:
+        return self._attach(Set())  # type: ignore[no-any-return]
+
+    new_hash_set = new_set
+
+    def new_counted_set(self) -> CountedSet:
+        return self._attach(CountedSet())  # type: ignore[no-any-return]
+
+    # -- mutable objects (ObjectContext) ------------------------------------------------
+
+    def load_mutable_state(self, obj: MutableObject) -> dict[str, Any]:
+        self._check_open()
+        keyfn = HashDictionary._keyfn
+        stored = keyed_get(self._base_objects._node(), self, keyfn(obj._pb_oid), keyfn)
+        if stored is MISSING:
+            raise CorruptionError(
+                f"object {obj._pb_oid.hex()} is referenced but not in database "
+                f"{self._database.name!r}"
+            )
+        _, attrs = stored
+        return dict(attrs)
+
+    def note_mutation(self, obj: MutableObject) -> None:
+        self._check_writable()
+        self._dirty[obj._pb_oid] = obj
+
+    # -- ending --------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Discard every change. Idempotent."""
+        self._unbind_new()
+        self.close()
+
+    def commit(self) -> RootRef | None:
+        """Make this transaction's changes durable and visible.
+
+        Returns:
+            The new root, or None when there was nothing to write.
+
+        Raises:
+            ConflictError: a concurrent commit changed the same key, element,
+                object or List; nothing was written.
+            TransactionClosedError: the transaction had already ended.
+        """
+        self._check_open()
+        try:
+            if self._read_only:
+                return None
+            self._collect_new()
+            if self._roots._pb_same_value(self._base_roots) and not self._dirty:
+                return None
+            ref = self._commit_with_rebase()
+            self.committed_root = ref
+            self._space._note_root(ref)
+            return ref
+        except BaseException:
+            self._unbind_new()
+            raise
+        finally:
+            self.close()
+
+    def _changed_objects(self) -> HashDictionary:
+        changes = [
+            (oid, (class_name(obj), obj._pb_state())) for oid, obj in self._dirty.items()
+        ]
+        return self._base_objects._pb_apply_changes(changes)  # type: ignore[return-value]
+
+    def _commit_with_rebase(self) -> RootRef:
+        space, storage = self._space, self._space._storage
+        name = self._database.name
+        my_roots, my_objects = self._roots, self._changed_objects()
+        ref = self._ref
+        for _ in range(MAX_REBASES):
+            if ref.version == self._ref.version:
+                databases, roots, objects = self._base_databases, my_roots, my_objects
+            else:
+                databases = self._databases_at(ref)
+                their_roots, their_objects = self._database_state(databases, name)
+                self._validate_reads(their_roots, their_objects)
+                roots = merge_keyed(self._base_roots, my_roots, their_roots, self, "root")
+                objects = merge_keyed(self._base_objects, my_objects, their_objects, self,
+                                      "object")
+            state = {"roots": roots, "objects": objects}
+            writer = AtomWriter(self.origin, new_transaction_id())
+            new_databases = databases.set_at(name, state)
+            root_pointer = writer.write_value({"format": SPACE_FORMAT, "databases": new_databases})
+            try:
+                new_ref = storage.commit(
+                    CommitBatch(writer.transaction_id, writer.atoms), ref.version, root_pointer
+                )
+            except RootConflict:
+                ref = space._read_root()
+                continue
+            writer.mark_saved()
+            return new_ref
+        raise ConflictError(
+            f"commit gave up after {MAX_REBASES} rebases on a busy database; "
+            "nothing was written. Run the transaction again."
+        )
+
+    def _validate_reads(self, their_roots: Dictionary, their_objects: HashDictionary) -> None:
+        for root_name in self._read_current_roots:
+            if not same_value(self._base_roots.get_at(root_name), their_roots.get_at(root_name)):
+                raise ConflictError(
+                    f"root {root_name!r} (read with read_current) was changed by a concurrent "
+                    "transaction; nothing was written. Run the transaction again."
+                )
+        for oid in self._read_current_oids:
+            keyfn = HashDictionary._keyfn
+            before = keyed_get(self._base_objects._node(), self, keyfn(oid), keyfn)
+            after = keyed_get(their_objects._node(), self, keyfn(oid), keyfn)
+            if not same_value(before, after):
+                raise ConflictError(
+                    f"object {oid.hex()} (read with read_current) was changed by a concurrent "
+                    "transaction; nothing was written. Run the transaction again."
+                )
+
+    # -- finding objects created in this transaction --------------------------------------
+
+    def _collect_new(self) -> None:
+        """Bind every new MutableObject reachable from this transaction's writes.
+
+        Only unsaved structure is walked: stored nodes cannot reference an
+        object that was never stored. When no unbound object exists in the
+        process, there is nothing to find and nothing is walked.
+        """
+        if not unbound_objects and not self._dirty:
+            return
+        seen: set[int] = set()
+        pending: list[Any] = [self._roots]
+        pending.extend(obj._pb_state() for obj in list(self._dirty.values()))
+        while pending:
+            for found in self._walk(pending.pop(), seen):
+                pending.append(found._pb_state())
+
+    def _walk(self, value: Any, seen: set[int]) -> Iterator[MutableObject]:
+        """New MutableObjects inside `value` (each bound here as it is found)."""
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            kind = type(item)
+            if kind is tuple or kind is list:
+                stack.extend(item)
+            elif kind is dict:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, DBObject):
+                stack.extend(item._attrs.values())
+            elif isinstance(item, PersistentCollection):
+                if id(item) in seen:
+                    continue
+                seen.add(id(item))
+                root = item._root
+                if isinstance(root, Node):
+                    for node in iter_nodes(root, self, self._is_unsaved):
+                        if node.height == 0:
+                            stack.extend(node.values)  # type: ignore[arg-type]
+                            if node.keys is not None:
+                                stack.extend(node.keys)
+            elif isinstance(item, MutableObject):
+                if self._bind(item):
+                    yield item
+
+    def _is_unsaved(self, node: Node) -> bool:
+        return node.pointer is None or node.origin is not self.origin
+
+    def _bind(self, obj: MutableObject) -> bool:
+        """Adopt a new object; True the first time it is adopted."""
+        context = obj._pb_context
+        if context is self:
+            return False
+        if context is not None:
+            if isinstance(context, Transaction) and not context._closed:
+                raise ValidationError(
+                    f"{type(obj).__qualname__} {obj._pb_oid.hex()} belongs to another open "
+                    "transaction; an object is used by the transaction that loaded it"
+                )
+            return False
+        oid = obj._pb_oid
+        if oid in self._identity and self._identity[oid] is not obj:
+            raise ValidationError(f"two different objects claim object id {oid.hex()}")
+        object.__setattr__(obj, "_pb_context", self)
+        self._identity[oid] = obj
+        self._new[oid] = obj
+        self._dirty[oid] = obj
+        unbound_objects.discard(obj)
+        return True
+
+    def _unbind_new(self) -> None:
+        """A failed commit stored none of its new objects: free them for reuse."""
+        for obj in self._new.values():
+            object.__setattr__(obj, "_pb_context", None)
+            unbound_objects.add(obj)
+        self._new.clear()
