@@ -1,11 +1,11 @@
 """ProtoBase: a transactional, object-oriented database for Python.
 
-    from protobase import ObjectSpace, MemoryStorage
+from protobase import ObjectSpace, MemoryStorage
 
-    with ObjectSpace(MemoryStorage()) as space:
-        db = space.new_database("shop")
-        with db.transaction() as tr:
-            tr.set_root_object("greeting", "hello")
+with ObjectSpace(MemoryStorage()) as space:
+    db = space.new_database("shop")
+    with db.transaction() as tr:
+        tr.set_root_object("greeting", "hello")
 """
 
 from .atoms import AtomPointer

@@ -43,7 +43,7 @@ class AtomPointer(NamedTuple):
     """Where an atom lives: the commit that wrote it and its index in that commit."""
 
     transaction_id: bytes
-    index: int
+    index: int  # type: ignore[assignment]  # the design's name; shadows tuple.index
 
     def __str__(self) -> str:
         return f"{self.transaction_id.hex()}:{self.index}"
@@ -73,7 +73,9 @@ def unframe_atom(data: bytes, pointer: AtomPointer | None = None) -> bytes:
     """
     where = f"atom {pointer}" if pointer is not None else "atom"
     if len(data) < HEADER_SIZE:
-        raise CorruptionError(f"{where} is truncated: {len(data)} bytes, header needs {HEADER_SIZE}")
+        raise CorruptionError(
+            f"{where} is truncated: {len(data)} bytes, header needs {HEADER_SIZE}"
+        )
     fmt, expected = _HEADER.unpack_from(data)
     if fmt != ATOM_FORMAT:
         raise CorruptionError(f"{where} has unknown format byte {fmt:#04x}")

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .atoms import TRANSACTION_ID_BYTES, AtomPointer
+from .atoms import AtomPointer
 from .errors import CorruptionError, ProtoBaseException, ValidationError
 
 EXT_POINTER = 0
@@ -87,7 +87,9 @@ def encode_pointer(pointer: AtomPointer) -> bytes:
 
 def decode_pointer(data: bytes) -> AtomPointer:
     if len(data) != _POINTER.size:
-        raise CorruptionError(f"atom pointer payload has {len(data)} bytes, expected {_POINTER.size}")
+        raise CorruptionError(
+            f"atom pointer payload has {len(data)} bytes, expected {_POINTER.size}"
+        )
     transaction_id, index = _POINTER.unpack(data)
     return AtomPointer(transaction_id, index)
 
@@ -99,8 +101,12 @@ def _encode_tz(tz: dt.tzinfo) -> list[Any]:
         offset = tz.utcoffset(None)
         name = tz.tzname(None)
         default_name = dt.timezone(offset).tzname(None)
-        return [0, offset.days * 86400 + offset.seconds, offset.microseconds,
-                None if name == default_name else name]
+        return [
+            0,
+            offset.days * 86400 + offset.seconds,
+            offset.microseconds,
+            None if name == default_name else name,
+        ]
     raise ValidationError(
         f"cannot store a datetime with tzinfo of type {type(tz).__name__}: "
         "use datetime.timezone or zoneinfo.ZoneInfo"
@@ -133,8 +139,17 @@ def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtTy
             return msgpack.ExtType(EXT_POINTER, encode_pointer(value))
         if kind is dt.datetime:
             tz = None if value.tzinfo is None else _encode_tz(value.tzinfo)
-            fields = [value.year, value.month, value.day, value.hour, value.minute,
-                      value.second, value.microsecond, value.fold, tz]
+            fields = [
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+                value.fold,
+                tz,
+            ]
             return msgpack.ExtType(EXT_DATETIME, pack(fields))
         if kind is dt.date:
             return msgpack.ExtType(EXT_DATE, pack([value.year, value.month, value.day]))
@@ -218,9 +233,7 @@ class Codec:
     def decode(self, data: bytes) -> Any:
         """Decode one value; raises `CorruptionError` on any malformed input."""
         try:
-            return msgpack.unpackb(
-                data, ext_hook=self._ext_hook, raw=False, strict_map_key=False
-            )
+            return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)
         except ProtoBaseException:
             raise
         except (
@@ -233,7 +246,9 @@ class Codec:
             msgpack.UnpackException,
             RecursionError,
         ) as exc:
-            raise CorruptionError(f"stored data does not decode: {type(exc).__name__}: {exc}") from exc
+            raise CorruptionError(
+                f"stored data does not decode: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 _plain = Codec()

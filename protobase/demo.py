@@ -46,14 +46,16 @@ def run_demo(say: Callable[[str], None] = print) -> None:
             tr.set_root_object("tags", Set(["kitchen", "tea"]))
             tr.set_root_object("sold", CountedSet())
             tr.set_root_object("alice", Account(name="Alice", balance=Decimal("100.00")))
-            tr.set_root_object("opened", dt.datetime(2026, 11, 29, 9, 0, tzinfo=dt.timezone.utc))
+            tr.set_root_object("opened", dt.datetime(2026, 11, 29, 9, 0, tzinfo=dt.UTC))
         say("stored 3 products (Dictionary), orders (List), tags (Set), sold (CountedSet)")
         say("and Alice's account (MutableObject)")
 
         with db.transaction() as tr:
             for sku, product in tr.get_root_object("catalogue").as_iterable():
-                say(f"  {sku}: {type(product).__name__}(name={product.name!r}, "
-                    f"price={product.price})")
+                say(
+                    f"  {sku}: {type(product).__name__}(name={product.name!r}, "
+                    f"price={product.price})"
+                )
 
         def buy(sku: str) -> Callable[[Transaction], str]:
             def order(tr: Transaction) -> str:
@@ -63,6 +65,7 @@ def run_demo(say: Callable[[str], None] = print) -> None:
                 tr.set_root_object("orders", tr.get_root_object("orders").append_last(sku))
                 tr.set_root_object("sold", tr.get_root_object("sold").add(sku))
                 return f"bought {product.name} for {product.price}"
+
             return order
 
         say("a clerk sells a mug with db.run; while it runs, another clerk sells a teapot")
@@ -77,8 +80,10 @@ def run_demo(say: Callable[[str], None] = print) -> None:
             attempts.append(result)
             return result
 
-        say(f"  db.run: {db.run(sell_mug, retries=5)} after {len(attempts)} attempts "
-            "(the first raised ConflictError, wrote nothing, and was run again)")
+        say(
+            f"  db.run: {db.run(sell_mug, retries=5)} after {len(attempts)} attempts "
+            "(the first raised ConflictError, wrote nothing, and was run again)"
+        )
         try:
             first, second = db.new_transaction(), db.new_transaction()
             buy("B-200")(first)
@@ -102,6 +107,8 @@ def run_demo(say: Callable[[str], None] = print) -> None:
             say("repriced the kettle with _setattr (a new Product; the old value is unchanged)")
         with db.transaction() as tr:
             kettle = tr.get_root_object("catalogue").get_at("B-200")
-            say(f"kettle now costs {kettle.price}; storage root version "
-                f"{storage.read_root().version}")
+            say(
+                f"kettle now costs {kettle.price}; storage root version "
+                f"{storage.read_root().version}"
+            )
     say("done")

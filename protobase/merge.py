@@ -23,16 +23,19 @@ O(changes x (node width + log n)), not O(n).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from .collections.btree import MISSING, NodeLoader, keyed_diff
 from .collections.keyed import KeyedCollection
 from .errors import ConflictError
 from .values import same_value
 
+K = TypeVar("K", bound=KeyedCollection)
 
-def changes(base: KeyedCollection, other: KeyedCollection,
-            loader: NodeLoader) -> dict[Any, tuple[Any, Any, Any]]:
+
+def changes(
+    base: KeyedCollection, other: KeyedCollection, loader: NodeLoader
+) -> dict[Any, tuple[Any, Any, Any]]:
     """``{sort key: (key, base value, other value)}`` for every differing key."""
     keyfn = type(base)._keyfn
     return {
@@ -43,8 +46,7 @@ def changes(base: KeyedCollection, other: KeyedCollection,
     }
 
 
-def merge_keyed(base: KeyedCollection, mine: KeyedCollection, theirs: KeyedCollection,
-                loader: NodeLoader, path: str) -> KeyedCollection:
+def merge_keyed(base: K, mine: K, theirs: K, loader: NodeLoader, path: str) -> K:
     """Apply mine's changes since base onto theirs, or raise `ConflictError`."""
     my_changes = changes(base, mine, loader)
     if not my_changes:
@@ -70,11 +72,7 @@ def merge_keyed(base: KeyedCollection, mine: KeyedCollection, theirs: KeyedColle
 def merge_values(base: Any, mine: Any, theirs: Any, loader: NodeLoader, path: str) -> Any:
     """Merge one value changed on both sides (see the module rules)."""
     kind = type(base)
-    if (
-        issubclass(kind, KeyedCollection)
-        and type(mine) is kind
-        and type(theirs) is kind
-    ):
+    if issubclass(kind, KeyedCollection) and type(mine) is kind and type(theirs) is kind:
         return merge_keyed(base, mine, theirs, loader, path)
     raise ConflictError(
         f"{path} was changed by a concurrent transaction that committed first; "

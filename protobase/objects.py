@@ -151,7 +151,7 @@ class DBObject(Storable):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return class_name(self) == class_name(other) and self._attrs == other._attrs  # type: ignore[attr-defined]
+        return class_name(self) == class_name(other) and self._attrs == other._attrs
 
     def __hash__(self) -> int:
         return hash(canonical_bytes(self))

@@ -17,6 +17,7 @@ objects resolve through the snapshot's identity map.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .atoms import AtomPointer, frame_atom
@@ -48,11 +49,13 @@ class SnapshotContext(Protocol):
 
     def load_node(self, pointer: AtomPointer) -> Node: ...
 
-    def load_nodes(self, pointers: list[AtomPointer]) -> list[Node]: ...
+    def load_nodes(self, pointers: Sequence[AtomPointer]) -> list[Node]: ...
 
     def load_value(self, pointer: AtomPointer) -> Any: ...
 
-    def mutable_for(self, oid: bytes, cls: type[MutableObject], stored_name: str) -> MutableObject: ...
+    def mutable_for(
+        self, oid: bytes, cls: type[MutableObject], stored_name: str
+    ) -> MutableObject: ...
 
 
 def _foreign(what: str) -> ValidationError:

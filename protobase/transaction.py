@@ -61,6 +61,7 @@ SPACE_FORMAT = 1
 MAX_REBASES = 64
 """Rebase attempts inside one commit before it gives up with ConflictError."""
 
+
 class Snapshot:
     """A consistent, read-only view of a space at one root version."""
 
@@ -142,7 +143,9 @@ class Snapshot:
             raise CorruptionError(f"space root {ref.pointer} holds no database dictionary")
         return databases
 
-    def _database_state(self, databases: Dictionary, name: str) -> tuple[Dictionary, HashDictionary]:
+    def _database_state(
+        self, databases: Dictionary, name: str
+    ) -> tuple[Dictionary, HashDictionary]:
         state = databases.get_at(name)
         if state is None:
             raise DatabaseNotFoundError(
@@ -244,21 +247,21 @@ class Transaction(Snapshot, ObjectContext):
         return collection
 
     def new_list(self) -> List:
-        return self._attach(List())  # type: ignore[no-any-return]
+        return self._attach(List())
 
     def new_dictionary(self) -> Dictionary:
-        return self._attach(Dictionary())  # type: ignore[no-any-return]
+        return self._attach(Dictionary())
 
     def new_hash_dictionary(self) -> HashDictionary:
-        return self._attach(HashDictionary())  # type: ignore[no-any-return]
+        return self._attach(HashDictionary())
 
     def new_set(self) -> Set:
-        return self._attach(Set())  # type: ignore[no-any-return]
+        return self._attach(Set())
 
     new_hash_set = new_set
 
     def new_counted_set(self) -> CountedSet:
-        return self._attach(CountedSet())  # type: ignore[no-any-return]
+        return self._attach(CountedSet())
 
     # -- mutable objects (ObjectContext) ------------------------------------------------
 
@@ -314,10 +317,8 @@ class Transaction(Snapshot, ObjectContext):
             self.close()
 
     def _changed_objects(self) -> HashDictionary:
-        changes = [
-            (oid, (class_name(obj), obj._pb_state())) for oid, obj in self._dirty.items()
-        ]
-        return self._base_objects._pb_apply_changes(changes)  # type: ignore[return-value]
+        changes = [(oid, (class_name(obj), obj._pb_state())) for oid, obj in self._dirty.items()]
+        return self._base_objects._pb_apply_changes(changes)
 
     def _commit_with_rebase(self) -> RootRef:
         space, storage = self._space, self._space._storage
@@ -332,8 +333,7 @@ class Transaction(Snapshot, ObjectContext):
                 their_roots, their_objects = self._database_state(databases, name)
                 self._validate_reads(their_roots, their_objects)
                 roots = merge_keyed(self._base_roots, my_roots, their_roots, self, "root")
-                objects = merge_keyed(self._base_objects, my_objects, their_objects, self,
-                                      "object")
+                objects = merge_keyed(self._base_objects, my_objects, their_objects, self, "object")
             state = {"roots": roots, "objects": objects}
             writer = AtomWriter(self.origin, new_transaction_id())
             new_databases = databases.set_at(name, state)
@@ -411,9 +411,8 @@ class Transaction(Snapshot, ObjectContext):
                             stack.extend(node.values)  # type: ignore[arg-type]
                             if node.keys is not None:
                                 stack.extend(node.keys)
-            elif isinstance(item, MutableObject):
-                if self._bind(item):
-                    yield item
+            elif isinstance(item, MutableObject) and self._bind(item):
+                yield item
 
     def _is_unsaved(self, node: Node) -> bool:
         return node.pointer is None or node.origin is not self.origin

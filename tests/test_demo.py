@@ -9,7 +9,10 @@ import sys
 def test_demo_command_runs_and_reports_the_retry() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "protobase.cli", "demo"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -24,7 +27,10 @@ def test_demo_command_runs_and_reports_the_retry() -> None:
 def test_cli_rejects_unknown_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "protobase.cli", "no-such-command"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "invalid choice" in result.stderr

@@ -64,8 +64,9 @@ class PersistentCollection(Storable):
     # -- construction ----------------------------------------------------------
 
     @classmethod
-    def _pb_from_descriptor(cls, root: AtomPointer | None, count: int, meta: Any,
-                            loader: NodeLoader) -> Self:
+    def _pb_from_descriptor(
+        cls, root: AtomPointer | None, count: int, meta: Any, loader: NodeLoader
+    ) -> Self:
         obj = cls.__new__(cls)
         obj._root = root
         obj._count = count
@@ -128,9 +129,7 @@ class PersistentCollection(Storable):
             return NotImplemented
         if self._pb_same_value(other):
             return True
-        return len(self) == len(other) and list(self.as_iterable()) == list(  # type: ignore[arg-type]
-            other.as_iterable()  # type: ignore[attr-defined]
-        )
+        return len(self) == len(other) and list(self.as_iterable()) == list(other.as_iterable())
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -123,7 +123,7 @@ class Node:
         if type(child) is AtomPointer:
             child = loader.load_node(child)
             self.children[index] = child  # type: ignore[index]
-        return child  # type: ignore[no-any-return]
+        return child
 
     def load_children(self, loader: NodeLoader, start: int = 0, stop: int | None = None) -> None:
         """Load the children in ``[start, stop)`` with one batched read."""
@@ -221,13 +221,24 @@ def _split(node: Node, at_end: bool) -> Node:
     width = node.width
     cut = width - 1 if at_end else width // 2
     if node.height == 0:
-        right = Node(0, None if node.keys is None else node.keys[cut:], node.values[cut:],  # type: ignore[index]
-                     edit=node.edit, origin=node.origin)
+        right = Node(
+            0,
+            None if node.keys is None else node.keys[cut:],
+            node.values[cut:],  # type: ignore[index]
+            edit=node.edit,
+            origin=node.origin,
+        )
         del node.values[cut:]  # type: ignore[union-attr]
     else:
-        right = Node(node.height, None if node.keys is None else node.keys[cut:], None,
-                     node.children[cut:], node.sizes[cut:],  # type: ignore[index]
-                     edit=node.edit, origin=node.origin)
+        right = Node(
+            node.height,
+            None if node.keys is None else node.keys[cut:],
+            None,
+            node.children[cut:],  # type: ignore[index]
+            node.sizes[cut:],  # type: ignore[index]
+            edit=node.edit,
+            origin=node.origin,
+        )
         del node.children[cut:]  # type: ignore[union-attr]
         del node.sizes[cut:]  # type: ignore[union-attr]
     if node.keys is not None:
@@ -282,8 +293,9 @@ def _absorb(left: Node, right: Node) -> None:
     left.total += right.total
 
 
-def _rebalance(parent: Node, index: int, loader: NodeLoader, keyfn: KeyFn | None,
-               edit: object | None) -> None:
+def _rebalance(
+    parent: Node, index: int, loader: NodeLoader, keyfn: KeyFn | None, edit: object | None
+) -> None:
     """Fix an underfull child of `parent` (editable) by merging or sharing."""
     if parent.width < 2:
         return
@@ -313,8 +325,9 @@ def _grow(root: Node, split: Node | None, keyfn: KeyFn | None, edit: object | No
     if split is None:
         return root
     keyed = root.keys is not None
-    new_root = Node(root.height + 1, [] if keyed else None, None, [], [], edit=edit,
-                    origin=root.origin)
+    new_root = Node(
+        root.height + 1, [] if keyed else None, None, [], [], edit=edit, origin=root.origin
+    )
     _insert_child(new_root, 0, root, keyfn)
     _insert_child(new_root, 1, split, keyfn)
     new_root.total = root.total + split.total
@@ -342,8 +355,15 @@ def keyed_get(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) ->
     return MISSING
 
 
-def _keyed_set(node: Node, loader: NodeLoader, key: Any, skey: Any, value: Any, keyfn: KeyFn,
-               edit: object | None) -> tuple[Node, Node | None, int]:
+def _keyed_set(
+    node: Node,
+    loader: NodeLoader,
+    key: Any,
+    skey: Any,
+    value: Any,
+    keyfn: KeyFn,
+    edit: object | None,
+) -> tuple[Node, Node | None, int]:
     if node.height == 0:
         sk = node.skeys(keyfn)
         i = bisect_left(sk, skey)
@@ -362,8 +382,9 @@ def _keyed_set(node: Node, loader: NodeLoader, key: Any, skey: Any, value: Any, 
         at_end = i == n.width - 1
     else:
         i = _child_for(node, skey, keyfn)
-        child, split, added = _keyed_set(node.child(i, loader), loader, key, skey, value, keyfn,
-                                         edit)
+        child, split, added = _keyed_set(
+            node.child(i, loader), loader, key, skey, value, keyfn, edit
+        )
         if child is node.children[i] and split is None:  # type: ignore[index]
             return node, None, 0
         n = _editable(node, edit)
@@ -375,8 +396,14 @@ def _keyed_set(node: Node, loader: NodeLoader, key: Any, skey: Any, value: Any, 
     return n, (_split(n, at_end) if n.width > MAX_WIDTH else None), added
 
 
-def keyed_set(root: Node | None, loader: NodeLoader, key: Any, value: Any, keyfn: KeyFn,
-              edit: object | None = None) -> tuple[Node, bool]:
+def keyed_set(
+    root: Node | None,
+    loader: NodeLoader,
+    key: Any,
+    value: Any,
+    keyfn: KeyFn,
+    edit: object | None = None,
+) -> tuple[Node, bool]:
     """Set `key` to `value`; returns the new root and whether the key is new."""
     skey = keyfn(key)
     if root is None:
@@ -389,8 +416,9 @@ def keyed_set(root: Node | None, loader: NodeLoader, key: Any, value: Any, keyfn
     return new_root, new_root.total > before
 
 
-def _keyed_remove(node: Node, loader: NodeLoader, skey: Any, keyfn: KeyFn,
-                  edit: object | None) -> tuple[Node, Any]:
+def _keyed_remove(
+    node: Node, loader: NodeLoader, skey: Any, keyfn: KeyFn, edit: object | None
+) -> tuple[Node, Any]:
     if node.height == 0:
         sk = node.skeys(keyfn)
         i = bisect_left(sk, skey)
@@ -414,8 +442,9 @@ def _keyed_remove(node: Node, loader: NodeLoader, skey: Any, keyfn: KeyFn,
     return n, removed
 
 
-def keyed_remove(root: Node | None, loader: NodeLoader, key: Any, keyfn: KeyFn,
-                 edit: object | None = None) -> tuple[Node | None, Any]:
+def keyed_remove(
+    root: Node | None, loader: NodeLoader, key: Any, keyfn: KeyFn, edit: object | None = None
+) -> tuple[Node | None, Any]:
     """Remove `key`; returns the new root and the removed value (or MISSING)."""
     if root is None:
         return None, MISSING
@@ -425,16 +454,18 @@ def keyed_remove(root: Node | None, loader: NodeLoader, key: Any, keyfn: KeyFn,
     return _finish(new_root, loader), removed
 
 
-def keyed_items(root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any = MISSING,
-                hi: Any = MISSING) -> Iterator[tuple[Any, Any]]:
+def keyed_items(
+    root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any = MISSING, hi: Any = MISSING
+) -> Iterator[tuple[Any, Any]]:
     """Entries ``(key, value)`` in key order, with ``lo <= skey < hi`` when given."""
     if root is None:
         return
     yield from _keyed_items(root, loader, keyfn, lo, hi)
 
 
-def _keyed_items(node: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any,
-                 hi: Any) -> Iterator[tuple[Any, Any]]:
+def _keyed_items(
+    node: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
+) -> Iterator[tuple[Any, Any]]:
     if node.height == 0:
         keys, values = node.keys, node.values
         start, stop = 0, node.width
@@ -459,8 +490,9 @@ def _keyed_items(node: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any,
         yield from _keyed_items(node.child(i, loader), loader, keyfn, lo, hi)
 
 
-def build_keyed(items: Sequence[tuple[Any, Any]], keyfn: KeyFn, edit: object | None = None
-                ) -> Node | None:
+def build_keyed(
+    items: Sequence[tuple[Any, Any]], keyfn: KeyFn, edit: object | None = None
+) -> Node | None:
     """A tree from entries already sorted by ``keyfn(key)`` with unique keys; O(n)."""
     leaves = []
     for chunk in _chunks(len(items)):
@@ -497,8 +529,9 @@ def positional_get(root: Node | None, loader: NodeLoader, index: int) -> Any:
     return node.values[index]  # type: ignore[index]
 
 
-def _positional_update(node: Node, loader: NodeLoader, index: int, value: Any, mode: str,
-                       edit: object | None) -> tuple[Node, Node | None, Any]:
+def _positional_update(
+    node: Node, loader: NodeLoader, index: int, value: Any, mode: str, edit: object | None
+) -> tuple[Node, Node | None, Any]:
     """Set, insert or remove at `index` below `node`; returns (node, split, old value)."""
     n = _editable(node, edit)
     if n.height == 0:
@@ -517,8 +550,9 @@ def _positional_update(node: Node, loader: NodeLoader, index: int, value: Any, m
         at_end = index == n.width - 1
     else:
         child_index, offset = _locate(n, index, inserting=mode == "insert")
-        child, split, old = _positional_update(n.child(child_index, loader), loader, offset,
-                                               value, mode, edit)
+        child, split, old = _positional_update(
+            n.child(child_index, loader), loader, offset, value, mode, edit
+        )
         _replace_child(n, child_index, child, None)
         if split is not None:
             _insert_child(n, child_index + 1, split, None)
@@ -533,16 +567,18 @@ def _positional_update(node: Node, loader: NodeLoader, index: int, value: Any, m
     return n, split_node, old
 
 
-def positional_set(root: Node | None, loader: NodeLoader, index: int, value: Any,
-                   edit: object | None = None) -> Node:
+def positional_set(
+    root: Node | None, loader: NodeLoader, index: int, value: Any, edit: object | None = None
+) -> Node:
     if root is None or not 0 <= index < root.total:
         raise IndexError("list assignment index out of range")
     new_root, _, _ = _positional_update(root, loader, index, value, "set", edit)
     return new_root
 
 
-def positional_insert(root: Node | None, loader: NodeLoader, index: int, value: Any,
-                      edit: object | None = None) -> Node:
+def positional_insert(
+    root: Node | None, loader: NodeLoader, index: int, value: Any, edit: object | None = None
+) -> Node:
     """Insert so that `value` ends at position `index` (0 <= index <= total)."""
     if root is None:
         return Node(0, None, [value], edit=edit)
@@ -552,16 +588,18 @@ def positional_insert(root: Node | None, loader: NodeLoader, index: int, value: 
     return _grow(new_root, split, None, edit)
 
 
-def positional_remove(root: Node | None, loader: NodeLoader, index: int,
-                      edit: object | None = None) -> tuple[Node | None, Any]:
+def positional_remove(
+    root: Node | None, loader: NodeLoader, index: int, edit: object | None = None
+) -> tuple[Node | None, Any]:
     if root is None or not 0 <= index < root.total:
         raise IndexError("list index out of range")
     new_root, _, old = _positional_update(root, loader, index, None, "remove", edit)
     return _finish(new_root, loader), old
 
 
-def positional_values(root: Node | None, loader: NodeLoader, start: int = 0,
-                      stop: int | None = None) -> Iterator[Any]:
+def positional_values(
+    root: Node | None, loader: NodeLoader, start: int = 0, stop: int | None = None
+) -> Iterator[Any]:
     """Values at positions ``[start, stop)`` in order."""
     if root is None:
         return
@@ -582,8 +620,9 @@ def _positional_values(node: Node, loader: NodeLoader, start: int, stop: int) ->
     base = start - offset
     for i in range(first, last + 1):
         size = sizes[i]
-        yield from _positional_values(node.child(i, loader), loader, max(start - base, 0),
-                                      min(stop - base, size))
+        yield from _positional_values(
+            node.child(i, loader), loader, max(start - base, 0), min(stop - base, size)
+        )
         base += size
 
 
@@ -686,7 +725,7 @@ def keyed_diff(
 
 
 def _resolve(ref: Any, loader: NodeLoader) -> Node:
-    return loader.load_node(ref) if type(ref) is AtomPointer else ref  # type: ignore[no-any-return]
+    return loader.load_node(ref) if type(ref) is AtomPointer else ref
 
 
 def _expand(stack: list[Any], node: Node, keyfn: KeyFn) -> None:
@@ -701,8 +740,9 @@ def _expand(stack: list[Any], node: Node, keyfn: KeyFn) -> None:
         stack.extend(reversed(node.children))  # type: ignore[arg-type]
 
 
-def iter_nodes(root: Node | None, loader: NodeLoader,
-               descend: Callable[[Node], bool]) -> Iterator[Node]:
+def iter_nodes(
+    root: Node | None, loader: NodeLoader, descend: Callable[[Node], bool]
+) -> Iterator[Node]:
     """Nodes of a tree, parents first, entering only nodes `descend` accepts."""
     if root is None or not descend(root):
         return
@@ -715,4 +755,3 @@ def iter_nodes(root: Node | None, loader: NodeLoader,
                 child = node.children[i]  # type: ignore[index]
                 if isinstance(child, Node) and descend(child):
                     stack.append(child)
-

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .base import PersistentCollection
 from .btree import (
     MISSING,
-    KeyFn,
     Node,
     build_keyed,
     keyed_get,
@@ -39,7 +38,7 @@ class KeyedCollection(PersistentCollection):
     """Shared machinery of the keyed collections (not public)."""
 
     __slots__ = ()
-    _keyfn: ClassVar[KeyFn]
+    _keyfn: ClassVar[staticmethod[[Any], Any]]
     _what: ClassVar[str] = "key"
 
     def _lookup(self, key: Any) -> Any:
@@ -128,7 +127,7 @@ class _Mapping(KeyedCollection):
         elif isinstance(items, Mapping):
             pairs = list(items.items())
         else:
-            pairs = [tuple(pair) for pair in items]  # type: ignore[misc]
+            pairs = [tuple(pair) for pair in items]
         for pair in pairs:
             if len(pair) != 2:
                 raise ValueError(f"update expects (key, value) pairs, got {pair!r}")
@@ -175,7 +174,9 @@ class Dictionary(_Mapping):
     def range(self, lo: Any = None, hi: Any = None) -> Iterator[tuple[Any, Any]]:
         """Pairs with ``lo <= key < hi`` in key order; None leaves a side open."""
         return keyed_items(
-            self._node(), self._loader, sort_key,
+            self._node(),
+            self._loader,
+            sort_key,
             MISSING if lo is None else sort_key(lo),
             MISSING if hi is None else sort_key(hi),
         )

@@ -80,16 +80,14 @@ class List(PersistentCollection):
 
     def set_at(self, index: int, value: Any) -> Self:
         self._check(value, f"List item {index}")
-        return self._derive(positional_set(self._node(), self._loader, self._position(index),
-                                           value))
+        return self._derive(
+            positional_set(self._node(), self._loader, self._position(index), value)
+        )
 
     def insert_at(self, index: int, value: Any) -> Self:
         """Insert so that `value` ends at `index`; ``insert_at(len(l), v)`` appends."""
         self._check(value, f"List item {index}")
-        if index < 0:
-            position = self._position(index)
-        else:
-            position = self._position(index, inserting=True)
+        position = self._position(index, inserting=index >= 0)
         return self._derive(positional_insert(self._node(), self._loader, position, value))
 
     def remove_at(self, index: int) -> Self:

@@ -26,7 +26,7 @@ import xxhash
 
 from ..errors import ValidationError
 
-_EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _I64 = struct.Struct(">q")
 
 
