@@ -100,6 +100,7 @@ class ClassRegistry:
     def __init__(self) -> None:
         self._by_name: dict[str, type] = {}
         self._names: dict[type, str] = {}
+        self._missing: set[str] = set()
 
     def register(self, cls: type, name: str | None = None, aliases: tuple[str, ...] = ()) -> None:
         """Register `cls` under `name` (default ``module.QualName``) and aliases."""
@@ -109,8 +110,10 @@ class ClassRegistry:
             self._by_name.pop(previous, None)
         self._names[cls] = stored
         self._by_name[stored] = cls
+        self._missing.discard(stored)
         for alias in aliases:
             self._by_name[alias] = cls
+            self._missing.discard(alias)
 
     def name_of(self, cls: type) -> str:
         name = self._names.get(cls)
@@ -122,10 +125,12 @@ class ClassRegistry:
 
     def lookup(self, name: str) -> type | None:
         cls = self._by_name.get(name)
-        if cls is not None:
+        if cls is not None or name in self._missing:
             return cls
         cls = _import_class(name)
-        if cls is not None:
+        if cls is None:
+            self._missing.add(name)
+        else:
             self._by_name[name] = cls
         return cls
 

@@ -48,7 +48,8 @@ EXT_UUID = 7
 FIRST_OBJECT_EXT = 32
 LAST_OBJECT_EXT = 127
 
-_POINTER = struct.Struct(">16sI")
+POINTER_STRUCT = struct.Struct(">16sI")
+_POINTER = POINTER_STRUCT
 
 PLAIN_SCALAR_TYPES: frozenset[type] = frozenset(
     {

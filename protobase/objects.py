@@ -60,8 +60,10 @@ def register_class(
 
 def class_name(obj: Any) -> str:
     """The name an object's class is stored under."""
-    stored = getattr(obj, "_pb_stored_name", None)
-    return stored if stored is not None else registry.name_of(type(obj))
+    kind = type(obj)
+    if kind is UnknownObject or kind is UnknownMutableObject:
+        return obj._pb_stored_name  # type: ignore[no-any-return]
+    return registry.name_of(kind)
 
 
 def resolve_class(name: str, base: type) -> type | None:

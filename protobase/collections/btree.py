@@ -33,6 +33,10 @@ Node atom payloads (msgpack, see `protobase.codec`)::
     [1, values]                          positional leaf
     [2, height, sizes, children, keys]   keyed internal node
     [3, height, sizes, children]         positional internal node
+
+``sizes`` are the entry counts of the children; ``children`` is one bytes
+value, the children's pointers packed as 16-byte transaction id + uint32
+index, big-endian (one msgpack object instead of one extension per child).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..atoms import AtomPointer
+from ..codec import POINTER_STRUCT as _POINTER
 from ..errors import CorruptionError
 
 MAX_WIDTH = 64
@@ -162,7 +167,10 @@ class Node:
             if self.keys is None:
                 return [1, self.values]
             return [0, self.keys, self.values]
-        children = [ref(child) for child in self.children]  # type: ignore[union-attr]
+        children = b"".join(
+            _POINTER.pack(*ref(child))
+            for child in self.children  # type: ignore[union-attr]
+        )
         if self.keys is None:
             return [3, self.height, self.sizes, children]
         return [2, self.height, self.sizes, children, self.keys]
@@ -178,14 +186,16 @@ class Node:
             elif tag == 1:
                 node = Node(0, None, list(payload[1]))
             elif tag in (2, 3):
-                height, sizes, children = payload[1], list(payload[2]), list(payload[3])
+                height, sizes = payload[1], list(payload[2])
+                blob = payload[3]
+                if type(blob) is not bytes or len(blob) % _POINTER.size:
+                    raise ValueError("children are not a packed pointer array")
+                children: list[Any] = [AtomPointer(t, i) for t, i in _POINTER.iter_unpack(blob)]
                 keys = list(payload[4]) if tag == 2 else None
                 if not (isinstance(height, int) and height > 0):
                     raise ValueError(f"bad height {height!r}")
                 if len(sizes) != len(children) or (keys is not None and len(keys) != len(sizes)):
                     raise ValueError("sizes, children and keys differ in length")
-                if not all(type(c) is AtomPointer for c in children):
-                    raise ValueError("a child is not an atom pointer")
                 node = Node(height, keys, None, children, sizes)
             else:
                 raise ValueError(f"unknown node tag {tag!r}")
