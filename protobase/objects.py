@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .atoms import AtomPointer, registry
 from .collections.ordering import canonical_bytes, sort_key
 from .errors import ImmutableObjectError, TransactionClosedError, ValidationError
-from .values import Storable, check_storable, same_value
+from .values import Storable, same_value, storable
 
 if TYPE_CHECKING:
     from typing import Self
@@ -97,9 +97,10 @@ class DBObject(Storable):
 
     def __init__(self, **attrs: Any) -> None:
         cls = type(self).__qualname__
-        for name, value in attrs.items():
-            check_storable(value, f"attribute {name!r} of {cls}")
-        object.__setattr__(self, "_attrs", attrs)
+        checked = {
+            name: storable(value, f"attribute {name!r} of {cls}") for name, value in attrs.items()
+        }
+        object.__setattr__(self, "_attrs", checked)
 
     @classmethod
     def _pb_from_state(cls, attrs: dict[str, Any]) -> Self:
@@ -127,7 +128,7 @@ class DBObject(Storable):
 
     def _setattr(self, name: str, value: Any) -> Self:
         """A copy of this object with attribute `name` set to `value`."""
-        check_storable(value, f"attribute {name!r} of {type(self).__qualname__}")
+        value = storable(value, f"attribute {name!r} of {type(self).__qualname__}")
         return self._pb_from_state({**self._attrs, name: value})
 
     def _delattr(self, name: str) -> Self:
@@ -138,9 +139,11 @@ class DBObject(Storable):
 
     def _update(self, **changes: Any) -> Self:
         """A copy of this object with several attributes changed."""
-        for name, value in changes.items():
-            check_storable(value, f"attribute {name!r} of {type(self).__qualname__}")
-        return self._pb_from_state({**self._attrs, **changes})
+        cls = type(self).__qualname__
+        checked = {
+            name: storable(value, f"attribute {name!r} of {cls}") for name, value in changes.items()
+        }
+        return self._pb_from_state({**self._attrs, **checked})
 
     def has_defined_attr(self, name: str) -> bool:
         """True when attribute `name` was set (even to None)."""
@@ -203,7 +206,7 @@ class UnknownObject(DBObject):
         return UnknownObject._pb_with_name(self._pb_stored_name, attrs)
 
     def _setattr(self, name: str, value: Any) -> UnknownObject:
-        check_storable(value, f"attribute {name!r} of {self._pb_stored_name}")
+        value = storable(value, f"attribute {name!r} of {self._pb_stored_name}")
         return self._pb_from_state_like({**self._attrs, name: value})
 
     def __repr__(self) -> str:
@@ -239,10 +242,11 @@ class MutableObject(Storable):
 
     def __init__(self, **attrs: Any) -> None:
         cls = type(self).__qualname__
-        for name, value in attrs.items():
-            check_storable(value, f"attribute {name!r} of {cls}")
+        checked = {
+            name: storable(value, f"attribute {name!r} of {cls}") for name, value in attrs.items()
+        }
         object.__setattr__(self, "_pb_oid", os.urandom(OBJECT_ID_BYTES))
-        object.__setattr__(self, "_pb_attrs", dict(attrs))
+        object.__setattr__(self, "_pb_attrs", checked)
         object.__setattr__(self, "_pb_context", None)
         unbound_objects.add(self)
 
@@ -278,7 +282,7 @@ class MutableObject(Storable):
     def __setattr__(self, name: str, value: Any) -> None:
         if name in MutableObject._pb_slots:
             raise AttributeError(f"{name} is managed by ProtoBase")
-        check_storable(value, f"attribute {name!r} of {type(self).__qualname__}")
+        value = storable(value, f"attribute {name!r} of {type(self).__qualname__}")
         state = self._pb_state()
         if self._pb_context is not None:
             self._pb_context.note_mutation(self)

@@ -102,14 +102,17 @@ class ObjectSpace:
     def _read_root(self) -> RootRef:
         if self._closed:
             raise StorageError("this ObjectSpace is closed")
+        with self._latest_lock:
+            seen = self._latest.version
         ref = self._storage.read_root()
         with self._latest_lock:
-            if ref.version < self._latest.version:
+            if ref.version < seen:
                 raise StorageError(
                     f"storage went back to root version {ref.version} after this space saw "
-                    f"{self._latest.version}; refusing a stale read"
+                    f"{seen}; refusing a stale read"
                 )
-            self._latest = ref
+            if ref.version > self._latest.version:
+                self._latest = ref
         return ref
 
     def _note_root(self, ref: RootRef) -> None:

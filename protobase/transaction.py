@@ -52,7 +52,7 @@ from .objects import (
 )
 from .serialization import AtomReader, AtomWriter
 from .storage.interfaces import CommitBatch, RootRef
-from .values import check_storable, same_value
+from .values import same_value, storable
 
 if TYPE_CHECKING:
     from .space import Database, ObjectSpace
@@ -209,8 +209,7 @@ class Transaction(Snapshot, ObjectContext):
         self._check_writable()
         if type(name) is not str:
             raise ValidationError(f"root names are str, not {type(name).__name__}")
-        check_storable(value, f"root object {name!r}")
-        self._roots = self._roots.set_at(name, value)
+        self._roots = self._roots.set_at(name, storable(value, f"root object {name!r}"))
 
     def remove_root_object(self, name: str) -> None:
         """Remove root `name`; KeyError when it is not set."""

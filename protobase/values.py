@@ -1,9 +1,10 @@
 """What can be stored, and when two stored values are the same.
 
-`check_storable` is called where a value enters the object layer (an object
+`storable` is called where a value enters the object layer (an object
 attribute, a collection entry, a root object) so that a bad value fails at
 the line that introduced it, with the attribute or key named, instead of at
-commit time.
+commit time. It also copies plain lists and dicts, so a stored value never
+changes when the caller later changes the list it passed in.
 
 `same_value` is the equality the merge uses: it never calls a collection's
 content comparison (two collections are the same only when they share their
@@ -18,8 +19,6 @@ from typing import Any
 from .codec import PLAIN_SCALAR_TYPES
 from .errors import ValidationError
 
-_CONTAINERS = (tuple, list, dict)
-
 
 class Storable:
     """Base of the object layer's own storable types (objects, collections)."""
@@ -30,27 +29,34 @@ class Storable:
         """Validate values held inside; most storable types are checked on entry."""
 
 
-def check_storable(value: Any, where: str) -> None:
-    """Raise `ValidationError` naming `where` when `value` cannot be stored.
+def storable(value: Any, where: str) -> Any:
+    """`value` checked for storing, with its plain containers copied.
+
+    Lists, dicts and tuples holding them are copied (recursively), so that
+    changing the caller's list later cannot change a stored value; scalars
+    and the object layer's own types come back as they are.
 
     Args:
-        value: the candidate value; containers are checked recursively.
+        value: the candidate value.
         where: how the caller names the place, e.g. ``"attribute 'email' of Person"``.
+
+    Raises:
+        ValidationError: `value` (or something inside it) cannot be stored;
+            the message names the type and `where`.
     """
     kind = type(value)
-    if kind in PLAIN_SCALAR_TYPES:
-        return
-    if kind in _CONTAINERS:
-        if kind is dict:
-            for key, item in value.items():
-                check_storable(key, f"a key in {where}")
-                check_storable(item, f"{where}[{key!r}]")
-        else:
-            for position, item in enumerate(value):
-                check_storable(item, f"{where}[{position}]")
-        return
-    if isinstance(value, Storable):
-        return
+    if kind in PLAIN_SCALAR_TYPES or isinstance(value, Storable):
+        return value
+    if kind is list:
+        return [storable(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if kind is dict:
+        return {
+            storable(key, f"a key in {where}"): storable(item, f"{where}[{key!r}]")
+            for key, item in value.items()
+        }
+    if kind is tuple:
+        items = tuple(storable(item, f"{where}[{i}]") for i, item in enumerate(value))
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     raise ValidationError(
         f"cannot store a value of type {kind.__module__}.{kind.__qualname__} in {where}: "
         "store plain values (None, bool, int, float, str, bytes, datetime, date, timedelta, "

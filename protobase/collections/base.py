@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..atoms import AtomPointer
 from ..errors import TransactionClosedError
-from ..values import Storable, check_storable
+from ..values import Storable, storable
 from .btree import Node, NodeLoader, iter_nodes, same_node
 
 if TYPE_CHECKING:
@@ -98,8 +98,9 @@ class PersistentCollection(Storable):
         return root  # type: ignore[return-value]
 
     @staticmethod
-    def _check(value: Any, where: str) -> None:
-        check_storable(value, where)
+    def _check(value: Any, where: str) -> Any:
+        """`value` validated for storing, plain containers copied (see values.storable)."""
+        return storable(value, where)
 
     # -- size and comparison ---------------------------------------------------
 

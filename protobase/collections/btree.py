@@ -395,7 +395,7 @@ def _keyed_set(
         child, split, added = _keyed_set(
             node.child(i, loader), loader, key, skey, value, keyfn, edit
         )
-        if child is node.children[i] and split is None:  # type: ignore[index]
+        if child is node.children[i] and split is None and not added:  # type: ignore[index]
             return node, None, 0
         n = _editable(node, edit)
         _replace_child(n, i, child, keyfn)

@@ -87,9 +87,10 @@ class KeyedCollection(PersistentCollection):
                 root, _ = keyed_set(root, self._loader, key, value, keyfn, edit)
         return self._derive(root)
 
-    def _check_key(self, key: Any) -> None:
-        self._check(key, f"a {type(self).__name__} {self._what}")
+    def _check_key(self, key: Any) -> Any:
+        key = self._check(key, f"a {type(self).__name__} {self._what}")
         type(self)._keyfn(key)
+        return key
 
 
 class _Mapping(KeyedCollection):
@@ -109,9 +110,8 @@ class _Mapping(KeyedCollection):
         return None if value is MISSING else value
 
     def set_at(self, key: Any, value: Any) -> Self:
-        self._check_key(key)
-        self._check(value, f"{type(self).__name__}[{key!r}]")
-        return self._with(key, value)
+        key = self._check_key(key)
+        return self._with(key, self._check(value, f"{type(self).__name__}[{key!r}]"))
 
     def remove_at(self, key: Any) -> Self:
         """The mapping without `key`; KeyError when it is absent."""
@@ -171,14 +171,18 @@ class Dictionary(_Mapping):
     _kind = "dict"
     _keyfn = staticmethod(sort_key)
 
-    def range(self, lo: Any = None, hi: Any = None) -> Iterator[tuple[Any, Any]]:
-        """Pairs with ``lo <= key < hi`` in key order; None leaves a side open."""
+    def range(self, lo: Any = MISSING, hi: Any = MISSING) -> Iterator[tuple[Any, Any]]:
+        """Pairs with ``lo <= key < hi`` in key order.
+
+        A bound left out leaves that side open (None is a key like any other,
+        the smallest one).
+        """
         return keyed_items(
             self._node(),
             self._loader,
             sort_key,
-            MISSING if lo is None else sort_key(lo),
-            MISSING if hi is None else sort_key(hi),
+            MISSING if lo is MISSING else sort_key(lo),
+            MISSING if hi is MISSING else sort_key(hi),
         )
 
 
@@ -205,7 +209,7 @@ class Set(KeyedCollection):
             self._root, self._count = built._root, built._count
 
     def add(self, value: Any) -> Self:
-        self._check_key(value)
+        value = self._check_key(value)
         if self._lookup(value) is not MISSING:
             return self
         return self._with(value, None)
@@ -218,9 +222,7 @@ class Set(KeyedCollection):
         return self._lookup(value) is not MISSING
 
     def update(self, items: Iterable[Any]) -> Self:
-        values = list(items.as_iterable() if isinstance(items, PersistentCollection) else items)
-        for value in values:
-            self._check_key(value)
+        values = [self._check_key(value) for value in _elements(items)]
         return self._bulk((value, None) for value in values)
 
     def union(self, other: Iterable[Any]) -> Self:
@@ -287,7 +289,7 @@ class CountedSet(KeyedCollection):
         return self._lookup(value) is not MISSING
 
     def add(self, value: Any, times: int = 1) -> Self:
-        self._check_key(value)
+        value = self._check_key(value)
         if times < 1:
             raise ValueError(f"add counts up by a positive number, not {times}")
         result = self._with(value, self.get_count(value) + times)
@@ -307,7 +309,7 @@ class CountedSet(KeyedCollection):
         counts: dict[Any, int] = {}
         originals: dict[Any, Any] = {}
         for value in _elements(items):
-            self._check_key(value)
+            value = self._check_key(value)
             skey = hash_key(value)
             originals.setdefault(skey, value)
             counts[skey] = counts.get(skey, 0) + 1

@@ -33,9 +33,7 @@ class List(PersistentCollection):
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         super().__init__()
-        values = list(items)
-        for position, value in enumerate(values):
-            self._check(value, f"List item {position}")
+        values = [self._check(value, f"List item {i}") for i, value in enumerate(items)]
         self._root = build_positional(values)
         self._count = len(values)
 
@@ -86,7 +84,7 @@ class List(PersistentCollection):
 
     def insert_at(self, index: int, value: Any) -> Self:
         """Insert so that `value` ends at `index`; ``insert_at(len(l), v)`` appends."""
-        self._check(value, f"List item {index}")
+        value = self._check(value, f"List item {index}")
         position = self._position(index, inserting=index >= 0)
         return self._derive(positional_insert(self._node(), self._loader, position, value))
 
@@ -112,9 +110,11 @@ class List(PersistentCollection):
 
     def extend(self, items: Iterable[Any]) -> Self:
         """Append every item; O(k log n) with no per-item path copies."""
-        values = list(items.as_iterable() if isinstance(items, PersistentCollection) else items)
-        for offset, value in enumerate(values):
+        source = items.as_iterable() if isinstance(items, PersistentCollection) else items
+        values = [
             self._check(value, f"List item {self._count + offset}")
+            for offset, value in enumerate(source)
+        ]
         if not values:
             return self
         if not self._count:
