@@ -20,11 +20,16 @@ msgpack extension codes (the stored format; never renumber)::
 
 Decoding never returns garbage: truncated input, trailing bytes, an unknown
 extension code or a malformed extension payload raise `CorruptionError`.
+
+`bytearray` and `memoryview` are written as bytes by msgpack itself (they
+would load as `bytes`); the object layer refuses them where values enter
+(`protobase.values.storable`), so they never reach the codec from there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 import uuid
 import zoneinfo
@@ -177,9 +182,57 @@ def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtTy
     return default
 
 
+# msgpack itself turns extension -1 of 4, 8 or 12 bytes into a Timestamp and
+# offers no way to switch that off. We never write extension -1, so stored data
+# holding one is damaged. Only these headers can produce a Timestamp; data
+# without them decodes on the fast path, data with them (possibly by chance,
+# inside a string or a pointer) decodes with hooks that reject a Timestamp.
+_TIMESTAMP_HEADER = re.compile(
+    rb"[\xd6\xd7]\xff|\xc7[\x04\x08\x0c]\xff|\xc8\x00[\x04\x08\x0c]\xff"
+    rb"|\xc9\x00\x00\x00[\x04\x08\x0c]\xff"
+)
+
+
+def _may_hold_timestamp(data: bytes) -> bool:
+    return _TIMESTAMP_HEADER.search(data) is not None
+
+
+def _no_timestamp(value: Any) -> None:
+    if type(value) is msgpack.Timestamp:
+        raise CorruptionError("stored data holds a msgpack timestamp, which ProtoBase never writes")
+
+
+def _checked_list(items: list[Any]) -> list[Any]:
+    for item in items:
+        _no_timestamp(item)
+    return items
+
+
+def _checked_map(mapping: dict[Any, Any]) -> dict[Any, Any]:
+    for key, item in mapping.items():
+        _no_timestamp(key)
+        _no_timestamp(item)
+    return mapping
+
+
+def _unpack(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
+    if not _may_hold_timestamp(data):
+        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+    value = msgpack.unpackb(
+        data,
+        ext_hook=ext_hook,
+        raw=False,
+        strict_map_key=False,
+        list_hook=_checked_list,
+        object_hook=_checked_map,
+    )
+    _no_timestamp(value)
+    return value
+
+
 def _make_ext_hook(hooks: ExtensionHooks | None) -> Callable[[int, bytes], Any]:
     def unpack(data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+        return _unpack(data, ext_hook)
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code == EXT_POINTER:
@@ -234,10 +287,11 @@ class Codec:
     def decode(self, data: bytes) -> Any:
         """Decode one value; raises `CorruptionError` on any malformed input."""
         try:
-            return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)
+            return _unpack(data, self._ext_hook)
         except ProtoBaseException:
             raise
         except (
+            ArithmeticError,
             ValueError,
             TypeError,
             KeyError,

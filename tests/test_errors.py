@@ -212,9 +212,8 @@ def test_unstorable_value_raises_validation_error_and_writes_nothing(
 def test_unstorable_value_slipped_into_a_list_fails_commit_and_writes_nothing(db) -> None:
     store(db, x=1)
     before = db.space.storage.read_root()
-    tags: list[Any] = ["ok"]
-    acct = Account(tags=tags)
-    tags.append(object())  # changed in place, after the attribute was checked
+    acct = Account(tags=["ok"])
+    acct.tags.append(object())  # changed in place, past the check on assignment
     tr = db.new_transaction()
     tr.set_root_object("x", 2)
     tr.set_root_object("acct", acct)

@@ -63,7 +63,7 @@ class MemoryStorage:
             if new_root.transaction_id == batch.transaction_id:
                 if not 0 <= new_root.index < len(atoms):
                     raise StorageError(f"new root {new_root} is not an atom of the batch")
-            elif new_root.transaction_id not in self._batches:
+            elif not 0 <= new_root.index < len(self._batches.get(new_root.transaction_id, ())):
                 raise StorageError(f"new root {new_root} is not a stored atom")
             self._batches[batch.transaction_id] = atoms
             self._root = RootRef(new_root, self._root.version + 1)
