@@ -62,7 +62,7 @@ def class_name(obj: Any) -> str:
     """The name an object's class is stored under."""
     kind = type(obj)
     if kind is UnknownObject or kind is UnknownMutableObject:
-        return obj._pb_stored_name  # type: ignore[no-any-return]
+        return obj._pb_stored_name
     return registry.name_of(kind)
 
 
