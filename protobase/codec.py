@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .atoms import AtomPointer
+from .atoms import TRANSACTION_ID_BYTES, AtomPointer
 from .errors import CorruptionError, ProtoBaseException, ValidationError
 
 EXT_POINTER = 0
@@ -88,7 +88,12 @@ class ExtensionHooks(Protocol):
 
 
 def encode_pointer(pointer: AtomPointer) -> bytes:
-    return _POINTER.pack(pointer.transaction_id, pointer.index)
+    transaction_id, index = pointer
+    if type(transaction_id) is not bytes or len(transaction_id) != TRANSACTION_ID_BYTES:
+        raise ValidationError(f"an atom pointer needs a 16-byte transaction id, not {pointer!r}")
+    if type(index) is not int or not 0 <= index < 2**32:
+        raise ValidationError(f"an atom pointer index is an int in [0, 2**32), not {index!r}")
+    return _POINTER.pack(transaction_id, index)
 
 
 def decode_pointer(data: bytes) -> AtomPointer:
@@ -230,6 +235,14 @@ def _unpack(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
     return value
 
 
+def _check_ints(fields: Any, count: int, what: str) -> None:
+    """The first `count` fields of an extension are plain ints (not bools, not floats)."""
+    if type(fields) is not list or len(fields) < count:
+        raise CorruptionError(f"{what} extension does not hold its fields")
+    if any(type(field) is not int for field in fields[:count]):
+        raise CorruptionError(f"{what} extension holds a field that is not an integer")
+
+
 def _make_ext_hook(hooks: ExtensionHooks | None) -> Callable[[int, bytes], Any]:
     def unpack(data: bytes) -> Any:
         return _unpack(data, ext_hook)
@@ -238,6 +251,8 @@ def _make_ext_hook(hooks: ExtensionHooks | None) -> Callable[[int, bytes], Any]:
         if code == EXT_POINTER:
             return decode_pointer(data)
         if code == EXT_BIGINT:
+            if not data:
+                raise CorruptionError("big integer extension is empty")
             return int.from_bytes(data, "big", signed=True)
         if code == EXT_TUPLE:
             items = unpack(data)
@@ -245,16 +260,26 @@ def _make_ext_hook(hooks: ExtensionHooks | None) -> Callable[[int, bytes], Any]:
                 raise CorruptionError("tuple extension does not hold a list")
             return tuple(items)
         if code == EXT_DATETIME:
-            y, mo, d, h, mi, s, us, fold, tz = unpack(data)
+            fields = unpack(data)
+            _check_ints(fields, 8, "datetime")
+            y, mo, d, h, mi, s, us, fold, tz = fields
             return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
         if code == EXT_DATE:
-            y, mo, d = unpack(data)
+            fields = unpack(data)
+            _check_ints(fields, 3, "date")
+            y, mo, d = fields
             return dt.date(y, mo, d)
         if code == EXT_TIMEDELTA:
-            days, seconds, micros = unpack(data)
+            fields = unpack(data)
+            _check_ints(fields, 3, "timedelta")
+            days, seconds, micros = fields
             return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
         if code == EXT_DECIMAL:
-            return Decimal(data.decode("ascii"))
+            text = data.decode("ascii")
+            value = Decimal(text)
+            if str(value) != text:
+                raise CorruptionError(f"Decimal extension {text!r} is not in canonical form")
+            return value
         if code == EXT_UUID:
             if len(data) != 16:
                 raise CorruptionError(f"UUID extension has {len(data)} bytes, expected 16")
@@ -280,7 +305,7 @@ class Codec:
         """Encode `value`; raises `ValidationError` for an unstorable type."""
         try:
             return msgpack.packb(value, default=self._default, use_bin_type=True, strict_types=True)
-        except (ValueError, OverflowError) as exc:
+        except (ValueError, OverflowError, RecursionError) as exc:
             # msgpack refuses e.g. a dict nested deeper than its limit.
             raise ValidationError(f"cannot encode value: {exc}") from exc
 

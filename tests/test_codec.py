@@ -443,8 +443,6 @@ UNSUPPORTED = [
     pytest.param([1, {2}], "set", id="set-in-list"),
     pytest.param({"k": (1, Custom())}, "Custom", id="custom-in-dict"),
     pytest.param({Custom(): 1}, "Custom", id="custom-as-key"),
-    pytest.param(bytearray(b"x"), "bytearray", id="bytearray"),
-    pytest.param(memoryview(b"x"), "memoryview", id="memoryview"),
 ]
 
 
