@@ -28,7 +28,7 @@ from .errors import (
 )
 from .objects import DBObject, Literal, MutableObject, UnknownObject, register_class
 from .space import Database, ObjectSpace
-from .storage import CommitBatch, MemoryStorage, RootRef, Storage
+from .storage import CommitBatch, CommitInfo, MemoryStorage, RootRef, StandaloneFileStorage, Storage
 from .transaction import Transaction
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "ClusterUnavailableError",
     "CommitBatch",
+    "CommitInfo",
     "ConflictError",
     "CorruptionError",
     "CountedSet",
@@ -59,6 +60,7 @@ __all__ = [
     "RootConflict",
     "RootRef",
     "Set",
+    "StandaloneFileStorage",
     "Storage",
     "StorageError",
     "Transaction",

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from protobase import MemoryStorage, Storage
+from protobase import MemoryStorage, StandaloneFileStorage, Storage
 
 BACKENDS: dict[str, Callable[[Path], Storage]] = {
     "memory": lambda tmp_path: MemoryStorage(),
+    "file": lambda tmp_path: StandaloneFileStorage(tmp_path / "db"),
 }
 
 

@@ -1,0 +1,472 @@
+"""StandaloneFileStorage: the embedded, durable, single-process backend.
+
+A directory holds the WAL segments (format: `protobase.storage.wal`), the
+checkpoint (`protobase.storage.checkpoint`) and a ``LOCK`` file.
+
+Invariants, beyond those of `protobase.storage.interfaces`:
+
+- **Durable acknowledgement.** `commit` returns only after its record was
+  made durable by `wal.durable_write` (fdatasync); a new segment, a rename or
+  a removal is followed by an fsync of the directory.
+- **Group commit.** Committers of several threads share fdatasync calls: the
+  first waiting committer syncs everything appended so far while the others
+  wait for it, and the next sync starts as soon as it returns.
+- **Visibility.** A commit is visible to `read_root` of this process as soon
+  as it is appended, so committers in other threads can rebase on it while
+  its sync runs (that is what lets group commit batch). Only this process can
+  see it before it is durable; a crash kills those readers with it.
+- **Failure stops everything.** If a write or a sync fails, nothing that was
+  not acknowledged can be trusted: the storage refuses every later call with
+  `StorageError` until it is reopened (recovery then truncates the tail).
+- **One owner.** An exclusive `flock` on ``LOCK`` keeps a second process, or
+  a second StandaloneFileStorage of this process, out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atoms import AtomPointer
+from ..errors import AtomNotFoundError, RootConflict, StorageError
+from . import wal
+from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from .interfaces import CommitBatch, RootRef
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_CHECKPOINT_BYTES = 64 * 1024 * 1024
+LOCK_NAME = "LOCK"
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` by long operations."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """One entry of the history: a commit still readable with `at_version`."""
+
+    version: int
+    time: float
+    """Seconds since the Unix epoch."""
+    size: int
+    """Bytes of the commit's WAL record."""
+    transaction_id: bytes
+    root: AtomPointer
+
+
+class StandaloneFileStorage:
+    """A durable storage in one directory; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self._segment_bytes = segment_bytes
+        self._checkpoint_bytes = checkpoint_bytes
+        if not self.path.exists():
+            if not create:
+                raise StorageError(f"{self.path} does not exist")
+            self.path.mkdir(parents=True)
+            fsync_parent = True
+        else:
+            fsync_parent = False
+        if not self.path.is_dir():
+            raise StorageError(f"{self.path} is not a directory")
+        if fsync_parent:
+            wal.fsync_directory(self.path.parent.resolve())
+        self._lock_fd = self._take_lock()
+        self._mutex = threading.Lock()
+        self._synced = threading.Condition(self._mutex)
+        self._fds: dict[int, int] = {}
+        self._records: dict[bytes, wal.RecordInfo] = {}
+        self._positions: dict[bytes, dict[int, int]] = {}
+        self._history: dict[int, wal.RecordInfo] = {}
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._appended = 0
+        self._durable = 0
+        self._syncing = False
+        try:
+            self._recover()
+        except BaseException:
+            self._release()
+            raise
+
+    # -- opening -----------------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StorageError(
+                    f"{self.path} is already open (by another process or another "
+                    "StandaloneFileStorage in this one); close it first"
+                ) from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def _recover(self) -> None:
+        checkpoint = read_checkpoint(self.path)
+        fresh = checkpoint is None
+        if checkpoint is None:
+            checkpoint = Checkpoint()
+        self._generation = checkpoint.generation
+        self._segments = list(checkpoint.segments)
+        on_disk = {}
+        for entry in os.listdir(self.path):
+            parsed = wal.parse_segment_name(entry)
+            if parsed is None:
+                continue
+            generation, number = parsed
+            if generation != self._generation:
+                os.unlink(self.path / entry)  # leftover of an interrupted pack
+                continue
+            on_disk[number] = entry
+        for record in checkpoint.records:
+            self._index(record)
+        tail_segment, tail_offset = checkpoint.tail
+        # Segments after the checkpoint's tail were created since; they are live.
+        number = max(self._segments)
+        while number + 1 in on_disk:
+            number += 1
+            self._segments.append(number)
+        for number in self._segments:
+            if number not in on_disk and not (fresh and number == 1):
+                raise StorageError(
+                    f"{self.path}: WAL segment {wal.segment_name(self._generation, number)} "
+                    "named by the checkpoint is missing; restore it from a backup"
+                )
+        for position, number in enumerate(self._segments):
+            is_last = position == len(self._segments) - 1
+            path = self.path / wal.segment_name(self._generation, number)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds[number] = fd
+            if number < tail_segment:
+                continue
+            data = _read_all(fd)
+            if not data and is_last:
+                _write_all(fd, wal.segment_header(self._generation, number))
+                wal.durable_write(fd)
+                wal.fsync_directory(self.path)
+                data = wal.segment_header(self._generation, number)
+            start = tail_offset if number == tail_segment else 0
+            scan = wal.scan_segment(path, data, start, is_last, self._generation, number)
+            for record in scan.records:
+                self._index(record)
+            if scan.torn_at is not None:
+                os.ftruncate(fd, max(scan.torn_at, wal.SEGMENT_HEADER_SIZE))
+                if scan.torn_at < wal.SEGMENT_HEADER_SIZE:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    _write_all(fd, wal.segment_header(self._generation, number))
+                wal.durable_write(fd)
+        self._active = self._segments[-1]
+        self._active_size = os.fstat(self._fds[self._active]).st_size
+        os.lseek(self._fds[self._active], 0, os.SEEK_END)
+        latest = max(self._history) if self._history else 0
+        self._root = RootRef(self._history[latest].root, latest) if latest else RootRef(None, 0)
+        self._since_checkpoint = 0
+        if fresh:
+            self._checkpoint_locked()
+
+    def _index(self, record: wal.RecordInfo) -> None:
+        self._records[record.transaction_id] = record
+        if record.indexes is not None:
+            self._positions[record.transaction_id] = {
+                index: slot for slot, index in enumerate(record.indexes)
+            }
+        if record.kind == wal.KIND_COMMIT:
+            self._history[record.version] = record
+
+    # -- the storage contract ----------------------------------------------------
+
+    def read_root(self) -> RootRef:
+        with self._mutex:
+            self._check_usable()
+            return self._root
+
+    def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+        with self._mutex:
+            self._check_usable()
+            located = [self._locate(p) for p in pointers]
+        found = []
+        for fd, table_at, data_at, slot in located:
+            start, end = struct.unpack(">II", os.pread(fd, 8, table_at + 4 * slot))
+            atom = os.pread(fd, end - start, data_at + start)
+            if len(atom) != end - start:
+                raise StorageError(f"{self.path}: short read of an atom at {data_at + start}")
+            found.append(atom)
+        return found
+
+    def _locate(self, pointer: AtomPointer) -> tuple[int, int, int, int]:
+        record = self._records.get(pointer.transaction_id)
+        slot: int | None = pointer.index
+        if record is not None and record.indexes is not None:
+            slot = self._positions[record.transaction_id].get(pointer.index)
+        if record is None or slot is None or not 0 <= slot < record.atom_count:
+            raise AtomNotFoundError(f"no atom at {pointer} in {self.path}")
+        return self._fds[record.segment], record.table_offset, record.data_offset, slot
+
+    def commit(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> RootRef:
+        atoms = [bytes(atom) for atom in batch.atoms]
+        with self._mutex:
+            self._check_usable()
+            earlier = self._records.get(batch.transaction_id)
+            if earlier is not None:
+                return self._repeat_commit(earlier, atoms)
+            if self._root.version != expected_root_version:
+                raise RootConflict(
+                    f"root is at version {self._root.version}, "
+                    f"commit expected {expected_root_version}"
+                )
+            self._check_new_root(batch.transaction_id, len(atoms), new_root)
+            version = self._root.version + 1
+            record_bytes = wal.encode_record(
+                wal.KIND_COMMIT, version, _now_us(), batch.transaction_id, new_root, atoms
+            )
+            record = self._append(record_bytes)
+            self._index(record)
+            self._root = RootRef(new_root, version)
+            self._appended += 1
+            ticket = self._appended
+            self._wait_durable(ticket)
+            if self._since_checkpoint >= self._checkpoint_bytes:
+                self._checkpoint_locked()
+            return RootRef(new_root, version)
+
+    def _repeat_commit(self, earlier: wal.RecordInfo, atoms: list[bytes]) -> RootRef:
+        if earlier.kind != wal.KIND_COMMIT:
+            raise StorageError(
+                f"transaction id {earlier.transaction_id.hex()} is already stored; "
+                "every commit needs a fresh transaction id"
+            )
+        fd = self._fds[earlier.segment]
+        stored = os.pread(fd, earlier.size, earlier.offset)
+        expected = wal.encode_record(
+            wal.KIND_COMMIT,
+            earlier.version,
+            earlier.time_us,
+            earlier.transaction_id,
+            earlier.root,
+            atoms,
+        )
+        if stored != expected:
+            raise StorageError(
+                f"transaction id {earlier.transaction_id.hex()} was already committed "
+                "with different atoms; every commit needs a fresh transaction id"
+            )
+        assert earlier.root is not None
+        self._wait_durable(self._appended)
+        return RootRef(earlier.root, earlier.version)
+
+    def _check_new_root(self, transaction_id: bytes, count: int, new_root: AtomPointer) -> None:
+        if new_root.transaction_id == transaction_id:
+            if not 0 <= new_root.index < count:
+                raise StorageError(f"new root {new_root} is not an atom of the batch")
+            return
+        try:
+            self._locate(new_root)
+        except AtomNotFoundError as exc:
+            raise StorageError(f"new root {new_root} is not a stored atom") from exc
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._closed:
+                return
+            while self._syncing:
+                self._synced.wait()
+            try:
+                if self._failed is None:
+                    self._checkpoint_locked()
+            finally:
+                self._closed = True
+                self._release()
+
+    def _release(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> StandaloneFileStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- appending and group commit ------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self.path} is closed")
+        if self._failed is not None:
+            raise StorageError(
+                f"storage {self.path} stopped after a failed write or sync "
+                f"({self._failed!r}); reopen it to recover"
+            ) from self._failed
+
+    def _append(self, record_bytes: bytes) -> wal.RecordInfo:
+        if (
+            self._active_size + len(record_bytes) > self._segment_bytes
+            and self._active_size > wal.SEGMENT_HEADER_SIZE
+        ):
+            self._roll_segment()
+        fd = self._fds[self._active]
+        offset = self._active_size
+        try:
+            _write_all(fd, record_bytes)
+        except OSError as exc:
+            self._failed = exc
+            raise StorageError(f"writing the WAL of {self.path} failed: {exc}") from exc
+        self._active_size += len(record_bytes)
+        self._since_checkpoint += len(record_bytes)
+        return _placed(record_bytes, self._active, offset)
+
+    def _roll_segment(self) -> None:
+        try:
+            wal.durable_write(self._fds[self._active])
+            number = self._active + 1
+            path = self.path / wal.segment_name(self._generation, number)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            _write_all(fd, wal.segment_header(self._generation, number))
+            wal.durable_write(fd)
+            wal.fsync_directory(self.path)
+        except OSError as exc:
+            self._failed = exc
+            raise StorageError(f"starting a new WAL segment in {self.path} failed: {exc}") from exc
+        self._fds[number] = fd
+        self._segments.append(number)
+        self._active = number
+        self._active_size = wal.SEGMENT_HEADER_SIZE
+
+    def _wait_durable(self, ticket: int) -> None:
+        """Block until every record up to `ticket` is durable (mutex held)."""
+        while self._durable < ticket:
+            if self._failed is not None:
+                self._check_usable()
+            if self._syncing:
+                self._synced.wait()
+                continue
+            self._syncing = True
+            target = self._appended
+            fd = self._fds[self._active]
+            self._mutex.release()
+            try:
+                wal.durable_write(fd)
+            except OSError as exc:
+                failure: BaseException | None = exc
+            else:
+                failure = None
+            finally:
+                self._mutex.acquire()
+                self._syncing = False
+                self._synced.notify_all()
+            if failure is not None:
+                self._failed = failure
+                raise StorageError(f"syncing the WAL of {self.path} failed: {failure}") from failure
+            self._durable = max(self._durable, target)
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Save the index now, so that the next open replays nothing."""
+        with self._mutex:
+            self._check_usable()
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        wal.durable_write(self._fds[self._active])
+        write_checkpoint(
+            self.path,
+            Checkpoint(
+                self._generation,
+                list(self._segments),
+                (self._active, self._active_size),
+                list(self._records.values()),
+            ),
+        )
+        self._since_checkpoint = 0
+
+    # -- history ------------------------------------------------------------------
+
+    def history(self) -> list[CommitInfo]:
+        """Commits still readable with `root_at`, oldest first."""
+        with self._mutex:
+            self._check_usable()
+            return [
+                CommitInfo(r.version, r.time_us / 1e6, r.size, r.transaction_id, r.root)  # type: ignore[arg-type]
+                for _, r in sorted(self._history.items())
+            ]
+
+    def root_at(self, version: int) -> RootRef:
+        """The root as of commit `version`.
+
+        Raises:
+            StorageError: the version was never committed or was packed away.
+        """
+        with self._mutex:
+            self._check_usable()
+            record = self._history.get(version)
+            if record is None or record.root is None:
+                oldest = min(self._history) if self._history else None
+                raise StorageError(
+                    f"version {version} is not in the history of {self.path} "
+                    f"(oldest kept: {oldest}, latest: {self._root.version}); "
+                    "pack removes versions older than its keep_history"
+                )
+            return RootRef(record.root, version)
+
+
+def _placed(record_bytes: bytes, segment: int, offset: int) -> wal.RecordInfo:
+    info = wal.parse_record(record_bytes, 0, segment)
+    return wal.RecordInfo(
+        info.kind,
+        info.version,
+        info.time_us,
+        info.transaction_id,
+        info.root,
+        segment,
+        offset,
+        info.size,
+        info.atom_count,
+        info.indexes,
+    )
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size, 0)
+    if len(data) != size:
+        raise StorageError(f"short read of a WAL segment ({len(data)} of {size} bytes)")
+    return data
