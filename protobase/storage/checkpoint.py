@@ -63,7 +63,7 @@ def _entry(info: RecordInfo) -> bytes:
     )
 
 
-def _info(entry: tuple, indexes: tuple[int, ...] | None) -> RecordInfo:  # type: ignore[type-arg]
+def _info(entry: tuple, indexes: tuple[int, ...] | None) -> RecordInfo:
     kind, version, time_us, txid, root_id, root_index, segment, offset, size, count = entry
     root = AtomPointer(root_id, root_index) if kind == KIND_COMMIT else None
     return RecordInfo(kind, version, time_us, txid, root, segment, offset, size, count, indexes)

@@ -229,7 +229,7 @@ def scan_segment(
             f"{path}: offset 0: not segment {generation}/{number} of a ProtoBase WAL"
         )
     offset = max(start, SEGMENT_HEADER_SIZE)
-    records = []
+    records: list[RecordInfo] = []
     while offset < len(data):
         try:
             record = parse_record(data, offset, number)
