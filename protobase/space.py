@@ -14,14 +14,17 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
+from . import reachability
 from .atoms import AtomPointer, new_transaction_id, unframe_atom
 from .collections import Dictionary, HashDictionary
 from .errors import (
@@ -32,7 +35,8 @@ from .errors import (
     ValidationError,
 )
 from .serialization import AtomWriter
-from .storage.interfaces import CommitBatch, RootRef, Storage
+from .storage.file import CommitInfo, Progress
+from .storage.interfaces import CommitBatch, HistoryStorage, PackableStorage, RootRef, Storage
 from .transaction import SPACE_FORMAT, Snapshot, Transaction
 
 T = TypeVar("T")
@@ -91,6 +95,7 @@ class ObjectSpace:
         self._cache = AtomCache(cache_bytes)
         self._latest_lock = threading.Lock()
         self._latest = RootRef(None, 0)
+        self._open_transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
         self._closed = False
 
     @property
@@ -131,6 +136,58 @@ class ObjectSpace:
                 self._cache.put(pointers[i], payload)
                 found[i] = payload
         return found  # type: ignore[return-value]
+
+    def _root_at(self, version: int) -> RootRef:
+        storage = self._storage
+        if not isinstance(storage, HistoryStorage):
+            raise StorageError(
+                f"{type(storage).__name__} keeps no history; at_version needs a storage "
+                "such as StandaloneFileStorage"
+            )
+        return storage.root_at(version)
+
+    def _track(self, transaction: Transaction) -> Transaction:
+        with self._latest_lock:
+            self._open_transactions.add(transaction)
+        return transaction
+
+    # -- history and pack ----------------------------------------------------------
+
+    def history(self) -> list[CommitInfo]:
+        """Commits still readable with ``db.new_transaction(at_version=...)``, oldest first."""
+        storage = self._storage
+        if not isinstance(storage, HistoryStorage):
+            raise StorageError(f"{type(storage).__name__} keeps no history")
+        return storage.history()
+
+    def pack(
+        self,
+        keep_history: dt.timedelta = dt.timedelta(0),
+        progress: Progress | None = None,
+    ) -> None:
+        """Remove what no kept version can reach, and the versions older than `keep_history`.
+
+        Kept: every commit younger than `keep_history`, the latest commit, and
+        every version an open transaction of this space reads.
+        """
+        storage = self._storage
+        if not isinstance(storage, PackableStorage) or not isinstance(storage, HistoryStorage):
+            raise StorageError(f"{type(storage).__name__} cannot pack")
+        history = storage.history()
+        if not history:
+            return
+        cutoff = time.time() - keep_history.total_seconds()
+        keep_from = history[-1].version
+        for commit in history:
+            if commit.time >= cutoff:
+                keep_from = min(keep_from, commit.version)
+        with self._latest_lock:
+            for transaction in list(self._open_transactions):
+                if not transaction._closed:
+                    keep_from = min(keep_from, transaction.root_version)
+        roots = [c.root for c in history if c.version >= keep_from]
+        found = reachability.walk(self._read_payloads, roots, progress)
+        storage.pack(found.reachable, keep_from, progress)
 
     # -- databases ---------------------------------------------------------------
 
@@ -213,13 +270,24 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database {self.name!r}>"
 
-    def new_transaction(self) -> Transaction:
-        """A transaction on a snapshot of the database as of now."""
-        return Transaction(self, self.space._read_root())
+    def new_transaction(self, at_version: int | None = None) -> Transaction:
+        """A transaction on a snapshot of the database as of now.
+
+        Args:
+            at_version: read the database as of this commit version instead
+                (read-only; needs a storage that keeps history).
+
+        Raises:
+            StorageError: `at_version` is not kept by the storage (never
+                committed, or packed away).
+        """
+        if at_version is None:
+            return self.space._track(Transaction(self, self.space._read_root()))
+        return self.space._track(Transaction(self, self.space._root_at(at_version), read_only=True))
 
     def new_read_only_transaction(self) -> Transaction:
         """A transaction that refuses writes (cheaper to reason about)."""
-        return Transaction(self, self.space._read_root(), read_only=True)
+        return self.space._track(Transaction(self, self.space._read_root(), read_only=True))
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

@@ -407,6 +407,102 @@ class StandaloneFileStorage:
         )
         self._since_checkpoint = 0
 
+    # -- pack ---------------------------------------------------------------------
+
+    def pack(
+        self,
+        reachable: set[AtomPointer],
+        keep_from_version: int,
+        progress: Progress | None = None,
+    ) -> None:
+        """Rewrite the WAL as a new generation; see `PackableStorage.pack`.
+
+        Commits wait while the rewrite runs. The new generation's files are
+        written and synced first; writing its checkpoint is the switch; the
+        old generation's files are removed last. Recovery removes the files of
+        whichever generation the checkpoint does not name, so a crash at any
+        point leaves one complete generation.
+        """
+        with self._mutex:
+            self._check_usable()
+            while self._syncing:
+                self._synced.wait()
+            records = sorted(self._records.values(), key=lambda r: (r.segment, r.offset))
+            total = sum(r.size for r in records)
+            writer = _GenerationWriter(self.path, self._generation + 1, self._segment_bytes)
+            try:
+                done = 0
+                for record in records:
+                    self._repack_record(record, reachable, keep_from_version, writer)
+                    done += record.size
+                    if progress is not None:
+                        progress(done, total)
+                writer.finish()
+                write_checkpoint(
+                    self.path,
+                    Checkpoint(writer.generation, writer.segments, writer.tail, writer.records),
+                )
+            except BaseException:
+                writer.abandon()
+                raise
+            old_generation, old_fds = self._generation, self._fds
+            self._fds = {}
+            for fd in old_fds.values():
+                os.close(fd)
+            for number in self._segments:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / wal.segment_name(old_generation, number))
+            wal.fsync_directory(self.path)
+            self._generation = writer.generation
+            self._segments = writer.segments
+            self._fds = writer.fds
+            self._records.clear()
+            self._positions.clear()
+            self._history.clear()
+            for record in writer.records:
+                self._index(record)
+            self._active = self._segments[-1]
+            self._active_size = writer.tail[1]
+            os.lseek(self._fds[self._active], 0, os.SEEK_END)
+            self._since_checkpoint = 0
+
+    def _repack_record(
+        self,
+        record: wal.RecordInfo,
+        reachable: set[AtomPointer],
+        keep_from_version: int,
+        writer: _GenerationWriter,
+    ) -> None:
+        fd = self._fds[record.segment]
+        if record.kind == wal.KIND_COMMIT and record.version >= keep_from_version:
+            writer.append(os.pread(fd, record.size, record.offset))
+            return
+        indexes = record.indexes if record.indexes is not None else range(record.atom_count)
+        kept = [
+            (slot, index)
+            for slot, index in enumerate(indexes)
+            if AtomPointer(record.transaction_id, index) in reachable
+        ]
+        if not kept:
+            return
+        table = os.pread(fd, 4 * (record.atom_count + 1), record.table_offset)
+        ends = wal.read_atom_spans(table, record.atom_count)
+        atoms = [
+            os.pread(fd, ends[slot + 1] - ends[slot], record.data_offset + ends[slot])
+            for slot, _ in kept
+        ]
+        writer.append(
+            wal.encode_record(
+                wal.KIND_PACKED,
+                0,
+                record.time_us,
+                record.transaction_id,
+                None,
+                atoms,
+                [index for _, index in kept],
+            )
+        )
+
     # -- history ------------------------------------------------------------------
 
     def history(self) -> list[CommitInfo]:
@@ -435,6 +531,57 @@ class StandaloneFileStorage:
                     "pack removes versions older than its keep_history"
                 )
             return RootRef(record.root, version)
+
+
+class _GenerationWriter:
+    """Writes the segments of a new WAL generation (used by pack)."""
+
+    def __init__(self, directory: Path, generation: int, segment_bytes: int) -> None:
+        self.directory = directory
+        self.generation = generation
+        self.segment_bytes = segment_bytes
+        self.segments: list[int] = []
+        self.fds: dict[int, int] = {}
+        self.records: list[wal.RecordInfo] = []
+        self.size = 0
+        self._start_segment()
+
+    @property
+    def tail(self) -> tuple[int, int]:
+        return self.segments[-1], self.size
+
+    def _start_segment(self) -> None:
+        number = len(self.segments) + 1
+        path = self.directory / wal.segment_name(self.generation, number)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fds[number] = fd
+        self.segments.append(number)
+        _write_all(fd, wal.segment_header(self.generation, number))
+        self.size = wal.SEGMENT_HEADER_SIZE
+
+    def append(self, record_bytes: bytes) -> None:
+        if (
+            self.size + len(record_bytes) > self.segment_bytes
+            and self.size > wal.SEGMENT_HEADER_SIZE
+        ):
+            wal.durable_write(self.fds[self.segments[-1]])
+            self._start_segment()
+        number = self.segments[-1]
+        _write_all(self.fds[number], record_bytes)
+        self.records.append(_placed(record_bytes, number, self.size))
+        self.size += len(record_bytes)
+
+    def finish(self) -> None:
+        for fd in self.fds.values():
+            wal.durable_write(fd)
+        wal.fsync_directory(self.directory)
+
+    def abandon(self) -> None:
+        for number, fd in self.fds.items():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / wal.segment_name(self.generation, number))
 
 
 def _placed(record_bytes: bytes, segment: int, offset: int) -> wal.RecordInfo:

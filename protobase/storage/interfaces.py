@@ -32,9 +32,9 @@ implement it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..atoms import AtomPointer
 
@@ -93,4 +93,37 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release resources; later calls raise `StorageError`. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class HistoryStorage(Protocol):
+    """Optional capability: old roots stay readable until pack removes them."""
+
+    def history(self) -> list[Any]:
+        """`CommitInfo` of every commit still readable, oldest first."""
+        ...
+
+    def root_at(self, version: int) -> RootRef:
+        """The root as of commit `version`; `StorageError` when it is not kept."""
+        ...
+
+
+@runtime_checkable
+class PackableStorage(Protocol):
+    """Optional capability: rewrite the storage keeping only what is reachable."""
+
+    def pack(
+        self,
+        reachable: set[AtomPointer],
+        keep_from_version: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Keep every commit from `keep_from_version` on whole, and of older ones
+        only the atoms in `reachable`; their roots leave the history.
+
+        Atoms keep their pointers. Commits made while pack runs are kept. A
+        crash at any point leaves either the old or the new contents, both
+        complete.
+        """
         ...
