@@ -3,16 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, label: str, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        percent = min(100, done * 100 // total)
+        if percent == self._last:
+            return
+        self._last = percent
+        filled = percent // 4
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{' ' * (25 - filled)}] {percent:3d}%")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._last >= 0:
+            sys.stderr.write("\n")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo()
+    run_demo(args.path)
+    return 0
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    from .maintenance import fsck
+
+    bar = ProgressBar("fsck")
+    report = fsck(args.path, bar)
+    bar.close()
+    print(
+        f"{report.path}: {report.versions_checked} versions, {report.atoms_checked} atoms checked"
+    )
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    print("clean" if report.clean else f"{len(report.problems)} problem(s) found")
+    return 0 if report.clean else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .maintenance import inspect
+
+    print(json.dumps(inspect(args.path), indent=2))
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from .maintenance import pack
+
+    bar = ProgressBar("pack")
+    before, after = pack(args.path, dt.timedelta(seconds=args.keep_seconds), bar)
+    bar.close()
+    print(f"packed {args.path}: WAL {before} -> {after} bytes")
     return 0
 
 
@@ -20,14 +78,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protobase", description="ProtoBase object database")
     parser.add_argument("--version", action="version", version=f"protobase {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the embedded demo")
-    demo.set_defaults(handler=_demo)
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command("demo", _demo, "run the embedded demo")
+    demo.add_argument(
+        "path", nargs="?", default="demo-data", help="database directory (default: demo-data)"
+    )
+    command("fsck", _fsck, "verify checksums and pointers").add_argument("path")
+    command("inspect", _inspect, "show commits, segments and sizes").add_argument("path")
+    pack = command("pack", _pack, "remove unreachable data and old versions")
+    pack.add_argument("path")
+    pack.add_argument(
+        "--keep-seconds",
+        type=float,
+        default=0.0,
+        help="keep versions younger than this many seconds (default 0)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except Exception as exc:
+        from .errors import ProtoBaseException
+
+        if isinstance(exc, ProtoBaseException):
+            print(f"protobase {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
