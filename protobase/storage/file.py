@@ -168,6 +168,12 @@ class StandaloneFileStorage:
                 wal.fsync_directory(self.path)
                 data = wal.segment_header(self._generation, number)
             start = tail_offset if number == tail_segment else 0
+            if start > len(data):
+                raise CorruptionError(
+                    f"{path}: offset {len(data)}: the segment ends before offset {start}, "
+                    "where the checkpoint says acknowledged commits reach; restore from "
+                    "a backup"
+                )
             scan = wal.scan_segment(path, data, start, is_last, self._generation, number)
             for record in scan.records:
                 self._index(record)
