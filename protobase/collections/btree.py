@@ -356,9 +356,17 @@ def keyed_get(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) ->
     node = root
     if node is None:
         return MISSING
-    while node.height > 0:
-        node = node.child(_child_for(node, skey, keyfn), loader)
-    sk = node.skeys(keyfn)
+    # The hot path of every point read: inlined child search and memoized loads.
+    while node.height:
+        sk = node._skeys
+        if sk is None:
+            sk = node.skeys(keyfn)
+        i = bisect_right(sk, skey) - 1
+        child = node.children[i if i > 0 else 0]  # type: ignore[index]
+        node = child if type(child) is Node else node.child(i if i > 0 else 0, loader)
+    sk = node._skeys
+    if sk is None:
+        sk = node.skeys(keyfn)
     i = bisect_left(sk, skey)
     if i < len(sk) and sk[i] == skey:
         return node.values[i]  # type: ignore[index]
