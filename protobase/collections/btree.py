@@ -226,10 +226,11 @@ def _split(node: Node, at_end: bool) -> Node:
     """Cut `node` (already editable) in two; returns the new right half.
 
     When the last insertion was at the end (sequential loading), the left
-    node stays full so that appends leave full nodes behind.
+    node keeps all but `MIN_WIDTH` entries, so appends leave nodes about
+    three quarters full behind them and the new node is not underfull.
     """
     width = node.width
-    cut = width - 1 if at_end else width // 2
+    cut = width - MIN_WIDTH if at_end else width // 2
     if node.height == 0:
         right = Node(
             0,
@@ -695,45 +696,55 @@ def keyed_diff(
 ) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Entries that differ between two keyed trees: ``(skey, key, base_v, other_v)``.
 
-    A side that lacks the key has MISSING. Subtrees shared by both trees (the
-    same node or pointer) are skipped without loading, so the cost is
-    O(changes x (node width + log n)).
+    A side that lacks the key has MISSING. Each side is a stack of pending
+    items in key order: entries ``(skey, key, value)`` and subtrees
+    ``[reference, height, first skey]``. A subtree both sides share (the same
+    node or pointer) is skipped without loading; otherwise the item that
+    starts first is expanded, and an entry that sorts before the other side's
+    next subtree is decided without opening it. The cost is
+    O(changes x (node width + log n)) loads.
     """
-    a: list[Any] = [base] if base is not None else []
-    b: list[Any] = [other] if other is not None else []
+    a: list[Any] = [] if base is None else [_subtree(base, loader, keyfn)]
+    b: list[Any] = [] if other is None else [_subtree(other, loader, keyfn)]
     while a and b:
         x, y = a[-1], b[-1]
         x_entry, y_entry = type(x) is tuple, type(y) is tuple
-        if not x_entry and not y_entry:
-            if same_node(x, y):
+        if x_entry and y_entry:
+            if x[0] == y[0]:
                 a.pop()
                 b.pop()
-                continue
-            nx, ny = _resolve(x, loader), _resolve(y, loader)
-            if nx.height >= ny.height:
-                _expand(a, nx, keyfn)
+                if not same_value(x[2], y[2]):
+                    yield x[0], x[1], x[2], y[2]
+            elif x[0] < y[0]:
+                a.pop()
+                yield x[0], x[1], x[2], MISSING
             else:
-                _expand(b, ny, keyfn)
-        elif not x_entry:
-            _expand(a, _resolve(x, loader), keyfn)
-        elif not y_entry:
-            _expand(b, _resolve(y, loader), keyfn)
-        elif x[0] == y[0]:
+                b.pop()
+                yield y[0], y[1], MISSING, y[2]
+        elif x_entry:
+            if x[0] < y[2]:
+                a.pop()
+                yield x[0], x[1], x[2], MISSING
+            else:
+                _expand(b, loader, keyfn)
+        elif y_entry:
+            if y[0] < x[2]:
+                b.pop()
+                yield y[0], y[1], MISSING, y[2]
+            else:
+                _expand(a, loader, keyfn)
+        elif same_node(x[0], y[0]):
             a.pop()
             b.pop()
-            if not same_value(x[2], y[2]):
-                yield x[0], x[1], x[2], y[2]
-        elif x[0] < y[0]:
-            a.pop()
-            yield x[0], x[1], x[2], MISSING
+        elif x[2] < y[2] or (x[2] == y[2] and x[1] >= y[1]):
+            _expand(a, loader, keyfn)
         else:
-            b.pop()
-            yield y[0], y[1], MISSING, y[2]
+            _expand(b, loader, keyfn)
     for stack, left in ((a, True), (b, False)):
         while stack:
             item = stack[-1]
             if type(item) is not tuple:
-                _expand(stack, _resolve(item, loader), keyfn)
+                _expand(stack, loader, keyfn)
                 continue
             stack.pop()
             if left:
@@ -742,20 +753,24 @@ def keyed_diff(
                 yield item[0], item[1], MISSING, item[2]
 
 
-def _resolve(ref: Any, loader: NodeLoader) -> Node:
-    return loader.load_node(ref) if type(ref) is AtomPointer else ref
+def _subtree(ref: Node | AtomPointer, loader: NodeLoader, keyfn: KeyFn) -> list[Any]:
+    node = loader.load_node(ref) if type(ref) is AtomPointer else ref
+    return [ref, node.height, node.skeys(keyfn)[0]]  # type: ignore[union-attr]
 
 
-def _expand(stack: list[Any], node: Node, keyfn: KeyFn) -> None:
-    """Replace the node on top of `stack` by its children (or its entries)."""
-    stack.pop()
-    if node.height == 0:
-        sk = node.skeys(keyfn)
+def _expand(stack: list[Any], loader: NodeLoader, keyfn: KeyFn) -> None:
+    """Replace the subtree on top of `stack` by its children (or its entries)."""
+    ref, height, _ = stack.pop()
+    node = loader.load_node(ref) if type(ref) is AtomPointer else ref
+    sk = node.skeys(keyfn)
+    if height == 0:
         keys, values = node.keys, node.values
         for i in range(node.width - 1, -1, -1):
             stack.append((sk[i], keys[i], values[i]))  # type: ignore[index]
     else:
-        stack.extend(reversed(node.children))  # type: ignore[arg-type]
+        children = node.children
+        for i in range(node.width - 1, -1, -1):
+            stack.append([children[i], height - 1, sk[i]])  # type: ignore[index]
 
 
 def iter_nodes(

@@ -128,12 +128,13 @@ class _Mapping(KeyedCollection):
             pairs = list(items.items())
         else:
             pairs = [tuple(pair) for pair in items]
+        checked = []
         for pair in pairs:
             if len(pair) != 2:
                 raise ValueError(f"update expects (key, value) pairs, got {pair!r}")
-            self._check_key(pair[0])
-            self._check(pair[1], f"{type(self).__name__}[{pair[0]!r}]")
-        return self._bulk(pairs)
+            key = self._check_key(pair[0])
+            checked.append((key, self._check(pair[1], f"{type(self).__name__}[{key!r}]")))
+        return self._bulk(checked)
 
     def as_iterable(self) -> Iterator[tuple[Any, Any]]:
         """``(key, value)`` pairs in the collection's order."""
@@ -368,6 +369,19 @@ class CountedSet(KeyedCollection):
 
     def __contains__(self, value: object) -> bool:
         return self.has(value)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not CountedSet:
+            return NotImplemented
+        if self._pb_same_value(other):
+            return True
+        return (
+            self._count == other._count
+            and self._total == other._total
+            and list(self.items()) == list(other.items())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _counts_of(items: Iterable[Any]) -> dict[Any, tuple[Any, int]]:

@@ -77,7 +77,7 @@ class List(PersistentCollection):
     # -- changing ----------------------------------------------------------------
 
     def set_at(self, index: int, value: Any) -> Self:
-        self._check(value, f"List item {index}")
+        value = self._check(value, f"List item {index}")
         return self._derive(
             positional_set(self._node(), self._loader, self._position(index), value)
         )
