@@ -14,11 +14,11 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import random
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -95,7 +95,8 @@ class ObjectSpace:
         self._cache = AtomCache(cache_bytes)
         self._latest_lock = threading.Lock()
         self._latest = RootRef(None, 0)
-        self._open_transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
+        self._pin_lock = threading.Lock()
+        self._pins: collections.Counter[int] = collections.Counter()
         self._closed = False
 
     @property
@@ -146,10 +147,23 @@ class ObjectSpace:
             )
         return storage.root_at(version)
 
-    def _track(self, transaction: Transaction) -> Transaction:
-        with self._latest_lock:
-            self._open_transactions.add(transaction)
-        return transaction
+    def _pinned_root(self, at_version: int | None = None) -> RootRef:
+        """Read the root (or a historic one) and pin its version against pack.
+
+        Reading and pinning happen under one lock that pack also takes, so a
+        pack either sees the pin or runs before the root was read (and then
+        keeps that root, the latest). `Snapshot.close` unpins.
+        """
+        with self._pin_lock:
+            ref = self._read_root() if at_version is None else self._root_at(at_version)
+            self._pins[ref.version] += 1
+            return ref
+
+    def _unpin(self, version: int) -> None:
+        with self._pin_lock:
+            self._pins[version] -= 1
+            if self._pins[version] <= 0:
+                del self._pins[version]
 
     # -- history and pack ----------------------------------------------------------
 
@@ -173,18 +187,17 @@ class ObjectSpace:
         storage = self._storage
         if not isinstance(storage, PackableStorage) or not isinstance(storage, HistoryStorage):
             raise StorageError(f"{type(storage).__name__} cannot pack")
-        history = storage.history()
-        if not history:
-            return
-        cutoff = time.time() - keep_history.total_seconds()
-        keep_from = history[-1].version
-        for commit in history:
-            if commit.time >= cutoff:
-                keep_from = min(keep_from, commit.version)
-        with self._latest_lock:
-            for transaction in list(self._open_transactions):
-                if not transaction._closed:
-                    keep_from = min(keep_from, transaction.root_version)
+        with self._pin_lock:
+            history = storage.history()
+            if not history:
+                return
+            cutoff = time.time() - keep_history.total_seconds()
+            keep_from = history[-1].version
+            for commit in history:
+                if commit.time >= cutoff:
+                    keep_from = min(keep_from, commit.version)
+            if self._pins:
+                keep_from = min(keep_from, min(self._pins))
         roots = [c.root for c in history if c.version >= keep_from]
         found = reachability.walk(self._read_payloads, roots, progress)
         storage.pack(found.reachable, keep_from, progress)
@@ -195,7 +208,7 @@ class ObjectSpace:
         """Create database `name`; `DatabaseExistsError` when it exists."""
         _check_database_name(name)
         while True:
-            ref = self._read_root()
+            ref = self._pinned_root()
             snapshot = Snapshot(self, ref)
             try:
                 databases = snapshot._databases_at(ref)
@@ -224,7 +237,7 @@ class ObjectSpace:
     def open_database(self, name: str) -> Database:
         """Open database `name`; `DatabaseNotFoundError` when it does not exist."""
         _check_database_name(name)
-        ref = self._read_root()
+        ref = self._pinned_root()
         snapshot = Snapshot(self, ref)
         try:
             snapshot._database_state(snapshot._databases_at(ref), name)
@@ -233,7 +246,7 @@ class ObjectSpace:
         return Database(self, name)
 
     def list_databases(self) -> list[str]:
-        ref = self._read_root()
+        ref = self._pinned_root()
         snapshot = Snapshot(self, ref)
         try:
             return list(snapshot._databases_at(ref).keys())
@@ -282,12 +295,19 @@ class Database:
                 committed, or packed away).
         """
         if at_version is None:
-            return self.space._track(Transaction(self, self.space._read_root()))
-        return self.space._track(Transaction(self, self.space._root_at(at_version), read_only=True))
+            return self._start(self.space._pinned_root(), read_only=False)
+        return self._start(self.space._pinned_root(at_version), read_only=True)
 
     def new_read_only_transaction(self) -> Transaction:
         """A transaction that refuses writes (cheaper to reason about)."""
-        return self.space._track(Transaction(self, self.space._read_root(), read_only=True))
+        return self._start(self.space._pinned_root(), read_only=True)
+
+    def _start(self, ref: RootRef, read_only: bool) -> Transaction:
+        try:
+            return Transaction(self, ref, read_only=read_only)
+        except BaseException:
+            self.space._unpin(ref.version)
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

@@ -71,6 +71,7 @@ class Snapshot:
         self._reader = AtomReader(self)
         self._nodes: dict[AtomPointer, Node] = {}
         self._identity: dict[bytes, MutableObject] = {}
+        self._pinned = [ref.version]
         self._closed = False
 
     @property
@@ -157,8 +158,14 @@ class Snapshot:
         return roots, objects
 
     def close(self) -> None:
+        """End the snapshot: free its nodes and unpin its versions. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         self._nodes.clear()
+        for version in self._pinned:
+            self._space._unpin(version)
+        self._pinned = []
 
 
 class Transaction(Snapshot, ObjectContext):
@@ -342,7 +349,8 @@ class Transaction(Snapshot, ObjectContext):
                     CommitBatch(writer.transaction_id, writer.atoms), ref.version, root_pointer
                 )
             except RootConflict:
-                ref = space._read_root()
+                ref = space._pinned_root()
+                self._pinned.append(ref.version)
                 continue
             writer.mark_saved()
             return new_ref

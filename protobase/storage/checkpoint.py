@@ -30,7 +30,8 @@ import xxhash
 
 from ..atoms import AtomPointer
 from ..errors import CorruptionError
-from .wal import KIND_COMMIT, KIND_PACKED, RecordInfo, durable_write, fsync_directory
+from . import wal
+from .wal import KIND_COMMIT, KIND_PACKED, RecordInfo
 
 CHECKPOINT_NAME = "checkpoint.pbc"
 MAGIC = b"PBCKP\x00\x01\x00"
@@ -95,11 +96,11 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        durable_write(fd)
+        wal.durable_write(fd)
     finally:
         os.close(fd)
     os.replace(temporary, directory / CHECKPOINT_NAME)
-    fsync_directory(directory)
+    wal.fsync_directory(directory)
 
 
 def read_checkpoint(directory: Path) -> Checkpoint | None:

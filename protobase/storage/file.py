@@ -38,7 +38,7 @@ from pathlib import Path
 from ..atoms import AtomPointer
 from ..errors import AtomNotFoundError, CorruptionError, RootConflict, StorageError
 from . import wal
-from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
 from .interfaces import CommitBatch, RootRef
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -87,6 +87,10 @@ class StandaloneFileStorage:
             raise StorageError(f"{self.path} is not a directory")
         if fsync_parent:
             wal.fsync_directory(self.path.parent.resolve())
+        if not create and not _looks_like_database(self.path):
+            raise StorageError(
+                f"{self.path} is not a ProtoBase database (no checkpoint, no WAL segments)"
+            )
         self._lock_fd = self._take_lock()
         self._mutex = threading.Lock()
         self._synced = threading.Condition(self._mutex)
@@ -127,7 +131,10 @@ class StandaloneFileStorage:
         checkpoint = read_checkpoint(self.path)
         fresh = checkpoint is None
         if checkpoint is None:
-            checkpoint = Checkpoint()
+            checkpoint = self._checkpoint_from_segments()
+            fresh = not checkpoint.segments
+            if fresh:
+                checkpoint = Checkpoint()
         self._generation = checkpoint.generation
         self._segments = list(checkpoint.segments)
         on_disk = {}
@@ -192,6 +199,30 @@ class StandaloneFileStorage:
         if fresh:
             self._checkpoint_locked()
 
+    def _checkpoint_from_segments(self) -> Checkpoint:
+        """Without a checkpoint, start from the one WAL generation on disk (full scan).
+
+        Raises:
+            StorageError: segments of several generations are present, so it
+                cannot be known which one is live.
+        """
+        found: dict[int, list[int]] = {}
+        for entry in os.listdir(self.path):
+            parsed = wal.parse_segment_name(entry)
+            if parsed is not None:
+                found.setdefault(parsed[0], []).append(parsed[1])
+        if not found:
+            return Checkpoint(segments=[])
+        if len(found) > 1:
+            raise StorageError(
+                f"{self.path} has no checkpoint and WAL segments of generations "
+                f"{sorted(found)}; cannot tell which is live. Restore checkpoint.pbc, or "
+                "move the other generation's files away"
+            )
+        generation, numbers = next(iter(found.items()))
+        numbers.sort()
+        return Checkpoint(generation, [numbers[0]], (numbers[0], 0), [])
+
     def _index(self, record: wal.RecordInfo) -> None:
         self._records[record.transaction_id] = record
         if record.indexes is not None:
@@ -209,17 +240,18 @@ class StandaloneFileStorage:
             return self._root
 
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+        # Reads hold the mutex: pack closes and replaces the segment files.
         with self._mutex:
             self._check_usable()
-            located = [self._locate(p) for p in pointers]
-        found = []
-        for fd, table_at, data_at, slot in located:
-            start, end = struct.unpack(">II", os.pread(fd, 8, table_at + 4 * slot))
-            atom = os.pread(fd, end - start, data_at + start)
-            if len(atom) != end - start:
-                raise StorageError(f"{self.path}: short read of an atom at {data_at + start}")
-            found.append(atom)
-        return found
+            found = []
+            for pointer in pointers:
+                fd, table_at, data_at, slot = self._locate(pointer)
+                start, end = struct.unpack(">II", os.pread(fd, 8, table_at + 4 * slot))
+                atom = os.pread(fd, end - start, data_at + start)
+                if len(atom) != end - start:
+                    raise StorageError(f"{self.path}: short read of an atom at {data_at + start}")
+                found.append(atom)
+            return found
 
     def _locate(self, pointer: AtomPointer) -> tuple[int, int, int, int]:
         record = self._records.get(pointer.transaction_id)
@@ -401,16 +433,20 @@ class StandaloneFileStorage:
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
-        wal.durable_write(self._fds[self._active])
-        write_checkpoint(
-            self.path,
-            Checkpoint(
-                self._generation,
-                list(self._segments),
-                (self._active, self._active_size),
-                list(self._records.values()),
-            ),
-        )
+        try:
+            wal.durable_write(self._fds[self._active])
+            write_checkpoint(
+                self.path,
+                Checkpoint(
+                    self._generation,
+                    list(self._segments),
+                    (self._active, self._active_size),
+                    list(self._records.values()),
+                ),
+            )
+        except OSError as exc:
+            self._failed = exc
+            raise StorageError(f"writing the checkpoint of {self.path} failed: {exc}") from exc
         self._since_checkpoint = 0
 
     # -- pack ---------------------------------------------------------------------
@@ -622,6 +658,12 @@ class _GenerationWriter:
                 os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / wal.segment_name(self.generation, number))
+
+
+def _looks_like_database(path: Path) -> bool:
+    if (path / CHECKPOINT_NAME).exists():
+        return True
+    return any(wal.parse_segment_name(entry) is not None for entry in os.listdir(path))
 
 
 def _placed(record_bytes: bytes, segment: int, offset: int) -> wal.RecordInfo:

@@ -219,12 +219,17 @@ def scan_segment(
         CorruptionError: a bad segment header, or a bad record that is not a
             torn tail (see the module docstring); names file and offset.
     """
+    header_ok = len(data) >= SEGMENT_HEADER_SIZE and SEGMENT_HEADER.unpack_from(data) == (
+        SEGMENT_MAGIC,
+        generation,
+        number,
+    )
+    if not header_ok and is_last and not _valid_record_after(data, 0, number):
+        # A crash while the segment was being started: nothing in it was acknowledged.
+        return ScanResult([], 0, 0)
     if len(data) < SEGMENT_HEADER_SIZE:
-        if is_last:
-            return ScanResult([], 0, 0)
         raise CorruptionError(f"{path}: segment header cut short ({len(data)} bytes)")
-    magic, gen, num = SEGMENT_HEADER.unpack_from(data)
-    if magic != SEGMENT_MAGIC or gen != generation or num != number:
+    if not header_ok:
         raise CorruptionError(
             f"{path}: offset 0: not segment {generation}/{number} of a ProtoBase WAL"
         )
