@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean bench crash
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,12 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+bench: | $(BIN)/python
+	$(BIN)/pip install -e '.[bench]'
+	$(BIN)/python bench/embedded.py
+
+# More SIGKILL crash runs than `make test` does: make crash N=500
+N ?= 500
+crash: $(STAMP)
+	PROTOBASE_CRASH_RUNS=$(N) $(BIN)/python -m pytest -q tests/file_storage/test_crash.py

@@ -150,14 +150,22 @@ class ObjectSpace:
     def _pinned_root(self, at_version: int | None = None) -> RootRef:
         """Read the root (or a historic one) and pin its version against pack.
 
-        Reading and pinning happen under one lock that pack also takes, so a
-        pack either sees the pin or runs before the root was read (and then
-        keeps that root, the latest). `Snapshot.close` unpins.
+        Pack keeps every version from the smallest pin on. Before reading, the
+        latest version this space has seen is pinned as a floor (reads never
+        go back, so the root read is at least that), or the historic version
+        itself; the storage is read without holding the lock. `Snapshot.close`
+        unpins.
         """
         with self._pin_lock:
+            floor = self._latest.version if at_version is None else at_version
+            self._pins[floor] += 1
+        try:
             ref = self._read_root() if at_version is None else self._root_at(at_version)
-            self._pins[ref.version] += 1
-            return ref
+            with self._pin_lock:
+                self._pins[ref.version] += 1
+        finally:
+            self._unpin(floor)
+        return ref
 
     def _unpin(self, version: int) -> None:
         with self._pin_lock:
