@@ -196,8 +196,9 @@ def check_state(
 def check_consistent(tr: Transaction) -> int:
     """Check that the related values of the child's commits agree; return the counter."""
     read = tr.get_root_object
-    counter = read("a") or 0
-    assert read("b") == counter and read("c") == counter, "a commit is partly visible"
+    first = read("a")  # None before the first commit
+    counter = first or 0
+    assert read("b") == first and read("c") == first, "a commit is partly visible"
     log = read("log")
     logged = [] if log is None else list(log.keys())
     assert logged == list(range(1, counter + 1)), f"log does not match counter {counter}"
