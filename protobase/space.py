@@ -96,6 +96,7 @@ class ObjectSpace:
         self._latest_lock = threading.Lock()
         self._latest = RootRef(None, 0)
         self._pin_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         self._pins: collections.Counter[int] = collections.Counter()
         self._closed = False
 

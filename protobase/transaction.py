@@ -25,8 +25,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .atoms import AtomPointer, new_transaction_id
 from .collections import CountedSet, Dictionary, HashDictionary, List, Set
@@ -51,11 +51,13 @@ from .objects import (
     unbound_objects,
 )
 from .serialization import AtomReader, AtomWriter
-from .storage.interfaces import CommitBatch, RootRef
+from .storage.interfaces import CommitBatch, PipelinedStorage, RootRef
 from .values import same_value, storable
 
 if TYPE_CHECKING:
     from .space import Database, ObjectSpace
+
+T = TypeVar("T")
 
 SPACE_FORMAT = 1
 MAX_REBASES = 64
@@ -327,10 +329,25 @@ class Transaction(Snapshot, ObjectContext):
         return self._base_objects._pb_apply_changes(changes)
 
     def _commit_with_rebase(self) -> RootRef:
-        space, storage = self._space, self._space._storage
+        storage = self._space._storage
+        if not isinstance(storage, PipelinedStorage):
+            return self._rebase_and_write(storage.commit)
+        # Merge and append under the space's commit lock (no compare-and-set
+        # fails against another thread of this space, so no work is thrown
+        # away); wait for durability outside it, so that syncs are shared.
+        with self._space._commit_lock:
+            ref, wait_durable = self._rebase_and_write(storage.commit_pipelined)
+        wait_durable()
+        return ref
+
+    def _rebase_and_write(self, commit: Callable[[CommitBatch, int, AtomPointer], T]) -> T:
+        space = self._space
         name = self._database.name
         my_roots, my_objects = self._roots, self._changed_objects()
         ref = self._ref
+        if isinstance(space._storage, PipelinedStorage) and ref.version != space._latest.version:
+            ref = space._pinned_root()
+            self._pinned.append(ref.version)
         for _ in range(MAX_REBASES):
             if ref.version == self._ref.version:
                 databases, roots, objects = self._base_databases, my_roots, my_objects
@@ -345,7 +362,7 @@ class Transaction(Snapshot, ObjectContext):
             new_databases = databases.set_at(name, state)
             root_pointer = writer.write_value({"format": SPACE_FORMAT, "databases": new_databases})
             try:
-                new_ref = storage.commit(
+                result = commit(
                     CommitBatch(writer.transaction_id, writer.atoms), ref.version, root_pointer
                 )
             except RootConflict:
@@ -353,7 +370,7 @@ class Transaction(Snapshot, ObjectContext):
                 self._pinned.append(ref.version)
                 continue
             writer.mark_saved()
-            return new_ref
+            return result
         raise ConflictError(
             f"commit gave up after {MAX_REBASES} rebases on a busy database; "
             "nothing was written. Run the transaction again."

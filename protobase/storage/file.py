@@ -265,12 +265,24 @@ class StandaloneFileStorage:
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
     ) -> RootRef:
+        ref, wait_durable = self.commit_pipelined(batch, expected_root_version, new_root)
+        wait_durable()
+        return ref
+
+    def commit_pipelined(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> tuple[RootRef, Callable[[], None]]:
+        """Append a commit and return at once, with a function that waits until it is durable.
+
+        The commit is visible when this returns; it is acknowledged only when
+        the returned function returns. See `PipelinedStorage`.
+        """
         atoms = [bytes(atom) for atom in batch.atoms]
         with self._mutex:
             self._check_usable()
             earlier = self._records.get(batch.transaction_id)
             if earlier is not None:
-                return self._repeat_commit(earlier, atoms)
+                return self._repeat_commit(earlier, atoms), self._wait_all
             if self._root.version != expected_root_version:
                 raise RootConflict(
                     f"root is at version {self._root.version}, "
@@ -286,10 +298,17 @@ class StandaloneFileStorage:
             self._root = RootRef(new_root, version)
             self._appended += 1
             ticket = self._appended
+        return RootRef(new_root, version), lambda: self._wait_ticket(ticket)
+
+    def _wait_ticket(self, ticket: int) -> None:
+        with self._mutex:
             self._wait_durable(ticket)
             if self._since_checkpoint >= self._checkpoint_bytes:
                 self._checkpoint_locked()
-            return RootRef(new_root, version)
+
+    def _wait_all(self) -> None:
+        with self._mutex:
+            self._wait_durable(self._appended)
 
     def _repeat_commit(self, earlier: wal.RecordInfo, atoms: list[bytes]) -> RootRef:
         if earlier.kind != wal.KIND_COMMIT:
@@ -313,7 +332,6 @@ class StandaloneFileStorage:
                 "with different atoms; every commit needs a fresh transaction id"
             )
         assert earlier.root is not None
-        self._wait_durable(self._appended)
         return RootRef(earlier.root, earlier.version)
 
     def _check_new_root(self, transaction_id: bytes, count: int, new_root: AtomPointer) -> None:

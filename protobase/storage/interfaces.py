@@ -127,3 +127,20 @@ class PackableStorage(Protocol):
         complete.
         """
         ...
+
+
+@runtime_checkable
+class PipelinedStorage(Protocol):
+    """Optional capability: split a commit into appending and waiting for durability.
+
+    ``commit_pipelined`` does everything `Storage.commit` does except wait:
+    the commit is visible (to this process) when it returns, and durable
+    when the returned function returns (it raises `StorageError` if it never
+    becomes durable). The object layer appends under an in-process commit
+    lock and waits outside it, so commits of many threads never fail their
+    compare-and-set against each other and still share syncs.
+    """
+
+    def commit_pipelined(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> tuple[RootRef, Callable[[], None]]: ...

@@ -8,7 +8,7 @@ conformance suite holds the other backends to.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..atoms import AtomPointer
 from ..errors import AtomNotFoundError, RootConflict, StorageError
@@ -70,6 +70,12 @@ class MemoryStorage:
             self._committed[batch.transaction_id] = self._root
             return self._root
 
+    def commit_pipelined(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> tuple[RootRef, Callable[[], None]]:
+        """`commit`, with nothing to wait for (see `PipelinedStorage`)."""
+        return self.commit(batch, expected_root_version, new_root), _durable_already
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -77,3 +83,7 @@ class MemoryStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("this MemoryStorage is closed")
+
+
+def _durable_already() -> None:
+    """Memory has no durability to wait for."""
