@@ -220,9 +220,11 @@ def _checked_map(mapping: dict[Any, Any]) -> dict[Any, Any]:
     return mapping
 
 
-def _unpack(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
-    if not _may_hold_timestamp(data):
-        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+def _unpack_fast(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
+    return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+
+
+def _unpack_checked(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
     value = msgpack.unpackb(
         data,
         ext_hook=ext_hook,
@@ -243,9 +245,16 @@ def _check_ints(fields: Any, count: int, what: str) -> None:
         raise CorruptionError(f"{what} extension holds a field that is not an integer")
 
 
-def _make_ext_hook(hooks: ExtensionHooks | None) -> Callable[[int, bytes], Any]:
+def _make_ext_hook(hooks: ExtensionHooks | None, checked: bool) -> Callable[[int, bytes], Any]:
+    """The ext hook of one decoding path; nested payloads stay on the same path.
+
+    An extension payload is a slice of the data being decoded, so when the
+    whole data holds no timestamp header (the fast path), neither does it.
+    """
+    unpacker = _unpack_checked if checked else _unpack_fast
+
     def unpack(data: bytes) -> Any:
-        return _unpack(data, ext_hook)
+        return unpacker(data, ext_hook)
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code == EXT_POINTER:
@@ -299,7 +308,8 @@ class Codec:
 
     def __init__(self, hooks: ExtensionHooks | None = None) -> None:
         self._default = _make_default(hooks)
-        self._ext_hook = _make_ext_hook(hooks)
+        self._fast_ext_hook = _make_ext_hook(hooks, checked=False)
+        self._checked_ext_hook = _make_ext_hook(hooks, checked=True)
 
     def encode(self, value: Any) -> bytes:
         """Encode `value`; raises `ValidationError` for an unstorable type."""
@@ -312,7 +322,9 @@ class Codec:
     def decode(self, data: bytes) -> Any:
         """Decode one value; raises `CorruptionError` on any malformed input."""
         try:
-            return _unpack(data, self._ext_hook)
+            if _may_hold_timestamp(data):
+                return _unpack_checked(data, self._checked_ext_hook)
+            return _unpack_fast(data, self._fast_ext_hook)
         except ProtoBaseException:
             raise
         except (
