@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from . import reachability
+from .atoms import HEADER_SIZE as ATOM_HEADER_SIZE
 from .atoms import AtomPointer, new_transaction_id, unframe_atom
 from .collections import Dictionary, HashDictionary
 from .errors import (
@@ -36,7 +37,14 @@ from .errors import (
 )
 from .serialization import AtomWriter
 from .storage.file import CommitInfo, Progress
-from .storage.interfaces import CommitBatch, HistoryStorage, PackableStorage, RootRef, Storage
+from .storage.interfaces import (
+    CommitBatch,
+    HistoryStorage,
+    PackableStorage,
+    PipelinedStorage,
+    RootRef,
+    Storage,
+)
 from .transaction import SPACE_FORMAT, Snapshot, Transaction
 
 T = TypeVar("T")
@@ -97,6 +105,8 @@ class ObjectSpace:
         self._latest = RootRef(None, 0)
         self._pin_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        # Capabilities are checked once: a runtime Protocol check is slow.
+        self._pipelined = isinstance(storage, PipelinedStorage)
         self._pins: collections.Counter[int] = collections.Counter()
         self._closed = False
 
@@ -138,6 +148,15 @@ class ObjectSpace:
                 self._cache.put(pointers[i], payload)
                 found[i] = payload
         return found  # type: ignore[return-value]
+
+    def _remember_written(self, writer: AtomWriter) -> None:
+        """Cache the payloads of a commit the storage accepted.
+
+        The next transactions read the nodes this commit wrote (the path to
+        the space root) first; without this they would come back from storage.
+        """
+        for index, atom in enumerate(writer.atoms):
+            self._cache.put(AtomPointer(writer.transaction_id, index), atom[ATOM_HEADER_SIZE:])
 
     def _root_at(self, version: int) -> RootRef:
         storage = self._storage
@@ -238,6 +257,7 @@ class ObjectSpace:
                 except RootConflict:
                     continue
                 writer.mark_saved()
+                self._remember_written(writer)
                 self._note_root(new_ref)
                 return Database(self, name)
             finally:

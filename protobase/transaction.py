@@ -51,7 +51,7 @@ from .objects import (
     unbound_objects,
 )
 from .serialization import AtomReader, AtomWriter
-from .storage.interfaces import CommitBatch, PipelinedStorage, RootRef
+from .storage.interfaces import CommitBatch, RootRef
 from .values import same_value, storable
 
 if TYPE_CHECKING:
@@ -330,13 +330,15 @@ class Transaction(Snapshot, ObjectContext):
 
     def _commit_with_rebase(self) -> RootRef:
         storage = self._space._storage
-        if not isinstance(storage, PipelinedStorage):
+        if not self._space._pipelined:
             return self._rebase_and_write(storage.commit)
         # Merge and append under the space's commit lock (no compare-and-set
         # fails against another thread of this space, so no work is thrown
         # away); wait for durability outside it, so that syncs are shared.
         with self._space._commit_lock:
-            ref, wait_durable = self._rebase_and_write(storage.commit_pipelined)
+            ref, wait_durable = self._rebase_and_write(
+                storage.commit_pipelined  # type: ignore[attr-defined]
+            )
         wait_durable()
         return ref
 
@@ -345,7 +347,7 @@ class Transaction(Snapshot, ObjectContext):
         name = self._database.name
         my_roots, my_objects = self._roots, self._changed_objects()
         ref = self._ref
-        if isinstance(space._storage, PipelinedStorage) and ref.version != space._latest.version:
+        if space._pipelined and ref.version != space._latest.version:
             ref = space._pinned_root()
             self._pinned.append(ref.version)
         for _ in range(MAX_REBASES):
@@ -370,6 +372,7 @@ class Transaction(Snapshot, ObjectContext):
                 self._pinned.append(ref.version)
                 continue
             writer.mark_saved()
+            space._remember_written(writer)
             return result
         raise ConflictError(
             f"commit gave up after {MAX_REBASES} rebases on a busy database; "
