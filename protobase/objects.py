@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .atoms import AtomPointer, registry
 from .collections.ordering import canonical_bytes, sort_key
 from .errors import ImmutableObjectError, TransactionClosedError, ValidationError
-from .values import Storable, same_value, storable
+from .values import Storable, needs_check, same_value, storable
 
 if TYPE_CHECKING:
     from typing import Self
@@ -96,11 +96,10 @@ class DBObject(Storable):
     _attrs: dict[str, Any]
 
     def __init__(self, **attrs: Any) -> None:
-        cls = type(self).__qualname__
-        checked = {
-            name: storable(value, f"attribute {name!r} of {cls}") for name, value in attrs.items()
-        }
-        object.__setattr__(self, "_attrs", checked)
+        for name, value in attrs.items():
+            if needs_check(value):
+                attrs[name] = storable(value, f"attribute {name!r} of {type(self).__qualname__}")
+        object.__setattr__(self, "_attrs", attrs)
 
     @classmethod
     def _pb_from_state(cls, attrs: dict[str, Any]) -> Self:

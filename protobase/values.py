@@ -29,6 +29,15 @@ class Storable:
         """Validate values held inside; most storable types are checked on entry."""
 
 
+def needs_check(value: Any) -> bool:
+    """False for values `storable` returns unchanged without looking inside.
+
+    Callers test this first so that the description of the place (an
+    f-string) is only built for values that need the full check.
+    """
+    return type(value) not in PLAIN_SCALAR_TYPES and not isinstance(value, Storable)
+
+
 def storable(value: Any, where: str) -> Any:
     """`value` checked for storing, with its plain containers copied.
 

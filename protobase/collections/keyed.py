@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..values import needs_check
 from .base import PersistentCollection
 from .btree import (
     MISSING,
@@ -132,8 +133,12 @@ class _Mapping(KeyedCollection):
         for pair in pairs:
             if len(pair) != 2:
                 raise ValueError(f"update expects (key, value) pairs, got {pair!r}")
-            key = self._check_key(pair[0])
-            checked.append((key, self._check(pair[1], f"{type(self).__name__}[{key!r}]")))
+            key, value = pair
+            if needs_check(key):
+                key = self._check_key(key)
+            if needs_check(value):
+                value = self._check(value, f"{type(self).__name__}[{key!r}]")
+            checked.append((key, value))
         return self._bulk(checked)
 
     def as_iterable(self) -> Iterator[tuple[Any, Any]]:
