@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import struct
+import threading
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -136,8 +137,24 @@ def _decode_tz(spec: Any) -> dt.tzinfo | None:
 
 
 def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtType]:
+    # Extension payloads are packed from inside msgpack's `default` callback,
+    # so packing nests. A Packer is reused per thread and nesting level
+    # (building one per call costs more than packing a small object).
+    local = threading.local()
+
     def pack(value: Any) -> bytes:
-        return msgpack.packb(value, default=default, use_bin_type=True, strict_types=True)
+        packers = getattr(local, "packers", None)
+        if packers is None:
+            packers = local.packers = []
+            local.depth = 0
+        level = local.depth
+        if level == len(packers):
+            packers.append(msgpack.Packer(default=default, use_bin_type=True, strict_types=True))
+        local.depth = level + 1
+        try:
+            return packers[level].pack(value)
+        finally:
+            local.depth = level
 
     def default(value: Any) -> msgpack.ExtType:
         kind = type(value)
