@@ -22,7 +22,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .atoms import AtomPointer, registry
 from .collections.ordering import canonical_bytes, sort_key
@@ -212,14 +212,16 @@ class UnknownObject(DBObject):
         return f"UnknownObject[{self._pb_stored_name}]({_attributes_repr(self._attrs)})"
 
 
-class ObjectContext:
+class ObjectContext(Protocol):
     """What a MutableObject needs from the transaction that loaded it."""
 
     def load_mutable_state(self, obj: MutableObject) -> dict[str, Any]:
-        raise NotImplementedError
+        """The stored attributes of `obj` (a fresh dict the object may change)."""
+        ...
 
     def note_mutation(self, obj: MutableObject) -> None:
-        raise NotImplementedError
+        """Record that `obj` changed; raises when the transaction cannot write."""
+        ...
 
 
 class MutableObject(Storable):

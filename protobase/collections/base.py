@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..atoms import AtomPointer
 from ..errors import TransactionClosedError
 from ..values import Storable, storable
-from .btree import Node, NodeLoader, iter_nodes, same_node
+from .btree import Node, NodeLoader, same_node
 
 if TYPE_CHECKING:
     from typing import Self
@@ -142,10 +142,3 @@ class PersistentCollection(Storable):
                 break
             shown.append(repr(item))
         return f"{type(self).__name__}([{', '.join(shown)}], count={self._count})"
-
-    def _pb_unsaved_nodes(self, is_saved: Any) -> Iterator[Node]:
-        """Nodes of this collection not yet stored (for the writer and walkers)."""
-        root = self._root
-        if root is None or type(root) is AtomPointer:
-            return iter(())
-        return iter_nodes(root, self._loader, lambda node: not is_saved(node))  # type: ignore[arg-type]

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,8 +279,3 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def iter_u32(data: bytes) -> Iterator[int]:
-    for (value,) in _U32.iter_unpack(data):
-        yield value
