@@ -325,6 +325,8 @@ class Transaction(Snapshot, ObjectContext):
             self.close()
 
     def _changed_objects(self) -> HashDictionary:
+        if not self._dirty:
+            return self._base_objects
         changes = [(oid, (class_name(obj), obj._pb_state())) for oid, obj in self._dirty.items()]
         return self._base_objects._pb_apply_changes(changes)
 

@@ -14,7 +14,6 @@ from protobase import (
     ImmutableObjectError,
     List,
     Literal,
-    MemoryStorage,
     MutableObject,
     ObjectSpace,
     TransactionClosedError,
@@ -39,12 +38,6 @@ class Team(DBObject):
 
 class Account(MutableObject):
     pass
-
-
-@pytest.fixture
-def space() -> Iterator[ObjectSpace]:
-    with ObjectSpace(MemoryStorage()) as sp:
-        yield sp
 
 
 @pytest.fixture

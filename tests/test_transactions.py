@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,12 +31,6 @@ class Account(MutableObject):
 
 class Tag(DBObject):
     pass
-
-
-@pytest.fixture
-def space() -> Iterator[ObjectSpace]:
-    with ObjectSpace(MemoryStorage()) as sp:
-        yield sp
 
 
 @pytest.fixture

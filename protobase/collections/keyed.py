@@ -333,8 +333,9 @@ class CountedSet(KeyedCollection):
         theirs = _counts_of(other)
         mine = {hash_key(v): (v, n) for v, n in self._entries()}
         for skey, (value, n) in theirs.items():
-            if n > mine.get(skey, (value, 0))[1]:
-                mine[skey] = (mine.get(skey, (value, 0))[0], n)
+            kept = mine.setdefault(skey, (value, 0))
+            if n > kept[1]:
+                mine[skey] = (kept[0], n)
         return self._with_counts(list(mine.values()))
 
     def intersection(self, other: Iterable[Any]) -> Self:

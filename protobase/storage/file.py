@@ -25,6 +25,7 @@ Invariants, beyond those of `protobase.storage.interfaces`:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -128,13 +129,10 @@ class StandaloneFileStorage:
         return fd
 
     def _recover(self) -> None:
-        checkpoint = read_checkpoint(self.path)
+        checkpoint = read_checkpoint(self.path) or self._checkpoint_from_segments()
         fresh = checkpoint is None
         if checkpoint is None:
-            checkpoint = self._checkpoint_from_segments()
-            fresh = not checkpoint.segments
-            if fresh:
-                checkpoint = Checkpoint()
+            checkpoint = Checkpoint()
         self._generation = checkpoint.generation
         self._segments = list(checkpoint.segments)
         on_disk = {}
@@ -199,8 +197,11 @@ class StandaloneFileStorage:
         if fresh:
             self._checkpoint_locked()
 
-    def _checkpoint_from_segments(self) -> Checkpoint:
+    def _checkpoint_from_segments(self) -> Checkpoint | None:
         """Without a checkpoint, start from the one WAL generation on disk (full scan).
+
+        Returns:
+            None when the directory holds no segments (a new database).
 
         Raises:
             StorageError: segments of several generations are present, so it
@@ -212,7 +213,7 @@ class StandaloneFileStorage:
             if parsed is not None:
                 found.setdefault(parsed[0], []).append(parsed[1])
         if not found:
-            return Checkpoint(segments=[])
+            return None
         if len(found) > 1:
             raise StorageError(
                 f"{self.path} has no checkpoint and WAL segments of generations "
@@ -685,18 +686,9 @@ def _looks_like_database(path: Path) -> bool:
 
 
 def _placed(record_bytes: bytes, segment: int, offset: int) -> wal.RecordInfo:
-    info = wal.parse_record(record_bytes, 0, segment)
-    return wal.RecordInfo(
-        info.kind,
-        info.version,
-        info.time_us,
-        info.transaction_id,
-        info.root,
-        segment,
-        offset,
-        info.size,
-        info.atom_count,
-        info.indexes,
+    """The index entry of a record this process encoded and wrote at `offset`."""
+    return dataclasses.replace(
+        wal.parse_record(record_bytes, 0, segment, verify=False), offset=offset
     )
 
 

@@ -156,8 +156,12 @@ class TornRecord(Exception):
     """A record that is incomplete or fails its checksum (internal to recovery)."""
 
 
-def parse_record(data: bytes | memoryview, offset: int, segment: int) -> RecordInfo:
-    """Parse and verify the record at `offset` of a segment's bytes.
+def parse_record(
+    data: bytes | memoryview, offset: int, segment: int, verify: bool = True
+) -> RecordInfo:
+    """Parse and (unless `verify` is False) verify the record at `offset` of a segment's bytes.
+
+    `verify=False` is for records this process just encoded.
 
     Raises:
         TornRecord: the record is cut short or fails its checksum.
@@ -171,7 +175,7 @@ def parse_record(data: bytes | memoryview, offset: int, segment: int) -> RecordI
     if start + length > len(data):
         raise TornRecord("body cut short")
     body = data[start : start + length]
-    if xxhash.xxh3_64_intdigest(body) != expected:
+    if verify and xxhash.xxh3_64_intdigest(body) != expected:
         raise TornRecord("checksum mismatch")
     if length < BODY_HEADER_SIZE:
         raise TornRecord("body shorter than its header")
