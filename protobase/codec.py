@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import struct
-import threading
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -136,35 +135,43 @@ def _decode_tz(spec: Any) -> dt.tzinfo | None:
     raise CorruptionError(f"unknown timezone tag {spec[0]!r} in a stored datetime")
 
 
-def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtType]:
-    # Extension payloads are packed from inside msgpack's `default` callback,
-    # so packing nests. A Packer is reused per thread and nesting level
-    # (building one per call costs more than packing a small object).
-    local = threading.local()
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """An ExtType built without its constructor's checks.
 
-    def pack(value: Any) -> bytes:
-        packers = getattr(local, "packers", None)
-        if packers is None:
-            packers = local.packers = []
-            local.depth = 0
-        level = local.depth
-        if level == len(packers):
-            packers.append(msgpack.Packer(default=default, use_bin_type=True, strict_types=True))
-        local.depth = level + 1
-        try:
-            return packers[level].pack(value)
-        finally:
-            local.depth = level
+    ``ExtType.__new__`` validates code and data in Python (two frames, most
+    of the cost of a small extension); ours are valid by construction.
+    """
+    return _tuple_new(msgpack.ExtType, (code, data))
 
-    def default(value: Any) -> msgpack.ExtType:
+
+_tuple_new = tuple.__new__
+
+
+class _Encoder:
+    """A msgpack Packer with our `default` callback, borrowed from a pool.
+
+    Extension payloads are packed from inside the callback, so packing nests:
+    each level borrows an encoder of its own. Building a Packer costs more
+    than packing a small value, so encoders are reused process-wide; list
+    pop and append are atomic, so two threads never hold one encoder. While
+    borrowed, `hooks` is the borrowing codec's object-layer hooks.
+    """
+
+    __slots__ = ("hooks", "packer")
+
+    def __init__(self) -> None:
+        self.hooks: ExtensionHooks | None = None
+        self.packer = msgpack.Packer(default=self.default, use_bin_type=True, strict_types=True)
+
+    def default(self, value: Any) -> msgpack.ExtType:
         kind = type(value)
         if kind is int:
             size = (value.bit_length() + 8) // 8
-            return msgpack.ExtType(EXT_BIGINT, value.to_bytes(size, "big", signed=True))
+            return _ext(EXT_BIGINT, value.to_bytes(size, "big", signed=True))
         if kind is tuple:
-            return msgpack.ExtType(EXT_TUPLE, pack(list(value)))
+            return _ext(EXT_TUPLE, _pack(list(value), self.hooks))
         if kind is AtomPointer:
-            return msgpack.ExtType(EXT_POINTER, encode_pointer(value))
+            return _ext(EXT_POINTER, encode_pointer(value))
         if kind is dt.datetime:
             tz = None if value.tzinfo is None else _encode_tz(value.tzinfo)
             fields = [
@@ -178,22 +185,21 @@ def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtTy
                 value.fold,
                 tz,
             ]
-            return msgpack.ExtType(EXT_DATETIME, pack(fields))
+            return _ext(EXT_DATETIME, _pack(fields, None))
         if kind is dt.date:
-            return msgpack.ExtType(EXT_DATE, pack([value.year, value.month, value.day]))
+            return _ext(EXT_DATE, _pack([value.year, value.month, value.day], None))
         if kind is dt.timedelta:
-            return msgpack.ExtType(
-                EXT_TIMEDELTA, pack([value.days, value.seconds, value.microseconds])
-            )
+            return _ext(EXT_TIMEDELTA, _pack([value.days, value.seconds, value.microseconds], None))
         if kind is Decimal:
-            return msgpack.ExtType(EXT_DECIMAL, str(value).encode("ascii"))
+            return _ext(EXT_DECIMAL, str(value).encode("ascii"))
         if kind is uuid.UUID:
-            return msgpack.ExtType(EXT_UUID, value.bytes)
+            return _ext(EXT_UUID, value.bytes)
+        hooks = self.hooks
         if hooks is not None:
             owned = hooks.encode_extension(value)
             if owned is not None:
                 code, plain = owned
-                return msgpack.ExtType(code, pack(plain))
+                return _ext(code, _pack(plain, hooks))
         raise ValidationError(
             f"cannot store a value of type {kind.__module__}.{kind.__qualname__}: "
             "store plain values (None, bool, int, float, str, bytes, datetime, date, "
@@ -201,7 +207,19 @@ def _make_default(hooks: ExtensionHooks | None) -> Callable[[Any], msgpack.ExtTy
             "or ProtoBase collections"
         )
 
-    return default
+
+_encoders: list[_Encoder] = []
+
+
+def _pack(value: Any, hooks: ExtensionHooks | None) -> bytes:
+    """Pack `value` with a borrowed encoder (msgpack resets it on failure)."""
+    encoder = _encoders.pop() if _encoders else _Encoder()
+    encoder.hooks = hooks
+    try:
+        return encoder.packer.pack(value)
+    finally:
+        encoder.hooks = None
+        _encoders.append(encoder)
 
 
 # msgpack itself turns extension -1 of 4, 8 or 12 bytes into a Timestamp and
@@ -324,14 +342,14 @@ class Codec:
     """
 
     def __init__(self, hooks: ExtensionHooks | None = None) -> None:
-        self._default = _make_default(hooks)
+        self._hooks = hooks
         self._fast_ext_hook = _make_ext_hook(hooks, checked=False)
-        self._checked_ext_hook = _make_ext_hook(hooks, checked=True)
+        self._checked_ext_hook: Callable[[int, bytes], Any] | None = None  # built on first use
 
     def encode(self, value: Any) -> bytes:
         """Encode `value`; raises `ValidationError` for an unstorable type."""
         try:
-            return msgpack.packb(value, default=self._default, use_bin_type=True, strict_types=True)
+            return _pack(value, self._hooks)
         except (ValueError, OverflowError, RecursionError) as exc:
             # msgpack refuses e.g. a dict nested deeper than its limit.
             raise ValidationError(f"cannot encode value: {exc}") from exc
@@ -340,6 +358,8 @@ class Codec:
         """Decode one value; raises `CorruptionError` on any malformed input."""
         try:
             if _may_hold_timestamp(data):
+                if self._checked_ext_hook is None:
+                    self._checked_ext_hook = _make_ext_hook(self._hooks, checked=True)
                 return _unpack_checked(data, self._checked_ext_hook)
             return _unpack_fast(data, self._fast_ext_hook)
         except ProtoBaseException:

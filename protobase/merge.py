@@ -17,15 +17,16 @@ Rules (DESIGN.md section 3):
 - Nothing is merged by guessing: equal-looking values written by both sides
   still conflict (two increments of a counter must not become one).
 
-Diffs skip the subtrees both versions share, so a merge costs
-O(changes x (node width + log n)), not O(n).
+The diff of mine skips the subtrees both versions share, and each key mine
+changed is looked up in theirs, so a merge costs
+O(my changes x (node width + log n)), whatever theirs changed.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from .collections.btree import MISSING, NodeLoader, keyed_diff
+from .collections.btree import MISSING, NodeLoader, keyed_diff, keyed_get
 from .collections.keyed import KeyedCollection
 from .errors import ConflictError
 from .values import same_value
@@ -47,18 +48,24 @@ def changes(
 
 
 def merge_keyed(base: K, mine: K, theirs: K, loader: NodeLoader, path: str) -> K:
-    """Apply mine's changes since base onto theirs, or raise `ConflictError`."""
+    """Apply mine's changes since base onto theirs, or raise `ConflictError`.
+
+    Only mine is diffed against base; each key mine changed is looked up in
+    theirs, so the cost does not grow with the number of concurrent changes.
+    """
     my_changes = changes(base, mine, loader)
     if not my_changes:
         return theirs
-    their_changes = changes(base, theirs, loader)
+    if theirs._pb_same_value(base):
+        return mine
+    keyfn = type(base)._keyfn
+    their_root = theirs._node()
     to_apply = []
     for skey, (key, base_value, my_value) in my_changes.items():
-        theirs_entry = their_changes.get(skey)
-        if theirs_entry is None:
+        their_value = keyed_get(their_root, loader, skey, keyfn)
+        if same_value(base_value, their_value):
             to_apply.append((key, my_value))
             continue
-        their_value = theirs_entry[2]
         where = f"{path}[{key!r}]"
         if base_value is MISSING or my_value is MISSING or their_value is MISSING:
             raise ConflictError(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from .atoms import AtomPointer, registry
 from .collections.ordering import canonical_bytes, sort_key
 from .errors import ImmutableObjectError, TransactionClosedError, ValidationError
-from .values import Storable, needs_check, same_value, storable
+from .values import NO_CHECK_TYPES, Storable, needs_check, same_value, storable
 
 if TYPE_CHECKING:
     from typing import Self
@@ -97,7 +97,7 @@ class DBObject(Storable):
 
     def __init__(self, **attrs: Any) -> None:
         for name, value in attrs.items():
-            if needs_check(value):
+            if type(value) not in NO_CHECK_TYPES and needs_check(value):
                 attrs[name] = storable(value, f"attribute {name!r} of {type(self).__qualname__}")
         object.__setattr__(self, "_attrs", attrs)
 

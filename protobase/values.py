@@ -29,13 +29,25 @@ class Storable:
         """Validate values held inside; most storable types are checked on entry."""
 
 
+NO_CHECK_TYPES: set[type] = set(PLAIN_SCALAR_TYPES)
+"""Types whose values `storable` returns unchanged: the plain scalars and every
+Storable subclass met so far. Hot loops test ``type(v) in NO_CHECK_TYPES``
+before calling `needs_check`."""
+
+
 def needs_check(value: Any) -> bool:
     """False for values `storable` returns unchanged without looking inside.
 
     Callers test this first so that the description of the place (an
     f-string) is only built for values that need the full check.
     """
-    return type(value) not in PLAIN_SCALAR_TYPES and not isinstance(value, Storable)
+    kind = type(value)
+    if kind in NO_CHECK_TYPES:
+        return False
+    if isinstance(value, Storable):
+        NO_CHECK_TYPES.add(kind)
+        return False
+    return True
 
 
 def storable(value: Any, where: str) -> Any:

@@ -453,6 +453,37 @@ def test_unsupported_value_raises_validation_error_naming_type(value: Any, type_
     assert type_name in str(caught.value)
 
 
+def test_failed_encode_leaves_no_residue_in_reused_packers() -> None:
+    # Packers are pooled; a value refused half-way must not leak its partial
+    # bytes into the next encoding (at the top level or nested in a tuple).
+    for bad in ([1, Custom()], (1, (2, Custom()))):
+        with pytest.raises(ValidationError):
+            encode(bad)
+        assert decode(encode([5, (1, (2, 3))])) == [5, (1, (2, 3))]
+    assert encode((1, 2)) == msgpack.packb(msgpack.ExtType(2, msgpack.packb([1, 2])))
+
+
+def test_threads_sharing_the_codec_encode_independently() -> None:
+    import threading
+
+    values = [[i, (i, str(i)), {"k": (i, (i,))}] for i in range(50)]
+    expected = [encode(v) for v in values]
+    failures: list[str] = []
+
+    def work() -> None:
+        for _ in range(200):
+            for value, want in zip(values, expected, strict=True):
+                if encode(value) != want:
+                    failures.append(repr(value))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
 # --------------------------------------------------------------------------
 # Corrupt input
 # --------------------------------------------------------------------------

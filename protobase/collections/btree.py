@@ -120,7 +120,7 @@ class Node:
     def skeys(self, keyfn: KeyFn) -> list[Any]:
         """Sort keys of ``self.keys``, computed once per node."""
         if self._skeys is None:
-            self._skeys = [keyfn(k) for k in self.keys]  # type: ignore[union-attr]
+            self._skeys = list(map(keyfn, self.keys))  # type: ignore[arg-type]
         return self._skeys
 
     def child(self, index: int, loader: NodeLoader) -> Node:
@@ -162,14 +162,20 @@ class Node:
     # -- encoding -----------------------------------------------------------
 
     def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
-        """The atom payload; ``ref`` turns a child into its pointer."""
+        """The atom payload; ``ref`` turns a child node into its pointer.
+
+        Children still held as AtomPointers are packed as they are.
+        """
         if self.height == 0:
             if self.keys is None:
                 return [1, self.values]
             return [0, self.keys, self.values]
+        pack = _POINTER.pack
         children = b"".join(
-            _POINTER.pack(*ref(child))
-            for child in self.children  # type: ignore[union-attr]
+            [
+                pack(*child) if type(child) is AtomPointer else pack(*ref(child))
+                for child in self.children  # type: ignore[union-attr]
+            ]
         )
         if self.keys is None:
             return [3, self.height, self.sizes, children]

@@ -16,9 +16,10 @@ Keys equal in Python (``1``, ``1.0``, ``True``) are one key, as in a dict.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..values import needs_check
+from ..values import NO_CHECK_TYPES, needs_check
 from .base import PersistentCollection
 from .btree import (
     MISSING,
@@ -63,13 +64,15 @@ class KeyedCollection(PersistentCollection):
         """Set many entries, later ones winning; builds in place (O(n) from empty)."""
         keyfn = type(self)._keyfn
         if not self._count:
-            latest: dict[Any, tuple[Any, Any]] = {}
-            for key, value in pairs:
-                skey = keyfn(key)
-                kept = latest.get(skey)
-                latest[skey] = (key if kept is None else kept[0], value)
-            ordered = [latest[skey] for skey in sorted(latest)]
-            return self._derive(build_keyed(ordered, keyfn))
+            entries = pairs if isinstance(pairs, list) else list(pairs)
+            skeys = [keyfn(key) for key, _ in entries]
+            if not all(a < b for a, b in pairwise(skeys)):  # not ascending: sort and dedupe
+                latest: dict[Any, tuple[Any, Any]] = {}
+                for skey, (key, value) in zip(skeys, entries, strict=True):
+                    kept = latest.get(skey)
+                    latest[skey] = (key if kept is None else kept[0], value)
+                entries = [latest[skey] for skey in sorted(latest)]
+            return self._derive(build_keyed(entries, keyfn))
         edit = object()
         root = self._node()
         for key, value in pairs:
@@ -124,21 +127,25 @@ class _Mapping(KeyedCollection):
     def update(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> Self:
         """Set every pair of `items` (a mapping or ``(key, value)`` pairs) at once."""
         if isinstance(items, _Mapping):
-            pairs: Iterable[tuple[Any, Any]] = list(items.as_iterable())
+            pairs: Iterable[Any] = list(items.as_iterable())
         elif isinstance(items, Mapping):
-            pairs = list(items.items())
+            pairs = items.items()
         else:
-            pairs = [tuple(pair) for pair in items]
-        checked = []
+            pairs = items
+        checked: list[tuple[Any, Any]] = []
+        append = checked.append
         for pair in pairs:
+            if type(pair) is not tuple:
+                pair = tuple(pair)
             if len(pair) != 2:
                 raise ValueError(f"update expects (key, value) pairs, got {pair!r}")
             key, value = pair
-            if needs_check(key):
+            if type(key) not in NO_CHECK_TYPES and needs_check(key):
                 key = self._check_key(key)
-            if needs_check(value):
-                value = self._check(value, f"{type(self).__name__}[{key!r}]")
-            checked.append((key, value))
+                pair = (key, value)
+            if type(value) not in NO_CHECK_TYPES and needs_check(value):
+                pair = (key, self._check(value, f"{type(self).__name__}[{key!r}]"))
+            append(pair)
         return self._bulk(checked)
 
     def as_iterable(self) -> Iterator[tuple[Any, Any]]:

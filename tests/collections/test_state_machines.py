@@ -26,6 +26,7 @@ from copy import deepcopy
 from itertools import islice
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -1158,3 +1159,17 @@ def test_values_handed_over_are_not_shared_with_the_caller() -> None:
         if before != after:
             leaked.append(name)
     assert not leaked, f"the caller's list leaked into: {leaked}"
+
+
+@pytest.mark.parametrize("kind", [Dictionary, HashDictionary])
+def test_bulk_build_from_unsorted_pairs_keeps_first_key_and_last_value(kind: Any) -> None:
+    pairs = [(3, "a"), (1, "b"), (2.0, "c"), (1.0, "d"), (2, "e"), ("x", "f"), (3, "g")]
+    built = kind(pairs)
+    expected = dict(pairs)  # a dict keeps the first key and the last value too
+    assert len(built) == len(expected) == 4
+    got = dict(built.as_iterable())
+    assert got == expected
+    assert {type(k) for k in got} == {type(k) for k in expected}
+    ascending = kind((k, -k) for k in range(200))
+    assert dict(ascending.as_iterable()) == {k: -k for k in range(200)}
+    assert len(ascending) == 200
