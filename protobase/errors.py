@@ -73,6 +73,14 @@ class AuthenticationError(ProtoBaseException):
     """A token or secret was missing or wrong."""
 
 
+class QueryError(ProtoBaseException, ValueError):
+    """A query expression or plan is malformed; the message names the part."""
+
+
+class UniqueConstraintError(ProtoBaseException, ValueError):
+    """A change would give two rows one value of a unique index; nothing changed."""
+
+
 __all__ = [
     "AtomNotFoundError",
     "AuthenticationError",
@@ -83,9 +91,11 @@ __all__ = [
     "DatabaseNotFoundError",
     "ImmutableObjectError",
     "ProtoBaseException",
+    "QueryError",
     "ReadOnlyTransactionError",
     "RootConflict",
     "StorageError",
     "TransactionClosedError",
+    "UniqueConstraintError",
     "ValidationError",
 ]

@@ -27,8 +27,9 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from .collections.btree import MISSING, NodeLoader, keyed_diff, keyed_get
+from .collections.indexes import IndexSpec
 from .collections.keyed import KeyedCollection
-from .errors import ConflictError
+from .errors import ConflictError, UniqueConstraintError
 from .values import same_value
 
 K = TypeVar("K", bound=KeyedCollection)
@@ -52,13 +53,37 @@ def merge_keyed(base: K, mine: K, theirs: K, loader: NodeLoader, path: str) -> K
 
     Only mine is diffed against base; each key mine changed is looked up in
     theirs, so the cost does not grow with the number of concurrent changes.
+    Secondary indexes are derived data: the rows merge, the result keeps
+    its indexes exact, and index definitions added or removed on one side
+    carry over (see `_merge_index_specs`).
     """
+    specs = _merge_index_specs(base, mine, theirs, path)
     my_changes = changes(base, mine, loader)
-    if not my_changes:
-        return theirs
-    if theirs._pb_same_value(base):
-        return mine
-    keyfn = type(base)._keyfn
+    try:
+        if not my_changes:
+            result = theirs
+        elif theirs._pb_same_value(base):
+            result = mine
+        else:
+            result = theirs._pb_apply_changes(_changes_onto(my_changes, theirs, loader, path))
+        if result._pb_index_specs() != specs:
+            result = result._pb_with_index_specs(specs)
+    except UniqueConstraintError as exc:
+        raise ConflictError(
+            f"{path}: merging with a concurrent transaction that committed first breaks a "
+            f"unique index ({exc}); nothing was written. Run the transaction again "
+            "(Database.run retries) to see the other value."
+        ) from exc
+    return result
+
+
+def _changes_onto(
+    my_changes: dict[Any, tuple[Any, Any, Any]],
+    theirs: KeyedCollection,
+    loader: NodeLoader,
+    path: str,
+) -> list[tuple[Any, Any]]:
+    keyfn = type(theirs)._keyfn
     their_root = theirs._node()
     to_apply = []
     for skey, (key, base_value, my_value) in my_changes.items():
@@ -73,7 +98,22 @@ def merge_keyed(base: K, mine: K, theirs: K, loader: NodeLoader, path: str) -> K
                 "first; nothing was written. Run the transaction again (Database.run retries)."
             )
         to_apply.append((key, merge_values(base_value, my_value, their_value, loader, where)))
-    return theirs._pb_apply_changes(to_apply)
+    return to_apply
+
+
+def _merge_index_specs(
+    base: KeyedCollection, mine: KeyedCollection, theirs: KeyedCollection, path: str
+) -> tuple[IndexSpec, ...]:
+    """The index definitions of the merge: theirs, plus mine's additions and removals."""
+    base_specs, my_specs, their_specs = (c._pb_index_specs() for c in (base, mine, theirs))
+    if my_specs == base_specs:
+        return their_specs
+    if their_specs in (base_specs, my_specs):
+        return my_specs
+    raise ConflictError(
+        f"the indexes of {path} were changed by a concurrent transaction that committed "
+        "first; nothing was written. Run the transaction again (Database.run retries)."
+    )
 
 
 def merge_values(base: Any, mine: Any, theirs: Any, loader: NodeLoader, path: str) -> Any:

@@ -148,6 +148,10 @@ class DBObject(Storable):
         """True when attribute `name` was set (even to None)."""
         return name in self._attrs
 
+    def _pb_field(self, name: str) -> Any:
+        """A stored attribute for query paths (collections.fields); None if unset."""
+        return self._attrs.get(name)
+
     def attributes(self) -> dict[str, Any]:
         """A copy of the attributes as a dict."""
         return dict(self._attrs)
@@ -298,6 +302,12 @@ class MutableObject(Storable):
     def has_defined_attr(self, name: str) -> bool:
         return name in self._pb_state()
 
+    _pb_changes_in_place: ClassVar[bool] = True
+    """Indexes refuse to read attributes of such objects (collections.fields)."""
+
+    def _pb_field(self, name: str) -> Any:
+        return self._pb_state().get(name)
+
     def attributes(self) -> dict[str, Any]:
         return dict(self._pb_state())
 
@@ -370,6 +380,10 @@ class Literal(Storable):
     def __str__(self) -> str:
         value = self.value
         return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+    def _pb_plain_value(self) -> str | bytes:
+        """What a query path reads: the str or bytes value."""
+        return self.value
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Literal):

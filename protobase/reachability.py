@@ -35,7 +35,7 @@ class _PointerCollector:
         return None
 
     def decode_extension(self, code: int, plain: Any) -> Any:
-        if code == EXT_COLLECTION and type(plain) is list and len(plain) == 4:
+        if code == EXT_COLLECTION and type(plain) is list and len(plain) in (4, 5):
             if type(plain[1]) is AtomPointer:
                 self.found.append((plain[1], NODE))
         elif code == EXT_LITERAL and type(plain) is AtomPointer:

@@ -4,6 +4,8 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
 
     32  DBObject          [class name, {attribute: value}]
     33  collection        [kind, root node pointer | nil, count, meta]
+                          or, with secondary indexes, the same plus
+                          [[dotted field, unique, index Dictionary], ...]
     34  MutableObject     [object id, class name]   (a reference; the state is
                           in the database's object table)
     35  Literal           pointer of the atom holding the str/bytes value
@@ -24,7 +26,10 @@ from .atoms import AtomPointer, frame_atom
 from .codec import Codec
 from .collections.base import PersistentCollection
 from .collections.btree import Node
-from .errors import CorruptionError, ValidationError
+from .collections.fields import parse_path, path_text
+from .collections.indexes import Index, IndexSpec
+from .collections.keyed import Dictionary
+from .errors import CorruptionError, QueryError, ValidationError
 from .objects import (
     DBObject,
     Literal,
@@ -132,7 +137,15 @@ class AtomWriter:
                 pointer = root
             else:
                 pointer = self.node_pointer(root)  # type: ignore[arg-type]
-            return EXT_COLLECTION, [value._kind, pointer, value._count, value._pb_meta()]
+            descriptor = [value._kind, pointer, value._count, value._pb_meta()]
+            if value._indexes:
+                descriptor.append(
+                    [
+                        [path_text(index.spec.path), index.spec.unique, index.tree]
+                        for index in value._indexes
+                    ]
+                )
+            return EXT_COLLECTION, descriptor
         if isinstance(value, MutableObject):
             return EXT_MUTABLE_REF, [value._pb_oid, class_name(value)]
         if isinstance(value, Literal):
@@ -159,6 +172,24 @@ class AtomWriter:
                 obj._origin = self.origin
 
 
+def _decode_indexes(stored: Any) -> tuple[Index, ...]:
+    if type(stored) is not list or not stored:
+        raise ValueError("collection indexes are a non-empty list")
+    indexes = []
+    for entry in stored:
+        if type(entry) is not list or len(entry) != 3:
+            raise ValueError("an index is [field, unique, tree]")
+        field, unique, tree = entry
+        if type(field) is not str or type(unique) is not bool or type(tree) is not Dictionary:
+            raise ValueError(f"malformed index {entry!r}")
+        try:
+            path = parse_path(field)
+        except QueryError as exc:
+            raise ValueError(str(exc)) from exc
+        indexes.append(Index(IndexSpec(path, unique), tree))
+    return tuple(indexes)
+
+
 class AtomReader:
     """Decodes the atoms of one snapshot."""
 
@@ -183,13 +214,16 @@ class AtomReader:
                     return UnknownObject._pb_with_name(name, attrs)
                 return cls._pb_from_state(attrs)  # type: ignore[attr-defined]
             if code == EXT_COLLECTION:
-                kind, root, count, meta = plain
+                if type(plain) is not list or len(plain) not in (4, 5):
+                    raise ValueError("a collection descriptor has 4 or 5 fields")
+                kind, root, count, meta = plain[:4]
                 cls = PersistentCollection._registry.get(kind)
                 if cls is None:
                     raise ValueError(f"unknown collection kind {kind!r}")
                 if root is not None and type(root) is not AtomPointer:
                     raise ValueError("collection root is not a pointer")
-                return cls._pb_from_descriptor(root, int(count), meta, self._context)
+                indexes = _decode_indexes(plain[4]) if len(plain) == 5 else ()
+                return cls._pb_from_descriptor(root, int(count), meta, self._context, indexes)
             if code == EXT_MUTABLE_REF:
                 oid, name = plain
                 if type(oid) is not bytes or type(name) is not str:

@@ -11,13 +11,15 @@ In an atom, a collection is stored inline as its *descriptor*:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..atoms import AtomPointer
-from ..errors import TransactionClosedError
+from ..errors import QueryError, TransactionClosedError
 from ..values import Storable, storable
 from .btree import Node, NodeLoader, same_node
+from .fields import Path, parse_path, path_text
+from .indexes import Index, IndexSpec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -42,13 +44,16 @@ DETACHED = DetachedLoader()
 class PersistentCollection(Storable):
     """Base of List, Dictionary, HashDictionary, Set and CountedSet."""
 
-    __slots__ = ("_count", "_loader", "_root")
+    __slots__ = ("_count", "_indexes", "_loader", "_root")
     _kind: ClassVar[str]
     _registry: ClassVar[dict[str, type[PersistentCollection]]] = {}
 
     _root: Node | AtomPointer | None
     _loader: NodeLoader
     _count: int
+    _indexes: tuple[Index, ...]
+    _query_plan_factory: ClassVar[Callable[[PersistentCollection], Any] | None] = None
+    """Set by protobase.query (a layer above) so that `as_query_plan` can build a plan."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -60,17 +65,24 @@ class PersistentCollection(Storable):
         self._root = None
         self._loader = DETACHED
         self._count = 0
+        self._indexes = ()
 
     # -- construction ----------------------------------------------------------
 
     @classmethod
     def _pb_from_descriptor(
-        cls, root: AtomPointer | None, count: int, meta: Any, loader: NodeLoader
+        cls,
+        root: AtomPointer | None,
+        count: int,
+        meta: Any,
+        loader: NodeLoader,
+        indexes: tuple[Index, ...] = (),
     ) -> Self:
         obj = cls.__new__(cls)
         obj._root = root
         obj._count = count
         obj._loader = loader
+        obj._indexes = indexes
         obj._pb_set_meta(meta)
         return obj
 
@@ -82,13 +94,86 @@ class PersistentCollection(Storable):
         """Restore what `_pb_meta` returned."""
 
     def _derive(self, root: Node | None) -> Self:
-        """A collection of the same kind (and loader) over `root`."""
+        """A collection of the same kind (and loader) over `root`, its indexes kept exact."""
+        obj = self._copy_with(root, ())
+        if self._indexes:
+            obj._indexes = self._pb_maintained_indexes(obj)
+        return obj
+
+    def _copy_with(self, root: Node | AtomPointer | None, indexes: tuple[Index, ...]) -> Self:
         obj = self.__class__.__new__(self.__class__)
         obj._root = root
-        obj._count = 0 if root is None else root.total
+        if type(root) is AtomPointer:
+            obj._count = self._count
+        else:
+            obj._count = 0 if root is None else root.total  # type: ignore[union-attr]
         obj._loader = self._loader
+        obj._indexes = indexes
         obj._pb_set_meta(self._pb_meta())
         return obj
+
+    # -- secondary indexes (see collections.indexes) ------------------------------
+
+    def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
+        """Every row as ``(identity, row)``, for building an index."""
+        raise TypeError(f"{type(self).__name__} has no secondary indexes")
+
+    def _pb_maintained_indexes(self, new: Self) -> tuple[Index, ...]:
+        """The indexes of `new`, derived from this collection's; default: rebuilt."""
+        return tuple(Index.build(index.spec, new._pb_index_rows()) for index in self._indexes)
+
+    def _pb_index_specs(self) -> tuple[IndexSpec, ...]:
+        return tuple(index.spec for index in self._indexes)
+
+    def _pb_index_for(self, path: Path) -> Index | None:
+        for index in self._indexes:
+            if index.spec.path == path:
+                return index
+        return None
+
+    def _pb_with_index_specs(self, specs: tuple[IndexSpec, ...]) -> Self:
+        """This collection with exactly the indexes `specs` (kept ones are reused)."""
+        kept = {index.spec: index for index in self._indexes}
+        indexes = tuple(
+            kept[spec] if spec in kept else Index.build(spec, self._pb_index_rows())
+            for spec in specs
+        )
+        return self._copy_with(self._root, indexes)
+
+    def _add_index(self, field: Any, unique: bool) -> Self:
+        path = parse_path(field)
+        current = self._pb_index_for(path)
+        if current is not None:
+            if current.spec.unique == bool(unique):
+                return self
+            raise QueryError(
+                f"{type(self).__name__} already has an {current.spec.describe()}; "
+                "remove_index it first to change unique"
+            )
+        return self._pb_with_index_specs((*self._pb_index_specs(), IndexSpec(path, bool(unique))))
+
+    def _remove_index(self, field: Any) -> Self:
+        path = parse_path(field)
+        if self._pb_index_for(path) is None:
+            raise QueryError(
+                f"{type(self).__name__} has no index on {path_text(path)!r}; "
+                f"its indexes: {self.indexed_fields or 'none'}"
+            )
+        return self._pb_with_index_specs(
+            tuple(spec for spec in self._pb_index_specs() if spec.path != path)
+        )
+
+    @property
+    def indexed_fields(self) -> list[str]:
+        """The dotted fields this collection has indexes on, in creation order."""
+        return [path_text(index.spec.path) for index in self._indexes]
+
+    def as_query_plan(self) -> Any:
+        """A query plan that reads this collection's rows (see protobase.query)."""
+        factory = PersistentCollection._query_plan_factory
+        if factory is None:
+            raise QueryError("protobase.query is not loaded; import protobase first")
+        return factory(self)
 
     def _node(self) -> Node | None:
         root = self._root
@@ -122,8 +207,12 @@ class PersistentCollection(Storable):
         if type(other) is not type(self) or self._count != other._count:
             return False
         if self._root is None or other._root is None:
-            return self._root is other._root
-        return same_node(self._root, other._root) and self._pb_meta() == other._pb_meta()
+            return self._root is other._root and self._pb_index_specs() == other._pb_index_specs()
+        return (
+            same_node(self._root, other._root)
+            and self._pb_meta() == other._pb_meta()
+            and self._pb_index_specs() == other._pb_index_specs()
+        )
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

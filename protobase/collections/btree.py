@@ -515,6 +515,20 @@ def _keyed_items(
         yield from _keyed_items(node.child(i, loader), loader, keyfn, lo, hi)
 
 
+def keyed_rank(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> int:
+    """The number of entries whose sort key is below `skey`; O(log n) loads."""
+    node = root
+    if node is None:
+        return 0
+    rank = 0
+    while node.height:
+        sk = node.skeys(keyfn)
+        i = max(bisect_left(sk, skey) - 1, 0)
+        rank += sum(node.sizes[:i])  # type: ignore[index]
+        node = node.child(i, loader)
+    return rank + bisect_left(node.skeys(keyfn), skey)
+
+
 def build_keyed(
     items: Sequence[tuple[Any, Any]], keyfn: KeyFn, edit: object | None = None
 ) -> Node | None:

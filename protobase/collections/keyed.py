@@ -19,18 +19,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..values import NO_CHECK_TYPES, needs_check
+from ..values import NO_CHECK_TYPES, needs_check, same_value
 from .base import PersistentCollection
 from .btree import (
     MISSING,
     Node,
     build_keyed,
+    keyed_diff,
     keyed_get,
     keyed_items,
     keyed_remove,
     keyed_set,
 )
-from .ordering import hash_key, sort_key
+from .indexes import HIGH, Index
+from .ordering import hash_key, sort_key, stable_hash
 
 if TYPE_CHECKING:
     from typing import Self
@@ -95,6 +97,28 @@ class KeyedCollection(PersistentCollection):
         key = self._check(key, f"a {type(self).__name__} {self._what}")
         type(self)._keyfn(key)
         return key
+
+    # -- secondary indexes: kept exact by diffing the old and the new tree ---------
+
+    def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
+        """``(identity, row)`` of one entry (see collections.indexes)."""
+        raise TypeError(f"{type(self).__name__} has no secondary indexes")
+
+    def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
+        item = self._pb_index_item
+        return (item(key, value) for key, value in self._entries())
+
+    def _pb_maintained_indexes(self, new: Self) -> tuple[Index, ...]:
+        removed, added = [], []
+        item = self._pb_index_item
+        for _, key, old, value in keyed_diff(
+            self._node(), new._node(), self._loader, type(self)._keyfn, same_value
+        ):
+            if old is not MISSING:
+                removed.append(item(key, old))
+            if value is not MISSING:
+                added.append(item(key, value))
+        return tuple(index.changed(removed, added) for index in self._indexes)
 
 
 class _Mapping(KeyedCollection):
@@ -173,6 +197,11 @@ class _Mapping(KeyedCollection):
     def __contains__(self, key: object) -> bool:
         return self.has(key)
 
+    def _pb_field(self, name: str) -> Any:
+        """A query path step into a mapping reads the value under key `name`."""
+        value = self._lookup(name)
+        return None if value is MISSING else value
+
     def to_dict(self) -> dict[Any, Any]:
         return dict(self._entries())
 
@@ -197,6 +226,35 @@ class Dictionary(_Mapping):
             MISSING if lo is MISSING else sort_key(lo),
             MISSING if hi is MISSING else sort_key(hi),
         )
+
+    # -- secondary indexes on the values: the identity of a row is its key --------
+
+    def add_index(self, field: str, *, unique: bool = False) -> Self:
+        """This dictionary with an index on `field` of its values (see docs/queries.md).
+
+        Raises:
+            UniqueConstraintError: `unique` and two values share the field's value.
+            ValidationError: the field reads through a MutableObject.
+        """
+        return self._add_index(field, unique)
+
+    def remove_index(self, field: str) -> Self:
+        """This dictionary without its index on `field`; QueryError when there is none."""
+        return self._remove_index(field)
+
+    def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
+        return key, value
+
+    def _pb_identity_order(self, identity: Any) -> Any:
+        return sort_key(identity)
+
+    def _pb_fetch(self, identities: Iterable[Any]) -> Iterator[Any]:
+        """The rows (values) under `identities` (keys), in the order given."""
+        root, loader = self._node(), self._loader
+        for key in identities:
+            value = keyed_get(root, loader, sort_key(key), sort_key)
+            if value is not MISSING:
+                yield value
 
 
 class HashDictionary(_Mapping):
@@ -257,6 +315,34 @@ class Set(KeyedCollection):
 
     def __contains__(self, value: object) -> bool:
         return self.has(value)
+
+    # -- secondary indexes on the elements: the identity of a row is its hash ------
+
+    def add_index(self, field: str, *, unique: bool = False) -> Self:
+        """This set with an index on `field` of its elements (see docs/queries.md).
+
+        Raises:
+            UniqueConstraintError: `unique` and two elements share the field's value.
+            ValidationError: the field reads through a MutableObject.
+        """
+        return self._add_index(field, unique)
+
+    def remove_index(self, field: str) -> Self:
+        """This set without its index on `field`; QueryError when there is none."""
+        return self._remove_index(field)
+
+    def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
+        return stable_hash(key), key
+
+    def _pb_identity_order(self, identity: Any) -> Any:
+        return identity
+
+    def _pb_fetch(self, identities: Iterable[Any]) -> Iterator[Any]:
+        """The elements with the stable hashes `identities`, in the order given."""
+        root, loader = self._node(), self._loader
+        for digest in identities:
+            for element, _ in keyed_items(root, loader, hash_key, (digest,), (digest, HIGH)):
+                yield element
 
 
 def _elements(items: Iterable[Any]) -> Iterable[Any]:

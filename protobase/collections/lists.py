@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from .base import PersistentCollection
 from .btree import (
+    Node,
     build_positional,
     positional_get,
     positional_insert,
@@ -78,19 +79,69 @@ class List(PersistentCollection):
 
     def set_at(self, index: int, value: Any) -> Self:
         value = self._check(value, f"List item {index}")
-        return self._derive(
-            positional_set(self._node(), self._loader, self._position(index), value)
-        )
+        position = self._position(index)
+        root = positional_set(self._node(), self._loader, position, value)
+        if not self._indexes:
+            return self._derive(root)
+        old = self.get_at(position)
+        return self._derive_changing(root, [(position, old)], [(position, value)])
 
     def insert_at(self, index: int, value: Any) -> Self:
         """Insert so that `value` ends at `index`; ``insert_at(len(l), v)`` appends."""
         value = self._check(value, f"List item {index}")
         position = self._position(index, inserting=index >= 0)
-        return self._derive(positional_insert(self._node(), self._loader, position, value))
+        root = positional_insert(self._node(), self._loader, position, value)
+        if self._indexes and position == self._count:  # an append shifts no position
+            return self._derive_changing(root, [], [(position, value)])
+        return self._derive(root)
 
     def remove_at(self, index: int) -> Self:
-        root, _ = positional_remove(self._node(), self._loader, self._position(index))
+        position = self._position(index)
+        root, removed = positional_remove(self._node(), self._loader, position)
+        if self._indexes and position == self._count - 1:  # the last shifts no position
+            return self._derive_changing(root, [(position, removed)], [])
         return self._derive(root)
+
+    # -- secondary indexes: the identity of a row is its position -----------------
+    #
+    # Changes at the end (set_at anywhere, append, remove the last, extend,
+    # head) update the indexes entry by entry. Anything that shifts positions
+    # (insert or remove before the end, tail, slice) rebuilds them: O(n).
+
+    def add_index(self, field: str, *, unique: bool = False) -> Self:
+        """This list with an index on `field` of its items (see docs/queries.md).
+
+        Raises:
+            UniqueConstraintError: `unique` and two items share the field's value.
+            ValidationError: the field reads through a MutableObject.
+        """
+        return self._add_index(field, unique)
+
+    def remove_index(self, field: str) -> Self:
+        """This list without its index on `field`; QueryError when there is none."""
+        return self._remove_index(field)
+
+    def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
+        return enumerate(self.as_iterable())
+
+    def _pb_identity_order(self, identity: Any) -> Any:
+        return identity
+
+    def _pb_fetch(self, identities: Iterable[Any]) -> Iterator[Any]:
+        """The items at positions `identities`, in the order given."""
+        root, loader = self._node(), self._loader
+        for position in identities:
+            yield positional_get(root, loader, position)
+
+    def _derive_changing(
+        self,
+        root: Node | None,
+        removed: list[tuple[int, Any]],
+        added: list[tuple[int, Any]],
+    ) -> Self:
+        obj = self._copy_with(root, ())
+        obj._indexes = tuple(index.changed(removed, added) for index in self._indexes)
+        return obj
 
     def append_last(self, value: Any) -> Self:
         return self.insert_at(self._count, value)
@@ -118,12 +169,16 @@ class List(PersistentCollection):
         if not values:
             return self
         if not self._count:
-            return self._derive(build_positional(values))
-        edit = object()
-        root = self._node()
-        for value in values:
-            assert root is not None
-            root = positional_insert(root, self._loader, root.total, value, edit)
+            root = build_positional(values)
+        else:
+            edit = object()
+            root = self._node()
+            for value in values:
+                assert root is not None
+                root = positional_insert(root, self._loader, root.total, value, edit)
+        if self._indexes:
+            start = self._count
+            return self._derive_changing(root, [], list(enumerate(values, start)))
         return self._derive(root)
 
     def head(self, count: int) -> Self:
@@ -140,4 +195,8 @@ class List(PersistentCollection):
         if first == 0 and last >= self._count:
             return self
         values = list(positional_values(self._node(), self._loader, first, last))
-        return self._derive(build_positional(values))
+        root = build_positional(values)
+        if self._indexes and first == 0:  # a head: only the dropped tail leaves
+            dropped = positional_values(self._node(), self._loader, len(values), self._count)
+            return self._derive_changing(root, list(enumerate(dropped, len(values))), [])
+        return self._derive(root)

@@ -1,0 +1,192 @@
+"""Secondary indexes: stored with their collection, exact after every change.
+
+An index on field path P of a collection is an ordered `Dictionary` (the
+core's B+-tree) whose keys are ``(value at P, identity)`` and whose values
+are counts. The identity names the row inside the collection:
+
+- Dictionary: the row's key (the index serves the dictionary's values);
+- List: the row's position;
+- Set: the element's stable 64-bit hash, so the index does not hold a second
+  copy of each element. Elements whose hashes collide share an entry, whose
+  count says how many there are; a lookup reads every element of that hash
+  and the query re-checks its condition on each.
+
+Invariants:
+
+- After every mutator returns, each index holds exactly one entry (with the
+  right count) per row whose field value can be ordered (``sort_key``);
+  a row whose value is a list, a dict or a collection is not in the index,
+  and the planner never uses an index for such a value.
+- A missing field and None are both stored under None (SQL's NULL), so
+  ``is_null`` can use the index.
+- A unique index never holds two entries with equal non-None values (equal
+  as keys are: ``1 == 1.0``). None may repeat, as NULL may in SQL.
+- An index is derived data: the three-way merge never merges index trees;
+  it merges the rows and the collection maintains its indexes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import UniqueConstraintError, ValidationError
+from .btree import MISSING, build_keyed, keyed_items, keyed_rank
+from .fields import Path, index_path_value, path_text
+from .ordering import sort_key
+
+if TYPE_CHECKING:
+    from .keyed import Dictionary
+
+TUPLE_RANK = sort_key(())[0]
+HIGH: tuple[Any, ...] = (1 << 62,)
+"""Sorts after the sort key of any value (ranks are small integers)."""
+
+
+def _empty_tree() -> Dictionary:
+    # keyed.py builds on base.py, which builds on this module: import late.
+    from .keyed import Dictionary
+
+    return Dictionary()
+
+
+class IndexSpec(NamedTuple):
+    """What an index is on: a field path, and whether values must be unique."""
+
+    path: Path
+    unique: bool
+
+    def describe(self) -> str:
+        return f"{'unique ' if self.unique else ''}index on {path_text(self.path)!r}"
+
+
+OPEN_LOW: tuple[Any, ...] = (TUPLE_RANK,)
+OPEN_HIGH: tuple[Any, ...] = (TUPLE_RANK + 1,)
+"""Tree positions before the first and after the last entry."""
+
+
+def below(field_key: Any) -> tuple[Any, ...]:
+    """The tree position just before every entry whose field sort key is `field_key`."""
+    return (TUPLE_RANK, (field_key,))
+
+
+def above(field_key: Any) -> tuple[Any, ...]:
+    """The tree position just after every entry whose field sort key is `field_key`."""
+    return (TUPLE_RANK, (field_key, HIGH))
+
+
+class Index:
+    """One index of a collection (immutable: changes return a new Index)."""
+
+    __slots__ = ("spec", "tree")
+
+    def __init__(self, spec: IndexSpec, tree: Dictionary) -> None:
+        self.spec = spec
+        self.tree = tree
+
+    def __repr__(self) -> str:
+        return f"<{self.spec.describe()}, {len(self.tree)} entries>"
+
+    # -- building and maintenance ----------------------------------------------------
+
+    def entry(self, identity: Any, row: Any) -> tuple[Any, Any] | None:
+        """The tree key of a row, or None when its value cannot be ordered."""
+        value = index_path_value(row, self.spec.path)
+        try:
+            sort_key(value)
+        except ValidationError:
+            return None
+        return (value, identity)
+
+    @classmethod
+    def build(cls, spec: IndexSpec, rows: Iterable[tuple[Any, Any]]) -> Index:
+        """An index over ``(identity, row)`` pairs; O(n log n).
+
+        Raises:
+            UniqueConstraintError: `spec` is unique and two rows share a value.
+        """
+        index = cls(spec, _empty_tree())
+        counts: dict[Any, list[Any]] = {}
+        for identity, row in rows:
+            key = index.entry(identity, row)
+            if key is None:
+                continue
+            skey = sort_key(key)
+            found = counts.get(skey)
+            if found is None:
+                counts[skey] = [key, 1]
+            else:
+                found[1] += 1
+        ordered = sorted(counts.items())
+        if spec.unique:
+            previous: Any = MISSING
+            for skey, (key, _) in ordered:
+                field_key = skey[1][0]
+                if key[0] is not None and field_key == previous:
+                    raise UniqueConstraintError(
+                        f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
+                        "than once; nothing changed"
+                    )
+                previous = field_key
+        entries = [(key, count) for _, (key, count) in ordered]
+        return cls(spec, index.tree._derive(build_keyed(entries, sort_key)))
+
+    def changed(
+        self, removed: Iterable[tuple[Any, Any]], added: Iterable[tuple[Any, Any]]
+    ) -> Index:
+        """This index after rows left and rows came, as ``(identity, row)`` pairs.
+
+        Removals apply first, so a row replaced by one with the same value is
+        no duplicate.
+
+        Raises:
+            UniqueConstraintError: an added row repeats a unique value.
+        """
+        tree = self.tree
+        for identity, row in removed:
+            key = self.entry(identity, row)
+            if key is None:
+                continue
+            count = tree._lookup(key)
+            if count is MISSING:
+                raise AssertionError(f"{self.spec.describe()} lacks entry {key!r}")
+            tree = tree._without(key) if count <= 1 else tree._with(key, count - 1)
+        for identity, row in added:
+            key = self.entry(identity, row)
+            if key is None:
+                continue
+            if (
+                self.spec.unique
+                and key[0] is not None
+                and next(self._entries_equal(tree, key[0]), None) is not None
+            ):
+                raise UniqueConstraintError(
+                    f"the {self.spec.describe()} already holds value {key[0]!r}; nothing changed"
+                )
+            count = tree._lookup(key)
+            tree = tree._with(key, 1 if count is MISSING else count + 1)
+        return Index(self.spec, tree)
+
+    # -- reading (the planner) -------------------------------------------------------
+
+    @staticmethod
+    def _entries_equal(tree: Dictionary, value: Any) -> Iterator[tuple[Any, Any]]:
+        field_key = sort_key(value)
+        return keyed_items(tree._node(), tree._loader, sort_key, below(field_key), above(field_key))
+
+    def scan(self, low: Any, high: Any) -> Iterator[Any]:
+        """Identities of the entries between tree positions `low` and `high`."""
+        tree = self.tree
+        for key, _ in keyed_items(tree._node(), tree._loader, sort_key, low, high):
+            yield key[1]
+
+    def count(self, low: Any, high: Any) -> int:
+        """The number of entries between tree positions `low` and `high`; O(log n)."""
+        tree = self.tree
+        root = tree._node()
+        return keyed_rank(root, tree._loader, high, sort_key) - keyed_rank(
+            root, tree._loader, low, sort_key
+        )
+
+    def __len__(self) -> int:
+        return len(self.tree)
