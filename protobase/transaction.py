@@ -50,6 +50,7 @@ from .objects import (
     class_name,
     unbound_objects,
 )
+from .query import Query
 from .serialization import AtomReader, AtomWriter
 from .storage.interfaces import CommitBatch, RootRef
 from .values import same_value, storable
@@ -267,6 +268,14 @@ class Transaction(Snapshot, ObjectContext):
         return self._attach(Set())
 
     new_hash_set = new_set
+
+    def query(self, source: Any) -> Query:
+        """A fluent query over a collection, a plan or a list of rows (docs/queries.md).
+
+        It reads through this transaction, so run it before the transaction ends.
+        """
+        self._check_open()
+        return Query(source)
 
     def new_counted_set(self) -> CountedSet:
         return self._attach(CountedSet())

@@ -1,0 +1,163 @@
+"""JOIN: a hash join for equality conditions, a nested loop for the others.
+
+``JoinPlan(based_on=left, join_query=right, on=("dept_id", "id"),
+join_type="inner")`` yields `JoinRow`s (``.left``, ``.right``). `on` is:
+
+- ``(left field, right field)``, or a list of such pairs: equality, run as a
+  hash join (the right side is read into a table once, the left streams).
+  Keys match when Python's ``==`` says so (``1`` joins ``1.0``); a NULL
+  key (None or missing) never matches, as in SQL;
+- an Expression over the pair (``F.left.start < F.right.day``) or a
+  function ``on(left, right) -> bool``: a nested loop over the right rows.
+
+Order: left rows in their order, each followed by its matches in right
+order. ``left`` and ``outer`` emit an unmatched left row once, with
+``right`` None, in its place; ``right`` and ``outer`` then emit the
+unmatched right rows, in right order, with ``left`` None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..collections.fields import Path, parse_path, path_text, read_path
+from ..errors import QueryError
+from .expressions import Expression
+from .plans import QueryPlan, as_plan, hashable_key
+from .rows import JoinRow
+
+JOIN_TYPES = ("inner", "left", "right", "outer")
+
+
+def _equal(left: Any, right: Any) -> bool:
+    try:
+        return bool(left == right)
+    except (TypeError, ArithmeticError):
+        return False
+
+
+class JoinPlan(QueryPlan):
+    """The pairs of left and right rows that satisfy `on` (see the module docstring)."""
+
+    def __init__(
+        self,
+        based_on: Any = None,
+        join_query: Any = None,
+        on: Any = None,
+        join_type: str = "inner",
+    ) -> None:
+        super().__init__(based_on)
+        if self.based_on is None or join_query is None:
+            raise QueryError("JoinPlan needs based_on= (the left side) and join_query= (the right)")
+        self.join_query = as_plan(join_query)
+        if join_type not in JOIN_TYPES:
+            raise QueryError(f"join_type {join_type!r} is not one of {', '.join(JOIN_TYPES)}")
+        self.join_type = join_type
+        self.pairs: list[tuple[Path, Path]] | None = None
+        self.condition: Callable[[Any, Any], bool] | None = None
+        self._on_text = ""
+        if isinstance(on, Expression):
+            test = on.test
+            self.condition = lambda left, right: test(JoinRow(left, right))
+            self._on_text = str(on)
+        elif callable(on):
+            self.condition = lambda left, right: bool(on(left, right))
+            self._on_text = getattr(on, "__name__", "a function")
+        else:
+            pairs = [on] if _is_pair(on) else on
+            if not isinstance(pairs, (list, tuple)) or not pairs or not all(map(_is_pair, pairs)):
+                raise QueryError(
+                    "JoinPlan on= is (left field, right field), a list of such pairs, an "
+                    f"Expression over F.left / F.right, or a function (left, right); not {on!r}"
+                )
+            self.pairs = [(parse_path(a), parse_path(b)) for a, b in pairs]
+            self._on_text = " & ".join(
+                f"left.{path_text(a)} == right.{path_text(b)}" for a, b in self.pairs
+            )
+
+    def _rows(self) -> Iterator[Any]:
+        assert self.based_on is not None
+        right_rows = list(self.join_query.execute())
+        keep_left = self.join_type in ("left", "outer")
+        keep_right = self.join_type in ("right", "outer")
+        matched = bytearray(len(right_rows)) if keep_right else None
+        find = self._hash_matcher(right_rows) if self.pairs else self._loop_matcher(right_rows)
+        for left in self.based_on.execute():
+            found = False
+            for index in find(left):
+                found = True
+                if matched is not None:
+                    matched[index] = 1
+                yield JoinRow(left, right_rows[index])
+            if not found and keep_left:
+                yield JoinRow(left, None)
+        if matched is not None:
+            for index, right in enumerate(right_rows):
+                if not matched[index]:
+                    yield JoinRow(None, right)
+
+    def _hash_matcher(self, right_rows: list[Any]) -> Callable[[Any], Iterator[int]]:
+        assert self.pairs is not None
+        left_paths = [a for a, _ in self.pairs]
+        right_paths = [b for _, b in self.pairs]
+        buckets: dict[Any, list[int]] = {}
+        loose: list[int] = []  # keys that cannot be hashed (lists, dicts): compared with ==
+        right_keys: list[tuple[Any, ...] | None] = []
+        for index, row in enumerate(right_rows):
+            key = tuple(read_path(row, path) for path in right_paths)
+            if any(value is None for value in key):
+                right_keys.append(None)
+                continue
+            right_keys.append(key)
+            hashed = hashable_key(key)
+            if hashed is None:
+                loose.append(index)
+            else:
+                buckets.setdefault(hashed, []).append(index)
+
+        def find(left: Any) -> Iterator[int]:
+            key = tuple(read_path(left, path) for path in left_paths)
+            if any(value is None for value in key):
+                return
+            hashed = hashable_key(key)
+            candidates = loose if hashed is None else buckets.get(hashed, ())
+            for index in candidates:
+                other = right_keys[index]
+                if other is not None and all(map(_equal, key, other)):
+                    yield index
+
+        return find
+
+    def _loop_matcher(self, right_rows: list[Any]) -> Callable[[Any], Iterator[int]]:
+        condition = self.condition
+        assert condition is not None
+
+        def find(left: Any) -> Iterator[int]:
+            for index, right in enumerate(right_rows):
+                if condition(left, right):
+                    yield index
+
+        return find
+
+    def estimate(self) -> int | None:
+        left, right = super().estimate(), self.join_query.estimate()
+        if left is None or right is None:
+            return None
+        return max(left, right)
+
+    def _describe(self, limit: int | None) -> tuple[str, str]:
+        how = "hash join" if self.pairs else "nested loop"
+        return "Join", f"{self.join_type} {how} on {self._on_text}"
+
+    def _children(self, limit: int | None) -> list[Any]:
+        assert self.based_on is not None
+        return [self.based_on._explain(None), self.join_query._explain(None)]
+
+
+def _is_pair(value: Any) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(part, str) for part in value)
+    )
