@@ -5,7 +5,7 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
     32  DBObject          [class name, {attribute: value}]
     33  collection        [kind, root node pointer | nil, count, meta]
                           or, with secondary indexes, the same plus
-                          [[dotted field, unique, index Dictionary], ...]
+                          [[dotted field, unique, IndexTree], ...]
     34  MutableObject     [object id, class name]   (a reference; the state is
                           in the database's object table)
     35  Literal           pointer of the atom holding the str/bytes value
@@ -28,7 +28,7 @@ from .collections.base import PersistentCollection
 from .collections.btree import Node
 from .collections.fields import parse_path, path_text
 from .collections.indexes import Index, IndexSpec
-from .collections.keyed import Dictionary
+from .collections.keyed import IndexTree
 from .errors import CorruptionError, QueryError, ValidationError
 from .objects import (
     DBObject,
@@ -180,7 +180,7 @@ def _decode_indexes(stored: Any) -> tuple[Index, ...]:
         if type(entry) is not list or len(entry) != 3:
             raise ValueError("an index is [field, unique, tree]")
         field, unique, tree = entry
-        if type(field) is not str or type(unique) is not bool or type(tree) is not Dictionary:
+        if type(field) is not str or type(unique) is not bool or type(tree) is not IndexTree:
             raise ValueError(f"malformed index {entry!r}")
         try:
             path = parse_path(field)

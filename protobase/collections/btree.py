@@ -42,7 +42,7 @@ index, big-endian (one msgpack object instead of one extension per child).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..atoms import AtomPointer
@@ -489,30 +489,75 @@ def keyed_items(
 
 
 def _keyed_items(
-    node: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
+    root: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
 ) -> Iterator[tuple[Any, Any]]:
-    if node.height == 0:
-        keys, values = node.keys, node.values
-        start, stop = 0, node.width
-        if lo is not MISSING or hi is not MISSING:
-            sk = node.skeys(keyfn)
-            if lo is not MISSING:
-                start = bisect_left(sk, lo)
-            if hi is not MISSING:
-                stop = bisect_left(sk, hi)
-        for i in range(start, stop):
-            yield keys[i], values[i]  # type: ignore[index]
-        return
-    start, stop = 0, node.width
-    if lo is not MISSING or hi is not MISSING:
-        sk = node.skeys(keyfn)
-        if lo is not MISSING:
-            start = max(bisect_right(sk, lo) - 1, 0)
-        if hi is not MISSING:
-            stop = bisect_left(sk, hi)
-    node.load_children(loader, start, stop)
-    for i in range(start, stop):
-        yield from _keyed_items(node.child(i, loader), loader, keyfn, lo, hi)
+    # Iterative (a stack of [node, next child, stop]): nested generators per
+    # level cost more than the short ranges index lookups read.
+    bounded = lo is not MISSING or hi is not MISSING
+    stack: list[list[Any]] = []
+    node: Node | None = root
+    while True:
+        if node is not None and node.height == 0:
+            keys, values = node.keys, node.values
+            start, stop = 0, len(values)  # type: ignore[arg-type]
+            if bounded:
+                sk = node.skeys(keyfn)
+                if lo is not MISSING:
+                    start = bisect_left(sk, lo)
+                if hi is not MISSING:
+                    stop = bisect_left(sk, hi)
+            for i in range(start, stop):
+                yield keys[i], values[i]  # type: ignore[index]
+            node = None
+        elif node is not None:
+            start, stop = 0, node.width
+            if bounded:
+                sk = node.skeys(keyfn)
+                if lo is not MISSING:
+                    start = max(bisect_right(sk, lo) - 1, 0)
+                if hi is not MISSING:
+                    stop = bisect_left(sk, hi)
+            if start < stop:
+                node.load_children(loader, start, stop)
+                stack.append([node, start, stop])
+            node = None
+        # The next subtree to enter: the next child of the deepest open node.
+        while stack:
+            frame = stack[-1]
+            parent, index, stop = frame
+            if index < stop:
+                frame[1] = index + 1
+                node = parent.child(index, loader)
+                break
+            stack.pop()
+        if node is None:
+            return
+
+
+def keyed_get_sorted(
+    root: Node | None, loader: NodeLoader, skeys: Iterable[Any], keyfn: KeyFn
+) -> Iterator[Any]:
+    """The values under ascending sort keys `skeys` (MISSING where absent).
+
+    Consecutive keys that fall into one leaf are found there without
+    descending from the root again.
+    """
+    sk: list[Any] = []
+    values: list[Any] = []
+    last: Any = MISSING
+    for skey in skeys:
+        if last is MISSING or skey > last:
+            node = root
+            if node is None:
+                yield MISSING
+                continue
+            while node.height:
+                i = bisect_right(node.skeys(keyfn), skey) - 1
+                node = node.child(i if i > 0 else 0, loader)
+            sk, values = node.skeys(keyfn), node.values  # type: ignore[assignment]
+            last = sk[-1] if sk else MISSING
+        i = bisect_left(sk, skey)
+        yield values[i] if i < len(sk) and sk[i] == skey else MISSING
 
 
 def keyed_rank(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> int:

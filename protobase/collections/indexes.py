@@ -1,8 +1,10 @@
 """Secondary indexes: stored with their collection, exact after every change.
 
-An index on field path P of a collection is an ordered `Dictionary` (the
-core's B+-tree) whose keys are ``(value at P, identity)`` and whose values
-are counts. The identity names the row inside the collection:
+An index on field path P of a collection is an `IndexTree`: a keyed
+B+-tree (the core's, like an ordered `Dictionary`) whose keys are
+``(value at P, identity)``, ordered by ``(sort_key(value),
+sort_key(identity))``, and whose values are counts. The identity names the
+row inside the collection:
 
 - Dictionary: the row's key (the index serves the dictionary's values);
 - List: the row's position;
@@ -14,13 +16,15 @@ are counts. The identity names the row inside the collection:
 Invariants:
 
 - After every mutator returns, each index holds exactly one entry (with the
-  right count) per row whose field value can be ordered (``sort_key``);
-  a row whose value is a list, a dict or a collection is not in the index,
-  and the planner never uses an index for such a value.
+  right count) per row. A row whose value cannot be ordered (``sort_key``
+  refuses lists, dicts, collections) has the key ``(identity,)``, which
+  sorts after every orderable value: ``is_not_null`` still finds it, and
+  the planner never looks such a value up.
 - A missing field and None are both stored under None (SQL's NULL), so
   ``is_null`` can use the index.
-- A unique index never holds two entries with equal non-None values (equal
-  as keys are: ``1 == 1.0``). None may repeat, as NULL may in SQL.
+- A unique index never holds two entries with equal non-None orderable
+  values (equal as keys are: ``1 == 1.0``). None may repeat, as NULL may in
+  SQL, and so may values that cannot be ordered.
 - An index is derived data: the three-way merge never merges index trees;
   it merges the rows and the collection maintains its indexes.
 """
@@ -36,18 +40,26 @@ from .fields import Path, index_path_value, path_text
 from .ordering import sort_key
 
 if TYPE_CHECKING:
-    from .keyed import Dictionary
+    from .keyed import IndexTree
 
-TUPLE_RANK = sort_key(())[0]
 HIGH: tuple[Any, ...] = (1 << 62,)
 """Sorts after the sort key of any value (ranks are small integers)."""
+UNORDERABLE: tuple[Any, ...] = (1 << 61,)
+"""Where index entries of values that cannot be ordered sort: after all others, before HIGH."""
 
 
-def _empty_tree() -> Dictionary:
+def _empty_tree() -> IndexTree:
     # keyed.py builds on base.py, which builds on this module: import late.
-    from .keyed import Dictionary
+    from .keyed import IndexTree
 
-    return Dictionary()
+    return IndexTree()
+
+
+def index_key(key: tuple[Any, ...]) -> tuple[Any, Any]:
+    """The order of an index tree's ``(value, identity)`` and ``(identity,)`` keys."""
+    if len(key) == 1:
+        return (UNORDERABLE, sort_key(key[0]))
+    return (sort_key(key[0]), sort_key(key[1]))
 
 
 class IndexSpec(NamedTuple):
@@ -60,19 +72,19 @@ class IndexSpec(NamedTuple):
         return f"{'unique ' if self.unique else ''}index on {path_text(self.path)!r}"
 
 
-OPEN_LOW: tuple[Any, ...] = (TUPLE_RANK,)
-OPEN_HIGH: tuple[Any, ...] = (TUPLE_RANK + 1,)
+OPEN_LOW: tuple[Any, ...] = ()
+OPEN_HIGH: tuple[Any, ...] = (HIGH,)
 """Tree positions before the first and after the last entry."""
 
 
 def below(field_key: Any) -> tuple[Any, ...]:
     """The tree position just before every entry whose field sort key is `field_key`."""
-    return (TUPLE_RANK, (field_key,))
+    return (field_key,)
 
 
 def above(field_key: Any) -> tuple[Any, ...]:
     """The tree position just after every entry whose field sort key is `field_key`."""
-    return (TUPLE_RANK, (field_key, HIGH))
+    return (field_key, HIGH)
 
 
 class Index:
@@ -80,7 +92,7 @@ class Index:
 
     __slots__ = ("spec", "tree")
 
-    def __init__(self, spec: IndexSpec, tree: Dictionary) -> None:
+    def __init__(self, spec: IndexSpec, tree: IndexTree) -> None:
         self.spec = spec
         self.tree = tree
 
@@ -89,13 +101,14 @@ class Index:
 
     # -- building and maintenance ----------------------------------------------------
 
-    def entry(self, identity: Any, row: Any) -> tuple[Any, Any] | None:
-        """The tree key of a row, or None when its value cannot be ordered."""
+    def entry(self, identity: Any, row: Any) -> tuple[Any, ...]:
+        """The tree key of a row: ``(value, identity)``, or ``(identity,)`` when
+        the value cannot be ordered."""
         value = index_path_value(row, self.spec.path)
         try:
             sort_key(value)
         except ValidationError:
-            return None
+            return (identity,)
         return (value, identity)
 
     @classmethod
@@ -109,9 +122,7 @@ class Index:
         counts: dict[Any, list[Any]] = {}
         for identity, row in rows:
             key = index.entry(identity, row)
-            if key is None:
-                continue
-            skey = sort_key(key)
+            skey = index_key(key)
             found = counts.get(skey)
             if found is None:
                 counts[skey] = [key, 1]
@@ -121,15 +132,15 @@ class Index:
         if spec.unique:
             previous: Any = MISSING
             for skey, (key, _) in ordered:
-                field_key = skey[1][0]
-                if key[0] is not None and field_key == previous:
+                field_key = skey[0]
+                if len(key) == 2 and key[0] is not None and field_key == previous:
                     raise UniqueConstraintError(
                         f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
                         "than once; nothing changed"
                     )
                 previous = field_key
         entries = [(key, count) for _, (key, count) in ordered]
-        return cls(spec, index.tree._derive(build_keyed(entries, sort_key)))
+        return cls(spec, index.tree._derive(build_keyed(entries, index_key)))
 
     def changed(
         self, removed: Iterable[tuple[Any, Any]], added: Iterable[tuple[Any, Any]]
@@ -145,18 +156,15 @@ class Index:
         tree = self.tree
         for identity, row in removed:
             key = self.entry(identity, row)
-            if key is None:
-                continue
             count = tree._lookup(key)
             if count is MISSING:
                 raise AssertionError(f"{self.spec.describe()} lacks entry {key!r}")
             tree = tree._without(key) if count <= 1 else tree._with(key, count - 1)
         for identity, row in added:
             key = self.entry(identity, row)
-            if key is None:
-                continue
             if (
                 self.spec.unique
+                and len(key) == 2
                 and key[0] is not None
                 and next(self._entries_equal(tree, key[0]), None) is not None
             ):
@@ -170,22 +178,24 @@ class Index:
     # -- reading (the planner) -------------------------------------------------------
 
     @staticmethod
-    def _entries_equal(tree: Dictionary, value: Any) -> Iterator[tuple[Any, Any]]:
+    def _entries_equal(tree: IndexTree, value: Any) -> Iterator[tuple[Any, Any]]:
         field_key = sort_key(value)
-        return keyed_items(tree._node(), tree._loader, sort_key, below(field_key), above(field_key))
+        return keyed_items(
+            tree._node(), tree._loader, index_key, below(field_key), above(field_key)
+        )
 
     def scan(self, low: Any, high: Any) -> Iterator[Any]:
         """Identities of the entries between tree positions `low` and `high`."""
         tree = self.tree
-        for key, _ in keyed_items(tree._node(), tree._loader, sort_key, low, high):
+        for key, _ in keyed_items(tree._node(), tree._loader, index_key, low, high):
             yield key[1]
 
     def count(self, low: Any, high: Any) -> int:
         """The number of entries between tree positions `low` and `high`; O(log n)."""
         tree = self.tree
         root = tree._node()
-        return keyed_rank(root, tree._loader, high, sort_key) - keyed_rank(
-            root, tree._loader, low, sort_key
+        return keyed_rank(root, tree._loader, high, index_key) - keyed_rank(
+            root, tree._loader, low, index_key
         )
 
     def __len__(self) -> int:

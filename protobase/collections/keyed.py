@@ -27,11 +27,12 @@ from .btree import (
     build_keyed,
     keyed_diff,
     keyed_get,
+    keyed_get_sorted,
     keyed_items,
     keyed_remove,
     keyed_set,
 )
-from .indexes import HIGH, Index
+from .indexes import HIGH, Index, index_key
 from .ordering import hash_key, sort_key, stable_hash
 
 if TYPE_CHECKING:
@@ -248,11 +249,9 @@ class Dictionary(_Mapping):
     def _pb_identity_order(self, identity: Any) -> Any:
         return sort_key(identity)
 
-    def _pb_fetch(self, identities: Iterable[Any]) -> Iterator[Any]:
-        """The rows (values) under `identities` (keys), in the order given."""
-        root, loader = self._node(), self._loader
-        for key in identities:
-            value = keyed_get(root, loader, sort_key(key), sort_key)
+    def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
+        """The rows (values) under the keys `identities`, whose sort keys `order_keys` ascend."""
+        for value in keyed_get_sorted(self._node(), self._loader, order_keys, sort_key):
             if value is not MISSING:
                 yield value
 
@@ -263,6 +262,24 @@ class HashDictionary(_Mapping):
     __slots__ = ()
     _kind = "hdict"
     _keyfn = staticmethod(hash_key)
+
+
+class IndexTree(KeyedCollection):
+    """The tree of a secondary index (see collections.indexes); not public.
+
+    Keys are ``(field value, row identity)``; values are counts. Only the
+    index code changes it, so entries are not re-checked on the way in.
+    """
+
+    __slots__ = ()
+    _kind = "index"
+    _keyfn = staticmethod(index_key)
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def as_iterable(self) -> Iterator[tuple[Any, Any]]:
+        return self._entries()
 
 
 class Set(KeyedCollection):
@@ -337,8 +354,8 @@ class Set(KeyedCollection):
     def _pb_identity_order(self, identity: Any) -> Any:
         return identity
 
-    def _pb_fetch(self, identities: Iterable[Any]) -> Iterator[Any]:
-        """The elements with the stable hashes `identities`, in the order given."""
+    def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
+        """The elements with the stable hashes `identities` (ascending)."""
         root, loader = self._node(), self._loader
         for digest in identities:
             for element, _ in keyed_items(root, loader, hash_key, (digest,), (digest, HIGH)):

@@ -127,8 +127,8 @@ class List(PersistentCollection):
     def _pb_identity_order(self, identity: Any) -> Any:
         return identity
 
-    def _pb_fetch(self, identities: Iterable[Any]) -> Iterator[Any]:
-        """The items at positions `identities`, in the order given."""
+    def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
+        """The items at positions `identities` (ascending)."""
         root, loader = self._node(), self._loader
         for position in identities:
             yield positional_get(root, loader, position)

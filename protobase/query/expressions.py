@@ -217,7 +217,7 @@ class Term(Expression):
         return path_text(self.path)
 
 
-def _reader(path: Path) -> Callable[[Any], Any]:
+def field_reader(path: Path) -> Callable[[Any], Any]:
     """A reader of `path`; one-step paths on DBObjects and dicts skip the generic walk."""
     if len(path) == 1:
         (name,) = path
@@ -254,11 +254,11 @@ class Compare(Term):
         return {self.path}
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
-        read = _reader(self.path)
+        read = field_reader(self.path)
         fn = COMPARISONS[self.op]
         value = self.value
         if isinstance(value, Field):
-            read_other = _reader(value.path)
+            read_other = field_reader(value.path)
 
             def test_fields(row: Any) -> bool:
                 return compare(self.op, read(row), read_other(row)) is True
@@ -309,7 +309,7 @@ class In(Term):
         self.values = tuple(_plain(value) for value in values)
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
-        read = _reader(self.path)
+        read = field_reader(self.path)
         values = [v for v in self.values if v is not None]
         has_null = len(values) != len(self.values)
 
@@ -337,7 +337,7 @@ class Between(Term):
         self.low, self.high = _plain(low), _plain(high)
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
-        read = _reader(self.path)
+        read = field_reader(self.path)
         low, high = self.low, self.high
 
         def decide(row: Any) -> bool | None:
@@ -363,7 +363,7 @@ class Contains(Term):
         self.value = _plain(value)
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
-        read = _reader(self.path)
+        read = field_reader(self.path)
         value = self.value
         return (
             lambda row: contains(read(row), value) is True,
@@ -385,7 +385,7 @@ class StartsWith(Term):
         self.prefix = prefix
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
-        read = _reader(self.path)
+        read = field_reader(self.path)
         prefix = self.prefix
         kind = type(prefix)
 
@@ -405,7 +405,7 @@ class IsNull(Term):
     __slots__ = ()
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
-        read = _reader(self.path)
+        read = field_reader(self.path)
         return (lambda row: read(row) is None), (lambda row: read(row) is not None)
 
     def __str__(self) -> str:

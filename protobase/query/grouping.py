@@ -24,74 +24,129 @@ gives one row (``count`` 0, the others None), as SQL does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ..collections.fields import Path, parse_path, path_text, read_path
+from ..collections.fields import Path, parse_path, path_text
 from ..collections.ordering import sort_key
 from ..errors import QueryError, ValidationError
+from .expressions import field_reader
 from .plans import QueryPlan, hashable_key
 from .rows import Row
 
 AGGREGATES = ("count", "sum", "avg", "min", "max", "list")
 
 
-class _Aggregate:
-    """Running state of one aggregate in one group."""
+Update = Callable[[list[Any], list[Any]], None]
+Finish = Callable[[list[Any]], Any]
 
-    __slots__ = ("count", "kind", "name", "value", "value_key")
 
-    def __init__(self, name: str, kind: str) -> None:
-        self.name, self.kind = name, kind
-        self.count = 0
-        self.value: Any = [] if kind == "list" else None
-        self.value_key: Any = None
+def _aggregator(
+    specs: list[tuple[str, str]],
+) -> tuple[Update, Callable[[], list[Any]], Callable[[list[Any]], list[Any]]]:
+    """``(update, new_state, results)`` for aggregates ``(name, kind)``.
 
-    def add(self, value: Any) -> None:
-        kind = self.kind
-        if kind == "list":
-            self.value.append(value)
-            return
-        if value is None:
-            return
-        self.count += 1
-        if kind in ("sum", "avg"):
-            if self.count == 1:
-                self.value = value
-                return
-            try:
-                self.value = self.value + value
-            except TypeError as exc:
-                raise QueryError(
-                    f"aggregate {self.name!r} ({kind}) cannot add {value!r} to {self.value!r}"
-                ) from exc
-        elif kind in ("min", "max"):
-            try:
-                key = sort_key(value)
-            except ValidationError as exc:
-                raise QueryError(
-                    f"aggregate {self.name!r} ({kind}) cannot order the value {value!r}"
-                ) from exc
-            if (
-                self.count == 1
-                or (kind == "min" and key < self.value_key)
-                or (kind == "max" and key > self.value_key)
-            ):
-                self.value, self.value_key = value, key
+    A group's state is one flat list; `update(state, values)` folds in one
+    row's aggregate inputs (the field value, or the row itself when there
+    is no field). The update function is generated for these aggregates
+    (one straight-line body, no per-row dispatch), like `collections.namedtuple`
+    generates its class. Only slot numbers enter the generated source; names
+    reach error messages through `fail_add` and `fail_order`.
+    """
+    lines = ["def update(state, values):"]
+    initial: list[Any] = []
+    finishers: list[Finish] = []
+    for j, (name, kind) in enumerate(specs):
+        at = len(initial)
+        lines.append(f"    x = values[{j}]")
+        if kind == "count":
+            initial.append(0)
+            lines.append(f"    if x is not None: state[{at}] += 1")
+            finishers.append(_slot(at))
+        elif kind == "list":
+            initial.append(None)
+            lines.append(f"    state[{at}].append(x)")
+            finishers.append(_slot(at))
+        elif kind in ("sum", "avg"):
+            initial.extend([None, 0])
+            lines += [
+                "    if x is not None:",
+                f"        if state[{at + 1}]:",
+                "            try:",
+                f"                state[{at}] = state[{at}] + x",
+                "            except TypeError as exc:",
+                f"                raise fail_add({j}, x, state[{at}]) from exc",
+                "        else:",
+                f"            state[{at}] = x",
+                f"        state[{at + 1}] += 1",
+            ]
+            finishers.append(_slot(at) if kind == "sum" else _average(name, at))
+        else:  # min, max
+            initial.extend([None, None])
+            better = "<" if kind == "min" else ">"
+            lines += [
+                "    if x is not None:",
+                "        try:",
+                "            key = sort_key(x)",
+                "        except ValidationError as exc:",
+                f"            raise fail_order({j}, x) from exc",
+                f"        if state[{at + 1}] is None or key {better} state[{at + 1}]:",
+                f"            state[{at}] = x",
+                f"            state[{at + 1}] = key",
+            ]
+            finishers.append(_slot(at))
+    lines.append("    return None")
 
-    def result(self) -> Any:
-        if self.kind == "count":
-            return self.count
-        if self.kind == "avg":
-            if not self.count:
-                return None
-            try:
-                return self.value / self.count
-            except TypeError as exc:
-                raise QueryError(
-                    f"aggregate {self.name!r} (avg) cannot divide {self.value!r}"
-                ) from exc
-        return self.value
+    def fail_add(j: int, value: Any, total: Any) -> QueryError:
+        name, kind = specs[j]
+        return QueryError(f"aggregate {name!r} ({kind}) cannot add {value!r} to {total!r}")
+
+    def fail_order(j: int, value: Any) -> QueryError:
+        name, kind = specs[j]
+        return QueryError(f"aggregate {name!r} ({kind}) cannot order the value {value!r}")
+
+    namespace: dict[str, Any] = {
+        "sort_key": sort_key,
+        "ValidationError": ValidationError,
+        "fail_add": fail_add,
+        "fail_order": fail_order,
+    }
+    # The source holds slot numbers only, never user text (see the docstring).
+    exec("\n".join(lines), namespace)
+    list_slots = [
+        sum(_SLOTS[k] for _, k in specs[:i]) for i, (_, kind) in enumerate(specs) if kind == "list"
+    ]
+
+    def new_state() -> list[Any]:
+        state = list(initial)
+        for slot in list_slots:
+            state[slot] = []
+        return state
+
+    def results(state: list[Any]) -> list[Any]:
+        return [finish(state) for finish in finishers]
+
+    return namespace["update"], new_state, results
+
+
+_SLOTS = {"count": 1, "list": 1, "sum": 2, "avg": 2, "min": 2, "max": 2}
+
+
+def _slot(at: int) -> Finish:
+    return lambda state: state[at]
+
+
+def _average(name: str, at: int) -> Finish:
+    def finish(state: list[Any]) -> Any:
+        total, count = state[at], state[at + 1]
+        if not count:
+            return None
+        try:
+            return total / count
+        except TypeError as exc:
+            raise QueryError(f"aggregate {name!r} (avg) cannot divide {total!r}") from exc
+
+    return finish
 
 
 class GroupByPlan(QueryPlan):
@@ -135,38 +190,44 @@ class GroupByPlan(QueryPlan):
 
     def _rows(self) -> Iterator[Any]:
         assert self.based_on is not None
-        group_paths = list(self.group_fields.values())
-        aggregate_specs = list(self.aggregates.items())
-        groups: dict[Any, tuple[tuple[Any, ...], list[_Aggregate]]] = {}
-        loose: list[tuple[tuple[Any, ...], list[_Aggregate]]] = []
-
-        def new_group(values: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[_Aggregate]]:
-            return values, [_Aggregate(name, kind) for name, (kind, _) in aggregate_specs]
-
-        order: list[tuple[tuple[Any, ...], list[_Aggregate]]] = []
+        group_readers = [field_reader(path) for path in self.group_fields.values()]
+        specs = [(name, kind) for name, (kind, _) in self.aggregates.items()]
+        feeds = [
+            (_itself if path is None else field_reader(path))
+            for _, (_, path) in self.aggregates.items()
+        ]
+        update, new_state, results = _aggregator(specs)
+        groups: dict[Any, tuple[tuple[Any, ...], list[Any]]] = {}
+        loose: list[tuple[tuple[Any, ...], list[Any]]] = []
+        order: list[tuple[tuple[Any, ...], list[Any]]] = []
+        single = group_readers[0] if len(group_readers) == 1 else None
         for row in self.based_on.execute():
-            values = tuple(read_path(row, path) for path in group_paths)
-            key = hashable_key(values)
-            if key is not None:
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = new_group(values)
-                    order.append(group)
+            if single is not None:
+                value = single(row)
+                values: tuple[Any, ...] = (value,)
+                key = hashable_key(value)
             else:
-                group = next((g for g in loose if _same(g[0], values)), None)
+                values = tuple(read(row) for read in group_readers)
+                key = hashable_key(values)
+            group = groups.get(key) if key is not None else None
+            if group is None:
+                if key is None:
+                    group = next((g for g in loose if _same(g[0], values)), None)
                 if group is None:
-                    group = new_group(values)
-                    loose.append(group)
+                    group = (values, new_state())
                     order.append(group)
-            for aggregate, (_, (_, path)) in zip(group[1], aggregate_specs, strict=True):
-                aggregate.add(row if path is None else read_path(row, path))
-        if not order and not group_paths:
-            order.append(new_group(()))
+                    if key is None:
+                        loose.append(group)
+                    else:
+                        groups[key] = group
+            update(group[1], [feed(row) for feed in feeds])
+        if not order and not group_readers:
+            order.append(((), new_state()))
         names = list(self.group_fields)
-        for values, aggregates in order:
+        aggregate_names = list(self.aggregates)
+        for values, state in order:
             fields = dict(zip(names, values, strict=True))
-            for aggregate in aggregates:
-                fields[aggregate.name] = aggregate.result()
+            fields.update(zip(aggregate_names, results(state), strict=True))
             yield Row(fields)
 
     def estimate(self) -> int | None:
@@ -182,6 +243,10 @@ class GroupByPlan(QueryPlan):
             for name, (kind, path) in self.aggregates.items()
         )
         return "GroupBy", f"{keys}; {aggs}" if aggs else keys
+
+
+def _itself(row: Any) -> Any:
+    return row
 
 
 def _same(left: Any, right: Any) -> bool:

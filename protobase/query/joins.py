@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..collections.fields import Path, parse_path, path_text, read_path
+from ..collections.fields import Path, parse_path, path_text
 from ..errors import QueryError
-from .expressions import Expression
+from .expressions import Expression, field_reader
 from .plans import QueryPlan, as_plan, hashable_key
 from .rows import JoinRow
 
@@ -99,32 +99,48 @@ class JoinPlan(QueryPlan):
 
     def _hash_matcher(self, right_rows: list[Any]) -> Callable[[Any], Iterator[int]]:
         assert self.pairs is not None
-        left_paths = [a for a, _ in self.pairs]
-        right_paths = [b for _, b in self.pairs]
+        match: Callable[[Any, Any], bool] = _equal
+        if len(self.pairs) == 1:
+            read_left, read_right = (field_reader(path) for path in self.pairs[0])
+        else:
+            match = _equal_parts
+            left_readers = [field_reader(a) for a, _ in self.pairs]
+            right_readers = [field_reader(b) for _, b in self.pairs]
+
+            def read_left(row: Any) -> Any:
+                key = tuple(read(row) for read in left_readers)
+                return None if None in key else key
+
+            def read_right(row: Any) -> Any:
+                key = tuple(read(row) for read in right_readers)
+                return None if None in key else key
+
         buckets: dict[Any, list[int]] = {}
         loose: list[int] = []  # keys that cannot be hashed (lists, dicts): compared with ==
-        right_keys: list[tuple[Any, ...] | None] = []
+        right_keys: list[Any] = []
         for index, row in enumerate(right_rows):
-            key = tuple(read_path(row, path) for path in right_paths)
-            if any(value is None for value in key):
-                right_keys.append(None)
-                continue
+            key = read_right(row)
             right_keys.append(key)
+            if key is None:
+                continue
             hashed = hashable_key(key)
             if hashed is None:
                 loose.append(index)
             else:
-                buckets.setdefault(hashed, []).append(index)
+                bucket = buckets.get(hashed)
+                if bucket is None:
+                    buckets[hashed] = [index]
+                else:
+                    bucket.append(index)
 
         def find(left: Any) -> Iterator[int]:
-            key = tuple(read_path(left, path) for path in left_paths)
-            if any(value is None for value in key):
+            key = read_left(left)
+            if key is None:
                 return
             hashed = hashable_key(key)
             candidates = loose if hashed is None else buckets.get(hashed, ())
             for index in candidates:
-                other = right_keys[index]
-                if other is not None and all(map(_equal, key, other)):
+                if match(key, right_keys[index]):
                     yield index
 
         return find
@@ -153,6 +169,10 @@ class JoinPlan(QueryPlan):
     def _children(self, limit: int | None) -> list[Any]:
         assert self.based_on is not None
         return [self.based_on._explain(None), self.join_query._explain(None)]
+
+
+def _equal_parts(left: tuple[Any, ...], right: tuple[Any, ...]) -> bool:
+    return all(map(_equal, left, right))
 
 
 def _is_pair(value: Any) -> bool:

@@ -19,12 +19,15 @@ whole condition is checked on each, so an indexed plan returns exactly the
 rows of a scan, in the same order. Counting the entries of a range costs
 O(log n) (`Index.count`), so estimates for single lookups are exact; the
 planner falls back to a scan when the candidates would exceed a third of
-the collection.
+the collection (and more than SMALL_RESULT rows).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from ..collections.base import PersistentCollection
@@ -35,7 +38,9 @@ from ..errors import ValidationError
 from .expressions import And, Between, Compare, Expression, Field, In, IsNull, Not, Or
 
 SCAN_FRACTION = 3
-"""Use indexes only when they narrow the rows to at most 1/SCAN_FRACTION of them."""
+SMALL_RESULT = 32
+"""Use indexes only when they narrow the rows to at most 1/SCAN_FRACTION of them
+(or to at most SMALL_RESULT rows, which costs little either way)."""
 
 NULL_KEY = sort_key(None)
 
@@ -53,8 +58,17 @@ def _field_key(value: Any) -> Any:
 class Lookup:
     """A node of an index access: yields candidate identities."""
 
-    estimate: int
+    _estimate: int | None = None
     actual: int | None = None
+    exact = False
+    """True when the candidates are exactly the rows the condition matches
+    (no re-check needed); see `_exact_value`."""
+
+    @property
+    def estimate(self) -> int:
+        """Rows this lookup yields at most."""
+        assert self._estimate is not None
+        return self._estimate
 
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
         """``{order key: identity}`` of the rows that may match."""
@@ -67,9 +81,18 @@ class Lookup:
 class IndexRange(Lookup):
     """The entries of one index between two tree positions."""
 
-    def __init__(self, index: Index, low: Any, high: Any, label: str) -> None:
+    def __init__(
+        self, index: Index, low: Any, high: Any, label: str, at_most: int | None = None
+    ) -> None:
         self.index, self.low, self.high, self.label = index, low, high, label
-        self.estimate = index.count(low, high) if low < high else 0
+        self._estimate = 0 if not low < high else at_most
+
+    @property
+    def estimate(self) -> int:
+        """Exact, counted in O(log n) on first use (or known: one value of a unique index)."""
+        if self._estimate is None:
+            self._estimate = self.index.count(self.low, self.high)
+        return self._estimate
 
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
         order = collection._pb_identity_order  # type: ignore[attr-defined]
@@ -88,7 +111,7 @@ class IndexRange(Lookup):
 class IndexIntersect(Lookup):
     def __init__(self, parts: list[Lookup]) -> None:
         self.parts = parts
-        self.estimate = min(part.estimate for part in parts)
+        self._estimate = min(part.estimate for part in parts)
 
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
         ordered = sorted(self.parts, key=lambda part: part.estimate)
@@ -108,7 +131,7 @@ class IndexIntersect(Lookup):
 class IndexUnion(Lookup):
     def __init__(self, parts: list[Lookup]) -> None:
         self.parts = parts
-        self.estimate = sum(part.estimate for part in parts)
+        self._estimate = sum(part.estimate for part in parts)
 
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
         found: dict[Any, Any] = {}
@@ -121,13 +144,42 @@ class IndexUnion(Lookup):
         return "IndexUnion", "|", list(self.parts)
 
 
+_EXACT_TYPES = frozenset({int, bool, str, bytes, dt.datetime, dt.date, dt.timedelta, uuid.UUID})
+
+
+def _exact_value(value: Any) -> bool:
+    """True when Python's comparisons of `value` with every value of its sort rank
+    agree with the index order, so a range lookup needs no re-check.
+
+    Numbers (but NaN), strings, bytes, dates, times and UUIDs qualify; tuples
+    do not (Python compares them element by element and may refuse mixed
+    types), nor do objects (Python does not order them at all).
+    """
+    kind = type(value)
+    if kind in _EXACT_TYPES:
+        return True
+    if kind is float:
+        return bool(value == value)  # not NaN
+    if kind is Decimal:
+        return not value.is_nan()
+    return False
+
+
+def _exactly(lookup: Lookup, exact: bool) -> Lookup:
+    lookup.exact = exact
+    return lookup
+
+
 def _range(index: Index, op: str, value: Any, label: str) -> Lookup | None:
     key = _field_key(value)
     if key is None:
         return None
+    exact = _exact_value(value)
     rank_low, rank_high = below((key[0],)), below((key[0] + 1,))
+    if op == "==":
+        unique = 1 if index.spec.unique else None
+        return _exactly(IndexRange(index, below(key), above(key), label, unique), exact)
     bounds = {
-        "==": (below(key), above(key)),
         ">": (above(key), rank_high),
         ">=": (below(key), rank_high),
         "<": (rank_low, below(key)),
@@ -135,7 +187,7 @@ def _range(index: Index, op: str, value: Any, label: str) -> Lookup | None:
     }.get(op)
     if bounds is None:
         return None
-    return IndexRange(index, bounds[0], bounds[1], label)
+    return _exactly(IndexRange(index, bounds[0], bounds[1], label), exact)
 
 
 def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | None:
@@ -149,29 +201,35 @@ def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | N
                 return None
             return _range(index, expr.op, expr.value, str(expr))
         if isinstance(expr, IsNull):
-            return IndexRange(index, below(NULL_KEY), above(NULL_KEY), str(expr))
+            return _exactly(IndexRange(index, below(NULL_KEY), above(NULL_KEY), str(expr)), True)
         if isinstance(expr, Between):
             low, high = _field_key(expr.low), _field_key(expr.high)
             if low is None or high is None:
                 return None
             if low[0] != high[0]:  # different type ranks: nothing is between them
-                return IndexRange(index, below(low), below(low), str(expr))
-            return IndexRange(index, below(low), above(high), str(expr))
+                return _exactly(IndexRange(index, below(low), below(low), str(expr)), True)
+            exact = _exact_value(expr.low) and _exact_value(expr.high)
+            return _exactly(IndexRange(index, below(low), above(high), str(expr)), exact)
         keys = [_field_key(value) for value in expr.values if value is not None]
         if any(key is None for key in keys):
             return None
+        unique = 1 if index.spec.unique else None
+        listed = [value for value in expr.values if value is not None]
         parts: list[Lookup] = [
-            IndexRange(index, below(key), above(key), f"{expr.field} == {value!r}")
-            for key, value in zip(keys, [v for v in expr.values if v is not None], strict=True)
+            _exactly(
+                IndexRange(index, below(key), above(key), f"{expr.field} == {value!r}", unique),
+                _exact_value(value),
+            )
+            for key, value in zip(keys, listed, strict=True)
         ]
         if not parts:
-            return IndexRange(index, below(NULL_KEY), below(NULL_KEY), str(expr))
-        return parts[0] if len(parts) == 1 else IndexUnion(parts)
+            return _exactly(IndexRange(index, below(NULL_KEY), below(NULL_KEY), str(expr)), True)
+        return parts[0] if len(parts) == 1 else _union(parts)
     if isinstance(expr, Not) and isinstance(expr.part, IsNull):
         index = collection._pb_index_for(expr.part.path)
         if index is None:
             return None
-        return IndexRange(index, above(NULL_KEY), OPEN_HIGH, str(expr))
+        return _exactly(IndexRange(index, above(NULL_KEY), OPEN_HIGH, str(expr)), True)
     if isinstance(expr, And):
         found = [lookup for lookup in (lookup_for(collection, p) for p in expr.parts) if lookup]
         if not found:
@@ -181,7 +239,11 @@ def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | N
         # Intersect lookups that are not much larger than the smallest; the
         # filter checks the rest on the fetched rows anyway.
         kept = [lookup for lookup in found if lookup.estimate <= 8 * max(smallest, 16)]
-        return kept[0] if len(kept) == 1 else IndexIntersect(kept)
+        exact = len(kept) == len(expr.parts) and all(lookup.exact for lookup in kept)
+        if len(kept) == 1:
+            # One part alone answers an AND exactly only when it is the whole AND.
+            return _exactly(kept[0], exact)
+        return _exactly(IndexIntersect(kept), exact)
     if isinstance(expr, Or):
         parts = []
         for part in expr.parts:
@@ -189,8 +251,12 @@ def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | N
             if lookup is None:
                 return None
             parts.append(lookup)
-        return IndexUnion(parts)
+        return _union(parts)
     return None
+
+
+def _union(parts: list[Lookup]) -> Lookup:
+    return _exactly(IndexUnion(parts), all(part.exact for part in parts))
 
 
 def choose_lookup(collection: PersistentCollection, expr: Expression) -> tuple[Lookup | None, str]:
@@ -200,7 +266,7 @@ def choose_lookup(collection: PersistentCollection, expr: Expression) -> tuple[L
     lookup = lookup_for(collection, expr)
     if lookup is None:
         return None, "no index answers this condition"
-    limit = max(len(collection) // SCAN_FRACTION, 1)
+    limit = max(len(collection) // SCAN_FRACTION, SMALL_RESULT)
     if lookup.estimate > limit:
         return None, (
             f"the index would yield about {lookup.estimate:,} of {len(collection):,} rows; "
@@ -212,5 +278,6 @@ def choose_lookup(collection: PersistentCollection, expr: Expression) -> tuple[L
 def fetch(collection: PersistentCollection, lookup: Lookup) -> Iterator[Any]:
     """The candidate rows of `lookup`, in the collection's order."""
     found = lookup.candidates(collection)
-    identities = [found[key] for key in sorted(found)]
-    return collection._pb_fetch(identities)  # type: ignore[attr-defined]
+    order_keys = sorted(found)
+    identities = [found[key] for key in order_keys]
+    return collection._pb_fetch(order_keys, identities)  # type: ignore[attr-defined]

@@ -255,7 +255,8 @@ class WherePlan(QueryPlan):
             return filter(test, self.based_on.execute())
         source = self.based_on
         assert isinstance(source, CollectionPlan)
-        return filter(test, planner.fetch(source.collection, lookup))
+        rows = planner.fetch(source.collection, lookup)
+        return rows if lookup.exact else filter(test, rows)
 
     def estimate(self) -> int | None:
         if self._reason is None:
@@ -280,7 +281,11 @@ class WherePlan(QueryPlan):
             PlanDescription(
                 "IndexFetch",
                 f"rows of {type(source.collection).__name__} in collection order; "
-                "the filter re-checks each",
+                + (
+                    "the index answers the filter exactly"
+                    if self._lookup.exact
+                    else "the filter re-checks each"
+                ),
                 self._lookup.estimate,
                 self._lookup.actual,
                 [_describe_lookup(self._lookup)],

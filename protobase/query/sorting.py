@@ -17,25 +17,20 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import total_ordering
 from typing import Any
 
-from ..collections.fields import read_path
 from ..collections.ordering import sort_key
 from ..errors import QueryError, ValidationError
-from .expressions import OrderKey
+from .expressions import OrderKey, field_reader
 from .plans import PlanDescription, QueryPlan
 
-_UNORDERABLE = (1 << 62,)
-
-
-def _value_key(value: Any) -> Any:
-    try:
-        return sort_key(value)
-    except ValidationError:
-        return _UNORDERABLE
+_UNORDERABLE = (1 << 61,)
+_NULL_HIGH = (1 << 62,)
+_NULL_LOW = (-2,)
+_UNORDERABLE_DESC = (-1,)
 
 
 @total_ordering
 class _Reversed:
-    """Wraps a sort key so that it orders descending."""
+    """Wraps a sort key so that it orders descending (for keys of mixed directions)."""
 
     __slots__ = ("key",)
 
@@ -51,26 +46,56 @@ class _Reversed:
     __hash__ = None  # type: ignore[assignment]
 
 
-def row_key_function(keys: Sequence[OrderKey]) -> Callable[[Any], Any]:
-    """The sort key of a row for `keys` (see the module docstring)."""
+def _value_key(read: Callable[[Any], Any], null: Any, unorderable: Any) -> Callable[[Any], Any]:
+    def key(row: Any) -> Any:
+        value = read(row)
+        if value is None:
+            return null
+        try:
+            return sort_key(value)
+        except ValidationError:
+            return unorderable
 
-    def part(key: OrderKey) -> Callable[[Any], Any]:
-        path, descending = key.path, key.descending
+    return key
+
+
+def row_key_function(keys: Sequence[OrderKey]) -> tuple[Callable[[Any], Any], bool]:
+    """``(key, reverse)`` for ``sorted``: the sort key of a row for `keys`.
+
+    When every key has one direction the row key is made of plain sort keys
+    (descending runs ``sorted(..., reverse=True)``, which Python keeps
+    stable); otherwise descending parts are wrapped in `_Reversed`. NULL
+    markers sit outside every value's rank, so NULLs land first or last.
+    """
+    descending = {key.descending for key in keys}
+    if len(descending) == 1:
+        reverse = descending.pop()
+        parts = []
+        for key in keys:
+            # With reverse=True the smallest key comes out last.
+            last, first = (_NULL_LOW, _NULL_HIGH) if reverse else (_NULL_HIGH, _NULL_LOW)
+            unorderable = _UNORDERABLE_DESC if reverse else _UNORDERABLE
+            parts.append(
+                _value_key(field_reader(key.path), last if key.nulls_last else first, unorderable)
+            )
+        if len(parts) == 1:
+            return parts[0], reverse
+        return (lambda row: tuple(part(row) for part in parts)), reverse
+
+    def mixed_part(key: OrderKey) -> Callable[[Any], Any]:
+        plain = _value_key(field_reader(key.path), None, _UNORDERABLE)
         null = (1,) if key.nulls_last else (-1,)
 
-        def one(row: Any) -> Any:
-            value = read_path(row, path)
-            if value is None:
+        def part(row: Any) -> Any:
+            value_key = plain(row)
+            if value_key is None:
                 return null
-            vk = _value_key(value)
-            return (0, _Reversed(vk) if descending else vk)
+            return (0, _Reversed(value_key) if key.descending else value_key)
 
-        return one
+        return part
 
-    parts = [part(key) for key in keys]
-    if len(parts) == 1:
-        return parts[0]
-    return lambda row: tuple(p(row) for p in parts)
+    mixed = [mixed_part(key) for key in keys]
+    return (lambda row: tuple(part(row) for part in mixed)), False
 
 
 class OrderByPlan(QueryPlan):
@@ -88,17 +113,18 @@ class OrderByPlan(QueryPlan):
         if limit is not None and (type(limit) is not int or limit < 0):
             raise QueryError(f"OrderByPlan limit is a non-negative int, not {limit!r}")
         self.limit = limit
-        self._key = row_key_function(self.keys)
+        self._key, self._reverse = row_key_function(self.keys)
 
     def _rows(self) -> Iterator[Any]:
         if self.limit is not None:
             return self._top(self.limit)
         assert self.based_on is not None
-        return iter(sorted(self.based_on.execute(), key=self._key))
+        return iter(sorted(self.based_on.execute(), key=self._key, reverse=self._reverse))
 
     def _top(self, limit: int) -> Iterator[Any]:
         assert self.based_on is not None
-        return iter(heapq.nsmallest(limit, self.based_on.execute(), key=self._key))
+        pick = heapq.nlargest if self._reverse else heapq.nsmallest
+        return iter(pick(limit, self.based_on.execute(), key=self._key))
 
     def _limited(self, limit: int) -> Iterator[Any]:
         own = limit if self.limit is None else min(limit, self.limit)

@@ -1,0 +1,1037 @@
+"""Query benchmark: ProtoBase queries side by side with SQLite, with the ratios.
+
+Run from the repository root::
+
+    python bench/queries.py             # full run: 100,000 and then 1,000,000 rows
+    python bench/queries.py --quick     # 100,000 rows only, fewer repetitions
+    python bench/queries.py --json results.json
+    python -m cProfile -s tottime bench/queries.py --repro scan   # one workload, profiled
+
+Both systems run in this one process, on the same data, entirely in memory:
+ProtoBase in an ``ObjectSpace(MemoryStorage())``, SQLite (stdlib ``sqlite3``)
+in a ``:memory:`` database. Nothing is written to disk, so there is no
+temporary directory. In-memory SQLite is the fair counterpart here: once the
+data is committed and read once, ProtoBase answers from the objects its
+read transaction has decoded and cached, warm, and neither system touches a
+disk or the OS page cache.
+
+The data: N people (N = 100,000 and 1,000,000), each with ``id`` (unique
+int, the key), ``ssn`` (unique int: 100,000,000 plus a random permutation
+of 0..N-1), ``age`` (int 0..99), ``city`` (one of 100 str), ``score``
+(float in [0, 1000)) and ``name`` (str). The rows are generated once from a
+fixed seed and both systems load the same tuples.
+
+- ProtoBase: ``Person(DBObject)`` values in a ``Dictionary`` keyed by id.
+  Root ``plain`` has no index; root ``people`` is the same dictionary with
+  ``add_index("ssn", unique=True)``, ``add_index("age")``,
+  ``add_index("city")`` and ``add_index("score")``, committed in a second
+  transaction. Every measurement reads through one read-only transaction
+  opened after both commits.
+- SQLite: tables ``plain`` and ``people``, both ``(id INTEGER PRIMARY KEY,
+  ssn INT, age INT, city TEXT, score REAL, name TEXT)``; ``people`` also has
+  a unique index on ssn and indexes on age, city and score; then ``ANALYZE``.
+- Workload 6 adds 100,000 accounts ``(id, person_id, balance)``, one per
+  person (person_id is a random permutation of the ids): a ProtoBase
+  ``Dictionary`` of ``Account(DBObject)`` keyed by id and an SQLite table;
+  neither has an index on person_id.
+
+Workloads (each row prints ProtoBase's figure, SQLite's, the ratio of their
+median times and the targets' PASS/MISS; a MISS never makes the exit status
+non-zero). Every workload runs at every N, except 6 (N = 100,000 only):
+
+1. indexed equality lookup, one row: ``where(F.ssn == v).to_list()`` on
+   ``people`` for 2,000 random ssn values; SQLite ``SELECT ... FROM people
+   WHERE ssn = ?``. Queries/s and the median latency. Targets: >= 50,000
+   queries/s; median latency <= 2x SQLite's.
+   1w (information): the same lookups through ``WherePlan(filter=...,
+   based_on=people).execute()``, without the builder.
+2. indexed range of 100 rows: ``where(F.ssn.between(x, x + 99)).to_list()``
+   for random x (1,000 values; 500 with --quick); SQLite ``WHERE ssn BETWEEN
+   ? AND ?``. Target: median latency <= 3x SQLite's.
+3. full scan with a two-term filter over the unindexed ``plain``:
+   ``where((F.age > 50) & (F.city == "city3")).count()``; SQLite ``SELECT
+   count(*) FROM plain WHERE age > ? AND city = ?`` (a scan too). Rows
+   scanned per second = N / median time. Target: >= 500,000 rows/s.
+   3i (information): the same query on the indexed ``people``, in queries/s.
+4. ORDER BY + LIMIT over ``plain``: ``order_by(-F.score).limit(10)
+   .to_list()``; SQLite ``ORDER BY score DESC LIMIT 10`` (its sorter keeps
+   only the top 10 too). Target: ProtoBase's median time <= 2x its own time
+   in row 3 at the same N (a top-k heap is O(n log k): about one more pass).
+5. GROUP BY with 3 aggregates over ``plain``: ``group_by("city", n=("count",
+   None), avg=("avg", "score"), mx=("max", "age")).to_list()``; SQLite
+   ``SELECT city, count(*), avg(score), max(age) FROM plain GROUP BY city``.
+   Rows/s = N / median time. Target: >= 300,000 rows/s.
+6. hash join, 100,000 people x 100,000 accounts:
+   ``query(plain).join(accounts, on=("id", "person_id")).to_list()`` (100,000
+   JoinRows); SQLite ``SELECT ... FROM plain p JOIN accounts a ON
+   a.person_id = p.id``, with the plan SQLite picks (it scans accounts and
+   looks people up by primary key). Throughput counts input rows: (100,000 +
+   100,000) / median time. Target: >= 200,000 rows/s.
+
+How it measures (time.perf_counter throughout):
+
+- Every ProtoBase query is written with the fluent builder (``tr.query(...)``)
+  and built anew for each execution, so building and planning the query are
+  inside the timed region, as they are for a user. SQLite runs
+  ``con.execute(sql, SCAN_PARAMS).fetchall()``, whose statement cache keeps the
+  prepared statement.
+- ProtoBase returns its objects (Person, or Row / JoinRow); SQLite returns
+  tuples of the selected columns. The untimed first run of every query
+  checks that both systems give the same answer.
+- 1, 1w and 2: one untimed pass over the values, then timed passes (2 with
+  --quick, 5 otherwise), ProtoBase and SQLite alternating pass by pass, each
+  query timed on its own. The latency is the median over all timed queries;
+  queries/s the median over the passes of queries / pass time.
+- 3 to 6: one untimed run, then repetitions (3 with --quick and at
+  1,000,000 rows, 5 otherwise), ProtoBase and SQLite alternating; the
+  figure is the median time.
+- ``gc.collect()`` before every timed pass or repetition; the collector
+  stays on, as it is for users.
+- The "index" column says whether the plan used an index: ProtoBase's
+  ``explain().uses_index`` after the run, SQLite's ``EXPLAIN QUERY PLAN``.
+  The plans of the largest N are printed after the table.
+- The build times (ProtoBase: objects and commit, indexes and commit;
+  SQLite: inserts, CREATE INDEX and ANALYZE) and the time of the untimed
+  first scan (it decodes every row into the transaction) are printed for
+  information.
+
+``--repro NAME`` builds only the ProtoBase data workload NAME needs
+(``--rows``, default 100,000) and runs it in a loop for ``--seconds``
+(default 10), made for ``python -m cProfile -s tottime bench/queries.py
+--repro NAME``. The build shows in the profile too, but it is short next to
+the loop. NAME is one of: lookup, lookup-plan, range, scan, scan-indexed,
+orderby, groupby, join.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from protobase import (
+    DBObject,
+    Dictionary,
+    F,
+    MemoryStorage,
+    ObjectSpace,
+    Query,
+    WherePlan,
+    register_class,
+)
+
+SEED = 20240601
+CITIES = [f"city{i}" for i in range(100)]
+SSN_BASE = 100_000_000
+INDEXED_FIELDS = ("ssn", "age", "city", "score")
+JOIN_ROWS = 100_000  # workload 6: people x accounts, at this N only
+RANGE_ROWS = 100  # workload 2
+SCAN_AGE, SCAN_CITY = 50, "city3"  # workloads 3 and 3i
+SCAN_PARAMS = (SCAN_AGE, SCAN_CITY)
+TOP = 10  # workload 4
+COLUMNS = "id, ssn, age, city, score, name"
+
+SQL_LOOKUP = f"SELECT {COLUMNS} FROM people WHERE ssn = ?"
+SQL_RANGE = f"SELECT {COLUMNS} FROM people WHERE ssn BETWEEN ? AND ?"
+SQL_SCAN = "SELECT count(*) FROM {table} WHERE age > ? AND city = ?"
+SQL_TOP = f"SELECT {COLUMNS} FROM plain ORDER BY score DESC LIMIT ?"
+SQL_GROUP = "SELECT city, count(*), avg(score), max(age) FROM plain GROUP BY city"
+SQL_JOIN = (
+    "SELECT p.id, p.ssn, p.age, p.city, p.score, p.name, a.id, a.person_id, a.balance "
+    "FROM plain p JOIN accounts a ON a.person_id = p.id"
+)
+
+PersonTuple = tuple[int, int, int, str, float, str]
+AccountTuple = tuple[int, int, float]
+
+
+# -- the data ------------------------------------------------------------------------------
+
+
+@register_class("bench.Person")
+class Person(DBObject):
+    """A person: id, ssn, age, city, score, name."""
+
+
+@register_class("bench.Account")
+class Account(DBObject):
+    """An account: id, person_id, balance."""
+
+
+def people_data(n: int) -> list[PersonTuple]:
+    """`n` people as tuples in column order, the same on every run."""
+    rng = random.Random(SEED + n)
+    ssns = list(range(SSN_BASE, SSN_BASE + n))
+    rng.shuffle(ssns)
+    return [
+        (i, ssns[i], rng.randrange(100), CITIES[rng.randrange(100)], rng.random() * 1000, f"p{i}")
+        for i in range(n)
+    ]
+
+
+def accounts_data(n: int) -> list[AccountTuple]:
+    """`n` accounts, one per person id 0..n-1, in a random order of owners."""
+    rng = random.Random(SEED - n)
+    owners = list(range(n))
+    rng.shuffle(owners)
+    return [(i, owners[i], round(rng.random() * 10_000, 2)) for i in range(n)]
+
+
+@dataclass
+class PBData:
+    """The ProtoBase side: the space, the read transaction and its collections."""
+
+    space: ObjectSpace
+    tr: Any
+    plain: Any
+    people: Any
+    accounts: Any
+    build: dict[str, float]
+
+    def close(self) -> None:
+        self.tr.abort()
+        self.space.close()
+
+
+def build_protobase(
+    people: list[PersonTuple], accounts: list[AccountTuple] | None, indexes: Sequence[str]
+) -> PBData:
+    """Commit `people` (and `accounts`), then `people` with `indexes`; open a read transaction."""
+    space = ObjectSpace(MemoryStorage())
+    db = space.new_database("q")
+    build: dict[str, float] = {}
+    start = time.perf_counter()
+    with db.transaction() as tr:
+        tr.set_root_object(
+            "plain",
+            Dictionary(
+                (p[0], Person(id=p[0], ssn=p[1], age=p[2], city=p[3], score=p[4], name=p[5]))
+                for p in people
+            ),
+        )
+        if accounts is not None:
+            tr.set_root_object(
+                "accounts",
+                Dictionary(
+                    (a[0], Account(id=a[0], person_id=a[1], balance=a[2])) for a in accounts
+                ),
+            )
+    build["objects + commit"] = time.perf_counter() - start
+    if indexes:
+        start = time.perf_counter()
+        with db.transaction() as tr:
+            indexed = tr.get_root_object("plain")
+            for name in indexes:
+                indexed = indexed.add_index(name, unique=name == "ssn")
+            tr.set_root_object("people", indexed)
+        build[f"{len(indexes)} indexes + commit"] = time.perf_counter() - start
+    tr = db.new_read_only_transaction()
+    return PBData(
+        space,
+        tr,
+        tr.get_root_object("plain"),
+        tr.get_root_object("people"),
+        tr.get_root_object("accounts"),
+        build,
+    )
+
+
+def build_sqlite(
+    people: list[PersonTuple], accounts: list[AccountTuple] | None
+) -> tuple[sqlite3.Connection, dict[str, float]]:
+    """An in-memory database with tables plain, people (indexed) and accounts."""
+    con = sqlite3.connect(":memory:", isolation_level=None)
+    build: dict[str, float] = {}
+    start = time.perf_counter()
+    for table in ("plain", "people"):
+        con.execute(
+            f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, ssn INT, age INT, city TEXT, "
+            "score REAL, name TEXT)"
+        )
+        con.execute("BEGIN")
+        con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?)", people)
+        con.execute("COMMIT")
+    if accounts is not None:
+        con.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, person_id INT, balance REAL)")
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO accounts VALUES (?, ?, ?)", accounts)
+        con.execute("COMMIT")
+    build["inserts"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for name in INDEXED_FIELDS:
+        unique = "UNIQUE " if name == "ssn" else ""
+        con.execute(f"CREATE {unique}INDEX people_{name} ON people ({name})")
+    con.execute("ANALYZE")
+    build[f"{len(INDEXED_FIELDS)} indexes + ANALYZE"] = time.perf_counter() - start
+    return con, build
+
+
+# -- the ProtoBase queries, as users write them ----------------------------------------------
+
+
+def pb_lookup(tr: Any, people: Any, ssn: int) -> Query:
+    return tr.query(people).where(F.ssn == ssn)
+
+
+def pb_range(tr: Any, people: Any, low: int) -> Query:
+    return tr.query(people).where(F.ssn.between(low, low + RANGE_ROWS - 1))
+
+
+def pb_scan(tr: Any, people: Any) -> Query:
+    return tr.query(people).where((F.age > SCAN_AGE) & (F.city == SCAN_CITY))
+
+
+def pb_count(tr: Any, people: Any) -> int:
+    return pb_scan(tr, people).count()
+
+
+def pb_top(tr: Any, people: Any) -> Query:
+    return tr.query(people).order_by(-F.score).limit(TOP)
+
+
+def pb_group(tr: Any, people: Any) -> Query:
+    return tr.query(people).group_by(
+        "city", n=("count", None), avg=("avg", "score"), mx=("max", "age")
+    )
+
+
+def pb_join(tr: Any, people: Any, accounts: Any) -> Query:
+    return tr.query(people).join(accounts, on=("id", "person_id"))
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def timed_pass(
+    run: Callable[[Any], Any], values: Sequence[Any]
+) -> tuple[float, float, list[float]]:
+    """Run ``run(v)`` for every value, each timed: ``(pass seconds, CPU seconds, latencies)``."""
+    gc.collect()
+    clock = time.perf_counter
+    latencies = []
+    cpu = time.process_time()
+    start = clock()
+    for value in values:
+        began = clock()
+        run(value)
+        latencies.append(clock() - began)
+    return clock() - start, time.process_time() - cpu, latencies
+
+
+def many_queries(
+    runs: dict[str, Callable[[Any], Any]], values: Sequence[Any], passes: int
+) -> dict[str, dict[str, Any]]:
+    """Queries/s (median over passes) and median latency of each system's `run`.
+
+    The caller has already made the untimed pass; the systems alternate pass by pass.
+    """
+    rates: dict[str, list[float]] = {system: [] for system in runs}
+    cpus: dict[str, list[float]] = {system: [] for system in runs}
+    latencies: dict[str, list[float]] = {system: [] for system in runs}
+    for _ in range(passes):
+        for system, run in runs.items():
+            seconds, cpu, each = timed_pass(run, values)
+            rates[system].append(len(values) / seconds)
+            cpus[system].append(cpu / seconds)
+            latencies[system].extend(each)
+    return {
+        system: {
+            "rate": statistics.median(rates[system]),
+            "latency": statistics.median(latencies[system]),
+            "pass_rates": rates[system],
+            "pass_cpu_share": cpus[system],
+        }
+        for system in runs
+    }
+
+
+def repeated(runs: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """The seconds of each of `reps` runs per system, the systems alternating.
+
+    Also the process CPU seconds of each run, under "<system> cpu": on a shared
+    machine, a wall-clock time well above its CPU time means another process had the CPU.
+    """
+    times: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for system, run in runs.items():
+            gc.collect()
+            cpu = time.process_time()
+            start = time.perf_counter()
+            run()
+            times.setdefault(system, []).append(time.perf_counter() - start)
+            times.setdefault(f"{system} cpu", []).append(time.process_time() - cpu)
+    return times
+
+
+def first_run(run: Callable[[], Any]) -> tuple[Any, float]:
+    """The untimed first run's result, and how long it took (for information)."""
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def sqlite_all(con: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return con.execute(sql, params).fetchall()
+
+
+def sqlite_plan(con: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[str]:
+    return [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+
+
+def sqlite_uses_index(plan: list[str]) -> bool:
+    """Whether SQLite searches an index or the primary key ("SCAN t" alone does not)."""
+    return any(" USING " in step for step in plan)
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    text: str
+    passed: bool
+
+
+@dataclass
+class Row:
+    key: str
+    workload: str
+    n: int
+    unit: str  # what the rates count: "q/s" (queries) or "rows/s"
+    pb_rate: float
+    sq_rate: float
+    pb_time: float  # median seconds of one query
+    sq_time: float
+    pb_index: bool
+    sq_index: bool
+    targets: list[Target] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time_ratio(self) -> float:
+        """ProtoBase's median time over SQLite's: above 1, ProtoBase is slower."""
+        return self.pb_time / self.sq_time
+
+
+def fmt_rate(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}"
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:,.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:,.2f} ms"
+    return f"{seconds:,.3f} s"
+
+
+def fmt_rows(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| # | N | workload | ProtoBase | SQLite | PB median | SQLite median | PB/SQLite time "
+        "| index PB / SQLite | target | result |",
+        "|---|--:|---|--:|--:|--:|--:|--:|---|---|---|",
+    ]
+    for row in rows:
+        targets = "; ".join(t.text for t in row.targets) or "—"
+        results = "; ".join("PASS" if t.passed else "MISS" for t in row.targets) or "—"
+        index = f"{'yes' if row.pb_index else 'no'} / {'yes' if row.sq_index else 'no'}"
+        lines.append(
+            f"| {row.key} | {fmt_rows(row.n)} | {row.workload} | "
+            f"{fmt_rate(row.pb_rate, row.unit)} | {fmt_rate(row.sq_rate, row.unit)} | "
+            f"{fmt_time(row.pb_time)} | {fmt_time(row.sq_time)} | {row.time_ratio:.2f}x | "
+            f"{index} | {targets} | {results} |"
+        )
+    return "\n".join(lines)
+
+
+# -- the machine -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    memory = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    versions = {}
+    for package in ("protobase", "msgpack", "xxhash"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["sqlite (library)"] = sqlite3.sqlite_version
+    return {
+        "protobase_commit": commit(),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "memory": memory,
+        "kernel": platform.release(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+    }
+
+
+def commit() -> str:
+    """``git rev-parse --short HEAD``, and whether protobase/ differs from that commit."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "protobase")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = len(dirty.splitlines())
+    return head + (f" + uncommitted changes in {changed} file(s) of protobase/" if dirty else "")
+
+
+# -- the workloads at one N ------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    sizes: list[int]
+    lookups: int  # random values for workloads 1 and 1w
+    ranges: int  # random values for workload 2
+    passes: int  # timed passes for 1, 1w and 2
+    reps: Callable[[int], int]  # repetitions for 3 to 6, by N
+
+
+def check(same: bool, what: str) -> None:
+    if not same:
+        raise AssertionError(f"ProtoBase and SQLite disagree on {what}")
+
+
+def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
+    """Build both systems with `n` people and run every workload: (rows, plans, build info)."""
+    progress(f"N={n:,}: generating the data")
+    people = people_data(n)
+    accounts = accounts_data(n) if n == JOIN_ROWS else None
+    progress(f"N={n:,}: building ProtoBase (plain, then people with {len(INDEXED_FIELDS)} indexes)")
+    pb = build_protobase(people, accounts, INDEXED_FIELDS)
+    progress(
+        f"N={n:,}: ProtoBase built: " + ", ".join(f"{k} {v:.1f} s" for k, v in pb.build.items())
+    )
+    con, sq_build = build_sqlite(people, accounts)
+    progress(f"N={n:,}: SQLite built: " + ", ".join(f"{k} {v:.1f} s" for k, v in sq_build.items()))
+    del people, accounts
+    info: dict[str, Any] = {"protobase_build_s": pb.build, "sqlite_build_s": sq_build}
+    rows: list[Row] = []
+    plans: dict[str, Any] = {}
+    reps = settings.reps(n)
+    tr = pb.tr
+    rng = random.Random(SEED + 1)
+    try:
+        # 1 and 1w: indexed equality lookups
+        progress(f"N={n:,}: workload 1: {settings.lookups:,} indexed lookups")
+        values = [SSN_BASE + rng.randrange(n) for _ in range(settings.lookups)]
+        for v in values:
+            got = [p.id for p in pb_lookup(tr, pb.people, v).to_list()]
+            check(got == [r[0] for r in con.execute(SQL_LOOKUP, (v,)).fetchall()], f"ssn == {v}")
+        query = pb_lookup(tr, pb.people, values[0])
+        query.to_list()
+        plans["1"] = str(query.explain())
+        sq_plan = sqlite_plan(con, SQL_LOOKUP, (values[0],))
+        lookups = many_queries(
+            {
+                "protobase": lambda v: pb_lookup(tr, pb.people, v).to_list(),
+                "sqlite": lambda v: con.execute(SQL_LOOKUP, (v,)).fetchall(),
+            },
+            values,
+            settings.passes,
+        )
+        pb1, sq1 = lookups["protobase"], lookups["sqlite"]
+        ratio = pb1["latency"] / sq1["latency"]
+        rows.append(
+            Row(
+                "1",
+                "indexed equality lookup, 1 row (`F.ssn == v`)",
+                n,
+                "q/s",
+                pb1["rate"],
+                sq1["rate"],
+                pb1["latency"],
+                sq1["latency"],
+                query.explain().uses_index,
+                sqlite_uses_index(sq_plan),
+                [
+                    Target(">= 50,000 q/s", pb1["rate"] >= 50_000),
+                    Target("latency <= 2x SQLite", ratio <= 2),
+                ],
+                {"protobase": pb1, "sqlite": sq1, "sqlite_plan": sq_plan},
+            )
+        )
+
+        progress(f"N={n:,}: workload 1w: the same lookups through WherePlan, no builder")
+        people_plan = pb.people
+
+        def plan_lookup(v: int) -> list[Any]:
+            return list(WherePlan(filter=F.ssn == v, based_on=people_plan).execute())
+
+        for v in values:
+            plan_lookup(v)
+        direct = many_queries(
+            {
+                "protobase": plan_lookup,
+                "sqlite": lambda v: con.execute(SQL_LOOKUP, (v,)).fetchall(),
+            },
+            values,
+            settings.passes,
+        )
+        where = WherePlan(filter=F.ssn == values[0], based_on=people_plan)
+        list(where.execute())
+        rows.append(
+            Row(
+                "1w",
+                "same, `WherePlan(...).execute()` without the builder (information)",
+                n,
+                "q/s",
+                direct["protobase"]["rate"],
+                direct["sqlite"]["rate"],
+                direct["protobase"]["latency"],
+                direct["sqlite"]["latency"],
+                where.explain().uses_index,
+                sqlite_uses_index(sq_plan),
+                details={"protobase": direct["protobase"], "sqlite": direct["sqlite"]},
+            )
+        )
+
+        # 2: indexed range of 100 rows
+        progress(f"N={n:,}: workload 2: {settings.ranges:,} indexed ranges of {RANGE_ROWS} rows")
+        lows = [SSN_BASE + rng.randrange(n - RANGE_ROWS + 1) for _ in range(settings.ranges)]
+        for low in lows:
+            got = sorted(p.id for p in pb_range(tr, pb.people, low).to_list())
+            expected = con.execute(SQL_RANGE, (low, low + RANGE_ROWS - 1)).fetchall()
+            check(len(got) == RANGE_ROWS and got == sorted(r[0] for r in expected), "a range")
+        query = pb_range(tr, pb.people, lows[0])
+        query.to_list()
+        plans["2"] = str(query.explain())
+        sq_plan = sqlite_plan(con, SQL_RANGE, (lows[0], lows[0] + RANGE_ROWS - 1))
+        ranges = many_queries(
+            {
+                "protobase": lambda low: pb_range(tr, pb.people, low).to_list(),
+                "sqlite": lambda low: con.execute(
+                    SQL_RANGE, (low, low + RANGE_ROWS - 1)
+                ).fetchall(),
+            },
+            lows,
+            settings.passes,
+        )
+        pb2, sq2 = ranges["protobase"], ranges["sqlite"]
+        rows.append(
+            Row(
+                "2",
+                f"indexed range, {RANGE_ROWS} rows (`F.ssn.between(x, x + {RANGE_ROWS - 1})`)",
+                n,
+                "q/s",
+                pb2["rate"],
+                sq2["rate"],
+                pb2["latency"],
+                sq2["latency"],
+                query.explain().uses_index,
+                sqlite_uses_index(sq_plan),
+                [Target("latency <= 3x SQLite", pb2["latency"] <= 3 * sq2["latency"])],
+                {"protobase": pb2, "sqlite": sq2, "sqlite_plan": sq_plan},
+            )
+        )
+
+        # 3 and 3i: the two-term filter, by a scan and by an index
+        scan_time = 0.0  # row 3's ProtoBase median, for row 4's target
+        for key, collection, table_name in (("3", pb.plain, "plain"), ("3i", pb.people, "people")):
+            progress(f"N={n:,}: workload {key}: two-term filter on {table_name}")
+            sql = SQL_SCAN.format(table=table_name)
+            query = pb_scan(tr, collection)
+            count, first_s = first_run(query.count)
+            check(count == con.execute(sql, SCAN_PARAMS).fetchone()[0], f"the count of {key}")
+            plans[key] = str(query.explain())
+            sq_plan = sqlite_plan(con, sql, SCAN_PARAMS)
+            times = repeated(
+                {
+                    "protobase": partial(pb_count, tr, collection),
+                    "sqlite": partial(sqlite_all, con, sql, SCAN_PARAMS),
+                },
+                reps,
+            )
+            pb3, sq3 = statistics.median(times["protobase"]), statistics.median(times["sqlite"])
+            details = {"seconds": times, "matches": count, "first_run_s": first_s}
+            if key == "3":
+                scan_time = pb3
+                info["first_scan_s"] = first_s
+                rows.append(
+                    Row(
+                        "3",
+                        "full scan, `(F.age > 50) & (F.city == 'city3')`, count (unindexed)",
+                        n,
+                        "rows/s",
+                        n / pb3,
+                        n / sq3,
+                        pb3,
+                        sq3,
+                        query.explain().uses_index,
+                        sqlite_uses_index(sq_plan),
+                        [Target(">= 500,000 rows/s", n / pb3 >= 500_000)],
+                        {**details, "sqlite_plan": sq_plan},
+                    )
+                )
+            else:
+                rows.append(
+                    Row(
+                        "3i",
+                        "same filter on the indexed collection (information)",
+                        n,
+                        "q/s",
+                        1 / pb3,
+                        1 / sq3,
+                        pb3,
+                        sq3,
+                        query.explain().uses_index,
+                        sqlite_uses_index(sq_plan),
+                        details={**details, "sqlite_plan": sq_plan},
+                    )
+                )
+
+        # 4: ORDER BY score DESC LIMIT 10
+        progress(f"N={n:,}: workload 4: order by + limit {TOP}")
+        query = pb_top(tr, pb.plain)
+        top, first_s = first_run(query.to_list)
+        expected = con.execute(SQL_TOP, (TOP,)).fetchall()
+        check([p.id for p in top] == [r[0] for r in expected], "the top rows")
+        plans["4"] = str(query.explain())
+        sq_plan = sqlite_plan(con, SQL_TOP, (TOP,))
+        times = repeated(
+            {
+                "protobase": lambda: pb_top(tr, pb.plain).to_list(),
+                "sqlite": lambda: con.execute(SQL_TOP, (TOP,)).fetchall(),
+            },
+            reps,
+        )
+        pb4, sq4 = statistics.median(times["protobase"]), statistics.median(times["sqlite"])
+        rows.append(
+            Row(
+                "4",
+                f"`order_by(-F.score).limit({TOP})` (unindexed)",
+                n,
+                "rows/s",
+                n / pb4,
+                n / sq4,
+                pb4,
+                sq4,
+                query.explain().uses_index,
+                sqlite_uses_index(sq_plan),
+                [Target(f"<= 2x row 3's PB time ({pb4 / scan_time:.2f}x)", pb4 <= 2 * scan_time)],
+                {"seconds": times, "first_run_s": first_s, "sqlite_plan": sq_plan},
+            )
+        )
+
+        # 5: GROUP BY city with 3 aggregates
+        progress(f"N={n:,}: workload 5: group by with 3 aggregates")
+        query = pb_group(tr, pb.plain)
+        groups, first_s = first_run(query.to_list)
+        expected = con.execute(SQL_GROUP).fetchall()
+        mine = {g.city: (g.n, g.mx, round(g.avg, 6)) for g in groups}
+        check(mine == {r[0]: (r[1], r[3], round(r[2], 6)) for r in expected}, "the groups")
+        plans["5"] = str(query.explain())
+        sq_plan = sqlite_plan(con, SQL_GROUP)
+        times = repeated(
+            {
+                "protobase": lambda: pb_group(tr, pb.plain).to_list(),
+                "sqlite": lambda: con.execute(SQL_GROUP).fetchall(),
+            },
+            reps,
+        )
+        pb5, sq5 = statistics.median(times["protobase"]), statistics.median(times["sqlite"])
+        rows.append(
+            Row(
+                "5",
+                "`group_by('city', count, avg score, max age)` (unindexed)",
+                n,
+                "rows/s",
+                n / pb5,
+                n / sq5,
+                pb5,
+                sq5,
+                query.explain().uses_index,
+                sqlite_uses_index(sq_plan),
+                [Target(">= 300,000 rows/s", n / pb5 >= 300_000)],
+                {"seconds": times, "first_run_s": first_s, "sqlite_plan": sq_plan},
+            )
+        )
+
+        # 6: hash join 100k x 100k
+        if pb.accounts is not None:
+            progress(f"N={n:,}: workload 6: join {n:,} people x {len(pb.accounts):,} accounts")
+            inputs = n + len(pb.accounts)
+            query = pb_join(tr, pb.plain, pb.accounts)
+            joined, first_s = first_run(query.to_list)
+            expected = con.execute(SQL_JOIN).fetchall()
+            check(
+                sorted((j.left.id, j.right.id) for j in joined)
+                == sorted((r[0], r[6]) for r in expected),
+                "the joined pairs",
+            )
+            plans["6"] = str(query.explain())
+            sq_plan = sqlite_plan(con, SQL_JOIN)
+            del joined, expected
+            times = repeated(
+                {
+                    "protobase": lambda: pb_join(tr, pb.plain, pb.accounts).to_list(),
+                    "sqlite": lambda: con.execute(SQL_JOIN).fetchall(),
+                },
+                reps,
+            )
+            pb6, sq6 = statistics.median(times["protobase"]), statistics.median(times["sqlite"])
+            rows.append(
+                Row(
+                    "6",
+                    f"hash join {fmt_rows(n)} x {fmt_rows(len(pb.accounts))} on id = person_id, "
+                    "input rows/s",
+                    n,
+                    "rows/s",
+                    inputs / pb6,
+                    inputs / sq6,
+                    pb6,
+                    sq6,
+                    query.explain().uses_index,
+                    sqlite_uses_index(sq_plan),
+                    [Target(">= 200,000 rows/s", inputs / pb6 >= 200_000)],
+                    {"seconds": times, "first_run_s": first_s, "sqlite_plan": sq_plan},
+                )
+            )
+        plans["sqlite"] = {row.key: row.details.get("sqlite_plan") for row in rows}
+    finally:
+        con.close()
+        pb.close()
+    return rows, plans, info
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+def main_run(args: argparse.Namespace) -> None:
+    quick = args.quick
+    settings = Settings(
+        sizes=[100_000] if quick else [100_000, 1_000_000],
+        lookups=2_000,
+        ranges=500 if quick else 1_000,
+        passes=2 if quick else 5,
+        reps=lambda n: 3 if quick or n >= 1_000_000 else 5,
+    )
+    began, began_cpu = time.perf_counter(), time.process_time()
+    info = machine()
+    command = "python bench/queries.py" + (" --quick" if quick else "")
+    print(f"# ProtoBase query benchmark ({'quick' if quick else 'full'} mode)")
+    print()
+    print(
+        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
+        f"Linux {info['kernel']}"
+    )
+    print(f"- protobase commit: {info['protobase_commit']}")
+    print(f"- {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print("- both systems in memory: ProtoBase MemoryStorage, SQLite ':memory:'")
+    print(f"- command: {command}")
+    load_before = os.getloadavg()
+    print(
+        f"- load average at the start: {load_before[0]:.2f} (1 min), {load_before[1]:.2f} (5 min)"
+    )
+    print(flush=True)
+
+    rows: list[Row] = []
+    plans: dict[int, dict[str, Any]] = {}
+    builds: dict[int, dict[str, Any]] = {}
+    for n in settings.sizes:
+        size_rows, plans[n], builds[n] = run_size(n, settings)
+        rows.extend(size_rows)
+        gc.collect()
+
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - began_cpu
+    print(table(rows))
+    print()
+    print("ProtoBase and SQLite: throughput (q/s = queries per second; rows/s = input rows per")
+    print("second). PB/SQLite time: ProtoBase's median time over SQLite's; above 1, ProtoBase is")
+    print("slower. The index column: did the plan use an index (ProtoBase / SQLite)?")
+    print()
+    for n, build in builds.items():
+        pb_parts = ", ".join(f"{k} {v:.1f} s" for k, v in build["protobase_build_s"].items())
+        sq_parts = ", ".join(f"{k} {v:.2f} s" for k, v in build["sqlite_build_s"].items())
+        print(
+            f"Build, N={n:,}: ProtoBase {sum(build['protobase_build_s'].values()):.1f} s "
+            f"({pb_parts}); SQLite {sum(build['sqlite_build_s'].values()):.2f} s ({sq_parts}). "
+            f"First (untimed) run of workload 3, which decodes every row: "
+            f"{build['first_scan_s']:.2f} s."
+        )
+    print()
+    largest = settings.sizes[-1]
+    print(f"ProtoBase plans at N={largest:,} (explain() after the untimed first run):")
+    print()
+    print("```")
+    for key, plan in plans[largest].items():
+        if key != "sqlite":
+            print(f"[{key}]\n{plan}")
+    print("```")
+    print()
+    sqlite_plans = plans[largest]["sqlite"]
+    print(
+        "SQLite plans (EXPLAIN QUERY PLAN): "
+        + "; ".join(f"[{k}] {' / '.join(v)}" for k, v in sqlite_plans.items() if v)
+    )
+    print()
+    load_after = os.getloadavg()
+    print(
+        f"Load average at the end: {load_after[0]:.2f} (1 min), {load_after[1]:.2f} (5 min). "
+        f"This process had the CPU for {cpu / elapsed:.0%} of the run's wall-clock time (all "
+        "figures are wall-clock; well below 100% means other processes competed for the CPUs)."
+    )
+    misses = [
+        f"{row.key} at {fmt_rows(row.n)} ({t.text})"
+        for row in rows
+        for t in row.targets
+        if not t.passed
+    ]
+    print(f"Missed targets: {', '.join(misses) if misses else 'none'}")
+    print(f"Total run time: {elapsed:.0f} s")
+    if args.json:
+        report = {
+            "mode": "quick" if quick else "full",
+            "command": command,
+            "machine": info,
+            "load_average": {"before": load_before, "after": load_after},
+            "total_seconds": elapsed,
+            "total_cpu_seconds": cpu,
+            "builds": builds,
+            "plans": plans,
+            "results": [
+                {
+                    "id": row.key,
+                    "n": row.n,
+                    "workload": row.workload,
+                    "unit": row.unit,
+                    "protobase_rate": row.pb_rate,
+                    "sqlite_rate": row.sq_rate,
+                    "protobase_median_s": row.pb_time,
+                    "sqlite_median_s": row.sq_time,
+                    "protobase_over_sqlite_time": row.time_ratio,
+                    "protobase_uses_index": row.pb_index,
+                    "sqlite_uses_index": row.sq_index,
+                    "targets": [{"target": t.text, "pass": t.passed} for t in row.targets],
+                    "details": row.details,
+                }
+                for row in rows
+            ],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"Results written to {args.json}")
+
+
+# -- one ProtoBase workload in a loop, for the profiler ----------------------------------------
+
+REPROS = ("lookup", "lookup-plan", "range", "scan", "scan-indexed", "orderby", "groupby", "join")
+
+
+def repro(name: str, n: int, seconds: float) -> None:
+    """Run ProtoBase's workload `name` over `n` rows for about `seconds` (see the docstring)."""
+    if name not in REPROS:
+        sys.exit(f"no workload {name!r}; choose one of {', '.join(REPROS)}")
+    indexes = {
+        "lookup": ("ssn",),
+        "lookup-plan": ("ssn",),
+        "range": ("ssn",),
+        "scan-indexed": ("age", "city"),
+    }.get(name, ())
+    start = time.perf_counter()
+    pb = build_protobase(people_data(n), accounts_data(n) if name == "join" else None, indexes)
+    print(f"built {n:,} rows in {time.perf_counter() - start:.1f} s (indexes: {indexes or 'none'})")
+    tr = pb.tr
+    rng = random.Random(SEED + 1)
+    values = [SSN_BASE + rng.randrange(n - RANGE_ROWS + 1) for _ in range(2_000)]
+    # name: (one run, given its number; rows each run reads, for rows/s, or 0)
+    steps: dict[str, tuple[Callable[[int], Any], int]] = {
+        "lookup": (lambda i: pb_lookup(tr, pb.people, values[i % 2_000]).to_list(), 0),
+        "lookup-plan": (
+            lambda i: list(WherePlan(filter=F.ssn == values[i % 2_000], based_on=pb.people)),
+            0,
+        ),
+        "range": (lambda i: pb_range(tr, pb.people, values[i % 2_000]).to_list(), 0),
+        "scan": (lambda i: pb_scan(tr, pb.plain).count(), n),
+        "scan-indexed": (lambda i: pb_scan(tr, pb.people).count(), 0),
+        "orderby": (lambda i: pb_top(tr, pb.plain).to_list(), n),
+        "groupby": (lambda i: pb_group(tr, pb.plain).to_list(), n),
+        "join": (lambda i: pb_join(tr, pb.plain, pb.accounts).to_list(), 2 * n),
+    }
+    step, rows_each = steps[name]
+    try:
+        step(0)  # untimed: decodes the rows into the transaction
+        done = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            step(done)
+            done += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        pb.close()
+    per_run = elapsed / done
+    rate = f", {rows_each / per_run:,.0f} rows/s" if rows_each else ""
+    print(
+        f"{name}: {done:,} queries in {elapsed:.1f} s: {done / elapsed:,.1f} queries/s, "
+        f"{fmt_time(per_run)} each{rate}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 rows only, fewer repetitions")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
+    parser.add_argument(
+        "--repro",
+        metavar="NAME",
+        choices=REPROS,
+        help="run one ProtoBase workload in a loop (for cProfile): " + ", ".join(REPROS),
+    )
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="rows for --repro (default 100,000)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="loop duration for --repro (default 10)"
+    )
+    args = parser.parse_args()
+    if args.repro is not None:
+        repro(args.repro, args.rows, args.seconds)
+    else:
+        main_run(args)
+
+
+if __name__ == "__main__":
+    main()
