@@ -485,11 +485,23 @@ def keyed_items(
     """Entries ``(key, value)`` in key order, with ``lo <= skey < hi`` when given."""
     if root is None:
         return
-    yield from _keyed_items(root, loader, keyfn, lo, hi)
+    yield from _keyed_items(root, loader, keyfn, lo, hi, False)
+
+
+def keyed_sorted_keys(
+    root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any = MISSING, hi: Any = MISSING
+) -> Iterator[tuple[Any, Any]]:
+    """``(sort key, key)`` of the entries with ``lo <= skey < hi``, in key order.
+
+    The sort keys come from the nodes' caches, computed once per node.
+    """
+    if root is None:
+        return
+    yield from _keyed_items(root, loader, keyfn, lo, hi, True)
 
 
 def _keyed_items(
-    root: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
+    root: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any, sorted_keys: bool
 ) -> Iterator[tuple[Any, Any]]:
     # Iterative (a stack of [node, next child, stop]): nested generators per
     # level cost more than the short ranges index lookups read.
@@ -506,8 +518,13 @@ def _keyed_items(
                     start = bisect_left(sk, lo)
                 if hi is not MISSING:
                     stop = bisect_left(sk, hi)
-            for i in range(start, stop):
-                yield keys[i], values[i]  # type: ignore[index]
+            if sorted_keys:
+                sk = node.skeys(keyfn)
+                for i in range(start, stop):
+                    yield sk[i], keys[i]  # type: ignore[index]
+            else:
+                for i in range(start, stop):
+                    yield keys[i], values[i]  # type: ignore[index]
             node = None
         elif node is not None:
             start, stop = 0, node.width

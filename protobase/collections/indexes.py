@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UniqueConstraintError, ValidationError
-from .btree import MISSING, build_keyed, keyed_items, keyed_rank
+from .btree import MISSING, build_keyed, keyed_items, keyed_rank, keyed_sorted_keys
 from .fields import Path, index_path_value, path_text
 from .ordering import sort_key
 
@@ -184,11 +184,15 @@ class Index:
             tree._node(), tree._loader, index_key, below(field_key), above(field_key)
         )
 
-    def scan(self, low: Any, high: Any) -> Iterator[Any]:
-        """Identities of the entries between tree positions `low` and `high`."""
+    def scan(self, low: Any, high: Any) -> Iterator[tuple[Any, Any]]:
+        """``(order key, identity)`` of the entries between tree positions `low` and `high`.
+
+        The order key is ``sort_key(identity)``: ascending order keys are the
+        collection's own order of its rows.
+        """
         tree = self.tree
-        for key, _ in keyed_items(tree._node(), tree._loader, index_key, low, high):
-            yield key[1]
+        for skey, key in keyed_sorted_keys(tree._node(), tree._loader, index_key, low, high):
+            yield skey[1], key[-1]
 
     def count(self, low: Any, high: Any) -> int:
         """The number of entries between tree positions `low` and `high`; O(log n)."""

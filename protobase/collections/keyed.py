@@ -246,9 +246,6 @@ class Dictionary(_Mapping):
     def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
         return key, value
 
-    def _pb_identity_order(self, identity: Any) -> Any:
-        return sort_key(identity)
-
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The rows (values) under the keys `identities`, whose sort keys `order_keys` ascend."""
         for value in keyed_get_sorted(self._node(), self._loader, order_keys, sort_key):
@@ -350,9 +347,6 @@ class Set(KeyedCollection):
 
     def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
         return stable_hash(key), key
-
-    def _pb_identity_order(self, identity: Any) -> Any:
-        return identity
 
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The elements with the stable hashes `identities` (ascending)."""

@@ -124,9 +124,6 @@ class List(PersistentCollection):
     def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
         return enumerate(self.as_iterable())
 
-    def _pb_identity_order(self, identity: Any) -> Any:
-        return identity
-
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The items at positions `identities` (ascending)."""
         root, loader = self._node(), self._loader

@@ -28,11 +28,12 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from ..collections.base import PersistentCollection
 from ..collections.fields import path_text
-from ..collections.indexes import OPEN_HIGH, Index, above, below
+from ..collections.indexes import HIGH, OPEN_HIGH, Index, above, below
 from ..collections.ordering import sort_key
 from ..errors import ValidationError
 from .expressions import And, Between, Compare, Expression, Field, In, IsNull, Not, Or
@@ -82,10 +83,12 @@ class IndexRange(Lookup):
     """The entries of one index between two tree positions."""
 
     def __init__(
-        self, index: Index, low: Any, high: Any, label: str, at_most: int | None = None
+        self, index: Index, low: Any, high: Any, label: Any, at_most: int | None = None
     ) -> None:
         self.index, self.low, self.high, self.label = index, low, high, label
         self._estimate = 0 if not low < high else at_most
+        self.single_value = len(low) == 1 and high == (low[0], HIGH)
+        """All entries share one value, so the index yields them in collection order."""
 
     @property
     def estimate(self) -> int:
@@ -94,17 +97,21 @@ class IndexRange(Lookup):
             self._estimate = self.index.count(self.low, self.high)
         return self._estimate
 
+    def pairs(self) -> list[tuple[Any, Any]]:
+        """``(order key, identity)`` of the candidates, in the collection's order."""
+        found = list(self.index.scan(self.low, self.high)) if self.low < self.high else []
+        if not self.single_value:  # the index orders them by value first
+            found.sort(key=itemgetter(0))
+        self.actual = len(found)
+        return found
+
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
-        order = collection._pb_identity_order  # type: ignore[attr-defined]
-        found = (
-            {order(identity): identity for identity in self.index.scan(self.low, self.high)}
-            if self.low < self.high
-            else {}
-        )
+        found = dict(self.index.scan(self.low, self.high)) if self.low < self.high else {}
         self.actual = len(found)
         return found
 
     def describe(self) -> tuple[str, str, list[Lookup]]:
+        # The label is the expression (or text) this range answers, formatted only here.
         return "IndexRange", f"{self.label} (index on {path_text(self.index.spec.path)!r})", []
 
 
@@ -170,7 +177,7 @@ def _exactly(lookup: Lookup, exact: bool) -> Lookup:
     return lookup
 
 
-def _range(index: Index, op: str, value: Any, label: str) -> Lookup | None:
+def _range(index: Index, op: str, value: Any, label: Any) -> Lookup | None:
     key = _field_key(value)
     if key is None:
         return None
@@ -199,17 +206,17 @@ def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | N
         if isinstance(expr, Compare):
             if isinstance(expr.value, Field):
                 return None
-            return _range(index, expr.op, expr.value, str(expr))
+            return _range(index, expr.op, expr.value, expr)
         if isinstance(expr, IsNull):
-            return _exactly(IndexRange(index, below(NULL_KEY), above(NULL_KEY), str(expr)), True)
+            return _exactly(IndexRange(index, below(NULL_KEY), above(NULL_KEY), expr), True)
         if isinstance(expr, Between):
             low, high = _field_key(expr.low), _field_key(expr.high)
             if low is None or high is None:
                 return None
             if low[0] != high[0]:  # different type ranks: nothing is between them
-                return _exactly(IndexRange(index, below(low), below(low), str(expr)), True)
+                return _exactly(IndexRange(index, below(low), below(low), expr), True)
             exact = _exact_value(expr.low) and _exact_value(expr.high)
-            return _exactly(IndexRange(index, below(low), above(high), str(expr)), exact)
+            return _exactly(IndexRange(index, below(low), above(high), expr), exact)
         keys = [_field_key(value) for value in expr.values if value is not None]
         if any(key is None for key in keys):
             return None
@@ -223,13 +230,13 @@ def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | N
             for key, value in zip(keys, listed, strict=True)
         ]
         if not parts:
-            return _exactly(IndexRange(index, below(NULL_KEY), below(NULL_KEY), str(expr)), True)
+            return _exactly(IndexRange(index, below(NULL_KEY), below(NULL_KEY), expr), True)
         return parts[0] if len(parts) == 1 else _union(parts)
     if isinstance(expr, Not) and isinstance(expr.part, IsNull):
         index = collection._pb_index_for(expr.part.path)
         if index is None:
             return None
-        return _exactly(IndexRange(index, above(NULL_KEY), OPEN_HIGH, str(expr)), True)
+        return _exactly(IndexRange(index, above(NULL_KEY), OPEN_HIGH, expr), True)
     if isinstance(expr, And):
         found = [lookup for lookup in (lookup_for(collection, p) for p in expr.parts) if lookup]
         if not found:
@@ -277,7 +284,10 @@ def choose_lookup(collection: PersistentCollection, expr: Expression) -> tuple[L
 
 def fetch(collection: PersistentCollection, lookup: Lookup) -> Iterator[Any]:
     """The candidate rows of `lookup`, in the collection's order."""
-    found = lookup.candidates(collection)
-    order_keys = sorted(found)
-    identities = [found[key] for key in order_keys]
+    if isinstance(lookup, IndexRange):
+        pairs = lookup.pairs()
+    else:
+        pairs = sorted(lookup.candidates(collection).items(), key=itemgetter(0))
+    order_keys = [order for order, _ in pairs]
+    identities = [identity for _, identity in pairs]
     return collection._pb_fetch(order_keys, identities)  # type: ignore[attr-defined]

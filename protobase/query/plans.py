@@ -249,14 +249,13 @@ class WherePlan(QueryPlan):
 
     def _rows(self) -> Iterator[Any]:
         lookup = self._plan_access()
-        test = self.filter.test
         if lookup is None:
             assert self.based_on is not None
-            return filter(test, self.based_on.execute())
+            return filter(self.filter.test, self.based_on.execute())
         source = self.based_on
         assert isinstance(source, CollectionPlan)
         rows = planner.fetch(source.collection, lookup)
-        return rows if lookup.exact else filter(test, rows)
+        return rows if lookup.exact else filter(self.filter.test, rows)
 
     def estimate(self) -> int | None:
         if self._reason is None:
