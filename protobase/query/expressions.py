@@ -37,7 +37,7 @@ from typing import Any
 
 from ..collections.fields import Path, parse_path, path_text, read_path
 from ..errors import QueryError
-from ..objects import Literal
+from ..objects import DBObject, Literal
 
 Predicate = Callable[[Any], bool]
 
@@ -225,11 +225,10 @@ def field_reader(path: Path) -> Callable[[Any], Any]:
         def read_one(row: Any) -> Any:
             if type(row) is dict:
                 value = row.get(name)
+            elif isinstance(row, DBObject):
+                value = row._attrs.get(name)
             else:
-                attrs = getattr(row, "_attrs", None)  # a DBObject's stored attributes
-                if type(attrs) is not dict:
-                    return read_path(row, path)
-                value = attrs.get(name)
+                return read_path(row, path)
             return value if type(value) is not Literal else value.value
 
         return read_one
@@ -291,7 +290,9 @@ class Compare(Term):
         return test, refute
 
     def __str__(self) -> str:
-        other = f"F.{self.value.field}" if isinstance(self.value, Field) else repr(self.value)
+        other = (
+            f"F.{path_text(self.value.path)}" if isinstance(self.value, Field) else repr(self.value)
+        )
         return f"{self.field} {self.op} {other}"
 
 
@@ -653,7 +654,7 @@ def _compile(spec: Any) -> Expression:
     if not isinstance(spec, (list, tuple)) or not spec:
         raise QueryError(f"an expression is a non-empty list like ['age', '>', 25], not {spec!r}")
     head = spec[0]
-    if isinstance(head, (list, tuple, Expression)):  # several terms: their AND
+    if isinstance(head, (list, tuple, Expression, Field)):  # several terms: their AND
         return And([_compile(part) for part in spec])
     if head in ("&", "|"):
         if len(spec) < 2:

@@ -16,7 +16,7 @@ Aggregates follow SQL on NULL (None or missing):
 - ``min`` and ``max`` of the non-NULL values in the order of ORDER BY
   (mixed types do not raise), None when there are none;
 - ``list``: the field's values in input order, NULLs included (with no
-  field: the rows).
+  field: the rows); None for no rows.
 
 With no group fields the whole input is one group, and an empty input still
 gives one row (``count`` 0, the others None), as SQL does.
@@ -63,10 +63,14 @@ def _aggregator(
             initial.append(0)
             lines.append(f"    if x is not None: state[{at}] += 1")
             finishers.append(_slot(at))
+        elif kind == "count_rows":
+            initial.append(0)
+            lines.append(f"    state[{at}] += 1")
+            finishers.append(_slot(at))
         elif kind == "list":
             initial.append(None)
             lines.append(f"    state[{at}].append(x)")
-            finishers.append(_slot(at))
+            finishers.append(_listed(at))
         elif kind in ("sum", "avg"):
             initial.extend([None, 0])
             lines += [
@@ -129,11 +133,16 @@ def _aggregator(
     return namespace["update"], new_state, results
 
 
-_SLOTS = {"count": 1, "list": 1, "sum": 2, "avg": 2, "min": 2, "max": 2}
+_SLOTS = {"count": 1, "count_rows": 1, "list": 1, "sum": 2, "avg": 2, "min": 2, "max": 2}
 
 
 def _slot(at: int) -> Finish:
     return lambda state: state[at]
+
+
+def _listed(at: int) -> Finish:
+    """A list aggregate: its values, or None for no rows at all (SQL's array_agg)."""
+    return lambda state: state[at] or None
 
 
 def _average(name: str, at: int) -> Finish:
@@ -191,7 +200,10 @@ class GroupByPlan(QueryPlan):
     def _rows(self) -> Iterator[Any]:
         assert self.based_on is not None
         group_readers = [field_reader(path) for path in self.group_fields.values()]
-        specs = [(name, kind) for name, (kind, _) in self.aggregates.items()]
+        specs = [
+            (name, "count_rows" if kind == "count" and path is None else kind)
+            for name, (kind, path) in self.aggregates.items()
+        ]
         feeds = [
             (_itself if path is None else field_reader(path))
             for _, (_, path) in self.aggregates.items()

@@ -17,7 +17,8 @@ with str), because values of other types never compare TRUE (see
 may match. The rows are then fetched in the collection's own order and the
 whole condition is checked on each, so an indexed plan returns exactly the
 rows of a scan, in the same order. Counting the entries of a range costs
-O(log n) (`Index.count`), so estimates for single lookups are exact; the
+O(log n) (`Index.count`), so estimates for single lookups are exact (an
+equality on a unique index is estimated at 1 without counting); the
 planner falls back to a scan when the candidates would exceed a third of
 the collection (and more than SMALL_RESULT rows).
 """

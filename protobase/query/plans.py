@@ -108,13 +108,9 @@ class QueryPlan:
 
     def _counted(self, rows: Iterator[Any]) -> Iterator[Any]:
         self.actual_rows = 0
-        count = 0
-        try:
-            for row in rows:
-                count += 1
-                yield row
-        finally:
-            self.actual_rows = count
+        for row in rows:
+            self.actual_rows += 1
+            yield row
 
     def _rows(self) -> Iterator[Any]:
         raise NotImplementedError
@@ -433,6 +429,8 @@ class DistinctPlan(QueryPlan):
         super().__init__(based_on)
         if self.based_on is None:
             raise QueryError("DistinctPlan needs based_on=")
+        if isinstance(fields, str):
+            fields = [fields]
         self.fields = None if fields is None else [parse_path(f) for f in fields]
 
     def _key(self, row: Any) -> Any:

@@ -90,6 +90,8 @@ def row_key_function(keys: Sequence[OrderKey]) -> tuple[Callable[[Any], Any], bo
             value_key = plain(row)
             if value_key is None:
                 return null
+            if value_key is _UNORDERABLE:  # after the values, before NULLs last
+                return (0.5,)
             return (0, _Reversed(value_key) if key.descending else value_key)
 
         return part
@@ -107,6 +109,8 @@ class OrderByPlan(QueryPlan):
             raise QueryError("OrderByPlan needs based_on=")
         if isinstance(keys, (str, OrderKey)) or not isinstance(keys, (list, tuple)):
             keys = [keys]
+        elif isinstance(keys, tuple) and len(keys) in (2, 3) and keys[1] in ("asc", "desc"):
+            keys = [keys]  # one ("field", "desc") key, not two keys
         if not keys:
             raise QueryError("OrderByPlan needs at least one key")
         self.keys = [OrderKey.parse(key) for key in keys]

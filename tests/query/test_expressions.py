@@ -155,11 +155,6 @@ def test_implicit_and_may_start_with_an_expression() -> None:
     assert expr.evaluate(Person(age=31, city="NY")) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_compile tests `head in ('&', '|')` before noticing the head is a Field; "
-    "Field.__eq__ builds an Expression whose bool() raises 'no truth value'",
-)
 def test_implicit_and_may_start_with_a_bare_field() -> None:
     expr = Expression.compile([F.vip, F.age > 30])
     assert expr.evaluate(ANN) is True
@@ -270,11 +265,6 @@ def test_str_of_expressions() -> None:
     assert str(F.x.contains(3)) == "x contains 3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Compare.__str__ writes F.{self.value.field}; Field.__getattr__ turns .field into "
-    "a path step, so F.a < F.b renders as 'a < F.F.b.field' (also in explain() and join text)",
-)
 def test_str_of_a_field_against_field_comparison() -> None:
     assert str(F.a < F.b) == "a < F.b"
     assert str(F.left.x < F.right.y) == "left.x < F.right.y"
@@ -396,11 +386,6 @@ def test_new_mutable_object_outside_a_transaction() -> None:
     assert (F.name.startswith("x")).evaluate(member) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="expressions._reader reads one-step paths from any row's `_attrs` attribute when "
-    "it is a dict; a Row or MutableObject with a field named '_attrs' is misread",
-)
 def test_one_step_path_ignores_a_field_named_attrs() -> None:
     row = Row({"_attrs": {"age": 99}, "age": 1})
     assert F.age.read(row) == 1

@@ -474,11 +474,6 @@ def test_group_by_arguments_are_checked() -> None:
         GroupByPlan(group_fields=["a"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_Aggregate.add skips None for every kind, so count(*) (no field) "
-    "does not count rows that are None",
-)
 def test_count_without_a_field_counts_every_row() -> None:
     plan = GroupByPlan(aggregates={"n": ("count", None)}, based_on=[1, None, 2])
     assert list(plan.execute()) == [{"n": 3}]
@@ -582,6 +577,24 @@ def test_unorderable_values_sort_after_the_others_in_input_order() -> None:
     rows = [{"v": [2]}, {"v": 3}, {"v": {"a": 1}}, {"v": None}, {"v": "s"}, {"v": [1]}]
     plan = OrderByPlan(keys="v", based_on=rows)
     assert [row["v"] for row in plan.execute()] == [3, "s", [2], {"a": 1}, [1], None]
+
+
+def test_unorderable_values_sort_after_the_others_descending() -> None:
+    rows = [{"v": [1], "i": 0}, {"v": 3, "i": 1}, {"v": None, "i": 2}, {"v": 2, "i": 3}]
+    rows.append({"v": {"a": 1}, "i": 4})
+    plan = OrderByPlan(keys=[("v", "desc")], based_on=rows)
+    assert [row["i"] for row in plan.execute()] == [1, 3, 0, 4, 2]
+    plan = OrderByPlan(keys=[("v", "desc"), ("i", "desc")], based_on=rows)
+    assert [row["i"] for row in plan.execute()] == [1, 3, 4, 0, 2]
+
+
+def test_unorderable_values_sort_after_the_others_with_mixed_directions() -> None:
+    rows = [{"v": [1], "i": 0}, {"v": 3, "i": 1}, {"v": None, "i": 2}, {"v": 2, "i": 3}]
+    rows.append({"v": {"a": 1}, "i": 4})
+    plan = OrderByPlan(keys=[("v", "desc"), "i"], based_on=rows)
+    assert [row["i"] for row in plan.execute()] == [1, 3, 0, 4, 2]
+    top = LimitPlan(limit=2, based_on=OrderByPlan(keys=[("v", "desc"), "i"], based_on=rows))
+    assert [row["i"] for row in top.execute()] == [1, 3]
 
 
 def _top_k_cases() -> Iterator[tuple[list[dict[str, Any]], list[Any]]]:
@@ -794,11 +807,6 @@ def test_distinct_by_fields_keeps_the_first_row() -> None:
     assert list(DistinctPlan(based_on=rows, fields=["a.b"]).execute()) == [rows[0], rows[2]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DistinctPlan iterates fields= as given: a str 'city' becomes the fields "
-    "'c', 'i', 't', 'y' (all NULL), so only the first row survives",
-)
 def test_distinct_with_a_single_str_field() -> None:
     rows = [{"city": "a", "n": 1}, {"city": "b", "n": 2}, {"city": "a", "n": 3}]
     try:
@@ -913,11 +921,6 @@ def test_actual_rows_counts_rows_pulled() -> None:
     assert description.children[0].children[0].actual_rows == 13
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QueryPlan._counted stores the count only in its finally block, so while an "
-    "iterator is partly consumed explain() shows actual 0, not the rows pulled so far",
-)
 def test_actual_rows_of_a_partly_consumed_plan() -> None:
     plan = WherePlan(filter=F.i >= 0, based_on=CountingSource(HUGE))
     rows = plan.execute()
