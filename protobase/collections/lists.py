@@ -68,7 +68,8 @@ class List(PersistentCollection):
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             if index.step not in (None, 1):
-                return List(list(self.as_iterable())[index])
+                stepped = List(list(self.as_iterable())[index])
+                return stepped._pb_with_index_specs(self._pb_index_specs())
             return self.slice(index.start, index.stop)
         return self.get_at(index)
 

@@ -187,6 +187,10 @@ def _range(index: Index, op: str, value: Any, label: Any) -> Lookup | None:
     if op == "==":
         unique = 1 if index.spec.unique else None
         return _exactly(IndexRange(index, below(key), above(key), label, unique), exact)
+    if type(value) is tuple:
+        # Python orders (5, [2]) after (4,) element by element, but the index
+        # files a tuple holding a list with the values it cannot order.
+        return None
     bounds = {
         ">": (above(key), rank_high),
         ">=": (below(key), rank_high),
@@ -214,6 +218,8 @@ def lookup_for(collection: PersistentCollection, expr: Expression) -> Lookup | N
             low, high = _field_key(expr.low), _field_key(expr.high)
             if low is None or high is None:
                 return None
+            if type(expr.low) is tuple or type(expr.high) is tuple:
+                return None  # see _range
             if low[0] != high[0]:  # different type ranks: nothing is between them
                 return _exactly(IndexRange(index, below(low), below(low), expr), True)
             exact = _exact_value(expr.low) and _exact_value(expr.high)
