@@ -73,15 +73,16 @@ How it measures (time.perf_counter throughout):
 - Every ProtoBase query is written with the fluent builder (``tr.query(...)``)
   and built anew for each execution, so building and planning the query are
   inside the timed region, as they are for a user. SQLite runs
-  ``con.execute(sql, SCAN_PARAMS).fetchall()``, whose statement cache keeps the
+  ``con.execute(sql, params).fetchall()``, whose statement cache keeps the
   prepared statement.
 - ProtoBase returns its objects (Person, or Row / JoinRow); SQLite returns
   tuples of the selected columns. The untimed first run of every query
   checks that both systems give the same answer.
 - 1, 1w and 2: one untimed pass over the values, then timed passes (2 with
-  --quick, 5 otherwise), ProtoBase and SQLite alternating pass by pass, each
-  query timed on its own. The latency is the median over all timed queries;
-  queries/s the median over the passes of queries / pass time.
+  --quick, 3 at 1,000,000 rows, 5 otherwise), ProtoBase and SQLite
+  alternating pass by pass, each query timed on its own. The latency is the
+  median over all timed queries; queries/s the median over the passes of
+  queries / pass time.
 - 3 to 6: one untimed run, then repetitions (3 with --quick and at
   1,000,000 rows, 5 otherwise), ProtoBase and SQLite alternating; the
   figure is the median time.
@@ -90,6 +91,11 @@ How it measures (time.perf_counter throughout):
 - The "index" column says whether the plan used an index: ProtoBase's
   ``explain().uses_index`` after the run, SQLite's ``EXPLAIN QUERY PLAN``.
   The plans of the largest N are printed after the table.
+- The "CPU share" column is the median, over the timed passes or runs, of
+  the process's CPU time (``time.process_time``) over the wall-clock time.
+  The queries run on one thread, so well below 100% means other processes
+  had the CPU part of the time and that row's wall-clock figures are
+  pessimistic (the targets are still judged on wall-clock time).
 - The build times (ProtoBase: objects and commit, indexes and commit;
   SQLite: inserts, CREATE INDEX and ANALYZE) and the time of the untimed
   first scan (it decodes every row into the transaction) are printed for
@@ -98,14 +104,18 @@ How it measures (time.perf_counter throughout):
 ``--repro NAME`` builds only the ProtoBase data workload NAME needs
 (``--rows``, default 100,000) and runs it in a loop for ``--seconds``
 (default 10), made for ``python -m cProfile -s tottime bench/queries.py
---repro NAME``. The build shows in the profile too, but it is short next to
-the loop. NAME is one of: lookup, lookup-plan, range, scan, scan-indexed,
+--repro NAME``. Under cProfile, the profiler is paused (``sys.getprofile()``
+is its ``Profile``) while the data is built and during the untimed first
+run (one pass over the 2,000 values of a lookup or range), so the profile
+shows the warm loop only. NAME is one of: lookup,
+lookup-plan (the lookup through WherePlan), range, scan, scan-indexed,
 orderby, groupby, join.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -116,7 +126,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
@@ -430,6 +440,17 @@ class Row:
         """ProtoBase's median time over SQLite's: above 1, ProtoBase is slower."""
         return self.pb_time / self.sq_time
 
+    def cpu_share(self, system: str) -> float | None:
+        """The median over the timed passes or runs of `system`'s CPU time / wall-clock time."""
+        details = self.details
+        if "seconds" in details:
+            times = details["seconds"]
+            pairs = zip(times[f"{system} cpu"], times[system], strict=True)
+            return statistics.median(cpu / wall for cpu, wall in pairs)
+        if system in details:
+            return float(statistics.median(details[system]["pass_cpu_share"]))
+        return None
+
 
 def fmt_rate(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
@@ -450,18 +471,22 @@ def fmt_rows(n: int) -> str:
 def table(rows: list[Row]) -> str:
     lines = [
         "| # | N | workload | ProtoBase | SQLite | PB median | SQLite median | PB/SQLite time "
-        "| index PB / SQLite | target | result |",
-        "|---|--:|---|--:|--:|--:|--:|--:|---|---|---|",
+        "| index PB / SQLite | CPU share PB / SQLite | target | result |",
+        "|---|--:|---|--:|--:|--:|--:|--:|---|---|---|---|",
     ]
     for row in rows:
         targets = "; ".join(t.text for t in row.targets) or "—"
         results = "; ".join("PASS" if t.passed else "MISS" for t in row.targets) or "—"
         index = f"{'yes' if row.pb_index else 'no'} / {'yes' if row.sq_index else 'no'}"
+        shares = " / ".join(
+            "—" if share is None else f"{share:.0%}"
+            for share in (row.cpu_share("protobase"), row.cpu_share("sqlite"))
+        )
         lines.append(
             f"| {row.key} | {fmt_rows(row.n)} | {row.workload} | "
             f"{fmt_rate(row.pb_rate, row.unit)} | {fmt_rate(row.sq_rate, row.unit)} | "
             f"{fmt_time(row.pb_time)} | {fmt_time(row.sq_time)} | {row.time_ratio:.2f}x | "
-            f"{index} | {targets} | {results} |"
+            f"{index} | {shares} | {targets} | {results} |"
         )
     return "\n".join(lines)
 
@@ -526,7 +551,7 @@ class Settings:
     sizes: list[int]
     lookups: int  # random values for workloads 1 and 1w
     ranges: int  # random values for workload 2
-    passes: int  # timed passes for 1, 1w and 2
+    passes: Callable[[int], int]  # timed passes for 1, 1w and 2, by N
     reps: Callable[[int], int]  # repetitions for 3 to 6, by N
 
 
@@ -551,7 +576,7 @@ def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dic
     info: dict[str, Any] = {"protobase_build_s": pb.build, "sqlite_build_s": sq_build}
     rows: list[Row] = []
     plans: dict[str, Any] = {}
-    reps = settings.reps(n)
+    reps, passes = settings.reps(n), settings.passes(n)
     tr = pb.tr
     rng = random.Random(SEED + 1)
     try:
@@ -571,7 +596,7 @@ def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dic
                 "sqlite": lambda v: con.execute(SQL_LOOKUP, (v,)).fetchall(),
             },
             values,
-            settings.passes,
+            passes,
         )
         pb1, sq1 = lookups["protobase"], lookups["sqlite"]
         ratio = pb1["latency"] / sq1["latency"]
@@ -609,7 +634,7 @@ def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dic
                 "sqlite": lambda v: con.execute(SQL_LOOKUP, (v,)).fetchall(),
             },
             values,
-            settings.passes,
+            passes,
         )
         where = WherePlan(filter=F.ssn == values[0], based_on=people_plan)
         list(where.execute())
@@ -648,7 +673,7 @@ def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dic
                 ).fetchall(),
             },
             lows,
-            settings.passes,
+            passes,
         )
         pb2, sq2 = ranges["protobase"], ranges["sqlite"]
         rows.append(
@@ -846,7 +871,7 @@ def main_run(args: argparse.Namespace) -> None:
         sizes=[100_000] if quick else [100_000, 1_000_000],
         lookups=2_000,
         ranges=500 if quick else 1_000,
-        passes=2 if quick else 5,
+        passes=lambda n: 2 if quick else 3 if n >= 1_000_000 else 5,
         reps=lambda n: 3 if quick or n >= 1_000_000 else 5,
     )
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -957,6 +982,21 @@ def main_run(args: argparse.Namespace) -> None:
 
 # -- one ProtoBase workload in a loop, for the profiler ----------------------------------------
 
+
+@contextlib.contextmanager
+def profiler_paused() -> Iterator[None]:
+    """Pause the profiler of ``python -m cProfile`` (sys.getprofile() is its Profile), if any."""
+    profiler: Any = sys.getprofile()
+    pausable = hasattr(profiler, "disable") and hasattr(profiler, "enable")
+    if pausable:
+        profiler.disable()
+    try:
+        yield
+    finally:
+        if pausable:
+            profiler.enable()
+
+
 REPROS = ("lookup", "lookup-plan", "range", "scan", "scan-indexed", "orderby", "groupby", "join")
 
 
@@ -970,12 +1010,16 @@ def repro(name: str, n: int, seconds: float) -> None:
         "range": ("ssn",),
         "scan-indexed": ("age", "city"),
     }.get(name, ())
-    start = time.perf_counter()
-    pb = build_protobase(people_data(n), accounts_data(n) if name == "join" else None, indexes)
-    print(f"built {n:,} rows in {time.perf_counter() - start:.1f} s (indexes: {indexes or 'none'})")
+    with profiler_paused():  # the profile shows the loop only
+        start = time.perf_counter()
+        people, accounts = people_data(n), accounts_data(n) if name == "join" else None
+        pb = build_protobase(people, accounts, indexes)
+        del people, accounts
+        built = time.perf_counter() - start
+        print(f"built {n:,} rows in {built:.1f} s (indexes: {', '.join(indexes) or 'none'})")
+        rng = random.Random(SEED + 1)
+        values = [SSN_BASE + rng.randrange(n - RANGE_ROWS + 1) for _ in range(2_000)]
     tr = pb.tr
-    rng = random.Random(SEED + 1)
-    values = [SSN_BASE + rng.randrange(n - RANGE_ROWS + 1) for _ in range(2_000)]
     # name: (one run, given its number; rows each run reads, for rows/s, or 0)
     steps: dict[str, tuple[Callable[[int], Any], int]] = {
         "lookup": (lambda i: pb_lookup(tr, pb.people, values[i % 2_000]).to_list(), 0),
@@ -992,7 +1036,9 @@ def repro(name: str, n: int, seconds: float) -> None:
     }
     step, rows_each = steps[name]
     try:
-        step(0)  # untimed: decodes the rows into the transaction
+        with profiler_paused():  # untimed: decodes the rows (and index nodes) it reads
+            for i in range(2_000 if name in ("lookup", "lookup-plan", "range") else 1):
+                step(i)
         done = 0
         start = time.perf_counter()
         deadline = start + seconds
