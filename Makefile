@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench crash
+.PHONY: demo test lint format clean bench bench-queries crash
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ clean:
 bench: | $(BIN)/python
 	$(BIN)/pip install -e '.[bench]'
 	$(BIN)/python bench/embedded.py
+	$(BIN)/python bench/queries.py
+
+bench-queries: | $(BIN)/python
+	$(BIN)/python bench/queries.py
 
 # More SIGKILL crash runs than `make test` does: make crash N=500
 N ?= 500

@@ -568,13 +568,38 @@ def keyed_get_sorted(
             if node is None:
                 yield MISSING
                 continue
-            while node.height:
-                i = bisect_right(node.skeys(keyfn), skey) - 1
-                node = node.child(i if i > 0 else 0, loader)
+            while node.height:  # inlined as in keyed_get: this runs once per row fetched
+                node_sk = node._skeys
+                if node_sk is None:
+                    node_sk = node.skeys(keyfn)
+                i = bisect_right(node_sk, skey) - 1
+                child = node.children[i if i > 0 else 0]  # type: ignore[index]
+                node = child if type(child) is Node else node.child(i if i > 0 else 0, loader)
             sk, values = node.skeys(keyfn), node.values  # type: ignore[assignment]
             last = sk[-1] if sk else MISSING
         i = bisect_left(sk, skey)
         yield values[i] if i < len(sk) and sk[i] == skey else MISSING
+
+
+def keyed_first(
+    root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
+) -> tuple[Any, Any] | None:
+    """``(sort key, key)`` of the first entry with ``lo <= skey < hi``, or None.
+
+    One descent; only when `lo` falls past the last entry of the leaf it leads
+    to (the entry starts the next leaf) does it fall back to a range scan.
+    """
+    node = root
+    if node is None:
+        return None
+    while node.height:
+        i = bisect_right(node.skeys(keyfn), lo) - 1
+        node = node.child(i if i > 0 else 0, loader)
+    sk = node.skeys(keyfn)
+    i = bisect_left(sk, lo)
+    if i == len(sk):
+        return next(keyed_sorted_keys(root, loader, keyfn, lo, hi), None)
+    return (sk[i], node.keys[i]) if sk[i] < hi else None  # type: ignore[index]
 
 
 def keyed_rank(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> int:

@@ -35,7 +35,14 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UniqueConstraintError, ValidationError
-from .btree import MISSING, build_keyed, keyed_items, keyed_rank, keyed_sorted_keys
+from .btree import (
+    MISSING,
+    build_keyed,
+    keyed_first,
+    keyed_items,
+    keyed_rank,
+    keyed_sorted_keys,
+)
 from .fields import Path, index_path_value, path_text
 from .ordering import sort_key
 
@@ -193,6 +200,12 @@ class Index:
         tree = self.tree
         for skey, key in keyed_sorted_keys(tree._node(), tree._loader, index_key, low, high):
             yield skey[1], key[-1]
+
+    def first(self, low: Any, high: Any) -> tuple[Any, Any] | None:
+        """The first ``(order key, identity)`` of `scan`, found with one descent."""
+        tree = self.tree
+        found = keyed_first(tree._node(), tree._loader, index_key, low, high)
+        return None if found is None else (found[0][1], found[1][-1])
 
     def count(self, low: Any, high: Any) -> int:
         """The number of entries between tree positions `low` and `high`; O(log n)."""

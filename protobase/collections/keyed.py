@@ -248,6 +248,11 @@ class Dictionary(_Mapping):
 
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The rows (values) under the keys `identities`, whose sort keys `order_keys` ascend."""
+        if len(order_keys) == 1:
+            value = keyed_get(self._node(), self._loader, order_keys[0], sort_key)
+            if value is not MISSING:
+                yield value
+            return
         for value in keyed_get_sorted(self._node(), self._loader, order_keys, sort_key):
             if value is not MISSING:
                 yield value

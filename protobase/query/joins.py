@@ -18,7 +18,7 @@ unmatched right rows, in right order, with ``left`` None.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..collections.fields import Path, parse_path, path_text
@@ -84,9 +84,8 @@ class JoinPlan(QueryPlan):
         matched = bytearray(len(right_rows)) if keep_right else None
         find = self._hash_matcher(right_rows) if self.pairs else self._loop_matcher(right_rows)
         for left in self.based_on.execute():
-            found = False
-            for index in find(left):
-                found = True
+            found = find(left)
+            for index in found:
                 if matched is not None:
                     matched[index] = 1
                 yield JoinRow(left, right_rows[index])
@@ -97,7 +96,7 @@ class JoinPlan(QueryPlan):
                 if not matched[index]:
                     yield JoinRow(None, right)
 
-    def _hash_matcher(self, right_rows: list[Any]) -> Callable[[Any], Iterator[int]]:
+    def _hash_matcher(self, right_rows: list[Any]) -> Callable[[Any], Sequence[int]]:
         assert self.pairs is not None
         match: Callable[[Any, Any], bool] = _equal
         if len(self.pairs) == 1:
@@ -133,26 +132,26 @@ class JoinPlan(QueryPlan):
                 else:
                     bucket.append(index)
 
-        def find(left: Any) -> Iterator[int]:
+        def find(left: Any) -> Sequence[int]:
             key = read_left(left)
             if key is None:
-                return
+                return ()
             hashed = hashable_key(key)
-            candidates = loose if hashed is None else buckets.get(hashed, ())
-            for index in candidates:
-                if match(key, right_keys[index]):
-                    yield index
+            candidates = loose if hashed is None else buckets.get(hashed)
+            if not candidates:
+                return ()
+            if len(candidates) == 1:
+                return candidates if match(key, right_keys[candidates[0]]) else ()
+            return [index for index in candidates if match(key, right_keys[index])]
 
         return find
 
-    def _loop_matcher(self, right_rows: list[Any]) -> Callable[[Any], Iterator[int]]:
+    def _loop_matcher(self, right_rows: list[Any]) -> Callable[[Any], Sequence[int]]:
         condition = self.condition
         assert condition is not None
 
-        def find(left: Any) -> Iterator[int]:
-            for index, right in enumerate(right_rows):
-                if condition(left, right):
-                    yield index
+        def find(left: Any) -> Sequence[int]:
+            return [index for index, right in enumerate(right_rows) if condition(left, right)]
 
         return find
 

@@ -100,7 +100,13 @@ class IndexRange(Lookup):
 
     def pairs(self) -> list[tuple[Any, Any]]:
         """``(order key, identity)`` of the candidates, in the collection's order."""
-        found = list(self.index.scan(self.low, self.high)) if self.low < self.high else []
+        if not self.low < self.high:
+            found = []
+        elif self._estimate == 1 and self.single_value:  # one value of a unique index
+            first = self.index.first(self.low, self.high)
+            found = [] if first is None else [first]
+        else:
+            found = list(self.index.scan(self.low, self.high))
         if not self.single_value:  # the index orders them by value first
             found.sort(key=itemgetter(0))
         self.actual = len(found)
