@@ -617,13 +617,22 @@ def keyed_rank(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -
 
 
 def build_keyed(
-    items: Sequence[tuple[Any, Any]], keyfn: KeyFn, edit: object | None = None
+    items: Sequence[tuple[Any, Any]],
+    keyfn: KeyFn,
+    edit: object | None = None,
+    skeys: Sequence[Any] | None = None,
 ) -> Node | None:
-    """A tree from entries already sorted by ``keyfn(key)`` with unique keys; O(n)."""
+    """A tree from entries already sorted by ``keyfn(key)`` with unique keys; O(n).
+
+    `skeys`, when the caller has them, are the entries' sort keys; they seed
+    the nodes' caches instead of being computed again.
+    """
     leaves = []
     for chunk in _chunks(len(items)):
         part = items[chunk]
         leaf = Node(0, [k for k, _ in part], [v for _, v in part], edit=edit)
+        if skeys is not None:
+            leaf._skeys = list(skeys[chunk])
         leaves.append(leaf)
     return _build_levels(leaves, keyfn, edit)
 

@@ -32,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UniqueConstraintError, ValidationError
@@ -125,29 +126,40 @@ class Index:
         Raises:
             UniqueConstraintError: `spec` is unique and two rows share a value.
         """
-        index = cls(spec, _empty_tree())
-        counts: dict[Any, list[Any]] = {}
+        path = spec.path
+        pairs: list[tuple[Any, tuple[Any, ...]]] = []
+        append = pairs.append
         for identity, row in rows:
-            key = index.entry(identity, row)
-            skey = index_key(key)
-            found = counts.get(skey)
-            if found is None:
-                counts[skey] = [key, 1]
-            else:
-                found[1] += 1
-        ordered = sorted(counts.items())
-        if spec.unique:
-            previous: Any = MISSING
-            for skey, (key, _) in ordered:
-                field_key = skey[0]
-                if len(key) == 2 and key[0] is not None and field_key == previous:
-                    raise UniqueConstraintError(
-                        f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
-                        "than once; nothing changed"
-                    )
-                previous = field_key
-        entries = [(key, count) for _, (key, count) in ordered]
-        return cls(spec, index.tree._derive(build_keyed(entries, index_key)))
+            value = index_path_value(row, path)
+            identity_key = sort_key(identity)
+            try:
+                append(((sort_key(value), identity_key), (value, identity)))
+            except ValidationError:
+                append(((UNORDERABLE, identity_key), (identity,)))
+        pairs.sort(key=itemgetter(0))
+        entries: list[tuple[Any, int]] = []
+        skeys: list[Any] = []
+        previous: Any = MISSING
+        for skey, key in pairs:
+            if skey == previous:  # Set elements whose hashes collide share an entry
+                entries[-1] = (key, entries[-1][1] + 1)
+                continue
+            if (
+                spec.unique
+                and skeys
+                and len(key) == 2
+                and key[0] is not None
+                and skey[0] == skeys[-1][0]
+            ):
+                raise UniqueConstraintError(
+                    f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
+                    "than once; nothing changed"
+                )
+            entries.append((key, 1))
+            skeys.append(skey)
+            previous = skey
+        tree = _empty_tree()
+        return cls(spec, tree._derive(build_keyed(entries, index_key, skeys=skeys)))
 
     def changed(
         self, removed: Iterable[tuple[Any, Any]], added: Iterable[tuple[Any, Any]]

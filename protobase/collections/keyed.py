@@ -74,8 +74,9 @@ class KeyedCollection(PersistentCollection):
                 for skey, (key, value) in zip(skeys, entries, strict=True):
                     kept = latest.get(skey)
                     latest[skey] = (key if kept is None else kept[0], value)
-                entries = [latest[skey] for skey in sorted(latest)]
-            return self._derive(build_keyed(entries, keyfn))
+                skeys = sorted(latest)
+                entries = [latest[skey] for skey in skeys]
+            return self._derive(build_keyed(entries, keyfn, skeys=skeys))
         edit = object()
         root = self._node()
         for key, value in pairs:
