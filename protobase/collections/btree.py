@@ -500,9 +500,16 @@ def keyed_sorted_keys(
     yield from _keyed_items(root, loader, keyfn, lo, hi, True)
 
 
+def keyed_values(root: Node | None, loader: NodeLoader, keyfn: KeyFn) -> Iterator[Any]:
+    """Every value, in key order (what a scan of a Dictionary's rows reads)."""
+    if root is None:
+        return
+    yield from _keyed_items(root, loader, keyfn, MISSING, MISSING, None)
+
+
 def _keyed_items(
-    root: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any, sorted_keys: bool
-) -> Iterator[tuple[Any, Any]]:
+    root: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any, sorted_keys: bool | None
+) -> Iterator[Any]:
     # Iterative (a stack of [node, next child, stop]): nested generators per
     # level cost more than the short ranges index lookups read.
     bounded = lo is not MISSING or hi is not MISSING
@@ -518,7 +525,10 @@ def _keyed_items(
                     start = bisect_left(sk, lo)
                 if hi is not MISSING:
                     stop = bisect_left(sk, hi)
-            if sorted_keys:
+            if sorted_keys is None:  # values only
+                assert values is not None
+                yield from values if start == 0 and stop == len(values) else values[start:stop]
+            elif sorted_keys:
                 sk = node.skeys(keyfn)
                 for i in range(start, stop):
                     yield sk[i], keys[i]  # type: ignore[index]

@@ -31,6 +31,7 @@ from .btree import (
     keyed_items,
     keyed_remove,
     keyed_set,
+    keyed_values,
 )
 from .indexes import HIGH, Index, index_key
 from .ordering import hash_key, sort_key, stable_hash
@@ -185,7 +186,7 @@ class _Mapping(KeyedCollection):
         return (key for key, _ in self._entries())
 
     def values(self) -> Iterator[Any]:
-        return (value for _, value in self._entries())
+        return keyed_values(self._node(), self._loader, type(self)._keyfn)
 
     def __iter__(self) -> Iterator[Any]:
         return self.keys()

@@ -37,28 +37,30 @@ from .rows import Row
 AGGREGATES = ("count", "sum", "avg", "min", "max", "list")
 
 
-Update = Callable[[list[Any], list[Any]], None]
+Update = Callable[[list[Any], Any], None]
 Finish = Callable[[list[Any]], Any]
 
 
 def _aggregator(
     specs: list[tuple[str, str]],
+    readers: list[Callable[[Any], Any] | None],
 ) -> tuple[Update, Callable[[], list[Any]], Callable[[list[Any]], list[Any]]]:
     """``(update, new_state, results)`` for aggregates ``(name, kind)``.
 
-    A group's state is one flat list; `update(state, values)` folds in one
-    row's aggregate inputs (the field value, or the row itself when there
-    is no field). The update function is generated for these aggregates
-    (one straight-line body, no per-row dispatch), like `collections.namedtuple`
+    A group's state is one flat list; `update(state, row)` folds in one row:
+    ``readers[j]`` reads aggregate j's field (None: the aggregate takes the
+    row itself). The update function is generated for these aggregates (one
+    straight-line body, no per-row dispatch), like `collections.namedtuple`
     generates its class. Only slot numbers enter the generated source; names
     reach error messages through `fail_add` and `fail_order`.
     """
-    lines = ["def update(state, values):"]
+    lines = ["def update(state, row):"]
     initial: list[Any] = []
     finishers: list[Finish] = []
     for j, (name, kind) in enumerate(specs):
         at = len(initial)
-        lines.append(f"    x = values[{j}]")
+        if kind != "count_rows":
+            lines.append("    x = row" if readers[j] is None else f"    x = read{j}(row)")
         if kind == "count":
             initial.append(0)
             lines.append(f"    if x is not None: state[{at}] += 1")
@@ -109,7 +111,8 @@ def _aggregator(
         name, kind = specs[j]
         return QueryError(f"aggregate {name!r} ({kind}) cannot order the value {value!r}")
 
-    namespace: dict[str, Any] = {
+    namespace: dict[str, Any] = {f"read{j}": read for j, read in enumerate(readers)}
+    namespace |= {
         "sort_key": sort_key,
         "ValidationError": ValidationError,
         "fail_add": fail_add,
@@ -205,10 +208,10 @@ class GroupByPlan(QueryPlan):
             for name, (kind, path) in self.aggregates.items()
         ]
         feeds = [
-            (_itself if path is None else field_reader(path))
+            (None if path is None else field_reader(path))
             for _, (_, path) in self.aggregates.items()
         ]
-        update, new_state, results = _aggregator(specs)
+        update, new_state, results = _aggregator(specs, feeds)
         groups: dict[Any, tuple[tuple[Any, ...], list[Any]]] = {}
         loose: list[tuple[tuple[Any, ...], list[Any]]] = []
         order: list[tuple[tuple[Any, ...], list[Any]]] = []
@@ -217,7 +220,10 @@ class GroupByPlan(QueryPlan):
             if single is not None:
                 value = single(row)
                 values: tuple[Any, ...] = (value,)
-                key = hashable_key(value)
+                try:
+                    key = sort_key(value)
+                except ValidationError:
+                    key = None
             else:
                 values = tuple(read(row) for read in group_readers)
                 key = hashable_key(values)
@@ -232,7 +238,7 @@ class GroupByPlan(QueryPlan):
                         loose.append(group)
                     else:
                         groups[key] = group
-            update(group[1], [feed(row) for feed in feeds])
+            update(group[1], row)
         if not order and not group_readers:
             order.append(((), new_state()))
         names = list(self.group_fields)
@@ -255,10 +261,6 @@ class GroupByPlan(QueryPlan):
             for name, (kind, path) in self.aggregates.items()
         )
         return "GroupBy", f"{keys}; {aggs}" if aggs else keys
-
-
-def _itself(row: Any) -> Any:
-    return row
 
 
 def _same(left: Any, right: Any) -> bool:

@@ -18,13 +18,14 @@ unmatched right rows, in right order, with ``left`` None.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..collections.fields import Path, parse_path, path_text
-from ..errors import QueryError
+from ..collections.ordering import sort_key
+from ..errors import QueryError, ValidationError
 from .expressions import Expression, field_reader
-from .plans import QueryPlan, as_plan, hashable_key
+from .plans import QueryPlan, as_plan
 from .rows import JoinRow
 
 JOIN_TYPES = ("inner", "left", "right", "outer")
@@ -82,27 +83,25 @@ class JoinPlan(QueryPlan):
         keep_left = self.join_type in ("left", "outer")
         keep_right = self.join_type in ("right", "outer")
         matched = bytearray(len(right_rows)) if keep_right else None
-        find = self._hash_matcher(right_rows) if self.pairs else self._loop_matcher(right_rows)
-        for left in self.based_on.execute():
-            found = find(left)
-            for index in found:
-                if matched is not None:
-                    matched[index] = 1
-                yield JoinRow(left, right_rows[index])
-            if not found and keep_left:
-                yield JoinRow(left, None)
+        if self.pairs:
+            rows = self._hash_join(right_rows, keep_left, matched)
+        else:
+            rows = self._loop_join(right_rows, keep_left, matched)
+        yield from rows
         if matched is not None:
             for index, right in enumerate(right_rows):
                 if not matched[index]:
                     yield JoinRow(None, right)
 
-    def _hash_matcher(self, right_rows: list[Any]) -> Callable[[Any], Sequence[int]]:
-        assert self.pairs is not None
-        match: Callable[[Any, Any], bool] = _equal
-        if len(self.pairs) == 1:
+    def _hash_join(
+        self, right_rows: list[Any], keep_left: bool, matched: bytearray | None
+    ) -> Iterator[JoinRow]:
+        """Build a table of the right rows by key; stream the left rows through it."""
+        assert self.pairs is not None and self.based_on is not None
+        single = len(self.pairs) == 1
+        if single:
             read_left, read_right = (field_reader(path) for path in self.pairs[0])
         else:
-            match = _equal_parts
             left_readers = [field_reader(a) for a, _ in self.pairs]
             right_readers = [field_reader(b) for _, b in self.pairs]
 
@@ -120,40 +119,51 @@ class JoinPlan(QueryPlan):
         for index, row in enumerate(right_rows):
             key = read_right(row)
             right_keys.append(key)
-            if key is None:
+            if key is None:  # NULL never matches
                 continue
-            hashed = hashable_key(key)
-            if hashed is None:
+            try:
+                hashed = sort_key(key)
+            except ValidationError:
                 loose.append(index)
+                continue
+            bucket = buckets.get(hashed)
+            if bucket is None:
+                buckets[hashed] = [index]
             else:
-                bucket = buckets.get(hashed)
-                if bucket is None:
-                    buckets[hashed] = [index]
-                else:
-                    bucket.append(index)
-
-        def find(left: Any) -> Sequence[int]:
+                bucket.append(index)
+        for left in self.based_on.execute():
             key = read_left(left)
-            if key is None:
-                return ()
-            hashed = hashable_key(key)
-            candidates = loose if hashed is None else buckets.get(hashed)
-            if not candidates:
-                return ()
-            if len(candidates) == 1:
-                return candidates if match(key, right_keys[candidates[0]]) else ()
-            return [index for index in candidates if match(key, right_keys[index])]
+            found = False
+            if key is not None:
+                try:
+                    candidates = buckets.get(sort_key(key), ())
+                except ValidationError:
+                    candidates = loose
+                for index in candidates:
+                    other = right_keys[index]
+                    if _equal(key, other) if single else all(map(_equal, key, other)):
+                        found = True
+                        if matched is not None:
+                            matched[index] = 1
+                        yield JoinRow(left, right_rows[index])
+            if not found and keep_left:
+                yield JoinRow(left, None)
 
-        return find
-
-    def _loop_matcher(self, right_rows: list[Any]) -> Callable[[Any], Sequence[int]]:
+    def _loop_join(
+        self, right_rows: list[Any], keep_left: bool, matched: bytearray | None
+    ) -> Iterator[JoinRow]:
+        assert self.condition is not None and self.based_on is not None
         condition = self.condition
-        assert condition is not None
-
-        def find(left: Any) -> Sequence[int]:
-            return [index for index, right in enumerate(right_rows) if condition(left, right)]
-
-        return find
+        for left in self.based_on.execute():
+            found = False
+            for index, right in enumerate(right_rows):
+                if condition(left, right):
+                    found = True
+                    if matched is not None:
+                        matched[index] = 1
+                    yield JoinRow(left, right)
+            if not found and keep_left:
+                yield JoinRow(left, None)
 
     def estimate(self) -> int | None:
         left, right = super().estimate(), self.join_query.estimate()
@@ -168,10 +178,6 @@ class JoinPlan(QueryPlan):
     def _children(self, limit: int | None) -> list[Any]:
         assert self.based_on is not None
         return [self.based_on._explain(None), self.join_query._explain(None)]
-
-
-def _equal_parts(left: tuple[Any, ...], right: tuple[Any, ...]) -> bool:
-    return all(map(_equal, left, right))
 
 
 def _is_pair(value: Any) -> bool:
