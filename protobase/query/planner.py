@@ -84,11 +84,20 @@ class IndexRange(Lookup):
     """The entries of one index between two tree positions."""
 
     def __init__(
-        self, index: Index, low: Any, high: Any, label: Any, at_most: int | None = None
+        self,
+        index: Index,
+        low: Any,
+        high: Any,
+        label: Any,
+        at_most: int | None = None,
+        single_value: bool | None = None,
     ) -> None:
         self.index, self.low, self.high, self.label = index, low, high, label
-        self._estimate = 0 if not low < high else at_most
-        self.single_value = len(low) == 1 and high == (low[0], HIGH)
+        self.empty = not low < high
+        self._estimate = 0 if self.empty else at_most
+        if single_value is None:
+            single_value = len(low) == 1 and high == (low[0], HIGH)
+        self.single_value = single_value
         """All entries share one value, so the index yields them in collection order."""
 
     @property
@@ -100,7 +109,7 @@ class IndexRange(Lookup):
 
     def pairs(self) -> list[tuple[Any, Any]]:
         """``(order key, identity)`` of the candidates, in the collection's order."""
-        if not self.low < self.high:
+        if self.empty:
             found = []
         elif self._estimate == 1 and self.single_value:  # one value of a unique index
             first = self.index.first(self.low, self.high)
@@ -113,7 +122,7 @@ class IndexRange(Lookup):
         return found
 
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
-        found = dict(self.index.scan(self.low, self.high)) if self.low < self.high else {}
+        found = {} if self.empty else dict(self.index.scan(self.low, self.high))
         self.actual = len(found)
         return found
 
@@ -189,10 +198,10 @@ def _range(index: Index, op: str, value: Any, label: Any) -> Lookup | None:
     if key is None:
         return None
     exact = _exact_value(value)
-    rank_low, rank_high = below((key[0],)), below((key[0] + 1,))
     if op == "==":
         unique = 1 if index.spec.unique else None
-        return _exactly(IndexRange(index, below(key), above(key), label, unique), exact)
+        return _exactly(IndexRange(index, below(key), above(key), label, unique, True), exact)
+    rank_low, rank_high = below((key[0],)), below((key[0] + 1,))
     if type(value) is tuple:
         # Python orders (5, [2]) after (4,) element by element, but the index
         # files a tuple holding a list with the values it cannot order.
