@@ -396,12 +396,6 @@ class Literal(Storable):
     def __repr__(self) -> str:
         return f"Literal({self.value!r})"
 
-    def _pb_sort_key(self) -> tuple[Any, ...]:
-        return ("\x00literal", sort_key(self.value))
-
-    def _pb_canonical_bytes(self) -> bytes:
-        return canonical_bytes(self.value)
-
     def _pb_same_value(self, other: Any) -> bool:
         if self._pointer is not None and self._pointer == other._pointer:
             return True

@@ -65,6 +65,9 @@ def sort_key(value: Any) -> tuple[Any, ...]:
         return (9, value)
     if kind is uuid.UUID:
         return (10, value.int)
+    plain = getattr(kind, "_pb_plain_value", None)
+    if plain is not None:  # a Literal orders as the str or bytes it holds (they are ==)
+        return sort_key(plain(value))
     own = getattr(value, "_pb_sort_key", None)
     if own is not None:
         return (11, *own())
@@ -107,6 +110,9 @@ def canonical_bytes(value: Any) -> bytes:
         return b"\x09" + repr((value.days, value.seconds, value.microseconds)).encode()
     if kind is uuid.UUID:
         return b"\x0a" + value.bytes
+    plain = getattr(kind, "_pb_plain_value", None)
+    if plain is not None:  # a Literal hashes as the str or bytes it holds
+        return canonical_bytes(plain(value))
     own = getattr(value, "_pb_canonical_bytes", None)
     if own is not None:
         return b"\x0b" + bytes(own())

@@ -13,8 +13,7 @@ mutations, and after committing those mutations.
 Rows are compared by `canon`, which tells 1 from 1.0 from True and -0.0 from
 0.0, and treats NaN as equal to NaN.
 
-Two known bugs are avoided by the generators (see `dodge_known_bugs` and
-`order_key_st`); the xfail tests at the end reproduce them.
+The regression tests at the end pin two bugs this test found (fixed since).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import operator
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -69,35 +69,41 @@ MISSING = object()
 
 NAN = object()
 """In a pool: a fresh float NaN (a new object each time, so no identity shortcut)."""
+NAN_TUPLE = object()
+"""In a pool: a tuple holding a fresh NaN (Python's tuple == then says False)."""
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
+MANY = settings(SETTINGS, max_examples=200)
+"""For the tests without a storage round trip (cheaper per example)."""
 
 
 # -- pools of values ------------------------------------------------------------------
 
-AGE_POOL = [0, 1, 2, 3, 3.0, 2.5, -0.0, True, False, "2", "a", b"a", (1,), None, MISSING, NAN]
-CITY_POOL = ["NY", "LA", "", "N", "NYC", b"NY", 1, None, MISSING]
+AGE_POOL = [0, 1, 2, 3, 3.0, 2.5, -0.0, True, False, "2", "a", b"a", (1,), (1, "a"), NAN_TUPLE]
+AGE_POOL += [Decimal("2.5"), Decimal("NaN"), None, MISSING, NAN]
+CITY_POOL = ["NY", "LA", "", "N", "NYC", b"NY", 1, Literal("NY"), Literal(b"a"), None, MISSING]
+OBJECT_CITY_POOL = CITY_POOL
+"""Address objects hold Literals too (see test_index_finds_objects_holding_a_literal)."""
 SCORE_POOL = [0, 1, 2, -3, 1.5, 2.0, -0.0, None, MISSING, NAN]
 TAGS_POOL = [["a", "b"], ["a"], [], [1, None], ("a",), ("a", 1), "ab", "a", b"ab", {"a": 1}]
-TAGS_POOL += [None, MISSING, 1]
+TAGS_POOL += [("a", ["b"]), (0, [1]), None, MISSING, 1]  # tuples holding lists: unorderable
 VIP_POOL = [True, False, 1, 0, 1.0, "yes", None, MISSING]
 
 QUERY_POOL = [0, 1, 2, 3, 2.5, 1.0, -0.0, True, False, "a", "ab", "NY", "N", "", b"a", b"NY"]
 QUERY_POOL += [(1,), ("a",), ["a"], [1, None], "zz", 100, -100, None, NAN]
+QUERY_POOL += [Literal("NY"), Literal("N"), Address(city="NY"), Address()]
+QUERY_POOL += [(1, 2), (1, "a"), NAN_TUPLE, Decimal("2.5"), Decimal("NaN"), (0,), ("b",)]
 CONTAINS_POOL = ["a", "b", "", 1, None, b"a", "city", ("a",), ["a"], NAN]
 PREFIX_POOL = ["", "a", "N", "NY", b"", b"a", b"N"]
 
 FIELDS = ["age", "city", "score", "tags", "vip", "address.city", "address", "nope"]
-INDEXABLE = ["age", "city", "score", "tags", "vip", "address.city"]
+INDEXABLE = ["age", "city", "score", "tags", "vip", "address.city", "address"]
 ORDERABLE = ["age", "city", "score", "vip", "address.city", "nope"]
 """Fields whose values are never lists or dicts (min and max need them)."""
-UNORDERABLE_FIELDS = {"tags", "address"}
-"""Fields that may hold lists or dicts (values an index skips)."""
 
 COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
@@ -110,7 +116,9 @@ COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def fresh(value: Any) -> Any:
-    return float("nan") if value is NAN else value
+    if value is NAN:
+        return float("nan")
+    return (float("nan"),) if value is NAN_TUPLE else value
 
 
 def pool(values: list[Any]) -> st.SearchStrategy[Any]:
@@ -132,6 +140,11 @@ def read(row: Any, path: str) -> Any:
             return None
         if value is None:
             return None
+    return value.value if isinstance(value, Literal) else value
+
+
+def plain(value: Any) -> Any:
+    """A query value as rows hold it: a Literal reads as its str or bytes (expressions.py)."""
     return value.value if isinstance(value, Literal) else value
 
 
@@ -178,7 +191,7 @@ def eval3(node: tuple[Any, ...], row: Any) -> bool | None:
     """TRUE, FALSE or UNKNOWN (None) of condition `node` on `row`."""
     kind = node[0]
     if kind == "cmp":
-        return compare3(node[2], read(row, node[1]), node[3])
+        return compare3(node[2], read(row, node[1]), plain(node[3]))
     if kind == "cmpf":
         return compare3(node[2], read(row, node[1]), read(row, node[3]))
     if kind == "bare":
@@ -187,11 +200,12 @@ def eval3(node: tuple[Any, ...], row: Any) -> bool | None:
         value = read(row, node[1])
         if value is None:
             return None
-        if any(v is not None and safe_eq(value, v) for v in node[2]):
+        values = [plain(v) for v in node[2]]
+        if any(v is not None and safe_eq(value, v) for v in values):
             return True
-        return None if any(v is None for v in node[2]) else False
+        return None if any(v is None for v in values) else False
     if kind == "between":
-        value, low, high = read(row, node[1]), node[2], node[3]
+        value, low, high = read(row, node[1]), plain(node[2]), plain(node[3])
         if value is None or low is None or high is None:
             return None
         try:
@@ -268,7 +282,9 @@ def oracle_distinct(rows: list[Any], fields: list[str] | None) -> list[Any]:
 
 
 def aggregate(kind: str, path: str | None, rows: list[Any]) -> Any:
-    if kind == "list":
+    if kind == "list":  # None for no rows at all (SQL's array_agg)
+        if not rows:
+            return None
         return list(rows) if path is None else [read(row, path) for row in rows]
     if path is None:
         assert kind == "count"
@@ -350,10 +366,14 @@ def canon(value: Any) -> Any:
         return ("float", "nan" if value != value else repr(value))
     if kind in (bool, int, str, bytes):
         return (kind.__name__, value)
+    if kind is Decimal:
+        return ("Decimal", str(value))
     if kind in (tuple, list):
         return (kind.__name__, tuple(canon(item) for item in value))
     if kind is dict:
         return ("dict", tuple(sorted(((canon(k), canon(v)) for k, v in value.items()), key=repr)))
+    if kind is Literal:
+        return ("Literal", canon(value.value))
     if isinstance(value, DBObject):
         attrs = sorted((name, canon(v)) for name, v in value.attributes().items())
         return ("object", kind.__qualname__, tuple(attrs))
@@ -424,7 +444,7 @@ def to_operators(node: tuple[Any, ...]) -> Any:
         return field_of(node[1]).is_null()
     if kind in ("and", "or"):
         parts = [to_operators(part) for part in node[1]]
-        if len(parts) == 1:  # keep the one-part connective (see dodge_known_bugs)
+        if len(parts) == 1:  # a one-part AND / OR, as the prefix form builds it
             return Expression.compile(["&" if kind == "and" else "|", parts[0]])
         return functools.reduce(operator.and_ if kind == "and" else operator.or_, parts)
     if kind == "not":
@@ -441,18 +461,45 @@ def to_expression(node: tuple[Any, ...], prefix: bool) -> Any:
 # -- strategies ---------------------------------------------------------------------------
 
 
+ADDRESS_VALUES = [Address(city="NY"), Address(city="LA"), Address(), {"city": "NY"}, "NY"]
+FIELD_VALUES = {
+    "age": AGE_POOL,
+    "city": CITY_POOL,
+    "score": SCORE_POOL,
+    "tags": TAGS_POOL,
+    "vip": VIP_POOL,
+    "address.city": CITY_POOL,
+    "address": ADDRESS_VALUES,
+    "nope": QUERY_POOL,
+}
+"""The values rows hold in each field: query values drawn from them hit rows often."""
+
+
+def value_for(path: str) -> st.SearchStrategy[Any]:
+    """A query value for `path`: mostly one its rows hold, else any value, None or NaN."""
+    own = [v for v in FIELD_VALUES[path] if v is not MISSING]
+    return st.one_of(pool(own), pool(own), pool(QUERY_POOL), pool([None, NAN, NAN_TUPLE]))
+
+
+def term_on(path: str) -> st.SearchStrategy[tuple[Any, ...]]:
+    value = value_for(path)
+    return st.one_of(
+        st.tuples(st.just("cmp"), st.just(path), st.sampled_from(list(COMPARISONS)), value),
+        st.tuples(st.just("cmp"), st.just(path), st.just("=="), value),  # indexes apply
+        st.tuples(st.just("in"), st.just(path), st.lists(value, max_size=3).map(tuple)),
+        st.tuples(st.just("between"), st.just(path), value, value),
+    )
+
+
 def term_st() -> st.SearchStrategy[tuple[Any, ...]]:
     fields = st.sampled_from(FIELDS)
-    value = pool(QUERY_POOL)
     return st.one_of(
-        st.tuples(st.just("cmp"), fields, st.sampled_from(list(COMPARISONS)), value),
-        st.tuples(st.just("cmp"), fields, st.just("=="), value),  # selective: indexes apply
-        st.tuples(st.just("in"), fields, st.lists(value, max_size=3).map(tuple)),
-        st.tuples(st.just("between"), fields, value, value),
+        fields.flatmap(term_on),
+        fields.flatmap(term_on),
         st.tuples(st.just("contains"), fields, pool(CONTAINS_POOL)),
         st.tuples(st.just("startswith"), fields, st.sampled_from(PREFIX_POOL)),
         st.tuples(st.just("is_null"), fields),
-        st.tuples(st.just("is_null"), fields).map(lambda term: ("not", term)),
+        st.tuples(st.just("is_null"), st.sampled_from(INDEXABLE)).map(lambda t: ("not", t)),
         st.tuples(st.just("bare"), st.sampled_from(["vip", "age"])),
         st.tuples(
             st.just("cmpf"), fields, st.sampled_from(list(COMPARISONS)), st.sampled_from(FIELDS)
@@ -472,32 +519,16 @@ def expr_st(depth: int) -> st.SearchStrategy[tuple[Any, ...]]:
     )
 
 
-def dodge_known_bugs(node: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Wrap ``~is_null`` on fields that may hold lists into a one-part AND (same meaning).
-
-    The planner answers ``~is_null`` from the index, which leaves out rows whose
-    value is a list or a dict (see test_index_is_not_null_keeps_unorderable_values).
-    """
-    kind = node[0]
-    if kind in ("and", "or"):
-        return (kind, [dodge_known_bugs(part) for part in node[1]])
-    if kind == "not":
-        child = dodge_known_bugs(node[1])
-        if child[0] == "is_null" and child[1] in UNORDERABLE_FIELDS:
-            child = ("and", [child])
-        return ("not", child)
-    return node
-
-
-conditions = expr_st(2).map(dodge_known_bugs)
+conditions = expr_st(2)
 
 
 @st.composite
 def address_st(draw: st.DrawFn, for_set: bool) -> Any:
-    city = draw(pool(CITY_POOL))
-    attrs = {} if city is MISSING else {"city": city}
     choice = draw(st.sampled_from(["dict", "object", "none", "str", "missing"]))
-    if choice == "dict" and not for_set:
+    as_dict = choice == "dict" and not for_set
+    city = draw(pool(CITY_POOL if as_dict else OBJECT_CITY_POOL))
+    attrs = {} if city is MISSING else {"city": city}
+    if as_dict:
         return attrs
     if choice in ("dict", "object"):
         return Address(**attrs)
@@ -511,7 +542,7 @@ def row_st(draw: st.DrawFn, for_set: bool = False, sparse: bool = False) -> Any:
     A sparse row leaves out most attributes, which makes ``is_null`` and
     ``~is_null`` selective enough for the planner to use an index.
     """
-    tags = [t for t in TAGS_POOL if not for_set or type(t) not in (list, dict)]
+    tags = [t for t in TAGS_POOL if not for_set or t is MISSING or sortable_key(t) is not None]
     attrs = {
         "age": draw(pool(AGE_POOL)),
         "city": draw(pool(CITY_POOL)),
@@ -529,17 +560,14 @@ def row_st(draw: st.DrawFn, for_set: bool = False, sparse: bool = False) -> Any:
 
 
 def order_key_st() -> st.SearchStrategy[tuple[str, bool, bool]]:
-    # Descending keys stay off fields that may hold lists or dicts: see
-    # test_order_by_descending_puts_unorderable_values_last.
-    return st.tuples(
-        st.sampled_from([*ORDERABLE, "tags"]), st.booleans(), st.booleans()
-    ).map(lambda key: (key[0], key[1] and key[0] not in UNORDERABLE_FIELDS, key[2]))
+    """(field, descending, nulls first); tags and address may hold lists and dicts."""
+    return st.tuples(st.sampled_from([*ORDERABLE, "tags", "address"]), st.booleans(), st.booleans())
 
 
 select_field_st = st.one_of(
     st.tuples(st.just("field"), st.sampled_from(FIELDS), st.booleans()),
     st.tuples(st.just("kind")),
-    st.tuples(st.just("expr"), expr_st(1).map(dodge_known_bugs)),
+    st.tuples(st.just("expr"), expr_st(1)),
 )
 
 aggregate_st = st.one_of(
@@ -559,13 +587,14 @@ tail_st = st.one_of(
         st.just("distinct"),
         st.none() | st.lists(st.sampled_from(FIELDS), min_size=1, max_size=2, unique=True),
     ),
-    st.tuples(
+    group_st := st.tuples(
         st.just("group_by"),
         st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
-        st.lists(aggregate_st, max_size=3).map(
+        st.lists(aggregate_st, max_size=4).map(
             lambda aggs: {f"a{i}": agg for i, agg in enumerate(aggs)}
         ),
     ),
+    group_st,
 )
 
 
@@ -584,7 +613,7 @@ class Pipeline:
 
 pipeline_st = st.builds(
     Pipeline,
-    where=st.none() | conditions,
+    where=st.one_of(st.none(), conditions, conditions),
     prefix=st.booleans(),
     split_where=st.booleans(),
     order=st.lists(order_key_st(), max_size=2),
@@ -798,8 +827,8 @@ def make_collection(kind: str, rows: list[Any]) -> Any:
 def scenario(draw: st.DrawFn, kind: str) -> tuple[Any, ...]:
     for_set = kind == "set"
     rows = draw(st.lists(row_st(for_set, draw(st.booleans())), max_size=24))
-    fields = draw(st.lists(st.sampled_from(INDEXABLE), min_size=1, max_size=3, unique=True))
-    pipelines = draw(st.lists(pipeline_st, min_size=1, max_size=4))
+    fields = draw(st.lists(st.sampled_from(INDEXABLE), min_size=2, max_size=5, unique=True))
+    pipelines = draw(st.lists(pipeline_st, min_size=1, max_size=6))
     mutations = draw(st.lists(mutation_st(for_set), max_size=5))
     return rows, fields, pipelines, mutations
 
@@ -838,10 +867,93 @@ def differential_run(kind: str, data: tuple[Any, ...]) -> None:
 
 
 @pytest.mark.parametrize("kind", ["list", "dict", "set"])
-@SETTINGS
+@settings(SETTINGS, max_examples=150)
 @given(data=st.data())
 def test_pipelines_match_the_oracle(kind: str, data: st.DataObject) -> None:
     differential_run(kind, data.draw(scenario(kind)))
+
+
+@st.composite
+def condition_scenario(draw: st.DrawFn, kind: str) -> tuple[Any, ...]:
+    for_set = kind == "set"
+    rows = draw(st.lists(row_st(for_set, draw(st.booleans())), max_size=30))
+    fields = draw(st.lists(st.sampled_from(INDEXABLE), min_size=2, max_size=6, unique=True))
+    return rows, fields, draw(st.lists(conditions, min_size=5, max_size=20)), draw(st.booleans())
+
+
+@pytest.mark.parametrize("kind", ["list", "dict", "set"])
+@MANY
+@given(data=st.data())
+def test_conditions_match_the_oracle(kind: str, data: st.DataObject) -> None:
+    """Many conditions per example: TRUE/FALSE/UNKNOWN row by row, and WHERE with indexes."""
+    rows, fields, conds, prefix = data.draw(condition_scenario(kind))
+    plain = make_collection(kind, rows)
+    indexed = with_indexes(plain, fields)
+    scanned = scan(plain)
+    for cond in conds:
+        expr = Expression.compile(to_expression(cond, prefix))
+        tell(f"condition: {expr}")
+        truth = [eval3(cond, row) for row in scanned]
+        assert [repr(expr.evaluate(row)) for row in scanned] == [repr(t) for t in truth]
+        expected = canon_rows(row for row, t in zip(scanned, truth, strict=True) if t is True)
+        assert canon_rows(WherePlan(filter=expr, based_on=plain).execute()) == expected
+        plan = WherePlan(filter=to_expression(cond, prefix), based_on=indexed)
+        assert canon_rows(plan.execute()) == expected, "the indexed plan disagrees"
+        tell(f"index used: {plan.explain().uses_index}", is_event=True)
+
+
+# -- DISTINCT and GROUP BY on values that collide --------------------------------------------
+
+KEY_POOL = [1, 1.0, True, 0, -0.0, False, Decimal("1"), NAN, NAN_TUPLE, Decimal("NaN")]
+KEY_POOL += ["a", Literal("a"), b"a", (1,), (1.0,), [1], [1.0], (1, [1]), {"a": 1}, None, MISSING]
+"""Values equal in Python, equal as keys, or neither (NaN; lists and dicts: only ==)."""
+MINMAX_POOL = [1, 1.0, True, Decimal("1"), 2, -0.0, 0, NAN, "a", "b", b"a", (1,), None, MISSING]
+NUMBER_POOL = [1, 2, 1.0, 2.5, -0.0, 0, NAN, None, MISSING]
+
+
+@st.composite
+def key_row_st(draw: st.DrawFn) -> Any:
+    attrs = {
+        "k": draw(pool(KEY_POOL)),
+        "j": draw(pool(KEY_POOL)),
+        "m": draw(pool(MINMAX_POOL)),
+        "n": draw(pool(NUMBER_POOL)),
+    }
+    attrs = {name: value for name, value in attrs.items() if value is not MISSING}
+    return Person(**attrs) if draw(st.booleans()) else attrs
+
+
+key_aggregate_st = st.one_of(
+    st.tuples(st.just("count"), st.sampled_from([None, "k", "n"])),
+    st.tuples(st.sampled_from(["sum", "avg"]), st.just("n")),
+    st.tuples(st.sampled_from(["min", "max"]), st.sampled_from(["m", "n"])),
+    st.tuples(st.just("list"), st.sampled_from([None, "k", "m"])),
+)
+
+
+@MANY
+@given(
+    rows=st.lists(key_row_st(), max_size=20),
+    distinct_fields=st.none() | st.lists(st.sampled_from(["k", "j", "m"]), min_size=1, max_size=2),
+    group_fields=st.lists(st.sampled_from(["k", "j", "m"]), max_size=2, unique=True),
+    aggregates=st.lists(key_aggregate_st, max_size=4).map(
+        lambda aggs: {f"a{i}": agg for i, agg in enumerate(aggs)}
+    ),
+)
+def test_distinct_and_group_by_match_the_oracle(
+    rows: list[Any],
+    distinct_fields: list[str] | None,
+    group_fields: list[str],
+    aggregates: dict[str, tuple[str, str | None]],
+) -> None:
+    for source in (rows, List(rows)):
+        scanned = scan(source) if isinstance(source, List) else source
+        distinct = DistinctPlan(based_on=source, fields=distinct_fields)
+        expected = canon_rows(oracle_distinct(scanned, distinct_fields))
+        assert canon_rows(distinct.execute()) == expected, "DISTINCT disagrees"
+        grouped = GroupByPlan(group_fields=group_fields, aggregates=aggregates, based_on=source)
+        expected = canon_rows(oracle_group(scanned, group_fields, aggregates))
+        assert canon_rows(grouped.execute()) == expected, "GROUP BY disagrees"
 
 
 # -- joins ----------------------------------------------------------------------------------
@@ -972,10 +1084,10 @@ def random_row(rng: random.Random, for_set: bool = False) -> Any:
         "age": pick(AGE_POOL),
         "city": pick(CITY_POOL),
         "score": pick(SCORE_POOL),
-        "tags": pick([t for t in TAGS_POOL if not for_set or type(t) not in (list, dict)]),
+        "tags": pick([t for t in TAGS_POOL if not for_set or sortable_key(t) is not None]),
         "vip": pick(VIP_POOL),
     }
-    city = pick(CITY_POOL)
+    city = pick(OBJECT_CITY_POOL)
     address = {} if city is MISSING else {"city": city}
     attrs["address"] = Address(**address) if for_set or rng.random() < 0.5 else address
     attrs = {name: value for name, value in attrs.items() if value is not MISSING}
@@ -1029,6 +1141,49 @@ def test_selective_conditions_use_indexes_and_match(kind: str) -> None:
             assert build_plan(loaded["indexed"], p).explain().uses_index
 
 
+EDGE_AGES = [(1, "a"), (1, 2), (1,), NAN_TUPLE, Decimal("NaN"), Decimal("2.5"), 2, 2.5, True]
+EDGE_AGES += ["a", None, NAN, (0, "z")]
+EDGE_CONDITIONS = [
+    ("cmp", "age", ">", (1, 2)),  # (1, "a") > (1, 2) raises in Python: FALSE
+    ("cmp", "age", "<", (1, "b")),
+    ("cmp", "age", "==", (float("nan"),)),  # two NaN objects: the tuples differ
+    ("cmp", "age", ">=", Decimal("NaN")),
+    ("cmp", "age", "<", Decimal("3")),
+    ("cmp", "age", "==", float("nan")),
+    ("between", "age", (0,), (2,)),
+    ("in", "age", ((1, "a"), (1,), 1, (float("nan"),))),
+    ("cmp", "age", ">", 2),
+    ("cmp", "age", "<=", True),
+    ("cmp", "address", ">", Address(city="A")),  # Python does not order DBObjects
+    ("cmp", "address", "==", Address(city="NY")),
+    ("cmp", "city", ">=", "N"),
+    ("cmp", "city", "<", b"a"),
+    ("and", [("cmp", "age", ">", (1,)), ("cmp", "city", "==", "NY")]),
+    ("or", [("cmp", "age", "==", (1, 2)), ("cmp", "city", "==", 1)]),
+]
+
+
+def test_index_lookups_on_values_python_orders_differently() -> None:
+    """Index ranges follow sort_key; the rows must still be the ones Python's operators pick."""
+    cities = [c for c in CITY_POOL if c is not MISSING]
+    rows = [
+        Person(
+            age=fresh(EDGE_AGES[i % len(EDGE_AGES)]),
+            city=cities[i % len(cities)],
+            address=Address(city=cities[i % 3]) if i % 4 else {"city": "NY"},
+        )
+        for i in range(60)
+    ]
+    plain = List(rows)
+    indexed = with_indexes(plain, ["age", "city", "address"])
+    pipelines = [
+        Pipeline(where=cond, prefix=prefix) for cond in EDGE_CONDITIONS for prefix in (False, True)
+    ]
+    check_pipelines(plain, indexed, pipelines)
+    used = [build_plan(indexed, p).explain().uses_index for p in pipelines]
+    assert sum(used) >= len(used) // 2, "most of these lookups should use an index"
+
+
 def test_the_oracle_follows_the_documented_rules() -> None:
     row = Person(age=5, name="Ann", tags=["x", 1], blob=b"abc", address={"city": "NY"})
     assert eval3(("cmp", "age", ">", "x"), row) is False  # 5 > "x" raises: FALSE
@@ -1053,14 +1208,10 @@ def test_the_oracle_follows_the_documented_rules() -> None:
     nan_row = {"v": float("nan")}
     assert eval3(("cmp", "v", "==", float("nan")), nan_row) is False
     rows = [{"v": None}, {"v": [1]}, {"v": "b"}, {"v": 2}, {"v": True}, {}]
-    assert oracle_sort(rows, [("v", False, False)]) == [rows[4], rows[3], rows[2], rows[1]] + [
-        rows[0],
-        rows[5],
-    ]
-    assert oracle_sort(rows, [("v", True, True)]) == [rows[0], rows[5], rows[2], rows[3]] + [
-        rows[4],
-        rows[1],
-    ]
+    ascending = [rows[i] for i in (4, 3, 2, 1, 0, 5)]  # True == 1 < 2 < "b" < [1] < NULLs
+    assert oracle_sort(rows, [("v", False, False)]) == ascending
+    descending = [rows[i] for i in (0, 5, 2, 3, 4, 1)]  # NULLs first, "b" > 2 > True, [1]
+    assert oracle_sort(rows, [("v", True, True)]) == descending
     assert oracle_distinct([{"v": 1}, {"v": 1.0}, {"v": [1]}, {"v": [1]}], ["v"]) == [
         {"v": 1},
         {"v": [1]},
@@ -1095,36 +1246,58 @@ def test_the_check_fails_on_a_wrong_result() -> None:
             return self.plan.explain()
 
     check_pipelines(rows, rows.add_index("age"), [p])  # the right plans pass
+
+    def reversing(source: Any, p: Pipeline) -> Any:
+        return WrongPlan(build_plan(source, p))
+
     with pytest.raises(AssertionError, match="disagrees with the oracle"):
-        check_pipelines(
-            rows, rows.add_index("age"), [p], build=lambda source, p: WrongPlan(build_plan(source, p))
-        )
+        check_pipelines(rows, rows.add_index("age"), [p], build=reversing)
 
 
-# -- known bugs ------------------------------------------------------------------------------
+# -- regressions: bugs this test found -------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OrderByPlan: a descending key puts list/dict values first instead of after every "
-    "other non-null value (sorting.py wraps the _UNORDERABLE marker in _Reversed)",
-)
 def test_order_by_descending_puts_unorderable_values_last() -> None:
-    rows = [{"x": [1]}, {"x": 3}, {"x": 1}, {"x": None}]
-    result = list(OrderByPlan(keys=[("x", "desc")], based_on=rows).execute())
-    assert result == [{"x": 3}, {"x": 1}, {"x": [1]}, {"x": None}]
+    """Lists and dicts sort after every other non-null value, in both directions."""
+    rows = [{"x": [1], "y": 1}, {"x": 3, "y": 1}, {"x": 1, "y": 2}, {"x": None, "y": 1}]
+    expected = [{"x": 3, "y": 1}, {"x": 1, "y": 2}, {"x": [1], "y": 1}, {"x": None, "y": 1}]
+    assert list(OrderByPlan(keys=[("x", "desc")], based_on=rows).execute()) == expected
+    mixed = OrderByPlan(keys=[("x", "desc"), ("y", "asc")], based_on=rows)
+    assert list(mixed.execute()) == expected
+    top = OrderByPlan(keys=[("x", "desc")], based_on=rows, limit=3)
+    assert list(top.execute()) == expected[:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner: ~is_null on an indexed field is answered from the index, which holds no "
-    "entry for rows whose value is a list or a dict, so those rows are lost",
-)
 def test_index_is_not_null_keeps_unorderable_values() -> None:
+    """``~is_null`` answered from an index still finds rows whose value is a list."""
     rows = [{"t": [1]}, {"t": 5}] + [{} for _ in range(8)]
     plain = List(rows)
-    indexed = plain.add_index("t")
-    expected = list(WherePlan(filter=F.t.is_not_null(), based_on=plain).execute())
-    assert expected == [{"t": [1]}, {"t": 5}]
-    plan = WherePlan(filter=F.t.is_not_null(), based_on=indexed)
+    expected = [{"t": [1]}, {"t": 5}]
+    assert list(WherePlan(filter=F.t.is_not_null(), based_on=plain).execute()) == expected
+    plan = WherePlan(filter=F.t.is_not_null(), based_on=plain.add_index("t"))
     assert list(plan.execute()) == expected
+    assert plan.explain().uses_index
+
+
+# -- known bug: a Literal inside an object or a tuple ---------------------------------------
+#
+# Literal("NY") == "NY" in Python (and so Address(city=Literal("NY")) == Address(city="NY")
+# and (Literal("a"),) == ("a",)), but ordering.sort_key and canonical_bytes give a Literal
+# keys of its own, so indexes and hash joins miss such rows. A path that ends at a Literal
+# reads its str, so only Literals nested in objects or tuples are affected; the generators
+# above avoid them.
+
+
+def test_index_finds_objects_holding_a_literal() -> None:
+    rows = List([{"address": Address(city=Literal("NY"))}])
+    condition = F.address == Address(city="NY")
+    assert list(WherePlan(filter=condition, based_on=rows).execute()) == scan(rows)
+    indexed = WherePlan(filter=condition, based_on=rows.add_index("address"))
+    assert list(indexed.execute()) == scan(rows)
+
+
+def test_hash_join_pairs_a_literal_with_its_str() -> None:
+    left, right = [{"k": (Literal("a"),)}], [{"k": ("a",)}]
+    loop = JoinPlan(based_on=left, join_query=right, on=lambda a, b: a["k"] == b["k"])
+    assert len(list(loop.execute())) == 1
+    assert len(list(JoinPlan(based_on=left, join_query=right, on=("k", "k")).execute())) == 1

@@ -26,5 +26,5 @@ def test_query_docs_examples_run_and_print_what_they_say() -> None:
             continue
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            exec(compile(code, f"{DOC.name} block {number}", "exec"), namespace)  # noqa: S102
+            exec(compile(code, f"{DOC.name} block {number}", "exec"), namespace)
         printed = out.getvalue()
