@@ -231,3 +231,25 @@ class PersistentCollection(Storable):
                 break
             shown.append(repr(item))
         return f"{type(self).__name__}([{', '.join(shown)}], count={self._count})"
+
+
+class Indexable:
+    """The public index methods of List, Set and Dictionary (see collections.indexes)."""
+
+    __slots__ = ()
+
+    def add_index(self, field: str, *, unique: bool = False) -> Self:
+        """This collection with an index on `field` of its rows (see docs/queries.md).
+
+        The rows are a Dictionary's values, a List's items, a Set's elements.
+
+        Raises:
+            UniqueConstraintError: `unique` and two rows share the field's value.
+            ValidationError: the field reads through a MutableObject.
+            QueryError: the field is already indexed with the other `unique`.
+        """
+        return self._add_index(field, unique)  # type: ignore[attr-defined]
+
+    def remove_index(self, field: str) -> Self:
+        """This collection without its index on `field`; QueryError when there is none."""
+        return self._remove_index(field)  # type: ignore[attr-defined]

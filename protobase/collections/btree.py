@@ -563,32 +563,44 @@ def _keyed_items(
 
 def keyed_get_sorted(
     root: Node | None, loader: NodeLoader, skeys: Iterable[Any], keyfn: KeyFn
-) -> Iterator[Any]:
-    """The values under ascending sort keys `skeys` (MISSING where absent).
+) -> list[Any]:
+    """The values under ascending sort keys `skeys` (MISSING where absent), as a list.
 
-    Consecutive keys that fall into one leaf are found there without
-    descending from the root again.
+    One walk down the tree for all of them: the path of nodes to the current
+    leaf is kept with the key each node's range ends at, and the next key
+    climbs only as far as the first node whose range still holds it.
     """
+    if root is None:
+        return [MISSING for _ in skeys]
+    found: list[Any] = []
+    append = found.append
+    path: list[tuple[Node, Any]] = [(root, MISSING)]  # (node, end of its key range)
     sk: list[Any] = []
     values: list[Any] = []
-    last: Any = MISSING
+    leaf_end: Any = None  # None: no leaf reached yet
     for skey in skeys:
-        if last is MISSING or skey > last:
-            node = root
-            if node is None:
-                yield MISSING
-                continue
-            while node.height:  # inlined as in keyed_get: this runs once per row fetched
+        if leaf_end is None or (leaf_end is not MISSING and not skey < leaf_end):
+            while len(path) > 1 and path[-1][1] is not MISSING and not skey < path[-1][1]:
+                path.pop()
+            node, end = path[-1]
+            while node.height:  # inlined as in keyed_get: this runs once per leaf visited
                 node_sk = node._skeys
                 if node_sk is None:
                     node_sk = node.skeys(keyfn)
                 i = bisect_right(node_sk, skey) - 1
-                child = node.children[i if i > 0 else 0]  # type: ignore[index]
-                node = child if type(child) is Node else node.child(i if i > 0 else 0, loader)
+                if i < 0:
+                    i = 0
+                if i + 1 < len(node_sk):
+                    end = node_sk[i + 1]
+                child = node.children[i]  # type: ignore[index]
+                node = child if type(child) is Node else node.child(i, loader)
+                if node.height:
+                    path.append((node, end))
             sk, values = node.skeys(keyfn), node.values  # type: ignore[assignment]
-            last = sk[-1] if sk else MISSING
+            leaf_end = end
         i = bisect_left(sk, skey)
-        yield values[i] if i < len(sk) and sk[i] == skey else MISSING
+        append(values[i] if i < len(sk) and sk[i] == skey else MISSING)
+    return found
 
 
 def keyed_first(

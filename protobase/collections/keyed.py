@@ -20,7 +20,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..values import NO_CHECK_TYPES, needs_check, same_value
-from .base import PersistentCollection
+from .base import Indexable, PersistentCollection
 from .btree import (
     MISSING,
     Node,
@@ -209,7 +209,7 @@ class _Mapping(KeyedCollection):
         return dict(self._entries())
 
 
-class Dictionary(_Mapping):
+class Dictionary(_Mapping, Indexable):
     """A persistent mapping ordered by key, with range scans."""
 
     __slots__ = ()
@@ -232,32 +232,17 @@ class Dictionary(_Mapping):
 
     # -- secondary indexes on the values: the identity of a row is its key --------
 
-    def add_index(self, field: str, *, unique: bool = False) -> Self:
-        """This dictionary with an index on `field` of its values (see docs/queries.md).
-
-        Raises:
-            UniqueConstraintError: `unique` and two values share the field's value.
-            ValidationError: the field reads through a MutableObject.
-        """
-        return self._add_index(field, unique)
-
-    def remove_index(self, field: str) -> Self:
-        """This dictionary without its index on `field`; QueryError when there is none."""
-        return self._remove_index(field)
-
     def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
         return key, value
 
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The rows (values) under the keys `identities`, whose sort keys `order_keys` ascend."""
+        root, loader = self._node(), self._loader
         if len(order_keys) == 1:
-            value = keyed_get(self._node(), self._loader, order_keys[0], sort_key)
-            if value is not MISSING:
-                yield value
-            return
-        for value in keyed_get_sorted(self._node(), self._loader, order_keys, sort_key):
-            if value is not MISSING:
-                yield value
+            found = [keyed_get(root, loader, order_keys[0], sort_key)]
+        else:
+            found = keyed_get_sorted(root, loader, order_keys, sort_key)
+        return iter([value for value in found if value is not MISSING])
 
 
 class HashDictionary(_Mapping):
@@ -286,7 +271,7 @@ class IndexTree(KeyedCollection):
         return self._entries()
 
 
-class Set(KeyedCollection):
+class Set(KeyedCollection, Indexable):
     """A persistent set in hash order."""
 
     __slots__ = ()
@@ -338,19 +323,6 @@ class Set(KeyedCollection):
         return self.has(value)
 
     # -- secondary indexes on the elements: the identity of a row is its hash ------
-
-    def add_index(self, field: str, *, unique: bool = False) -> Self:
-        """This set with an index on `field` of its elements (see docs/queries.md).
-
-        Raises:
-            UniqueConstraintError: `unique` and two elements share the field's value.
-            ValidationError: the field reads through a MutableObject.
-        """
-        return self._add_index(field, unique)
-
-    def remove_index(self, field: str) -> Self:
-        """This set without its index on `field`; QueryError when there is none."""
-        return self._remove_index(field)
 
     def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
         return stable_hash(key), key

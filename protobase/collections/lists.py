@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, overload
 
-from .base import PersistentCollection
+from .base import Indexable, PersistentCollection
 from .btree import (
     Node,
     build_positional,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 
-class List(PersistentCollection):
+class List(PersistentCollection, Indexable):
     """An immutable list value; every mutator returns the new list."""
 
     __slots__ = ()
@@ -108,19 +108,6 @@ class List(PersistentCollection):
     # Changes at the end (set_at anywhere, append, remove the last, extend,
     # head) update the indexes entry by entry. Anything that shifts positions
     # (insert or remove before the end, tail, slice) rebuilds them: O(n).
-
-    def add_index(self, field: str, *, unique: bool = False) -> Self:
-        """This list with an index on `field` of its items (see docs/queries.md).
-
-        Raises:
-            UniqueConstraintError: `unique` and two items share the field's value.
-            ValidationError: the field reads through a MutableObject.
-        """
-        return self._add_index(field, unique)
-
-    def remove_index(self, field: str) -> Self:
-        """This list without its index on `field`; QueryError when there is none."""
-        return self._remove_index(field)
 
     def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
         return enumerate(self.as_iterable())

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..collections.fields import Path, parse_path, path_text, read_path
 from ..errors import QueryError
@@ -416,21 +416,32 @@ class IsNull(Term):
 # -- connectives ---------------------------------------------------------------------
 
 
-class And(Expression):
+class _Connective(Expression):
+    """And / Or: nested connectives of the same kind flatten into one."""
+
     __slots__ = ("parts",)
     parts: tuple[Expression, ...]
+    symbol: ClassVar[str]
 
     def __init__(self, parts: Sequence[Expression]) -> None:
         super().__init__()
         flat: list[Expression] = []
         for part in parts:
-            flat.extend(part.parts if isinstance(part, And) else [part])
+            flat.extend(part.parts if type(part) is type(self) else [part])
         if not flat:
-            raise QueryError("'&' needs at least one condition")
+            raise QueryError(f"{self.symbol!r} needs at least one condition")
         self.parts = tuple(flat)
 
     def fields(self) -> set[Path]:
         return set().union(*(part.fields() for part in self.parts))
+
+    def __str__(self) -> str:
+        return f" {self.symbol} ".join(f"({part})" for part in self.parts)
+
+
+class And(_Connective):
+    __slots__ = ()
+    symbol = "&"
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
         tests = [part.test for part in self.parts]
@@ -442,33 +453,15 @@ class And(Expression):
             )
         return (lambda row: all(t(row) for t in tests)), (lambda row: any(r(row) for r in refutes))
 
-    def __str__(self) -> str:
-        return " & ".join(f"({part})" for part in self.parts)
 
-
-class Or(Expression):
-    __slots__ = ("parts",)
-    parts: tuple[Expression, ...]
-
-    def __init__(self, parts: Sequence[Expression]) -> None:
-        super().__init__()
-        flat: list[Expression] = []
-        for part in parts:
-            flat.extend(part.parts if isinstance(part, Or) else [part])
-        if not flat:
-            raise QueryError("'|' needs at least one condition")
-        self.parts = tuple(flat)
-
-    def fields(self) -> set[Path]:
-        return set().union(*(part.fields() for part in self.parts))
+class Or(_Connective):
+    __slots__ = ()
+    symbol = "|"
 
     def _predicates(self) -> tuple[Predicate, Predicate]:
         tests = [part.test for part in self.parts]
         refutes = [part.refute for part in self.parts]
         return (lambda row: any(t(row) for t in tests)), (lambda row: all(r(row) for r in refutes))
-
-    def __str__(self) -> str:
-        return " | ".join(f"({part})" for part in self.parts)
 
 
 class Not(Expression):

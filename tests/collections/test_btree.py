@@ -679,3 +679,24 @@ def test_keyed_diff_of_stored_versions_loads_no_shared_node(cls: type, changes: 
     assert not loaded_shared, f"{len(loaded_shared)} shared nodes were loaded"
     # Each change touches one path per tree (a node may be asked for twice).
     assert len(set(loader.loaded)) <= 2 * changes * (height + 1)
+
+
+def test_keyed_get_sorted_matches_point_lookups() -> None:
+    """The one-walk multi-get finds exactly what separate lookups find."""
+    import random
+
+    from protobase import Dictionary
+    from protobase.collections.base import DETACHED
+    from protobase.collections.btree import MISSING, keyed_get_sorted
+    from protobase.collections.ordering import sort_key
+
+    rng = random.Random(3)
+    for n in (0, 1, 5, 64, 100, 1000, 20000):
+        keys = sorted(rng.sample(range(3 * n + 10), n))
+        built = Dictionary((k, -k) for k in keys)
+        for _ in range(15):
+            probe = sorted({rng.randrange(-5, 3 * n + 15) for _ in range(rng.randrange(0, 300))})
+            got = list(
+                keyed_get_sorted(built._node(), DETACHED, [sort_key(k) for k in probe], sort_key)
+            )
+            assert got == [built.get_at(k) if built.has(k) else MISSING for k in probe]
