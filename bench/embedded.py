@@ -57,7 +57,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import random
 import shutil
 import sqlite3
@@ -69,9 +68,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from machine import filesystem_of, machine_info
 
 from protobase import DBObject, Dictionary, ObjectSpace, StandaloneFileStorage, register_class
 
@@ -310,76 +310,11 @@ def table(rows: list[Row]) -> str:
 
 
 def machine(tmp: Path) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    filesystem = None
-    try:
-        best = ""
-        resolved = str(tmp.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            device, mount, fstype = line.split()[:3]
-            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) > len(best):
-                best, filesystem = mount, f"{fstype} on {device} (mounted at {mount})"
-    except OSError:
-        pass
-    versions = {}
-    for package in (
-        "protobase",
-        "ZODB",
-        "BTrees",
-        "persistent",
-        "transaction",
-        "msgpack",
-        "xxhash",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    versions["sqlite (library)"] = sqlite3.sqlite_version
-    return {
-        "protobase_source": source_revision(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory": memory,
-        "kernel": platform.release(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "data_filesystem": filesystem,
-        "versions": versions,
-    }
-
-
-def source_revision() -> str:
-    """The git commit of this checkout, and whether protobase/ differs from it."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit, subject = git("log", "-1", "--format=%h%n%s").split("\n", 1)
-        commit = f"{commit} ({subject[:60]}{'...' if len(subject) > 60 else ''})"
-        dirty = git("status", "--porcelain", "--", "protobase")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    changed = len(dirty.splitlines())
-    return commit + (f" + uncommitted changes in {changed} file(s) of protobase/" if dirty else "")
+    info = machine_info(
+        ("protobase", "ZODB", "BTrees", "persistent", "transaction", "msgpack", "xxhash")
+    )
+    info["data_filesystem"] = filesystem_of(tmp)
+    return info
 
 
 # -- workloads 1 and 2: one-object durable commits -------------------------------------------

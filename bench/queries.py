@@ -119,19 +119,18 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from machine import machine_info
 
 from protobase import (
     DBObject,
@@ -495,52 +494,7 @@ def table(rows: list[Row]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    memory = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    versions = {}
-    for package in ("protobase", "msgpack", "xxhash"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    versions["sqlite (library)"] = sqlite3.sqlite_version
-    return {
-        "protobase_commit": commit(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory": memory,
-        "kernel": platform.release(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "versions": versions,
-    }
-
-
-def commit() -> str:
-    """``git rev-parse --short HEAD``, and whether protobase/ differs from that commit."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "protobase")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    changed = len(dirty.splitlines())
-    return head + (f" + uncommitted changes in {changed} file(s) of protobase/" if dirty else "")
+    return machine_info(("protobase", "msgpack", "xxhash"))
 
 
 # -- the workloads at one N ------------------------------------------------------------------
@@ -883,7 +837,7 @@ def main_run(args: argparse.Namespace) -> None:
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
         f"Linux {info['kernel']}"
     )
-    print(f"- protobase commit: {info['protobase_commit']}")
+    print(f"- protobase commit: {info['protobase_source']}")
     print(f"- {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print("- both systems in memory: ProtoBase MemoryStorage, SQLite ':memory:'")
     print(f"- command: {command}")
