@@ -614,9 +614,13 @@ def keyed_first(
     node = root
     if node is None:
         return None
-    while node.height:
-        i = bisect_right(node.skeys(keyfn), lo) - 1
-        node = node.child(i if i > 0 else 0, loader)
+    while node.height:  # inlined as in keyed_get: one call per index lookup
+        node_sk = node._skeys
+        if node_sk is None:
+            node_sk = node.skeys(keyfn)
+        i = bisect_right(node_sk, lo) - 1
+        child = node.children[i if i > 0 else 0]  # type: ignore[index]
+        node = child if type(child) is Node else node.child(i if i > 0 else 0, loader)
     sk = node.skeys(keyfn)
     i = bisect_left(sk, lo)
     if i == len(sk):

@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 
 HIGH: tuple[Any, ...] = (1 << 62,)
 """Sorts after the sort key of any value (ranks are small integers)."""
-UNORDERABLE: tuple[Any, ...] = (1 << 61,)
-"""Where index entries of values that cannot be ordered sort: after all others, before HIGH."""
+UNORDERABLE_RANK = 1 << 61
+"""Where entries of values that cannot be ordered sort: after all others."""
+END_RANK = 1 << 62
 
 
 def _empty_tree() -> IndexTree:
@@ -63,11 +64,18 @@ def _empty_tree() -> IndexTree:
     return IndexTree()
 
 
-def index_key(key: tuple[Any, ...]) -> tuple[Any, Any]:
-    """The order of an index tree's ``(value, identity)`` and ``(identity,)`` keys."""
+def index_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The order of an index tree's ``(value, identity)`` and ``(identity,)`` keys.
+
+    Flat: the value's sort key, then the identity's sort key as one last
+    element, so comparisons rarely go two tuples deep. This is order-preserving
+    because the sort keys of one rank all have one length (collections.ordering),
+    so the value parts of two keys line up whenever their ranks are equal.
+    The order key of a row (`Index.scan`) is the last element.
+    """
     if len(key) == 1:
-        return (UNORDERABLE, sort_key(key[0]))
-    return (sort_key(key[0]), sort_key(key[1]))
+        return (UNORDERABLE_RANK, sort_key(key[0]))
+    return (*sort_key(key[0]), sort_key(key[1]))
 
 
 class IndexSpec(NamedTuple):
@@ -81,18 +89,18 @@ class IndexSpec(NamedTuple):
 
 
 OPEN_LOW: tuple[Any, ...] = ()
-OPEN_HIGH: tuple[Any, ...] = (HIGH,)
+OPEN_HIGH: tuple[Any, ...] = (END_RANK,)
 """Tree positions before the first and after the last entry."""
 
 
 def below(field_key: Any) -> tuple[Any, ...]:
     """The tree position just before every entry whose field sort key is `field_key`."""
-    return (field_key,)
+    return tuple(field_key)
 
 
 def above(field_key: Any) -> tuple[Any, ...]:
     """The tree position just after every entry whose field sort key is `field_key`."""
-    return (field_key, HIGH)
+    return (*field_key, HIGH)
 
 
 class Index:
@@ -133,9 +141,9 @@ class Index:
             value = index_path_value(row, path)
             identity_key = sort_key(identity)
             try:
-                append(((sort_key(value), identity_key), (value, identity)))
+                append(((*sort_key(value), identity_key), (value, identity)))
             except ValidationError:
-                append(((UNORDERABLE, identity_key), (identity,)))
+                append(((UNORDERABLE_RANK, identity_key), (identity,)))
         pairs.sort(key=itemgetter(0))
         entries: list[tuple[Any, int]] = []
         skeys: list[Any] = []
@@ -149,7 +157,7 @@ class Index:
                 and skeys
                 and len(key) == 2
                 and key[0] is not None
-                and skey[0] == skeys[-1][0]
+                and skey[:-1] == skeys[-1][:-1]
             ):
                 raise UniqueConstraintError(
                     f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
@@ -211,13 +219,13 @@ class Index:
         """
         tree = self.tree
         for skey, key in keyed_sorted_keys(tree._node(), tree._loader, index_key, low, high):
-            yield skey[1], key[-1]
+            yield skey[-1], key[-1]
 
     def first(self, low: Any, high: Any) -> tuple[Any, Any] | None:
         """The first ``(order key, identity)`` of `scan`, found with one descent."""
         tree = self.tree
         found = keyed_first(tree._node(), tree._loader, index_key, low, high)
-        return None if found is None else (found[0][1], found[1][-1])
+        return None if found is None else (found[0][-1], found[1][-1])
 
     def count(self, low: Any, high: Any) -> int:
         """The number of entries between tree positions `low` and `high`; O(log n)."""

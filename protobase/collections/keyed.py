@@ -238,10 +238,10 @@ class Dictionary(_Mapping, Indexable):
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The rows (values) under the keys `identities`, whose sort keys `order_keys` ascend."""
         root, loader = self._node(), self._loader
-        if len(order_keys) == 1:
-            found = [keyed_get(root, loader, order_keys[0], sort_key)]
-        else:
-            found = keyed_get_sorted(root, loader, order_keys, sort_key)
+        if len(order_keys) == 1:  # the common unique lookup: one descent, no list walk
+            value = keyed_get(root, loader, order_keys[0], sort_key)
+            return iter(() if value is MISSING else (value,))
+        found = keyed_get_sorted(root, loader, order_keys, sort_key)
         return iter([value for value in found if value is not MISSING])
 
 

@@ -12,6 +12,10 @@ collection treats them as one key, exactly like a `dict`.
 
 `stable_hash` does not depend on PYTHONHASHSEED: stored hash-ordered trees stay
 valid across processes.
+
+The first element of a sort key is its rank, and all sort keys of one rank
+have the same length. Secondary indexes concatenate sort keys and rely on
+this (`collections.indexes.index_key`).
 """
 
 from __future__ import annotations

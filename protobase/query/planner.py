@@ -96,7 +96,7 @@ class IndexRange(Lookup):
         self.empty = not low < high
         self._estimate = 0 if self.empty else at_most
         if single_value is None:
-            single_value = len(low) == 1 and high == (low[0], HIGH)
+            single_value = high == (*low, HIGH)
         self.single_value = single_value
         """All entries share one value, so the index yields them in collection order."""
 
@@ -201,7 +201,7 @@ def _range(index: Index, op: str, value: Any, label: Any) -> Lookup | None:
     if op == "==":
         unique = 1 if index.spec.unique else None
         return _exactly(IndexRange(index, below(key), above(key), label, unique, True), exact)
-    rank_low, rank_high = below((key[0],)), below((key[0] + 1,))
+    rank_low, rank_high = (key[0],), (key[0] + 1,)  # every value of the rank lies between
     if type(value) is tuple:
         # Python orders (5, [2]) after (4,) element by element, but the index
         # files a tuple holding a list with the values it cannot order.
@@ -310,6 +310,9 @@ def fetch(collection: PersistentCollection, lookup: Lookup) -> Iterator[Any]:
         pairs = lookup.pairs()
     else:
         pairs = sorted(lookup.candidates(collection).items(), key=itemgetter(0))
-    order_keys = [order for order, _ in pairs]
-    identities = [identity for _, identity in pairs]
+    if len(pairs) == 1:
+        order_keys, identities = [pairs[0][0]], [pairs[0][1]]
+    else:
+        order_keys = [order for order, _ in pairs]
+        identities = [identity for _, identity in pairs]
     return collection._pb_fetch(order_keys, identities)  # type: ignore[attr-defined]
