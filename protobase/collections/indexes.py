@@ -88,9 +88,8 @@ class IndexSpec(NamedTuple):
         return f"{'unique ' if self.unique else ''}index on {path_text(self.path)!r}"
 
 
-OPEN_LOW: tuple[Any, ...] = ()
 OPEN_HIGH: tuple[Any, ...] = (END_RANK,)
-"""Tree positions before the first and after the last entry."""
+"""The tree position after the last entry."""
 
 
 def below(field_key: Any) -> tuple[Any, ...]:
