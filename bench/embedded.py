@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine import filesystem_of, machine_info
+from common import Target, filesystem_of, machine_info, progress
 
 from protobase import DBObject, Dictionary, ObjectSpace, StandaloneFileStorage, register_class
 
@@ -238,17 +238,7 @@ def evict(paths: Iterable[Path]) -> None:
                 os.close(fd)
 
 
-def progress(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
 # -- results -----------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    text: str
-    passed: bool
 
 
 @dataclass

@@ -130,7 +130,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from machine import machine_info
+from common import Target, machine_info, progress
 
 from protobase import (
     DBObject,
@@ -325,10 +325,6 @@ def pb_join(tr: Any, people: Any, accounts: Any) -> Query:
 # -- measuring -------------------------------------------------------------------------------
 
 
-def progress(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
 def timed_pass(
     run: Callable[[Any], Any], values: Sequence[Any]
 ) -> tuple[float, float, list[float]]:
@@ -411,12 +407,6 @@ def sqlite_uses_index(plan: list[str]) -> bool:
 
 
 # -- results ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    text: str
-    passed: bool
 
 
 @dataclass

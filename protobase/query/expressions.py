@@ -62,7 +62,8 @@ def compare(op: str, left: Any, right: Any) -> bool | None:
         return False
 
 
-def _equal(left: Any, right: Any) -> bool:
+def equal(left: Any, right: Any) -> bool:
+    """Python's ``==``, FALSE where it raises (joins, ``in``, grouping fallbacks)."""
     try:
         return bool(left == right)
     except (TypeError, ArithmeticError):
@@ -77,7 +78,7 @@ def contains(container: Any, item: Any) -> bool | None:
     if kind is str or kind is bytes:
         return type(item) is kind and item in container
     if kind is list or kind is tuple:
-        return any(_equal(element, item) for element in container)
+        return any(equal(element, item) for element in container)
     if kind is dict:
         try:
             return item in container
@@ -91,7 +92,7 @@ def contains(container: Any, item: Any) -> bool | None:
             return False
     iterate = getattr(container, "as_iterable", None)  # List
     if iterate is not None:
-        return any(_equal(element, item) for element in iterate())
+        return any(equal(element, item) for element in iterate())
     return False
 
 
@@ -316,13 +317,13 @@ class In(Term):
 
         def test(row: Any) -> bool:
             found = read(row)
-            return found is not None and any(_equal(found, v) for v in values)
+            return found is not None and any(equal(found, v) for v in values)
 
         def refute(row: Any) -> bool:
             if has_null:
                 return False
             found = read(row)
-            return found is not None and not any(_equal(found, v) for v in values)
+            return found is not None and not any(equal(found, v) for v in values)
 
         return test, refute
 

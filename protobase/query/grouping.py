@@ -30,7 +30,7 @@ from typing import Any
 from ..collections.fields import Path, parse_path, path_text
 from ..collections.ordering import sort_key
 from ..errors import QueryError, ValidationError
-from .expressions import field_reader
+from .expressions import equal, field_reader
 from .plans import QueryPlan, hashable_key
 from .rows import Row
 
@@ -230,7 +230,7 @@ class GroupByPlan(QueryPlan):
             group = groups.get(key) if key is not None else None
             if group is None:
                 if key is None:
-                    group = next((g for g in loose if _same(g[0], values)), None)
+                    group = next((g for g in loose if equal(g[0], values)), None)
                 if group is None:
                     group = (values, new_state())
                     order.append(group)
@@ -261,10 +261,3 @@ class GroupByPlan(QueryPlan):
             for name, (kind, path) in self.aggregates.items()
         )
         return "GroupBy", f"{keys}; {aggs}" if aggs else keys
-
-
-def _same(left: Any, right: Any) -> bool:
-    try:
-        return bool(left == right)
-    except (TypeError, ArithmeticError):
-        return False

@@ -24,18 +24,11 @@ from typing import Any
 from ..collections.fields import Path, parse_path, path_text
 from ..collections.ordering import sort_key
 from ..errors import QueryError, ValidationError
-from .expressions import Expression, field_reader
+from .expressions import Expression, equal, field_reader
 from .plans import QueryPlan, as_plan
 from .rows import JoinRow
 
 JOIN_TYPES = ("inner", "left", "right", "outer")
-
-
-def _equal(left: Any, right: Any) -> bool:
-    try:
-        return bool(left == right)
-    except (TypeError, ArithmeticError):
-        return False
 
 
 class JoinPlan(QueryPlan):
@@ -141,7 +134,7 @@ class JoinPlan(QueryPlan):
                     candidates = loose
                 for index in candidates:
                     other = right_keys[index]
-                    if _equal(key, other) if single else all(map(_equal, key, other)):
+                    if equal(key, other) if single else all(map(equal, key, other)):
                         found = True
                         if matched is not None:
                             matched[index] = 1

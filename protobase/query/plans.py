@@ -39,6 +39,7 @@ from .expressions import (
     Or,
     StartsWith,
     as_expression,
+    equal,
 )
 from .rows import Row
 
@@ -450,7 +451,7 @@ class DistinctPlan(QueryPlan):
                     continue
                 seen.add(key)
             else:
-                if any(_same(value, other) for other in loose):
+                if any(equal(value, other) for other in loose):
                     continue
                 loose.append(value)
             yield row
@@ -458,13 +459,6 @@ class DistinctPlan(QueryPlan):
     def _describe(self, limit: int | None) -> tuple[str, str]:
         what = "rows" if self.fields is None else ", ".join(".".join(p) for p in self.fields)
         return "Distinct", what
-
-
-def _same(left: Any, right: Any) -> bool:
-    try:
-        return bool(left == right)
-    except (TypeError, ArithmeticError):
-        return False
 
 
 PersistentCollection._query_plan_factory = CollectionPlan

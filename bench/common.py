@@ -1,4 +1,4 @@
-"""What the benchmarks print about the machine and the code they measure.
+"""What the benchmarks share: the machine header, progress lines, targets.
 
 Shared by bench/embedded.py and bench/queries.py (run as scripts, so this
 module is imported from the script's own directory).
@@ -10,7 +10,9 @@ import os
 import platform
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,16 @@ def source_revision() -> str:
         return "unknown (not a git checkout)"
     changed = len(dirty.splitlines())
     return commit + (f" + uncommitted changes in {changed} file(s) of protobase/" if dirty else "")
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (the results go to stdout)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Target:
+    """One target of the issue: what it asks, and whether the run met it."""
+
+    text: str
+    passed: bool
