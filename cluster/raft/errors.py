@@ -1,0 +1,54 @@
+"""Errors of the Raft library, under ProtoBase's one exception root."""
+
+from __future__ import annotations
+
+from protobase.errors import AuthenticationError, CorruptionError, ProtoBaseException
+
+__all__ = [
+    "AuthenticationError",
+    "LogCorruptionError",
+    "LogError",
+    "LogUnavailableError",
+    "NotLeader",
+    "ProposalDropped",
+    "ProtocolError",
+    "RaftError",
+]
+
+
+class RaftError(ProtoBaseException):
+    """Root of the Raft library's errors."""
+
+
+class NotLeader(RaftError):
+    """This node is not the group's leader; `leader_hint` is who it believes is (or None)."""
+
+    def __init__(self, group: int, leader_hint: int | None) -> None:
+        self.group = group
+        self.leader_hint = leader_hint
+        hint = f"node {leader_hint}" if leader_hint is not None else "unknown"
+        super().__init__(f"not the leader of group {group}; leader: {hint}; retry there")
+
+
+class ProposalDropped(RaftError):
+    """A proposal was not accepted (a leadership transfer is in progress, a
+    configuration change is already pending, or the entry was overwritten
+    by a new leader). Retry it."""
+
+
+class ProtocolError(RaftError, ValueError):
+    """A peer sent a message that is not a well-formed Raft message."""
+
+
+class LogError(RaftError):
+    """The log was asked to do something that would break an invariant
+    (remove a committed entry, append with a gap)."""
+
+
+class LogUnavailableError(RaftError):
+    """The entries asked for are compacted behind the snapshot, or not written yet."""
+
+
+class LogCorruptionError(CorruptionError):
+    """A log file is damaged somewhere other than its torn tail; the message
+    names the file and the byte offset."""

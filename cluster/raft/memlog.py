@@ -1,0 +1,137 @@
+"""The in-memory group log: the reference implementation of `GroupLog`.
+
+Writes go to a pending area and become durable on `sync()`; `crash()` throws
+away whatever was not synced, which is what the deterministic simulation uses
+to model a power loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .errors import LogError, LogUnavailableError
+from .types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+
+EMPTY_SNAPSHOT = Snapshot(SnapshotMeta(0, 0, ConfState(frozenset())), b"")
+
+
+@dataclass
+class _State:
+    snapshot: Snapshot = EMPTY_SNAPSHOT
+    entries: list[Entry] = field(default_factory=list)  # entries[0].index == snapshot index + 1
+    hard_state: HardState = field(default_factory=HardState)
+
+    def copy(self) -> _State:
+        return _State(self.snapshot, list(self.entries), self.hard_state)
+
+
+class MemoryGroupLog:
+    """Invariant: the durable state is always a state that some sequence of
+    synced writes produced; `crash()` returns to it."""
+
+    def __init__(self) -> None:
+        self._durable = _State()
+        self._live = _State()
+        self.sync_count = 0
+
+    # -- LogReader ---------------------------------------------------------
+    def first_index(self) -> int:
+        return self._live.snapshot.meta.index + 1
+
+    def last_index(self) -> int:
+        live = self._live
+        return live.entries[-1].index if live.entries else live.snapshot.meta.index
+
+    def term(self, index: int) -> int:
+        live = self._live
+        snap = live.snapshot.meta
+        if index == snap.index:
+            return snap.term
+        offset = index - snap.index - 1
+        if offset < 0 or offset >= len(live.entries):
+            raise LogUnavailableError(f"index {index} is not in the log")
+        return live.entries[offset].term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        live = self._live
+        base = live.snapshot.meta.index + 1
+        if lo < base or hi > self.last_index() + 1:
+            raise LogUnavailableError(f"entries [{lo}, {hi}) are not all in the log")
+        selected = live.entries[lo - base : hi - base]
+        if max_bytes is None:
+            return selected
+        size = 0
+        for count, entry in enumerate(selected):
+            size += len(entry.data)
+            if size > max_bytes and count > 0:
+                return selected[:count]
+        return selected
+
+    def hard_state(self) -> HardState:
+        return self._live.hard_state
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._live.snapshot.meta
+
+    def snapshot(self) -> Snapshot:
+        return self._live.snapshot
+
+    # -- GroupLog ----------------------------------------------------------
+    def append(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        live = self._live
+        first = entries[0].index
+        if first > self.last_index() + 1:
+            raise LogError(f"append at {first} leaves a gap after {self.last_index()}")
+        if first <= live.snapshot.meta.index:
+            raise LogError(
+                f"append at {first} is behind the snapshot at {live.snapshot.meta.index}"
+            )
+        if first <= self.last_index() and first <= live.hard_state.commit:
+            raise LogError(
+                f"append at {first} would remove committed entries "
+                f"(commit {live.hard_state.commit})"
+            )
+        base = live.snapshot.meta.index + 1
+        del live.entries[first - base :]
+        live.entries.extend(entries)
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        self._live.hard_state = hard_state
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        live = self._live
+        meta = snapshot.meta
+        if meta.index <= live.snapshot.meta.index:
+            return
+        keeps = meta.index <= self.last_index() and self.term(meta.index) == meta.term
+        if keeps:
+            live.entries = live.entries[meta.index - live.snapshot.meta.index :]
+        else:
+            live.entries = []
+        live.snapshot = snapshot
+        # Snapshots are durable at once (the file storage renames a synced file).
+        self._durable.snapshot = snapshot
+        durable = self._durable
+        durable.entries = [e for e in durable.entries if e.index > meta.index] if keeps else []
+        if durable.hard_state.commit < meta.index:
+            durable.hard_state = HardState(
+                durable.hard_state.term, durable.hard_state.vote, meta.index
+            )
+        if live.hard_state.commit < meta.index:
+            live.hard_state = HardState(live.hard_state.term, live.hard_state.vote, meta.index)
+
+    def compact(self, index: int) -> None:
+        if index > self._live.snapshot.meta.index:
+            raise LogError(f"compact to {index} is past the snapshot")
+
+    # -- durability ----------------------------------------------------------
+    def sync(self) -> None:
+        self._durable = self._live.copy()
+        self.sync_count += 1
+
+    def crash(self) -> None:
+        """Forget everything written since the last `sync()`."""
+        self._live = self._durable.copy()
