@@ -993,13 +993,19 @@ class RaftGroup:
         committed = (
             [] if snapshot is not None else self.log.next_committed(self.config.max_committed_bytes)
         )
+        prev = self._prev_hard
+        entries = list(self.log.unstable)
         ready = Ready(
-            hard_state=hard if hard != self._prev_hard else None,
-            entries=list(self.log.unstable),
+            hard_state=hard if hard != prev else None,
+            entries=entries,
             snapshot=snapshot,
             messages=self.msgs,
             committed=committed,
             read_states=self.read_states,
+            must_sync=bool(entries)
+            or snapshot is not None
+            or hard.term != prev.term
+            or hard.vote != prev.vote,
         )
         self.msgs = []
         self.read_states = []

@@ -284,7 +284,10 @@ class Ready:
        already in the log replaces that entry and everything after it), then
        `hard_state` (if not None) — and make them durable;
     2. send `messages` (only after step 1 is durable: votes and append
-       acknowledgements promise what is on disk);
+       acknowledgements promise what is on disk). The leader's own messages
+       (`sent_before_persist`) may go out before step 1, so the leader's
+       write overlaps its followers': the commit index they lead to is only
+       published in a later Ready, created after this one is durable;
     3. restore the state machine from `snapshot` if any, then apply
        `committed` in order; hand `read_states` to waiting readers once their
        index is applied.
@@ -296,6 +299,12 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    must_sync: bool = False
+    """True when entries, a snapshot, or a new term or vote must be durable
+    before the messages go out. A change of the commit index alone is
+    written but needs no sync: a lost commit index is learned again from
+    the leader, so waiting for it would only add a disk flush to every
+    commit."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -306,10 +315,6 @@ class Ready:
             or self.committed
             or self.read_states
         )
-
-    @property
-    def must_sync(self) -> bool:
-        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None
 
 
 class LogReader(Protocol):
@@ -357,6 +362,18 @@ class GroupLog(LogReader, Protocol):
     def compact(self, index: int) -> None:
         """Allow removal of entries up to `index` (must be <= the snapshot index)."""
         ...
+
+
+LEADER_MESSAGES = frozenset(
+    {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT, MessageType.TIMEOUT_NOW}
+)
+
+
+def sent_before_persist(message: Message) -> bool:
+    """True for a message that promises nothing about this node's disk (the
+    leader's appends, heartbeats, snapshot chunks, TIMEOUT_NOW): the driver
+    may send it before the Ready's writes are durable."""
+    return message.type in LEADER_MESSAGES
 
 
 def entries_size(entries: Sequence[Entry]) -> int:

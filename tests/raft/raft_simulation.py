@@ -50,6 +50,7 @@ from cluster.raft.types import (
     Ready,
     Snapshot,
     SnapshotMeta,
+    sent_before_persist,
 )
 
 TICK = 10
@@ -137,6 +138,7 @@ class Simulation:
         self.healing = False
         self.installed_snapshots = 0
         self.conf_changes = 0
+        self.transfers = 0
         voters = tuple(range(1, self.initial_voters + 1))
         for node_id in range(1, self.pool + 1):
             node = SimNode(node_id, MemoryGroupLog())
@@ -247,7 +249,9 @@ class Simulation:
             ready = raft.ready()
             node.ready = ready
             if self.fault == "send-before-sync":
-                self._send_all(ready)
+                self._send_all(ready.messages)
+            else:
+                self._send_all([m for m in ready.messages if sent_before_persist(m)])
             self._schedule(self.rng.uniform(0, 3), "persisted", (node.node_id, ready))
 
     def _finish_ready(self, node: SimNode, ready: Ready) -> None:
@@ -260,9 +264,10 @@ class Simulation:
             log.append(ready.entries)
         if ready.hard_state is not None:
             log.set_hard_state(ready.hard_state)
-        log.sync()
+        if ready.must_sync:
+            log.sync()
         if self.fault != "send-before-sync":
-            self._send_all(ready)
+            self._send_all([m for m in ready.messages if not sent_before_persist(m)])
         if ready.snapshot is not None:
             self._restore_state_machine(node, ready.snapshot)
             self.installed_snapshots += 1
@@ -277,8 +282,8 @@ class Simulation:
         self._check_node(node)
         self._after_input(node)
 
-    def _send_all(self, ready: Ready) -> None:
-        for message in ready.messages:
+    def _send_all(self, messages: list[Message]) -> None:
+        for message in messages:
             if self.rng.random() < self.p_drop:
                 continue
             copies = 2 if self.rng.random() < self.p_dup else 1
@@ -358,6 +363,14 @@ class Simulation:
             self._after_input(node)
         elif choice < 0.85 + self.p_conf and raft.is_leader:
             self._change_membership(node)
+        elif choice > 0.99 and raft.is_leader and not self.healing:
+            others = sorted(v for v in raft.conf.voters if v != raft.id)
+            if others:
+                target = self.rng.choice(others)
+                raft.transfer_leadership(target)
+                self.transfers += 1
+                self.trace(f"leader {raft.id} transfers leadership to {target}")
+                self._after_input(node)
 
     def _change_membership(self, node: SimNode) -> None:
         raft = node.raft
@@ -535,11 +548,11 @@ class Simulation:
         members = self._members()
         if not members or not all(self.nodes[m].up for m in members):
             return False
+        leader = next(n.raft for n in self.nodes.values() if n.raft and n.raft.is_leader)
         applied = {self.nodes[m].applied for m in members}
-        leader_commit = max(n.raft.log.committed for n in self.nodes.values() if n.raft)
         return (
-            len(applied) == 1
-            and applied.pop() >= leader_commit
+            leader.log.committed == leader.log.last_index()
+            and applied == {leader.log.committed}
             and all(self.nodes[m].ready is None for m in members)
         )
 
@@ -576,7 +589,7 @@ class Simulation:
             f"terms {len([t for t in self.leaders if t > 0])}, "
             f"max commit {max(self.committed, default=0)}, "
             f"snapshots installed {self.installed_snapshots}, "
-            f"membership changes applied {self.conf_changes}"
+            f"membership changes applied {self.conf_changes}, transfers {self.transfers}"
         )
 
 

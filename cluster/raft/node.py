@@ -1,0 +1,489 @@
+"""The asyncio driver: many Raft groups of one node on one event loop.
+
+`RaftNode` owns, for every group, a `RaftGroup` (the sans-IO core), its
+`FileGroupLog` and the application's `StateMachine`. One task ticks every
+group; one task runs the Ready loop:
+
+1. collect a `Ready` from every group that has one;
+2. send the leaders' own messages at once (see `sent_before_persist`);
+3. write every group's snapshot, entries and hard state, then make them all
+   durable with one `LogStore.sync()` in a worker thread (group commit:
+   proposals that arrive meanwhile go into the next round's single sync);
+4. send the remaining messages (votes and acknowledgements promise what is
+   now on disk);
+5. apply committed entries, resolve proposal futures and linearizable reads;
+6. `advance()`, and take a snapshot when enough has been applied since the
+   last one.
+
+A proposal's future resolves with the state machine's result when its entry
+is applied, fails with `ProposalDropped` when another entry is applied at its
+index, with `NotLeader(leader_hint)` at once on a follower, or with
+`ProposalTimeout` — never left hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .core import RaftConfig, RaftGroup, Role
+from .errors import NotLeader, ProposalDropped, ProtocolError, RaftError
+from .log import LogStore
+from .transport import Transport
+from .types import (
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+    EntryKind,
+    Message,
+    Ready,
+    Snapshot,
+    SnapshotMeta,
+    sent_before_persist,
+)
+
+log = logging.getLogger("protobase.raft.node")
+
+
+class OutcomeUnknown(RaftError):
+    """The proposal may or may not have been applied; read to find out."""
+
+
+class ProposalTimeout(OutcomeUnknown, TimeoutError):
+    """The proposal or read did not complete in time; a proposal's outcome
+    is unknown (it may still be applied)."""
+
+
+class StateMachine(Protocol):
+    """What a group replicates. Calls come from the event loop, in log order."""
+
+    def apply(self, index: int, data: bytes) -> Any:
+        """Apply the entry at `index`; the return value resolves its proposal."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """Everything applied so far, as bytes `restore` accepts."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by a snapshot's (b"" for the empty state)."""
+        ...
+
+
+@dataclass
+class NodeConfig:
+    node_id: int
+    listen: tuple[str, int]
+    peers: dict[int, tuple[str, int]]
+    """Every node's Raft address, this one's included."""
+    data_dir: Path
+    secret: bytes
+    tick_interval: float = 0.1
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    snapshot_every: int = 10_000
+    """Entries applied between two snapshots of a group's state machine."""
+    keep_entries: int = 5_000
+    """Entries kept behind a snapshot for followers that lag a little."""
+    proposal_timeout: float = 10.0
+    max_inflight: int = 256
+    max_message_bytes: int = 1 << 20
+    rng_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("a node refuses to start without a cluster secret")
+
+
+@dataclass
+class _Group:
+    raft: RaftGroup
+    machine: StateMachine
+    waiting: dict[int, tuple[int, asyncio.Future[Any]]] = field(default_factory=dict)
+    """index -> (term, future) of proposals made here."""
+    reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
+    read_indexes: list[tuple[int, asyncio.Future[int]]] = field(default_factory=list)
+    applied_since_snapshot: int = 0
+    leader_changes: int = 0
+    last_leader: int = 0
+
+
+class RaftNode:
+    """Runs groups; see the module docstring.
+
+    Args:
+        config: this node's identity, addresses, directory and secret.
+        groups: group id -> (state machine, initial voters). The initial
+            voters matter only when the group's log is empty; a node that
+            will be added to an existing group passes ().
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        groups: dict[int, tuple[StateMachine, tuple[int, ...]]],
+    ) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.store = LogStore(config.data_dir)
+        self.rng = random.Random(config.rng_seed)
+        self.groups: dict[int, _Group] = {}
+        for group_id, (machine, voters) in sorted(groups.items()):
+            self.groups[group_id] = self._open_group(group_id, machine, voters)
+        self.transport = Transport(
+            self.id,
+            config.listen,
+            {n: addr for n, addr in config.peers.items() if n != self.id},
+            config.secret,
+            self._on_payload,
+        )
+        self._work = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._read_counter = 0
+        self._stopping = False
+        self.sync_rounds = 0
+
+    def _open_group(self, group_id: int, machine: StateMachine, voters: tuple[int, ...]) -> _Group:
+        group_log = self.store.group(group_id)
+        snapshot = group_log.snapshot()
+        machine.restore(snapshot.data)
+        raft_config = RaftConfig(
+            self.id,
+            group=group_id,
+            election_tick=self.config.election_tick,
+            heartbeat_tick=self.config.heartbeat_tick,
+            max_inflight=self.config.max_inflight,
+            max_message_bytes=self.config.max_message_bytes,
+        )
+        raft = RaftGroup(raft_config, group_log, random.Random(self.rng.random()), voters)
+        return _Group(raft, machine)
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._work = asyncio.Event()
+        await self.transport.start()
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name=f"raft-{self.id}-ticks"),
+            asyncio.create_task(self._ready_loop(), name=f"raft-{self.id}-ready"),
+        ]
+        self._work.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        # A loop that failed has logged its error already.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.transport.stop()
+        for group in self.groups.values():
+            self._fail_all(group, ProposalDropped("the node is shutting down"))
+        self.store.close()
+
+    # -- the application's calls -------------------------------------------------------
+    def group(self, group_id: int) -> RaftGroup:
+        try:
+            return self.groups[group_id].raft
+        except KeyError:
+            raise RaftError(f"node {self.id} does not run group {group_id}") from None
+
+    def leader(self, group_id: int) -> int | None:
+        return self.group(group_id).leader or None
+
+    async def propose(self, group_id: int, data: bytes, timeout: float | None = None) -> Any:
+        """Replicate `data`; returns what the state machine's `apply` returned.
+
+        Raises:
+            NotLeader: this node does not lead the group (retry at the hint).
+            ProposalDropped: the entry was not accepted or was overwritten.
+            ProposalTimeout: no outcome within the timeout (it may still apply).
+        """
+        group = self.groups.get(group_id)
+        if group is None:
+            raise RaftError(f"node {self.id} does not run group {group_id}")
+        entry = group.raft.propose(data)
+        return await self._wait_entry(group, entry, timeout)
+
+    async def change_membership(
+        self, group_id: int, change: ConfChange, timeout: float | None = None
+    ) -> None:
+        """Apply one membership change and wait until it is applied here."""
+        group = self.groups[group_id]
+        entry = group.raft.propose_membership_change(change)
+        await self._wait_entry(group, entry, timeout)
+
+    async def add_voter(
+        self, group_id: int, node_id: int, *, max_lag: int = 100, timeout: float = 30.0
+    ) -> None:
+        """Add `node_id` as a learner, wait until it has caught up to within
+        `max_lag` entries of the leader, then promote it to voter."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        raft = self.group(group_id)
+        if node_id not in raft.conf.members:
+            await self.change_membership(
+                group_id, ConfChange(ConfChangeKind.ADD_LEARNER, node_id), timeout
+            )
+        while True:
+            raft = self.group(group_id)
+            if not raft.is_leader:
+                raise NotLeader(group_id, raft.leader or None)
+            progress = raft.progress.get(node_id)
+            if progress is not None and raft.log.last_index() - progress.match <= max_lag:
+                break
+            if loop.time() > deadline:
+                raise ProposalTimeout(f"node {node_id} did not catch up in {timeout} s")
+            await asyncio.sleep(self.config.tick_interval)
+        await self.change_membership(
+            group_id, ConfChange(ConfChangeKind.ADD_VOTER, node_id), timeout
+        )
+
+    async def read_barrier(self, group_id: int, timeout: float | None = None) -> int:
+        """Wait until this node's state machine may serve a linearizable read
+        (ReadIndex, §6.4); returns the read index.
+
+        Raises:
+            NotLeader: no leader is known.
+            ProposalTimeout: no quorum confirmed leadership in time.
+        """
+        group = self.groups[group_id]
+        self._read_counter += 1
+        context = f"{self.id}:{self._read_counter}".encode()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        group.reads[context] = future
+        try:
+            group.raft.read_index(context)
+        except NotLeader:
+            del group.reads[context]
+            raise
+        self._work.set()
+        try:
+            return await asyncio.wait_for(future, timeout or self.config.proposal_timeout)
+        except TimeoutError:
+            raise ProposalTimeout(f"group {group_id}: read barrier timed out") from None
+        finally:
+            group.reads.pop(context, None)
+
+    async def transfer_leadership(self, group_id: int, to: int) -> None:
+        self.group(group_id).transfer_leadership(to)
+        self._work.set()
+
+    def status(self, group_id: int) -> dict[str, Any]:
+        raft = self.group(group_id)
+        return {
+            "id": self.id,
+            "group": group_id,
+            "role": raft.role.name.lower(),
+            "leader": raft.leader or None,
+            "term": raft.term,
+            "commit": raft.log.committed,
+            "applied": raft.log.applied,
+            "last_index": raft.log.last_index(),
+            "voters": sorted(raft.conf.voters),
+            "learners": sorted(raft.conf.learners),
+        }
+
+    async def _wait_entry(self, group: _Group, entry: Entry, timeout: float | None) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        group.waiting[entry.index] = (entry.term, future)
+        self._work.set()
+        try:
+            return await asyncio.wait_for(future, timeout or self.config.proposal_timeout)
+        except TimeoutError:
+            raise ProposalTimeout(
+                f"group {entry.index}: entry {entry.index} was not applied in time; "
+                "its outcome is unknown"
+            ) from None
+        finally:
+            current = group.waiting.get(entry.index)
+            if current is not None and current[1] is future:
+                del group.waiting[entry.index]
+
+    # -- input ----------------------------------------------------------------------
+    def _on_payload(self, peer: int, payload: Any) -> None:
+        if not isinstance(payload, list):
+            log.warning("node %d: dropped a malformed batch from node %d", self.id, peer)
+            return
+        for raw in payload:
+            try:
+                message = Message.from_wire(raw)
+            except ProtocolError as exc:
+                log.warning("node %d: dropped a message from node %d: %s", self.id, peer, exc)
+                continue
+            group = self.groups.get(message.group)
+            if group is None or message.to != self.id or message.frm != peer:
+                continue
+            group.raft.step(message)
+        self._work.set()
+
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_interval
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            next_tick += interval
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            for group in self.groups.values():
+                group.raft.tick()
+            self._work.set()
+
+    # -- the Ready loop ----------------------------------------------------------------
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            try:
+                await self._round()
+            except Exception:
+                # A failed write or sync leaves the node unable to promise
+                # durability: stop serving instead of carrying on.
+                log.exception("node %d: the Ready loop failed; the node stops", self.id)
+                self._fail_everything(RaftError("the node's Ready loop failed; see its log"))
+                raise
+
+    async def _round(self) -> None:
+        readies: list[tuple[_Group, Ready]] = []
+        for group in self.groups.values():
+            if group.raft.has_ready():
+                readies.append((group, group.raft.ready()))
+        if not readies:
+            return
+        early: dict[int, list[list[Any]]] = {}
+        late: dict[int, list[list[Any]]] = {}
+        must_sync = False
+        for group, ready in readies:
+            for message in ready.messages:
+                target = early if sent_before_persist(message) else late
+                target.setdefault(message.to, []).append(message.to_wire())
+            group_log = self.store.group(group.raft.group)
+            if ready.snapshot is not None:
+                group_log.save_snapshot(ready.snapshot)
+            if ready.entries:
+                group_log.append(ready.entries)
+            if ready.hard_state is not None:
+                group_log.set_hard_state(ready.hard_state)
+            must_sync = must_sync or ready.must_sync
+        self._send(early)
+        if must_sync:
+            await asyncio.to_thread(self.store.sync)
+            self.sync_rounds += 1
+        self._send(late)
+        for group, ready in readies:
+            self._apply(group, ready)
+            group.raft.advance(ready)
+            self._after_advance(group)
+        self._work.set()  # anything stepped in meanwhile is handled next round
+
+    def _send(self, batches: dict[int, list[list[Any]]]) -> None:
+        for peer, batch in batches.items():
+            if not self.transport.send(peer, batch):
+                log.debug("node %d: queue to node %d full; messages dropped", self.id, peer)
+
+    def _apply(self, group: _Group, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            group.machine.restore(ready.snapshot.data)
+            group.applied_since_snapshot = 0
+            self._fail_waiting_up_to(group, ready.snapshot.meta.index)
+        for entry in ready.committed:
+            result: Any = None
+            if entry.kind is EntryKind.NORMAL and entry.data:
+                result = group.machine.apply(entry.index, entry.data)
+            waiting = group.waiting.pop(entry.index, None)
+            if waiting is not None and not waiting[1].done():
+                term, future = waiting
+                if term == entry.term:
+                    future.set_result(result)
+                else:
+                    future.set_exception(
+                        ProposalDropped(
+                            f"group {group.raft.group}: entry {entry.index} was overwritten "
+                            "by a new leader; retry"
+                        )
+                    )
+        group.applied_since_snapshot += len(ready.committed)
+        for state in ready.read_states:
+            read = group.reads.pop(state.context, None)
+            if read is not None and not read.done():
+                group.read_indexes.append((state.index, read))
+        if group.read_indexes:
+            applied = max(
+                group.raft.log.applied, ready.committed[-1].index if ready.committed else 0
+            )
+            still = []
+            for index, future in group.read_indexes:
+                if index <= applied:
+                    if not future.done():
+                        future.set_result(index)
+                else:
+                    still.append((index, future))
+            group.read_indexes = still
+
+    def _after_advance(self, group: _Group) -> None:
+        raft = group.raft
+        if raft.leader != group.last_leader:
+            group.last_leader = raft.leader
+            group.leader_changes += 1
+        if raft.role is not Role.LEADER:
+            # Reads waiting for a quorum that this node no longer leads fail fast.
+            for context, future in list(group.reads.items()):
+                if raft.leader == 0 and not future.done():
+                    future.set_exception(NotLeader(raft.group, None))
+                    del group.reads[context]
+        if group.applied_since_snapshot >= self.config.snapshot_every:
+            self._snapshot(group)
+
+    def _snapshot(self, group: _Group) -> None:
+        raft = group.raft
+        index, term, conf = raft.snapshot_meta_at_applied()
+        group_log = self.store.group(raft.group)
+        if index <= group_log.snapshot_meta().index:
+            return
+        data = group.machine.snapshot()
+        group_log.save_snapshot(Snapshot(SnapshotMeta(index, term, conf), data))
+        group_log.compact(max(group_log.snapshot_meta().index - self.config.keep_entries, 0))
+        group.applied_since_snapshot = 0
+        log.info("node %d: group %d snapshot at %d", self.id, raft.group, index)
+
+    def _fail_waiting_up_to(self, group: _Group, index: int) -> None:
+        for waiting_index in [i for i in group.waiting if i <= index]:
+            _, future = group.waiting.pop(waiting_index)
+            if not future.done():
+                future.set_exception(
+                    OutcomeUnknown(
+                        f"entry {waiting_index} was replaced by a snapshot; its outcome is unknown"
+                    )
+                )
+
+    def _fail_all(self, group: _Group, error: Exception) -> None:
+        for _, future in group.waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        group.waiting.clear()
+        for future in group.reads.values():
+            if not future.done():
+                future.set_exception(error)
+        group.reads.clear()
+        for _, future in group.read_indexes:
+            if not future.done():
+                future.set_exception(error)
+        group.read_indexes.clear()
+
+    def _fail_everything(self, error: Exception) -> None:
+        for group in self.groups.values():
+            self._fail_all(group, error)
+
+
+def parse_peers(text: str) -> dict[int, tuple[str, int]]:
+    """ "1=127.0.0.1:7001,2=127.0.0.1:7002" -> {1: ("127.0.0.1", 7001), ...}."""
+    peers: dict[int, tuple[str, int]] = {}
+    for part in text.split(","):
+        node, _, address = part.strip().partition("=")
+        host, _, port = address.rpartition(":")
+        if not (node.isdigit() and host and port.isdigit()):
+            raise ValueError(f"bad peer {part!r}: expected ID=HOST:PORT")
+        peers[int(node)] = (host, int(port))
+    return peers
