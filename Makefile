@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench bench-queries crash
+.PHONY: demo test lint format clean bench bench-queries bench-raft crash sim
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check protobase tests
-	$(BIN)/ruff format --check protobase tests
+	$(BIN)/ruff check protobase cluster tests bench
+	$(BIN)/ruff format --check protobase cluster tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format protobase tests
-	$(BIN)/ruff check --fix protobase tests
+	$(BIN)/ruff format protobase cluster tests bench
+	$(BIN)/ruff check --fix protobase cluster tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
@@ -41,7 +41,20 @@ bench: | $(BIN)/python
 bench-queries: | $(BIN)/python
 	$(BIN)/python bench/queries.py
 
+# ProtoBase's replicated key-value example vs a 3-member etcd cluster (Debian's etcd-server).
+bench-raft: $(STAMP)
+	command -v etcd >/dev/null 2>&1 || apt-get install -y etcd-server || \
+		{ apt-get update && apt-get install -y etcd-server; }
+	$(BIN)/python bench/raft.py
+
 # More SIGKILL crash runs than `make test` does: make crash N=500
 N ?= 500
 crash: $(STAMP)
 	PROTOBASE_CRASH_RUNS=$(N) $(BIN)/python -m pytest -q tests/file_storage/test_crash.py
+
+# More seeds of the Raft simulation than `make test` runs (500): make sim SEEDS=5000
+# (FIRST=N starts elsewhere; FAULT=name runs the mutation check by hand).
+SEEDS ?= 5000
+FIRST ?= 0
+sim: $(STAMP)
+	$(BIN)/python tests/raft/raft_simulation.py --seeds $(SEEDS) --first $(FIRST) $(if $(FAULT),--fault $(FAULT))
