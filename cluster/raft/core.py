@@ -385,6 +385,18 @@ class RaftGroup:
                 progress.recent_active = False
         return active >= self.quorum()
 
+    def leader_unreachable(self, node: int) -> None:
+        """The driver saw the connection to `node` close (a crashed process's
+        sockets are closed by its kernel). If `node` is our leader, forget it
+        and let the election timer run out within a few ticks instead of a
+        whole election timeout. Only timing changes: elections stay safe, and
+        a network partition, which closes nothing, still takes the timeout."""
+        if self.role is Role.LEADER or node != self.leader or not self.promotable():
+            return
+        self.leader = NO_NODE
+        remaining = 1 + self.rng.randrange(3)
+        self.election_elapsed = max(self.election_elapsed, self.randomized_timeout - remaining)
+
     # -- elections -----------------------------------------------------------------
     def campaign(self) -> None:
         """Start an election now (tests and a driver's explicit request)."""

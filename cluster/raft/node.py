@@ -140,6 +140,7 @@ class RaftNode:
             {n: addr for n, addr in config.peers.items() if n != self.id},
             config.secret,
             self._on_payload,
+            on_peer_lost=self._on_peer_lost,
         )
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -318,6 +319,11 @@ class RaftNode:
             if group is None or message.to != self.id or message.frm != peer:
                 continue
             group.raft.step(message)
+        self._work.set()
+
+    def _on_peer_lost(self, peer: int) -> None:
+        for group in self.groups.values():
+            group.raft.leader_unreachable(peer)
         self._work.set()
 
     async def _tick_loop(self) -> None:

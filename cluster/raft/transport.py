@@ -184,6 +184,8 @@ class Transport:
         cluster_id: must match on both ends of a connection.
         max_frame_bytes: largest msgpack body sent or accepted.
         queue_limit: frames queued per peer before `send()` drops.
+        on_peer_lost: called with the peer id when an authenticated
+            connection ends without a newer one replacing it.
         queue_max_bytes: bytes queued per peer before `send()` drops.
         connect_timeout: seconds a dial may take to reach a socket.
         handshake_timeout: seconds either side gives the other to finish
@@ -211,6 +213,7 @@ class Transport:
         handshake_timeout: float = 2.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        on_peer_lost: Callable[[int], None] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the cluster secret is empty; a node refuses to start without one")
@@ -233,6 +236,7 @@ class Transport:
         self.backoff_max = backoff_max
         self.stats = TransportStats()
         self._on_message = on_message
+        self._on_peer_lost = on_peer_lost
         self._peers: dict[int, _Peer] = {}
         self._listener: socket.socket | None = None
         self._started = False
@@ -632,6 +636,10 @@ class Transport:
             self._close(connection)
             if peer.connection is connection:
                 peer.connection = None
+                if self._on_peer_lost is not None and not self._stopped:
+                    # Not replaced by a newer connection: the peer is gone
+                    # (or the path to it broke).
+                    self._on_peer_lost(peer.node_id)
 
     async def _read_loop(self, peer: _Peer, connection: _Connection) -> None:
         reader = connection.reader

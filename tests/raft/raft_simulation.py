@@ -445,6 +445,14 @@ class Simulation:
         self.pending = [p for p in self.pending if p.node != node.node_id]
         self.reads = {k: r for k, r in self.reads.items() if r.node != node.node_id}
         self.trace(f"node {node.node_id} crashes")
+        for other in self.nodes.values():
+            # Its kernel closes its sockets: the peers see the connection end.
+            if (
+                other.up
+                and other.raft is not None
+                and (node.node_id, other.node_id) not in self.cut
+            ):
+                other.raft.leader_unreachable(node.node_id)
         self._schedule(self.rng.uniform(5, 60) * TICK / 5, "restart", node.node_id)
 
     def _heal(self) -> None:
