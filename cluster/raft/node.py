@@ -88,7 +88,9 @@ class NodeConfig:
     snapshot_every: int = 10_000
     """Entries applied between two snapshots of a group's state machine."""
     keep_entries: int = 5_000
-    """Entries kept behind a snapshot for followers that lag a little."""
+    """Entries whose segment files stay on disk behind a snapshot. (Entries
+    behind the snapshot are no longer served: a follower that needs them
+    gets the snapshot.)"""
     proposal_timeout: float = 10.0
     max_inflight: int = 256
     max_message_bytes: int = 1 << 20
