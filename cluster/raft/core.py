@@ -624,10 +624,12 @@ class RaftGroup:
         self.incoming_snapshot = None
         snapshot = Snapshot(meta, bytes(current[1]))
         self._restore(snapshot)
+        # Vouch for the snapshot index only: entries we hold after it (when our
+        # log already matched it) were never checked against this leader's log.
         self._send(
             Message(
                 MessageType.SNAPSHOT_RESP, self.group, self.id, m.frm, self.term,
-                index=self.log.last_index(), done=True,
+                index=meta.index, done=True,
             )
         )  # fmt: skip
 

@@ -42,7 +42,7 @@ class Entry:
         if not (isinstance(raw, list) and len(raw) == 4):
             raise ProtocolError(f"malformed entry: {raw!r:.80}")
         index, term, kind, data = raw
-        if not (_is_uint(index) and _is_uint(term) and isinstance(data, bytes)):
+        if not (_is_uint(index) and _is_uint(term) and _is_uint(kind) and isinstance(data, bytes)):
             raise ProtocolError(f"malformed entry: {raw!r:.80}")
         try:
             return Entry(index, term, EntryKind(kind), data)
@@ -230,8 +230,8 @@ class Message:
         (kind, group, frm, to, term, index, log_term, commit, entries, reject,
          hint_index, hint_term, context, snapshot, offset, data, done) = raw  # fmt: skip
         if not all(
-            _is_uint(x) for x in (group, frm, to, term, index, log_term, commit, hint_index,
-                                  hint_term, offset)
+            _is_uint(x) for x in (kind, group, frm, to, term, index, log_term, commit,
+                                  hint_index, hint_term, offset)
         ):  # fmt: skip
             raise ProtocolError(f"malformed message header: {raw[:8]!r:.120}")
         if not (
