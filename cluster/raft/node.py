@@ -367,13 +367,7 @@ class RaftNode:
             for message in ready.messages:
                 target = early if sent_before_persist(message) else late
                 target.setdefault(message.to, []).append(message.to_wire())
-            group_log = self.store.group(group.raft.group)
-            if ready.snapshot is not None:
-                group_log.save_snapshot(ready.snapshot)
-            if ready.entries:
-                group_log.append(ready.entries)
-            if ready.hard_state is not None:
-                group_log.set_hard_state(ready.hard_state)
+            ready.write_to(self.store.group(group.raft.group))
             must_sync = must_sync or ready.must_sync
         self._send(early)
         if must_sync:

@@ -316,6 +316,17 @@ class Ready:
             or self.read_states
         )
 
+    def write_to(self, log: GroupLog) -> None:
+        """Step 1 without the sync: write `snapshot`, `entries` and
+        `hard_state` to `log`, in that order. The caller makes them durable
+        (`must_sync`) before it sends the messages that depend on them."""
+        if self.snapshot is not None:
+            log.save_snapshot(self.snapshot)
+        if self.entries:
+            log.append(self.entries)
+        if self.hard_state is not None:
+            log.set_hard_state(self.hard_state)
+
 
 class LogReader(Protocol):
     """The stable (durable) part of a group's log, as the core reads it.

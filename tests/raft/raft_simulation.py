@@ -257,15 +257,9 @@ class Simulation:
     def _finish_ready(self, node: SimNode, ready: Ready) -> None:
         raft = node.raft
         assert raft is not None
-        log = node.log
-        if ready.snapshot is not None:
-            log.save_snapshot(ready.snapshot)
-        if ready.entries:
-            log.append(ready.entries)
-        if ready.hard_state is not None:
-            log.set_hard_state(ready.hard_state)
+        ready.write_to(node.log)
         if ready.must_sync:
-            log.sync()
+            node.log.sync()
         if self.fault != "send-before-sync":
             self._send_all([m for m in ready.messages if not sent_before_persist(m)])
         if ready.snapshot is not None:

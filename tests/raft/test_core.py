@@ -101,12 +101,7 @@ class Cluster:
 
     def _execute(self, node_id: int, ready: Ready) -> None:
         log = self.logs[node_id]
-        if ready.snapshot is not None:
-            log.save_snapshot(ready.snapshot)
-        if ready.entries:
-            log.append(ready.entries)
-        if ready.hard_state is not None:
-            log.set_hard_state(ready.hard_state)
+        ready.write_to(log)
         log.sync()
         self.queue.extend(ready.messages)
         self.sent.extend(ready.messages)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -520,22 +520,20 @@ def run(scenario: Any) -> None:
 # -- crashes under load --------------------------------------------------------------------------
 
 
-def test_leader_sigkill_under_load_loses_no_acknowledged_write(cluster: Cluster) -> None:
+def crash_under_load(
+    cluster: Cluster, tag: str, crash: Callable[[Client, Load], Awaitable[None]]
+) -> None:
+    """Run `crash(client, load)` while `WRITERS` writers write; afterwards
+    every node follows one leader and holds every acknowledged write."""
+
     async def scenario() -> None:
         async with aiohttp.ClientSession() as session:
             client = Client(cluster, session)
             await client.leader()
-            load = Load(client, "kill-leader")
+            load = Load(client, tag)
             load.start()
             try:
-                await load.wait_acks(40, 0.0, 15.0, "before the kill")
-                leader = await client.leader()
-                killed_at = time.monotonic()
-                cluster.kill(leader)
-                await load.wait_acks(40, killed_at, 20.0, f"after SIGKILL of leader {leader.id}")
-                await asyncio.to_thread(cluster.restart, leader)  # the writers keep going
-                restarted_at = time.monotonic()
-                await load.wait_acks(20, restarted_at, 15.0, f"after node {leader.id} restarted")
+                await crash(client, load)
             finally:
                 await load.stop()
             assert not load.unexpected, f"{load.unexpected[:10]}\n{cluster.report()}"
@@ -544,40 +542,42 @@ def test_leader_sigkill_under_load_loses_no_acknowledged_write(cluster: Cluster)
             await check_all_readable(client, load)
 
     run(scenario)
+
+
+def test_leader_sigkill_under_load_loses_no_acknowledged_write(cluster: Cluster) -> None:
+    async def crash(client: Client, load: Load) -> None:
+        await load.wait_acks(40, 0.0, 15.0, "before the kill")
+        leader = await client.leader()
+        killed_at = time.monotonic()
+        cluster.kill(leader)
+        await load.wait_acks(40, killed_at, 20.0, f"after SIGKILL of leader {leader.id}")
+        await asyncio.to_thread(cluster.restart, leader)  # the writers keep going
+        restarted_at = time.monotonic()
+        await load.wait_acks(20, restarted_at, 15.0, f"after node {leader.id} restarted")
+
+    crash_under_load(cluster, "kill-leader", crash)
 
 
 def test_sigkill_of_all_three_under_load_loses_no_acknowledged_write(cluster: Cluster) -> None:
-    async def scenario() -> None:
-        async with aiohttp.ClientSession() as session:
-            client = Client(cluster, session)
-            await client.leader()
-            load = Load(client, "kill-all")
-            load.start()
-            try:
-                await load.wait_acks(60, 0.0, 15.0, "before the kill")
-                for node in cluster.nodes:  # all signals first, then reap
-                    assert node.proc is not None
-                    os.kill(node.proc.pid, signal.SIGKILL)
-                for node in cluster.nodes:
-                    cluster.kill(node)
-                await asyncio.sleep(0.1)  # answers that were on their way are counted
-                before_restart = len(load.acked)
-                await asyncio.sleep(0.3)  # the writers meet refused connections
-                assert len(load.acked) == before_restart, "a write acknowledged with no node up"
-                for node in cluster.nodes:
-                    cluster.spawn(node)
-                failed = await asyncio.to_thread(cluster.wait_serving, cluster.nodes)
-                assert not failed, cluster.report()
-                restarted_at = time.monotonic()
-                await load.wait_acks(40, restarted_at, 20.0, "after all three restarted")
-            finally:
-                await load.stop()
-            assert not load.unexpected, f"{load.unexpected[:10]}\n{cluster.report()}"
-            statuses = await client.converged()
-            print(load.summary(), statuses)
-            await check_all_readable(client, load)
+    async def crash(client: Client, load: Load) -> None:
+        await load.wait_acks(60, 0.0, 15.0, "before the kill")
+        for node in cluster.nodes:  # all signals first, then reap
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGKILL)
+        for node in cluster.nodes:
+            cluster.kill(node)
+        await asyncio.sleep(0.1)  # answers that were on their way are counted
+        before_restart = len(load.acked)
+        await asyncio.sleep(0.3)  # the writers meet refused connections
+        assert len(load.acked) == before_restart, "a write acknowledged with no node up"
+        for node in cluster.nodes:
+            cluster.spawn(node)
+        failed = await asyncio.to_thread(cluster.wait_serving, cluster.nodes)
+        assert not failed, cluster.report()
+        restarted_at = time.monotonic()
+        await load.wait_acks(40, restarted_at, 20.0, "after all three restarted")
 
-    run(scenario)
+    crash_under_load(cluster, "kill-all", crash)
 
 
 # -- refused: the wrong secret, the wrong token, too much -----------------------------------------
