@@ -18,14 +18,21 @@ group; one task runs the Ready loop:
 A proposal's future resolves with the state machine's result when its entry
 is applied, fails with `ProposalDropped` when another entry is applied at its
 index, with `NotLeader(leader_hint)` at once on a follower, or with
-`ProposalTimeout` — never left hanging.
+`ProposalTimeout` — never left hanging. When the node stops, or its Ready
+loop fails (a write or sync raised), what is pending fails with
+`OutcomeUnknown` (its entry may have reached the followers, who can commit
+it) and every later call raises `NodeStopped`. A node whose Ready loop
+failed stops its transport and ticks too: it never acknowledges what it
+could not make durable, and the others stop counting on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +63,11 @@ class OutcomeUnknown(RaftError):
 class ProposalTimeout(OutcomeUnknown, TimeoutError):
     """The proposal or read did not complete in time; a proposal's outcome
     is unknown (it may still be applied)."""
+
+
+class NodeStopped(RaftError):
+    """The node was stopped, or stopped itself when its Ready loop failed
+    (the cause is chained); it takes no more calls."""
 
 
 class StateMachine(Protocol):
@@ -146,8 +158,16 @@ class RaftNode:
         )
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-sync")
+        """Runs `store.sync`; `stop` waits for it so the store never closes under a sync."""
+        self._read_prefix = os.urandom(8)
+        """Read contexts start with it: an answer to a read of an earlier run
+        of this node (same id, counter from 0) never completes a new read."""
         self._read_counter = 0
-        self._stopping = False
+        self._stopped: NodeStopped | None = None
+        self._failed = asyncio.Event()
+        self.failure: BaseException | None = None
+        """What made the Ready loop fail, once it has."""
         self.sync_rounds = 0
 
     def _open_group(self, group_id: int, machine: StateMachine, voters: tuple[int, ...]) -> _Group:
@@ -176,21 +196,37 @@ class RaftNode:
         self._work.set()
 
     async def stop(self) -> None:
-        self._stopping = True
+        """Stop ticking, sending and applying; fail what is pending with
+        `OutcomeUnknown`; wait for a sync in flight; close the log."""
+        if self._stopped is None:
+            self._stopped = NodeStopped(f"node {self.id} is stopped")
         for task in self._tasks:
             task.cancel()
-        # A loop that failed has logged its error already.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.transport.stop()
-        for group in self.groups.values():
-            self._fail_all(group, ProposalDropped("the node is shutting down"))
+        self._fail_everything(
+            OutcomeUnknown(f"node {self.id} stopped first; the outcome is unknown")
+        )
+        await asyncio.to_thread(self._syncer.shutdown, True)
         self.store.close()
+
+    async def wait_failed(self) -> BaseException:
+        """Return the error once the Ready loop has failed (the node has then
+        stopped serving; `stop` still closes it)."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
 
     # -- the application's calls -------------------------------------------------------
     def group(self, group_id: int) -> RaftGroup:
+        return self._group(group_id).raft
+
+    def _group(self, group_id: int) -> _Group:
+        if self._stopped is not None:
+            raise NodeStopped(str(self._stopped)) from self._stopped.__cause__
         try:
-            return self.groups[group_id].raft
+            return self.groups[group_id]
         except KeyError:
             raise RaftError(f"node {self.id} does not run group {group_id}") from None
 
@@ -204,31 +240,36 @@ class RaftNode:
             NotLeader: this node does not lead the group (retry at the hint).
             ProposalDropped: the entry was not accepted or was overwritten.
             ProposalTimeout: no outcome within the timeout (it may still apply).
+            OutcomeUnknown: the node stopped before the entry was applied.
+            NodeStopped: the node is stopped.
         """
-        group = self.groups.get(group_id)
-        if group is None:
-            raise RaftError(f"node {self.id} does not run group {group_id}")
+        group = self._group(group_id)
         entry = group.raft.propose(data)
         return await self._wait_entry(group, entry, timeout)
 
     async def change_membership(
         self, group_id: int, change: ConfChange, timeout: float | None = None
-    ) -> None:
-        """Apply one membership change and wait until it is applied here."""
-        group = self.groups[group_id]
+    ) -> int:
+        """Apply one membership change and wait until it is applied here;
+        returns the index of its entry."""
+        group = self._group(group_id)
         entry = group.raft.propose_membership_change(change)
         await self._wait_entry(group, entry, timeout)
+        return entry.index
 
     async def add_voter(
         self, group_id: int, node_id: int, *, max_lag: int = 100, timeout: float = 30.0
     ) -> None:
-        """Add `node_id` as a learner, wait until it has caught up to within
-        `max_lag` entries of the leader, then promote it to voter."""
+        """Add `node_id` as a learner, wait until it has acknowledged the
+        entry that added it and caught up to within `max_lag` entries of the
+        leader, then promote it to voter. A node that never answers is never
+        promoted (it would take part in every quorum)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         raft = self.group(group_id)
+        floor = raft.log.committed
         if node_id not in raft.conf.members:
-            await self.change_membership(
+            floor = await self.change_membership(
                 group_id, ConfChange(ConfChangeKind.ADD_LEARNER, node_id), timeout
             )
         while True:
@@ -236,7 +277,11 @@ class RaftNode:
             if not raft.is_leader:
                 raise NotLeader(group_id, raft.leader or None)
             progress = raft.progress.get(node_id)
-            if progress is not None and raft.log.last_index() - progress.match <= max_lag:
+            if (
+                progress is not None
+                and progress.match >= floor
+                and raft.log.last_index() - progress.match <= max_lag
+            ):
                 break
             if loop.time() > deadline:
                 raise ProposalTimeout(f"node {node_id} did not catch up in {timeout} s")
@@ -253,9 +298,9 @@ class RaftNode:
             NotLeader: no leader is known.
             ProposalTimeout: no quorum confirmed leadership in time.
         """
-        group = self.groups[group_id]
+        group = self._group(group_id)
         self._read_counter += 1
-        context = f"{self.id}:{self._read_counter}".encode()
+        context = self._read_prefix + self._read_counter.to_bytes(8, "big")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         group.reads[context] = future
         try:
@@ -298,7 +343,7 @@ class RaftNode:
             return await asyncio.wait_for(future, timeout or self.config.proposal_timeout)
         except TimeoutError:
             raise ProposalTimeout(
-                f"group {entry.index}: entry {entry.index} was not applied in time; "
+                f"group {group.raft.group}: entry {entry.index} was not applied in time; "
                 "its outcome is unknown"
             ) from None
         finally:
@@ -346,12 +391,29 @@ class RaftNode:
             self._work.clear()
             try:
                 await self._round()
-            except Exception:
+            except Exception as exc:
                 # A failed write or sync leaves the node unable to promise
                 # durability: stop serving instead of carrying on.
                 log.exception("node %d: the Ready loop failed; the node stops", self.id)
-                self._fail_everything(RaftError("the node's Ready loop failed; see its log"))
-                raise
+                await self._stop_serving(exc)
+                return
+
+    async def _stop_serving(self, cause: Exception) -> None:
+        self.failure = cause
+        stopped = NodeStopped(f"node {self.id} stopped serving: its Ready loop failed: {cause}")
+        stopped.__cause__ = cause
+        self._stopped = stopped
+        unknown = OutcomeUnknown(
+            f"node {self.id} failed before the outcome was known (its entry may have "
+            f"reached the followers): {cause}"
+        )
+        unknown.__cause__ = cause
+        self._fail_everything(unknown)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await self.transport.stop()
+        self._failed.set()
 
     async def _round(self) -> None:
         readies: list[tuple[_Group, Ready]] = []
@@ -371,7 +433,7 @@ class RaftNode:
             must_sync = must_sync or ready.must_sync
         self._send(early)
         if must_sync:
-            await asyncio.to_thread(self.store.sync)
+            await asyncio.get_running_loop().run_in_executor(self._syncer, self.store.sync)
             self.sync_rounds += 1
         self._send(late)
         for group, ready in readies:

@@ -37,7 +37,7 @@ import msgpack
 from aiohttp import web
 
 from ..errors import NotLeader, ProposalDropped, ProtocolError
-from ..node import NodeConfig, OutcomeUnknown, RaftNode, parse_peers
+from ..node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode, parse_peers
 
 GROUP = 1
 MAX_VALUE_BYTES = 1 << 20
@@ -111,7 +111,7 @@ class KVService:
             index = await self.node.propose(GROUP, entry)
         except NotLeader as exc:
             return self._not_leader(exc)
-        except (ProposalDropped, OutcomeUnknown) as exc:
+        except (ProposalDropped, OutcomeUnknown, NodeStopped) as exc:
             return web.json_response({"error": str(exc)}, status=503)
         return web.json_response({"index": index})
 
@@ -121,7 +121,7 @@ class KVService:
             await self.node.read_barrier(GROUP)
         except NotLeader as exc:
             return self._not_leader(exc)
-        except OutcomeUnknown as exc:
+        except (OutcomeUnknown, NodeStopped) as exc:
             return web.json_response({"error": str(exc)}, status=503)
         # The barrier holds until this node has applied the read index, so
         # a follower serves the read itself.
@@ -176,9 +176,17 @@ async def serve(args: argparse.Namespace, secret: bytes, token: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopping = asyncio.create_task(stop.wait())
+    failing = asyncio.create_task(node.wait_failed())
+    await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    failing.cancel()
     await runner.cleanup()
     await node.stop()
+    if node.failure is not None:
+        # Its log could not be made durable: exit, and let a supervisor
+        # restart it on what is on disk.
+        raise SystemExit(f"node {args.id} stopped: {node.failure!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
