@@ -269,7 +269,8 @@ class RaftGroup:
     def _replay_conf_changes(self) -> None:
         """The membership as of the applied index: the snapshot's plus the
         changes in applied entries after it."""
-        low, high = self.log.first_index(), self.log.applied
+        low = max(self.log.first_index(), self.log.stable.snapshot_meta().index + 1)
+        high = self.log.applied
         while low <= high:
             batch = self.log.slice(low, high + 1, self.config.max_committed_bytes)
             for entry in batch:
@@ -1047,8 +1048,12 @@ class RaftGroup:
         if ready.committed:
             self.log.applied = max(self.log.applied, ready.committed[-1].index)
 
-    def snapshot_meta_at_applied(self) -> tuple[int, int, ConfState]:
+    def snapshot_meta_at_applied(self) -> tuple[int, int, ConfState] | None:
         """(index, term, membership) for a snapshot of the state machine as
-        applied so far; call between `advance()` and the next `ready()`."""
+        applied so far; call between `advance()` and the next `ready()`.
+        None while a snapshot from the leader waits to be installed (it
+        arrived during the last Ready and replaces the state machine next)."""
+        if self.log.unstable_snapshot is not None:
+            return None
         index = self.log.applied
         return index, self.log.term(index), self.conf

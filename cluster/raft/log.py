@@ -344,12 +344,14 @@ class FileGroupLog:
     Obtain it from `LogStore.group()`. Writes reach the OS at once and become
     durable at the store's next `sync()`.
 
-    Invariants: `first_index() == snapshot_meta().index + 1`; every index in
-    [first_index, last_index] has an entry, described in memory by its term,
-    segment, offset and data size; the entries [last_index + 1 - len(cache),
-    last_index] are also cached; the active (last) segment holds the latest
-    hard state; every sealed segment is durable and ends on a record boundary.
-    Not thread-safe, like the store.
+    Invariants: `first_index() <= snapshot_meta().index + 1` (a snapshot
+    taken over this log leaves the entries it covers readable, so a follower
+    a little behind still gets entries, until `compact` or a reopen drops
+    them); every index in [first_index, last_index] has an entry, described
+    in memory by its term, segment, offset and data size; the entries
+    [last_index + 1 - len(cache), last_index] are also cached; the active
+    (last) segment holds the latest hard state; every sealed segment is
+    durable and ends on a record boundary. Not thread-safe, like the store.
     """
 
     def __init__(self, store: LogStore, group_id: int, directory: str) -> None:
@@ -387,17 +389,18 @@ class FileGroupLog:
         """The term of entry `index`, or of the snapshot's last entry.
 
         Raises:
-            LogUnavailableError: `index` is before the snapshot or after the end.
+            LogUnavailableError: `index` is compacted or after the end.
         """
         position = index - self._first
-        if position == -1:
+        if 0 <= position < len(self._terms):
+            return self._terms[position]
+        if index == self._snapshot_meta.index:
             return self._snapshot_meta.term
-        if position < -1 or position >= len(self._terms):
-            raise LogUnavailableError(
-                f"group {self.group_id} has no term for index {index}: "
-                f"the log holds [{self._first - 1}, {self.last_index()}]"
-            )
-        return self._terms[position]
+        raise LogUnavailableError(
+            f"group {self.group_id} has no term for index {index}: the log holds "
+            f"[{self._first}, {self.last_index()}] and the snapshot ends at "
+            f"{self._snapshot_meta.index}"
+        )
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries [lo, hi): at least one when lo < hi, then as many as fit in
@@ -550,8 +553,8 @@ class FileGroupLog:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep `snapshot` (durable on return). If the log holds the snapshot's
-        index with its term, the entries up to it become unavailable (their
-        files go at `compact`); otherwise the whole log is discarded and
+        index with its term, every entry stays readable (`compact` drops the
+        ones up to an index); otherwise the whole log is discarded and
         continues after the snapshot. A snapshot that is not newer than the
         current one is ignored (as `MemoryGroupLog` does).
 
@@ -590,14 +593,13 @@ class FileGroupLog:
         if previous is not None:
             os.unlink(previous)
             _fsync_dir(self.directory)
-        if keeps_log:
-            self._drop_through(meta.index)
-        else:
+        if not keeps_log:
             self._restart_log(meta)
 
     def compact(self, index: int) -> None:
-        """Delete the sealed segments, oldest first, whose entries are all at
-        or below `index` (the active segment always stays).
+        """Make the entries up to `index` unavailable and delete the sealed
+        segments, oldest first, whose entries are all at or below it (the
+        active segment always stays).
 
         Raises:
             LogError: `index` is beyond the snapshot index.
@@ -608,6 +610,8 @@ class FileGroupLog:
                 f"group {self.group_id}: cannot compact to {index}, beyond the snapshot "
                 f"index {self._snapshot_meta.index}"
             )
+        if index >= self._first:
+            self._drop_through(index)
         doomed: list[_Segment] = []
         # Only a prefix: replaying a suffix of the write history then yields
         # the same entries above `index` (a later record overrides an earlier one).

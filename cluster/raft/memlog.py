@@ -19,7 +19,9 @@ EMPTY_SNAPSHOT = Snapshot(SnapshotMeta(0, 0, ConfState(frozenset())), b"")
 @dataclass
 class _State:
     snapshot: Snapshot = EMPTY_SNAPSHOT
-    entries: list[Entry] = field(default_factory=list)  # entries[0].index == snapshot index + 1
+    entries: list[Entry] = field(default_factory=list)
+    """Contiguous; entries[0].index <= snapshot index + 1 (a snapshot keeps
+    the entries it covers until `compact`)."""
     hard_state: HardState = field(default_factory=HardState)
 
     def copy(self) -> _State:
@@ -37,7 +39,8 @@ class MemoryGroupLog:
 
     # -- LogReader ---------------------------------------------------------
     def first_index(self) -> int:
-        return self._live.snapshot.meta.index + 1
+        live = self._live
+        return live.entries[0].index if live.entries else live.snapshot.meta.index + 1
 
     def last_index(self) -> int:
         live = self._live
@@ -45,17 +48,16 @@ class MemoryGroupLog:
 
     def term(self, index: int) -> int:
         live = self._live
-        snap = live.snapshot.meta
-        if index == snap.index:
-            return snap.term
-        offset = index - snap.index - 1
-        if offset < 0 or offset >= len(live.entries):
-            raise LogUnavailableError(f"index {index} is not in the log")
-        return live.entries[offset].term
+        offset = index - self.first_index()
+        if 0 <= offset < len(live.entries):
+            return live.entries[offset].term
+        if index == live.snapshot.meta.index:
+            return live.snapshot.meta.term
+        raise LogUnavailableError(f"index {index} is not in the log")
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         live = self._live
-        base = live.snapshot.meta.index + 1
+        base = self.first_index()
         if lo < base or hi > self.last_index() + 1:
             raise LogUnavailableError(f"entries [{lo}, {hi}) are not all in the log")
         selected = live.entries[lo - base : hi - base]
@@ -94,8 +96,7 @@ class MemoryGroupLog:
                 f"append at {first} would remove committed entries "
                 f"(commit {live.hard_state.commit})"
             )
-        base = live.snapshot.meta.index + 1
-        del live.entries[first - base :]
+        del live.entries[first - self.first_index() :]
         live.entries.extend(entries)
 
     def set_hard_state(self, hard_state: HardState) -> None:
@@ -107,15 +108,15 @@ class MemoryGroupLog:
         if meta.index <= live.snapshot.meta.index:
             return
         keeps = meta.index <= self.last_index() and self.term(meta.index) == meta.term
-        if keeps:
-            live.entries = live.entries[meta.index - live.snapshot.meta.index :]
-        else:
+        if not keeps:
             live.entries = []
         live.snapshot = snapshot
         # Snapshots are durable at once (the file storage renames a synced file).
-        self._durable.snapshot = snapshot
         durable = self._durable
-        durable.entries = [e for e in durable.entries if e.index > meta.index] if keeps else []
+        durable_keeps = any(e.index == meta.index and e.term == meta.term for e in durable.entries)
+        if not (keeps and durable_keeps):
+            durable.entries = [e for e in durable.entries if e.index > meta.index] if keeps else []
+        durable.snapshot = snapshot
         if durable.hard_state.commit < meta.index:
             durable.hard_state = HardState(
                 durable.hard_state.term, durable.hard_state.vote, meta.index
@@ -124,8 +125,11 @@ class MemoryGroupLog:
             live.hard_state = HardState(live.hard_state.term, live.hard_state.vote, meta.index)
 
     def compact(self, index: int) -> None:
+        """Entries up to `index` become unavailable, here and on disk."""
         if index > self._live.snapshot.meta.index:
             raise LogError(f"compact to {index} is past the snapshot")
+        for state in (self._live, self._durable):
+            state.entries = [e for e in state.entries if e.index > index]
 
     # -- durability ----------------------------------------------------------
     def sync(self) -> None:

@@ -100,9 +100,10 @@ class NodeConfig:
     snapshot_every: int = 10_000
     """Entries applied between two snapshots of a group's state machine."""
     keep_entries: int = 5_000
-    """Entries whose segment files stay on disk behind a snapshot. (Entries
-    behind the snapshot are no longer served: a follower that needs them
-    gets the snapshot.)"""
+    """Entries a snapshot leaves readable behind it: a follower up to this
+    many entries behind the snapshot still catches up by appends; one
+    further behind (or any follower after this node restarts) gets the
+    snapshot."""
     proposal_timeout: float = 10.0
     max_inflight: int = 256
     max_message_bytes: int = 1 << 20
@@ -502,10 +503,11 @@ class RaftNode:
 
     def _snapshot(self, group: _Group) -> None:
         raft = group.raft
-        index, term, conf = raft.snapshot_meta_at_applied()
+        at_applied = raft.snapshot_meta_at_applied()
         group_log = self.store.group(raft.group)
-        if index <= group_log.snapshot_meta().index:
+        if at_applied is None or at_applied[0] <= group_log.snapshot_meta().index:
             return
+        index, term, conf = at_applied
         data = group.machine.snapshot()
         group_log.save_snapshot(Snapshot(SnapshotMeta(index, term, conf), data))
         group_log.compact(max(group_log.snapshot_meta().index - self.config.keep_entries, 0))

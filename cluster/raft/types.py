@@ -339,7 +339,8 @@ class LogReader(Protocol):
     def first_index(self) -> int: ...
     def last_index(self) -> int: ...
     def term(self, index: int) -> int:
-        """Raises LogUnavailableError for an index before the snapshot or after the end."""
+        """The term of an entry, or of the snapshot's last one. Raises
+        LogUnavailableError for a compacted index or one after the end."""
         ...
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
@@ -365,13 +366,14 @@ class GroupLog(LogReader, Protocol):
 
     def set_hard_state(self, hard_state: HardState) -> None: ...
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep `snapshot`; entries up to its index are then compacted (or,
-        when the log does not reach its index or disagrees on its term,
-        the whole log is discarded)."""
+        """Keep `snapshot`, durable on return. When the log holds its index
+        with its term, the entries stay readable until `compact`; otherwise
+        the whole log is discarded and continues after the snapshot."""
         ...
 
     def compact(self, index: int) -> None:
-        """Allow removal of entries up to `index` (must be <= the snapshot index)."""
+        """Make entries up to `index` (<= the snapshot index) unavailable and
+        free their storage."""
         ...
 
 

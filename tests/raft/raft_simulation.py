@@ -120,6 +120,8 @@ class Simulation:
         self.p_partition = rng.choice((0.0, 0.005, 0.02))
         self.p_conf = rng.choice((0.0, 0.05, 0.15))
         self.snapshot_every = rng.choice((0, 5, 20))
+        self.keep_entries = rng.choice((0, 3, 10))
+        """Entries a snapshot leaves readable behind it (for followers a little behind)."""
         self.now = 0.0
         self.events: list[tuple[float, int, str, Any]] = []
         self.sequence = 0
@@ -318,12 +320,15 @@ class Simulation:
             return
         raft = node.raft
         assert raft is not None
-        index, term, conf = raft.snapshot_meta_at_applied()
+        at_applied = raft.snapshot_meta_at_applied()
+        if at_applied is None:
+            return  # the leader's snapshot replaces the state machine next
+        index, term, conf = at_applied
         if index != node.applied or index <= node.log.snapshot_meta().index:
             return
         data = msgpack.packb({k: list(v) for k, v in sorted(node.kv.items())})
         node.log.save_snapshot(Snapshot(SnapshotMeta(index, term, conf), data))
-        node.log.compact(index)
+        node.log.compact(max(index - self.keep_entries, 0))
         node.applied_since_snapshot = 0
         self.trace(f"node {node.node_id} snapshots at {index}")
 

@@ -844,7 +844,9 @@ def cut_off_follower_behind_a_snapshot() -> tuple[Cluster, Snapshot, list[Entry]
     for i in range(5):
         leader.propose(b"a%d" % i)
     c.deliver()
-    index, term, conf = leader.snapshot_meta_at_applied()
+    at_applied = leader.snapshot_meta_at_applied()
+    assert at_applied is not None
+    index, term, conf = at_applied
     assert index == leader.log.committed == 9
     snapshot = Snapshot(SnapshotMeta(index, term, conf), SNAPSHOT_DATA)
     c.logs[1].save_snapshot(snapshot)
@@ -1059,3 +1061,18 @@ def test_from_wire_rejects_a_type_field_that_is_not_an_int(position: int, value:
     raw = _with(position, value)(wire_message().to_wire())
     with pytest.raises(ProtocolError):
         Message.from_wire(raw)
+
+
+def test_no_local_snapshot_while_a_leaders_snapshot_waits_to_be_installed() -> None:
+    # A snapshot that arrives while the node's last Ready is being persisted
+    # replaces the state machine at the next Ready: a snapshot of the state
+    # machine taken now would describe an index the log no longer has.
+    c, follower = follower_with_entries_of_term_2(7)
+    applied = follower.snapshot_meta_at_applied()
+    assert applied is not None and applied[0] == follower.log.applied
+    meta = SnapshotMeta(12, 2, ConfState(frozenset({1, 2, 3})))
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 2, snapshot=meta, data=b"s", done=True))
+    assert follower.snapshot_meta_at_applied() is None
+    c.process()
+    assert c.installed[2][-1].meta == meta
+    assert follower.snapshot_meta_at_applied() == (12, 2, meta.conf)

@@ -253,19 +253,23 @@ def test_hard_state_survives_compaction_of_old_segments(directory: Path) -> None
 # -- snapshots and compaction ---------------------------------------------------
 
 
-def test_snapshot_of_a_matching_log_compacts_it(directory: Path) -> None:
+def test_snapshot_of_a_matching_log_keeps_it_until_compact(directory: Path) -> None:
     with LogStore(directory, segment_bytes=800) as store:
         log = store.group(1)
         append_in_steps(log, make_entries(1, 101, term=2))
         log.set_hard_state(HardState(2, 1, 100))
         log.save_snapshot(snapshot_at(50, 2, b"first"))
-        assert (log.first_index(), log.last_index()) == (51, 100)
-        assert log.term(50) == 2
+        # A follower a little behind can still be sent entries.
+        assert (log.first_index(), log.last_index()) == (1, 100)
+        assert log.entries(40, 52) == make_entries(40, 52, term=2)
         assert log.snapshot() == snapshot_at(50, 2, b"first")
+        log.compact(45)
+        assert (log.first_index(), log.last_index()) == (46, 100)
+        assert log.term(50) == 2 and log.term(46) == 2
         with pytest.raises(LogUnavailableError):
-            log.entries(50, 52)
+            log.entries(45, 52)
         with pytest.raises(LogUnavailableError):
-            log.term(49)
+            log.term(45)
         log.save_snapshot(snapshot_at(70, 2, b"second"))
         snapshots = sorted(p.name for p in (directory / "group-1").glob("snapshot-*"))
         assert snapshots == ["snapshot-00000000000000000070.snap"]
@@ -318,7 +322,7 @@ def test_snapshot_errors(store: LogStore) -> None:
     log.save_snapshot(snapshot_at(10, 1, b"same index"))
     log.save_snapshot(snapshot_at(7, 1, b"older"))
     assert log.snapshot() == snapshot_at(10, 1, b"kept")
-    assert (log.first_index(), log.last_index()) == (11, 20)
+    assert (log.first_index(), log.last_index()) == (1, 20)
     with pytest.raises(LogError, match="beyond the snapshot"):
         log.compact(11)
 
@@ -914,9 +918,15 @@ class LogModel(RuleBasedStateMachine):
         return self.first - 1 + len(self.entries)
 
     def model_term(self, index: int) -> int:
-        if index == self.first - 1:
-            return self.snapshot.meta.term
-        return self.entries[index - self.first].term
+        if self.first <= index <= self.last:
+            return self.entries[index - self.first].term
+        assert index == self.snapshot.meta.index
+        return self.snapshot.meta.term
+
+    def drop_through(self, index: int) -> None:
+        if index >= self.first:
+            self.entries = self.entries[index + 1 - self.first :]
+            self.first = index + 1
 
     @rule(data=st.data(), count=st.integers(1, 6), size=st.integers(0, 120))
     def append(self, data: st.DataObject, count: int, size: int) -> None:
@@ -965,17 +975,17 @@ class LogModel(RuleBasedStateMachine):
             return
         self.log.save_snapshot(snapshot)
         self.snapshot = snapshot
-        if keeps:
-            self.entries = self.entries[index + 1 - self.first :]
-        else:
+        if not keeps:  # a snapshot over the log leaves its entries readable
             self.entries = []
             self.term = max(self.term, term)
-        self.first = index + 1
+            self.first = index + 1
 
     @precondition(lambda self: self.snapshot.meta.index > 0)
     @rule(data=st.data())
     def compact(self, data: st.DataObject) -> None:
-        self.log.compact(data.draw(st.integers(0, self.snapshot.meta.index)))
+        index = data.draw(st.integers(0, self.snapshot.meta.index))
+        self.log.compact(index)
+        self.drop_through(index)
 
     @rule()
     def sync(self) -> None:
@@ -986,6 +996,7 @@ class LogModel(RuleBasedStateMachine):
         self.store.close()
         self.store = LogStore(self.directory, segment_bytes=400, cache_bytes=300)
         self.log = self.store.group(1)
+        self.drop_through(self.snapshot.meta.index)  # a reopened log starts after the snapshot
 
     @rule(data=st.data(), max_bytes=st.none() | st.integers(0, 400))
     def read_range(self, data: st.DataObject, max_bytes: int | None) -> None:
@@ -1006,7 +1017,7 @@ class LogModel(RuleBasedStateMachine):
         assert (log.first_index(), log.last_index()) == (self.first, self.last)
         assert log.hard_state() == self.hard_state
         assert log.snapshot_meta() == self.snapshot.meta
-        assert log.term(self.first - 1) == self.snapshot.meta.term
+        assert log.term(self.snapshot.meta.index) == self.snapshot.meta.term
         assert log.entries(self.first, self.last + 1) == self.entries
 
     def teardown(self) -> None:

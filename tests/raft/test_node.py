@@ -572,6 +572,39 @@ def test_a_lagging_follower_is_restored_from_a_snapshot(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_follower_a_little_behind_a_snapshot_catches_up_by_appends(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # Same as above, but the leader keeps 100 entries behind its snapshots.
+        async with running(
+            tmp_path, snapshot_every=10, keep_entries=100, max_inflight=4
+        ) as cluster:
+            leader = await cluster.wait_leader()
+            first = [f"a{i}".encode() for i in range(3)]
+            for data in first:
+                await cluster.propose(data)
+            await cluster.wait_converged()
+            lagging = next(n for n in cluster.nodes if n != leader.id)
+            last_index = cluster.nodes[lagging].status(GROUP)["last_index"]
+            await cluster.stop(lagging)
+
+            second = [f"b{i}".encode() for i in range(60)]
+            for data in second:
+                await cluster.propose(data)
+            leader_log = leader.store.group(GROUP)
+            assert leader_log.snapshot_meta().index > last_index + 40
+            assert leader_log.first_index() <= last_index + 1  # still readable
+
+            await cluster.start(lagging)
+            assert await cluster.wait_converged() == first + second
+            ledger = cluster.ledger(lagging)
+            assert not any(state and state[-1][0] > last_index for state in ledger.restored), (
+                "the follower got a snapshot although the leader still had the entries"
+            )
+            assert ledger.values() == first + second
+
+    run(scenario)
+
+
 # -- membership and leadership ---------------------------------------------------------------
 
 
