@@ -37,30 +37,16 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from loopback import HOST, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "cluster.raft.examples.kv"
-HOST = "127.0.0.1"
 TICK_INTERVAL = "0.05"
 MAX_VALUE_BYTES = 1 << 20
 STOP_GRACE = 5.0
 """Seconds a process gets after SIGTERM before it is sent SIGKILL."""
 PORT_ATTEMPTS = 4
 WRITERS = 4
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def tail(path: Path, lines: int = 25) -> str:

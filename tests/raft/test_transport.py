@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import logging
 import os
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -20,11 +19,11 @@ from typing import Any
 
 import msgpack
 import pytest
+from loopback import HOST, eventually, free_ports
 
 from cluster.raft.transport import MAX_PENDING_HANDSHAKES, Transport
 from cluster.raft.types import Entry, Message, MessageType
 
-HOST = "127.0.0.1"
 SECRET = b"correct horse battery staple"
 FAST: dict[str, Any] = {
     "connect_timeout": 0.5,
@@ -61,23 +60,6 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
         assert not leftover, leftover
 
     asyncio.run(main())
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def free_port() -> int:
-    """A port nothing listens on (for a peer that is not up yet)."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def make(
@@ -291,7 +273,7 @@ def test_new_connection_from_the_same_peer_replaces_the_old_one() -> None:
 
 def test_send_before_the_peer_is_up_is_delivered_after_it_starts() -> None:
     async def scenario() -> None:
-        port_2 = free_port()
+        port_2 = free_ports(1)[0]
         inbox_1, inbox_2 = Inbox(), Inbox()
         node_1 = make(1, {2: (HOST, port_2)}, inbox_1)
         node_2 = make(2, {}, inbox_2, port=port_2)
@@ -316,7 +298,9 @@ def test_send_before_the_peer_is_up_is_delivered_after_it_starts() -> None:
 
 def test_dial_back_off_grows_and_is_capped() -> None:
     async def scenario() -> None:
-        node = make(1, {2: (HOST, free_port())}, Inbox(), backoff_initial=0.01, backoff_max=0.02)
+        node = make(
+            1, {2: (HOST, free_ports(1)[0])}, Inbox(), backoff_initial=0.01, backoff_max=0.02
+        )
         await node.start()
         await asyncio.sleep(0.5)
         await node.stop()
@@ -417,7 +401,9 @@ def test_set_peers_with_a_new_address_redials_there() -> None:
     async def scenario() -> None:
         inbox_2 = Inbox()
         node_2 = make(2, {}, inbox_2)
-        node_1 = make(1, {2: (HOST, free_port())}, Inbox(), backoff_initial=5.0, backoff_max=5.0)
+        node_1 = make(
+            1, {2: (HOST, free_ports(1)[0])}, Inbox(), backoff_initial=5.0, backoff_max=5.0
+        )
         try:
             await node_2.start()
             node_2.set_peers({1: (HOST, 1)})  # the acceptor does not use the address
@@ -460,7 +446,7 @@ def test_on_message_errors_are_counted_and_the_connection_survives(
 
 def test_full_queue_drops_and_memory_stays_bounded() -> None:
     async def scenario() -> None:
-        port_2 = free_port()
+        port_2 = free_ports(1)[0]
         inbox_2 = Inbox()
         node_1 = make(1, {2: (HOST, port_2)}, Inbox(), queue_limit=8, queue_max_bytes=4000)
         node_2 = make(2, {}, inbox_2, port=port_2)
@@ -489,7 +475,7 @@ def test_full_queue_drops_and_memory_stays_bounded() -> None:
 
 def test_queue_byte_limit() -> None:
     async def scenario() -> None:
-        node = make(1, {2: (HOST, free_port())}, Inbox(), queue_max_bytes=1000)
+        node = make(1, {2: (HOST, free_ports(1)[0])}, Inbox(), queue_max_bytes=1000)
         await node.start()
         big = b"y" * 5000  # an empty queue admits one frame of any allowed size
         assert node.send(2, big)
@@ -611,7 +597,7 @@ def test_acceptor_refuses_a_dialer_it_cannot_trust(
 ) -> None:
     async def scenario() -> None:
         inbox = Inbox()
-        node = make(2, {1: (HOST, free_port()), 3: (HOST, free_port())}, inbox)
+        node = make(2, {1: (HOST, free_ports(1)[0]), 3: (HOST, free_ports(1)[0])}, inbox)
         await node.start()
         try:
             with pytest.raises(asyncio.IncompleteReadError):
@@ -675,7 +661,7 @@ def test_authenticated_peer_sending_a_bad_frame_is_disconnected(
 ) -> None:
     async def scenario() -> None:
         inbox = Inbox()
-        node = make(2, {1: (HOST, free_port())}, inbox, max_frame_bytes=64 << 20)
+        node = make(2, {1: (HOST, free_ports(1)[0])}, inbox, max_frame_bytes=64 << 20)
         await node.start()
         try:
             reader, writer = await impersonate(node.port, 1, 2)
@@ -702,7 +688,7 @@ def test_acceptor_drops_a_dialer_that_stalls_the_handshake(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        node = make(2, {1: (HOST, free_port())}, Inbox(), handshake_timeout=0.2)
+        node = make(2, {1: (HOST, free_ports(1)[0])}, Inbox(), handshake_timeout=0.2)
         await node.start()
         try:
             loop = asyncio.get_running_loop()
@@ -787,7 +773,7 @@ def test_dialer_refuses_a_listener_that_cannot_prove_itself(
 
 def test_pending_handshakes_are_bounded() -> None:
     async def scenario() -> None:
-        node = make(2, {1: (HOST, free_port())}, Inbox(), handshake_timeout=5.0)
+        node = make(2, {1: (HOST, free_ports(1)[0])}, Inbox(), handshake_timeout=5.0)
         await node.start()
         streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         try:
