@@ -113,9 +113,13 @@ class MemoryGroupLog:
         live.snapshot = snapshot
         # Snapshots are durable at once (the file storage renames a synced file).
         durable = self._durable
-        durable_keeps = any(e.index == meta.index and e.term == meta.term for e in durable.entries)
-        if not (keeps and durable_keeps):
-            durable.entries = [e for e in durable.entries if e.index > meta.index] if keeps else []
+        if not (
+            keeps and any(e.index == meta.index and e.term == meta.term for e in durable.entries)
+        ):
+            # The log restarts after the snapshot at once (the file log's
+            # LOG_RESET record is synced), and a durable log behind the
+            # snapshot or on another branch has nothing to keep.
+            durable.entries = []
         durable.snapshot = snapshot
         if durable.hard_state.commit < meta.index:
             durable.hard_state = HardState(
@@ -137,5 +141,8 @@ class MemoryGroupLog:
         self.sync_count += 1
 
     def crash(self) -> None:
-        """Forget everything written since the last `sync()`."""
+        """Forget everything written since the last `sync()`; like a
+        reopened `FileGroupLog`, the log then starts after the snapshot."""
+        snapshot_index = self._durable.snapshot.meta.index
+        self._durable.entries = [e for e in self._durable.entries if e.index > snapshot_index]
         self._live = self._durable.copy()

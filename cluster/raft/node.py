@@ -18,21 +18,25 @@ group; one task runs the Ready loop:
 A proposal's future resolves with the state machine's result when its entry
 is applied, fails with `ProposalDropped` when another entry is applied at its
 index, with `NotLeader(leader_hint)` at once on a follower, or with
-`ProposalTimeout` — never left hanging. When the node stops, or its Ready
-loop fails (a write or sync raised), what is pending fails with
-`OutcomeUnknown` (its entry may have reached the followers, who can commit
-it) and every later call raises `NodeStopped`. A node whose Ready loop
-failed stops its transport and ticks too: it never acknowledges what it
-could not make durable, and the others stop counting on it.
+`ProposalTimeout` — never left hanging. When the node stops, or fails (a
+write or sync raised, or a tick or an incoming message hit an error), what
+is pending fails with `OutcomeUnknown` (its entry may have reached the
+followers, who can commit it) and every later call raises `NodeStopped`. A
+node that failed stops its transport and ticks too: it never acknowledges
+what it could not make durable, and the others stop counting on it.
+
+Messages to one peer from every group travel together, split into frames
+well under the transport's frame limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,8 +70,8 @@ class ProposalTimeout(OutcomeUnknown, TimeoutError):
 
 
 class NodeStopped(RaftError):
-    """The node was stopped, or stopped itself when its Ready loop failed
-    (the cause is chained); it takes no more calls."""
+    """The node was stopped, or stopped itself when it failed (the cause is
+    chained); it takes no more calls."""
 
 
 class StateMachine(Protocol):
@@ -159,17 +163,24 @@ class RaftNode:
         )
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-sync")
+        self._syncer = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"raft-{self.id}-sync"
+        )
         """Runs `store.sync`; `stop` waits for it so the store never closes under a sync."""
+        self._sync: concurrent.futures.Future[None] | None = None
         self._read_prefix = os.urandom(8)
         """Read contexts start with it: an answer to a read of an earlier run
         of this node (same id, counter from 0) never completes a new read."""
         self._read_counter = 0
         self._stopped: NodeStopped | None = None
-        self._failed = asyncio.Event()
+        self._closed = asyncio.Event()
+        """Set once the node serves no more: it failed, or `stop` ran."""
+        self._closing: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
-        """What made the Ready loop fail, once it has."""
+        """What made the node fail, once it has."""
         self.sync_rounds = 0
+        self.max_entry_bytes = self.transport.max_frame_bytes // 2
+        """Largest entry `propose` accepts: every message must fit in a frame."""
 
     def _open_group(self, group_id: int, machine: StateMachine, voters: tuple[int, ...]) -> _Group:
         group_log = self.store.group(group_id)
@@ -188,6 +199,8 @@ class RaftNode:
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
+        if self._stopped is not None:
+            raise NodeStopped(f"node {self.id} was stopped; make a new RaftNode")
         self._work = asyncio.Event()
         await self.transport.start()
         self._tasks = [
@@ -198,7 +211,8 @@ class RaftNode:
 
     async def stop(self) -> None:
         """Stop ticking, sending and applying; fail what is pending with
-        `OutcomeUnknown`; wait for a sync in flight; close the log."""
+        `OutcomeUnknown`; wait for a sync in flight; close the log. Also
+        after the node failed; calling it again does nothing more."""
         if self._stopped is None:
             self._stopped = NodeStopped(f"node {self.id} is stopped")
         for task in self._tasks:
@@ -206,17 +220,25 @@ class RaftNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.transport.stop()
+        if self._closing is not None:
+            await self._closing
         self._fail_everything(
-            OutcomeUnknown(f"node {self.id} stopped first; the outcome is unknown")
+            lambda: OutcomeUnknown(f"node {self.id} stopped first; the outcome is unknown")
         )
         await asyncio.to_thread(self._syncer.shutdown, True)
+        sync = self._sync
+        if sync is not None and not sync.cancelled() and sync.exception() is not None:
+            # This stop cancelled the round that waited for it.
+            if self.failure is None:
+                self.failure = sync.exception()
+            log.error("node %d: its last sync failed: %r", self.id, sync.exception())
         self.store.close()
+        self._closed.set()
 
-    async def wait_failed(self) -> BaseException:
-        """Return the error once the Ready loop has failed (the node has then
-        stopped serving; `stop` still closes it)."""
-        await self._failed.wait()
-        assert self.failure is not None
+    async def wait_failed(self) -> BaseException | None:
+        """Wait until the node serves no more: return the error that made it
+        fail (`stop` still closes it), or None once `stop` ended it cleanly."""
+        await self._closed.wait()
         return self.failure
 
     # -- the application's calls -------------------------------------------------------
@@ -243,8 +265,13 @@ class RaftNode:
             ProposalTimeout: no outcome within the timeout (it may still apply).
             OutcomeUnknown: the node stopped before the entry was applied.
             NodeStopped: the node is stopped.
+            ValueError: `data` is longer than `max_entry_bytes`.
         """
         group = self._group(group_id)
+        if len(data) > self.max_entry_bytes:
+            raise ValueError(
+                f"an entry of {len(data)} bytes is over the {self.max_entry_bytes}-byte limit"
+            )
         entry = group.raft.propose(data)
         return await self._wait_entry(group, entry, timeout)
 
@@ -264,7 +291,8 @@ class RaftNode:
         """Add `node_id` as a learner, wait until it has acknowledged the
         entry that added it and caught up to within `max_lag` entries of the
         leader, then promote it to voter. A node that never answers is never
-        promoted (it would take part in every quorum)."""
+        promoted (it would take part in every quorum). The whole call
+        keeps to `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         raft = self.group(group_id)
@@ -288,7 +316,9 @@ class RaftNode:
                 raise ProposalTimeout(f"node {node_id} did not catch up in {timeout} s")
             await asyncio.sleep(self.config.tick_interval)
         await self.change_membership(
-            group_id, ConfChange(ConfChangeKind.ADD_VOTER, node_id), timeout
+            group_id,
+            ConfChange(ConfChangeKind.ADD_VOTER, node_id),
+            max(deadline - loop.time(), self.config.tick_interval),
         )
 
     async def read_barrier(self, group_id: int, timeout: float | None = None) -> int:
@@ -298,6 +328,8 @@ class RaftNode:
         Raises:
             NotLeader: no leader is known.
             ProposalTimeout: no quorum confirmed leadership in time.
+            OutcomeUnknown: the node stopped first.
+            NodeStopped: the node is stopped.
         """
         group = self._group(group_id)
         self._read_counter += 1
@@ -311,7 +343,7 @@ class RaftNode:
             raise
         self._work.set()
         try:
-            return await asyncio.wait_for(future, timeout or self.config.proposal_timeout)
+            return await asyncio.wait_for(future, self._timeout(timeout))
         except TimeoutError:
             raise ProposalTimeout(f"group {group_id}: read barrier timed out") from None
         finally:
@@ -336,12 +368,15 @@ class RaftNode:
             "learners": sorted(raft.conf.learners),
         }
 
+    def _timeout(self, timeout: float | None) -> float:
+        return self.config.proposal_timeout if timeout is None else timeout
+
     async def _wait_entry(self, group: _Group, entry: Entry, timeout: float | None) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         group.waiting[entry.index] = (entry.term, future)
         self._work.set()
         try:
-            return await asyncio.wait_for(future, timeout or self.config.proposal_timeout)
+            return await asyncio.wait_for(future, self._timeout(timeout))
         except TimeoutError:
             raise ProposalTimeout(
                 f"group {group.raft.group}: entry {entry.index} was not applied in time; "
@@ -364,9 +399,14 @@ class RaftNode:
                 log.warning("node %d: dropped a message from node %d: %s", self.id, peer, exc)
                 continue
             group = self.groups.get(message.group)
-            if group is None or message.to != self.id or message.frm != peer:
+            if group is None or message.to != self.id or message.frm != peer or self._stopped:
                 continue
-            group.raft.step(message)
+            try:
+                group.raft.step(message)
+            except Exception as exc:
+                log.exception("node %d: stepping a message from node %d failed", self.id, peer)
+                self._fail(exc, "stepping a message failed")
+                return
         self._work.set()
 
     def _on_peer_lost(self, peer: int) -> None:
@@ -381,8 +421,13 @@ class RaftNode:
         while True:
             next_tick += interval
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            for group in self.groups.values():
-                group.raft.tick()
+            try:
+                for group in self.groups.values():
+                    group.raft.tick()
+            except Exception as exc:
+                log.exception("node %d: a tick failed; the node stops", self.id)
+                self._fail(exc, "a tick failed")
+                return
             self._work.set()
 
     # -- the Ready loop ----------------------------------------------------------------
@@ -396,25 +441,35 @@ class RaftNode:
                 # A failed write or sync leaves the node unable to promise
                 # durability: stop serving instead of carrying on.
                 log.exception("node %d: the Ready loop failed; the node stops", self.id)
-                await self._stop_serving(exc)
+                self._fail(exc, "its Ready loop failed")
                 return
 
-    async def _stop_serving(self, cause: Exception) -> None:
+    def _fail(self, cause: Exception, what: str) -> None:
+        """Stop serving at once (no await, so nothing runs in between): fail
+        what is pending with `OutcomeUnknown`, refuse every later call, stop
+        the other loops and, in a task `stop` waits for, the transport."""
+        if self._stopped is not None:
+            return
         self.failure = cause
-        stopped = NodeStopped(f"node {self.id} stopped serving: its Ready loop failed: {cause}")
+        stopped = NodeStopped(f"node {self.id} stopped serving: {what}: {cause}")
         stopped.__cause__ = cause
         self._stopped = stopped
-        unknown = OutcomeUnknown(
-            f"node {self.id} failed before the outcome was known (its entry may have "
-            f"reached the followers): {cause}"
-        )
-        unknown.__cause__ = cause
+
+        def unknown() -> Exception:
+            error = OutcomeUnknown(
+                f"node {self.id} failed before the outcome was known (its entry may have "
+                f"reached the followers): {what}: {cause}"
+            )
+            error.__cause__ = cause
+            return error
+
         self._fail_everything(unknown)
+        current = asyncio.current_task()
         for task in self._tasks:
-            if task is not asyncio.current_task():
+            if task is not current:
                 task.cancel()
-        await self.transport.stop()
-        self._failed.set()
+        self._closing = asyncio.get_running_loop().create_task(self.transport.stop())
+        self._closed.set()
 
     async def _round(self) -> None:
         readies: list[tuple[_Group, Ready]] = []
@@ -423,18 +478,19 @@ class RaftNode:
                 readies.append((group, group.raft.ready()))
         if not readies:
             return
-        early: dict[int, list[list[Any]]] = {}
-        late: dict[int, list[list[Any]]] = {}
+        early: dict[int, list[Message]] = {}
+        late: dict[int, list[Message]] = {}
         must_sync = False
         for group, ready in readies:
             for message in ready.messages:
                 target = early if sent_before_persist(message) else late
-                target.setdefault(message.to, []).append(message.to_wire())
+                target.setdefault(message.to, []).append(message)
             ready.write_to(self.store.group(group.raft.group))
             must_sync = must_sync or ready.must_sync
         self._send(early)
         if must_sync:
-            await asyncio.get_running_loop().run_in_executor(self._syncer, self.store.sync)
+            self._sync = self._syncer.submit(self.store.sync)
+            await asyncio.wrap_future(self._sync)
             self.sync_rounds += 1
         self._send(late)
         for group, ready in readies:
@@ -443,13 +499,24 @@ class RaftNode:
             self._after_advance(group)
         self._work.set()  # anything stepped in meanwhile is handled next round
 
-    def _send(self, batches: dict[int, list[list[Any]]]) -> None:
-        for peer, batch in batches.items():
-            if not self.transport.send(peer, batch):
-                log.debug("node %d: queue to node %d full; messages dropped", self.id, peer)
+    def _send(self, batches: dict[int, list[Message]]) -> None:
+        """Send each peer's messages in frames of at most half the frame
+        limit. A message that is dropped (a full queue, or too big for a
+        frame) is lost like one on the network: Raft sends it again."""
+        for peer, messages in batches.items():
+            for frame in _frames(messages, self.transport.max_frame_bytes // 2):
+                try:
+                    queued = self.transport.send(peer, frame)
+                except ValueError as exc:
+                    log.error("node %d: a frame to node %d was dropped: %s", self.id, peer, exc)
+                    continue
+                if not queued:
+                    log.debug("node %d: queue to node %d full; messages dropped", self.id, peer)
 
     def _apply(self, group: _Group, ready: Ready) -> None:
+        applied = group.raft.log.applied
         if ready.snapshot is not None:
+            applied = max(applied, ready.snapshot.meta.index)
             group.machine.restore(ready.snapshot.data)
             group.applied_since_snapshot = 0
             self._fail_waiting_up_to(group, ready.snapshot.meta.index)
@@ -475,9 +542,8 @@ class RaftNode:
             if read is not None and not read.done():
                 group.read_indexes.append((state.index, read))
         if group.read_indexes:
-            applied = max(
-                group.raft.log.applied, ready.committed[-1].index if ready.committed else 0
-            )
+            if ready.committed:
+                applied = max(applied, ready.committed[-1].index)
             still = []
             for index, future in group.read_indexes:
                 if index <= applied:
@@ -524,23 +590,34 @@ class RaftNode:
                     )
                 )
 
-    def _fail_all(self, group: _Group, error: Exception) -> None:
-        for _, future in group.waiting.values():
-            if not future.done():
-                future.set_exception(error)
-        group.waiting.clear()
-        for future in group.reads.values():
-            if not future.done():
-                future.set_exception(error)
-        group.reads.clear()
-        for _, future in group.read_indexes:
-            if not future.done():
-                future.set_exception(error)
-        group.read_indexes.clear()
-
-    def _fail_everything(self, error: Exception) -> None:
+    def _fail_everything(self, error: Callable[[], Exception]) -> None:
+        """Fail every pending proposal and read, each with a new `error()`."""
         for group in self.groups.values():
-            self._fail_all(group, error)
+            futures: list[asyncio.Future[Any]] = [f for _, f in group.waiting.values()]
+            futures += group.reads.values()
+            futures += [f for _, f in group.read_indexes]
+            group.waiting.clear()
+            group.reads.clear()
+            group.read_indexes.clear()
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error())
+
+
+def _frames(messages: list[Message], limit: int) -> Iterator[list[list[Any]]]:
+    """`messages` as wire lists, in order, grouped so that each group's
+    approximate size stays within `limit` (a lone bigger message goes alone)."""
+    frame: list[list[Any]] = []
+    size = 0
+    for message in messages:
+        bytes_ = message.approximate_bytes()
+        if frame and size + bytes_ > limit:
+            yield frame
+            frame, size = [], 0
+        frame.append(message.to_wire())
+        size += bytes_
+    if frame:
+        yield frame
 
 
 def parse_peers(text: str) -> dict[int, tuple[str, int]]:

@@ -197,6 +197,14 @@ class Message:
     data: bytes = b""
     done: bool = False
 
+    def approximate_bytes(self) -> int:
+        """An upper bound of the size of `to_wire()` encoded with msgpack,
+        without encoding it (the driver splits frames by it)."""
+        size = 200 + len(self.context) + len(self.data)
+        if self.snapshot is not None:
+            size += 10 * (len(self.snapshot.conf.voters) + len(self.snapshot.conf.learners))
+        return size + sum(40 + len(entry.data) for entry in self.entries)
+
     def to_wire(self) -> list[Any]:
         return [
             int(self.type),

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from cluster.raft.core import TRANSFER_CONTEXT, ProgressState, RaftConfig, RaftGroup, Role
 from cluster.raft.core import TestFault as Fault  # aliased: pytest would try to collect Test*
@@ -1076,3 +1078,48 @@ def test_no_local_snapshot_while_a_leaders_snapshot_waits_to_be_installed() -> N
     c.process()
     assert c.installed[2][-1].meta == meta
     assert follower.snapshot_meta_at_applied() == (12, 2, meta.conf)
+
+
+UINT64 = st.integers(0, (1 << 64) - 1)
+NODE_IDS = st.frozensets(UINT64, max_size=7)
+
+
+@given(
+    kind=st.sampled_from(MessageType),
+    header=st.lists(UINT64, min_size=10, max_size=10),
+    entries=st.lists(
+        st.builds(Entry, UINT64, UINT64, st.sampled_from(EntryKind), st.binary(max_size=300)),
+        max_size=8,
+    ),
+    snapshot=st.none()
+    | st.builds(SnapshotMeta, UINT64, UINT64, st.builds(ConfState, NODE_IDS, NODE_IDS)),
+    flags=st.tuples(st.booleans(), st.booleans()),
+    context=st.binary(max_size=100),
+    data=st.binary(max_size=1000),
+)
+@example(  # the largest header and metadata there are
+    kind=MessageType.SNAPSHOT,
+    header=[(1 << 64) - 1] * 10,
+    entries=[],
+    snapshot=SnapshotMeta(
+        (1 << 64) - 1, (1 << 64) - 1, ConfState(frozenset({(1 << 64) - 1}), frozenset())
+    ),
+    flags=(True, True),
+    context=b"",
+    data=b"",
+)
+def test_approximate_bytes_bounds_the_encoded_size(
+    kind: MessageType,
+    header: list[int],
+    entries: list[Entry],
+    snapshot: SnapshotMeta | None,
+    flags: tuple[bool, bool],
+    context: bytes,
+    data: bytes,
+) -> None:
+    group, frm, to, term, index, log_term, commit, hint_index, hint_term, offset = header
+    message = Message(
+        kind, group, frm, to, term, index, log_term, commit, entries, flags[0],
+        hint_index, hint_term, context, snapshot, offset, data, flags[1],
+    )  # fmt: skip
+    assert len(msgpack.packb(message.to_wire())) <= message.approximate_bytes()

@@ -907,3 +907,87 @@ def test_a_read_is_not_completed_by_the_answer_to_a_read_before_a_restart(
             assert read_index >= index
 
     run(scenario)
+
+
+def test_a_new_member_gets_its_catch_up_appends_in_frames_under_the_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The leader's catch-up round holds up to max_inflight appends for one
+    # peer: 100 entries of 4 KB in 8 KiB appends, far over a 64 KiB frame.
+    frame_limit = 64 << 10
+
+    def limit_frames(node: RaftNode) -> None:
+        node.transport.max_frame_bytes = frame_limit
+
+    async def scenario() -> None:
+        async with running(tmp_path, 3, peers=4, max_message_bytes=8 << 10) as cluster:
+            for node in cluster.nodes.values():
+                limit_frames(node)
+            leader = await cluster.wait_leader()
+            values = [bytes([i]) * 4000 for i in range(100)]
+            for data in values:
+                await cluster.propose(data)
+            limit_frames(cluster.open(4, voters=()))
+            await cluster.start(4)
+            await asyncio.wait_for(leader.add_voter(GROUP, 4, timeout=20), 30)
+            assert await cluster.wait_converged() == values
+            assert [node.failure for node in cluster.nodes.values()] == [None] * 4
+            assert "dropped" not in caplog.text  # no frame was over the limit
+
+    with caplog.at_level(logging.ERROR, logger=NODE_LOGGER):
+        run(scenario)
+
+
+def test_an_entry_over_the_frame_limit_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, 1) as cluster:
+            node = await cluster.wait_leader()
+            before = node.status(GROUP)["last_index"]
+            with pytest.raises(ValueError, match="limit"):
+                await node.propose(GROUP, b"x" * (node.max_entry_bytes + 1))
+            assert node.status(GROUP)["last_index"] == before
+            await cluster.propose(b"x" * 1000)  # the control
+
+    run(scenario)
+
+
+def test_a_failed_tick_stops_the_node_and_wait_failed_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as cluster:
+            leader = await cluster.wait_leader()
+            follower = next(n for i, n in cluster.nodes.items() if i != leader.id)
+            waiting = spawn(follower.wait_failed())
+            broken = RuntimeError("a damaged snapshot file")
+
+            def tick() -> None:
+                raise broken
+
+            monkeypatch.setattr(follower.group(GROUP), "tick", tick)
+            assert await asyncio.wait_for(waiting, 5) is broken
+            with pytest.raises(NodeStopped) as info:
+                await follower.propose(GROUP, b"x")
+            assert info.value.__cause__ is broken
+            # Its transport is closed: the others see it gone and go on.
+            await eventually(lambda: not leader.transport.connected(follower.id), "a closed link")
+            others = {n for n in cluster.nodes if n != follower.id}
+            await cluster.propose(b"after", among=others)
+
+    run(scenario)
+
+
+def test_wait_failed_returns_none_after_a_clean_stop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, 1) as cluster:
+            node = await cluster.wait_leader()
+            waiting = spawn(node.wait_failed())
+            await cluster.propose(b"x")
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await cluster.stop(node.id)
+            assert await asyncio.wait_for(waiting, 5) is None
+            with pytest.raises(NodeStopped):
+                await node.start()
+
+    run(scenario)

@@ -131,7 +131,10 @@ class KVService:
         return web.Response(body=value, content_type="application/octet-stream")
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.node.status(GROUP))
+        try:
+            return web.json_response(self.node.status(GROUP))
+        except NodeStopped as exc:
+            return web.json_response({"error": str(exc)}, status=503)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -176,11 +179,11 @@ async def serve(args: argparse.Namespace, secret: bytes, token: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    stopping = asyncio.create_task(stop.wait())
-    failing = asyncio.create_task(node.wait_failed())
-    await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    failing.cancel()
+    waits = {asyncio.create_task(stop.wait()), asyncio.create_task(node.wait_failed())}
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
     await runner.cleanup()
     await node.stop()
     if node.failure is not None:
