@@ -245,6 +245,8 @@ class RaftGroup:
         self._prev_hard = hard
         self._ready_outstanding = False
         self._pending_snapshot: Snapshot | None = None
+        self._broadcast_pending = False
+        """Proposals were appended since the last `ready()`: it sends them."""
 
         if log.last_index() == 0 and log.snapshot_meta().index == 0 and peers:
             self._bootstrap(peers)
@@ -849,7 +851,9 @@ class RaftGroup:
             raise ProposalDropped(f"group {self.group}: too much data waiting for commit")
         self.uncommitted_bytes += size
         entries = self._append_entries([Entry(0, 0, EntryKind.NORMAL, d) for d in datas])
-        self._broadcast_append()
+        # Sent by the next `ready()`: messages leave no earlier, and every
+        # proposal until then travels in the same append to each follower.
+        self._broadcast_pending = True
         return entries
 
     def propose_membership_change(self, change: ConfChange) -> Entry:
@@ -1003,6 +1007,10 @@ class RaftGroup:
         call `advance(ready)` before asking again."""
         if self._ready_outstanding:
             raise RaftError("ready() called again before advance()")
+        if self._broadcast_pending:
+            self._broadcast_pending = False
+            if self.role is Role.LEADER:
+                self._broadcast_append()
         hard = self.hard_state
         snapshot = self._pending_snapshot
         committed = (
