@@ -607,6 +607,9 @@ class RaftNode:
 def _frames(messages: list[Message], limit: int) -> Iterator[list[list[Any]]]:
     """`messages` as wire lists, in order, grouped so that each group's
     approximate size stays within `limit` (a lone bigger message goes alone)."""
+    if len(messages) == 1:  # the usual case: nothing to measure
+        yield [messages[0].to_wire()]
+        return
     frame: list[list[Any]] = []
     size = 0
     for message in messages:
