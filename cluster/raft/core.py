@@ -341,7 +341,7 @@ class RaftGroup:
             self.progress[node] = Progress(last + 1)
         self.progress.setdefault(self.id, Progress(last + 1))
         mine = self.progress[self.id]
-        mine.match = last
+        mine.match = self.log.durable_last_index()
         mine.become_replicate()
         mine.recent_active = True
         # No configuration change until everything in the log is applied.
@@ -815,10 +815,10 @@ class RaftGroup:
         stamped = [
             Entry(last + i, self.term, e.kind, e.data) for i, e in enumerate(entries, start=1)
         ]
+        # The leader counts itself for these entries only once they are on
+        # its disk (`advance`): an entry the followers hold but the leader
+        # has not yet synced is not on a majority of disks.
         self.log.append(stamped)
-        mine = self.progress[self.id]
-        mine.maybe_update(self.log.last_index())
-        self._maybe_commit()
         return stamped
 
     # -- proposals ---------------------------------------------------------------------
@@ -1048,6 +1048,10 @@ class RaftGroup:
         if ready.entries:
             last = ready.entries[-1]
             self.log.stable_to(last.index, last.term)
+            mine = self.progress.get(self.id) if self.role is Role.LEADER else None
+            durable = self.log.durable_last_index()
+            if mine is not None and mine.maybe_update(durable) and self._maybe_commit():
+                self._broadcast_append(commit_changed=True)
         for entry in ready.committed:
             if entry.kind is EntryKind.CONF_CHANGE:
                 self._apply_conf_change(ConfChange.decode(entry.data))

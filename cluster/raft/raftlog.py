@@ -42,6 +42,11 @@ class RaftLog:
             return self.unstable_snapshot.meta.index
         return self.stable.last_index()
 
+    def durable_last_index(self) -> int:
+        """The last index of the part of the log that is on disk (the
+        entries handed to the driver and acknowledged by `advance`)."""
+        return self.offset - 1 if self.unstable else self.last_index()
+
     def last_term(self) -> int:
         return self.term(self.last_index())
 

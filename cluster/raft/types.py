@@ -294,8 +294,8 @@ class Ready:
     2. send `messages` (only after step 1 is durable: votes and append
        acknowledgements promise what is on disk). The leader's own messages
        (`sent_before_persist`) may go out before step 1, so the leader's
-       write overlaps its followers': the commit index they lead to is only
-       published in a later Ready, created after this one is durable;
+       write overlaps its followers': the leader counts itself toward a
+       commit only for entries `advance` has reported durable;
     3. restore the state machine from `snapshot` if any, then apply
        `committed` in order; hand `read_states` to waiting readers once their
        index is applied.

@@ -229,15 +229,47 @@ def test_campaign_elects_the_node_that_asked() -> None:
     assert not c.nodes[1].is_leader and not c.nodes[3].is_leader
 
 
-def test_a_single_node_group_elects_itself_and_commits_at_once() -> None:
+def test_a_single_node_group_commits_an_entry_once_it_is_on_its_disk() -> None:
     c = Cluster(1)
     node = c.tick_until_leader()
     assert node.id == 1 and node.term == 2
     entry = node.propose(b"solo")
-    assert node.log.committed == entry.index  # before any Ready: its own ack is a quorum
+    ready = node.ready()
+    assert ready.entries == [entry] and not ready.committed
+    assert node.log.committed < entry.index  # not on a majority of disks yet
+    c.logs[1].append(ready.entries)
+    c.logs[1].sync()
+    node.advance(ready)
+    assert node.log.committed == entry.index  # its own disk is a quorum
     c.process()
     assert c.applied[1][-1] == entry
     assert c.sent == []
+
+
+def test_a_leader_does_not_count_itself_for_entries_not_yet_on_its_disk() -> None:
+    # Five nodes: the leader and two followers hold the entry, but the
+    # leader has not synced it, so only two disks do and it is not committed.
+    c = Cluster(5)
+    leader = c.elect(1)
+    c.isolate(4)
+    c.isolate(5)
+    entry = leader.propose(b"x")
+    ready = leader.ready()  # the appends leave before the leader's sync
+    for follower in (2, 3):  # they sync and acknowledge
+        for m in ready.messages:
+            if m.to == follower:
+                c.nodes[follower].step(m)
+        follower_ready = c.nodes[follower].ready()
+        c._execute(follower, follower_ready)
+        c.nodes[follower].advance(follower_ready)
+    for ack in [m for m in c.queue if m.to == 1]:
+        leader.step(ack)
+    assert leader.progress[2].match == leader.progress[3].match == entry.index
+    assert leader.log.committed < entry.index
+    c.logs[1].append(ready.entries)
+    c.logs[1].sync()
+    leader.advance(ready)
+    assert leader.log.committed == entry.index
 
 
 # -- 2. pre-vote ----------------------------------------------------------------------------
