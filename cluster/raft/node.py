@@ -179,8 +179,12 @@ class RaftNode:
         self.failure: BaseException | None = None
         """What made the node fail, once it has."""
         self.sync_rounds = 0
-        self.max_entry_bytes = self.transport.max_frame_bytes // 2
-        """Largest entry `propose` accepts: every message must fit in a frame."""
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """Largest entry `propose` accepts, and the size frames are cut to:
+        half the transport's frame limit, so every message fits in a frame."""
+        return self.transport.max_frame_bytes // 2
 
     def _open_group(self, group_id: int, machine: StateMachine, voters: tuple[int, ...]) -> _Group:
         group_log = self.store.group(group_id)
@@ -404,8 +408,7 @@ class RaftNode:
             try:
                 group.raft.step(message)
             except Exception as exc:
-                log.exception("node %d: stepping a message from node %d failed", self.id, peer)
-                self._fail(exc, "stepping a message failed")
+                self._fail(exc, f"stepping a message from node {peer} failed")
                 return
         self._work.set()
 
@@ -425,7 +428,6 @@ class RaftNode:
                 for group in self.groups.values():
                     group.raft.tick()
             except Exception as exc:
-                log.exception("node %d: a tick failed; the node stops", self.id)
                 self._fail(exc, "a tick failed")
                 return
             self._work.set()
@@ -440,7 +442,6 @@ class RaftNode:
             except Exception as exc:
                 # A failed write or sync leaves the node unable to promise
                 # durability: stop serving instead of carrying on.
-                log.exception("node %d: the Ready loop failed; the node stops", self.id)
                 self._fail(exc, "its Ready loop failed")
                 return
 
@@ -450,6 +451,7 @@ class RaftNode:
         the other loops and, in a task `stop` waits for, the transport."""
         if self._stopped is not None:
             return
+        log.error("node %d: %s; the node stops", self.id, what, exc_info=cause)
         self.failure = cause
         stopped = NodeStopped(f"node {self.id} stopped serving: {what}: {cause}")
         stopped.__cause__ = cause
@@ -504,7 +506,7 @@ class RaftNode:
         limit. A message that is dropped (a full queue, or too big for a
         frame) is lost like one on the network: Raft sends it again."""
         for peer, messages in batches.items():
-            for frame in _frames(messages, self.transport.max_frame_bytes // 2):
+            for frame in _frames(messages, self.max_entry_bytes):
                 try:
                     queued = self.transport.send(peer, frame)
                 except ValueError as exc:
