@@ -1,8 +1,10 @@
-"""Errors of the Raft library, under ProtoBase's one exception root."""
+"""Errors of the Raft library, under its own root `RaftError`.
+
+The library imports nothing from `protobase` (DESIGN §5, package
+boundaries): an application that wants one exception root wraps these.
+"""
 
 from __future__ import annotations
-
-from protobase.errors import AuthenticationError, CorruptionError, ProtoBaseException
 
 __all__ = [
     "AuthenticationError",
@@ -16,8 +18,13 @@ __all__ = [
 ]
 
 
-class RaftError(ProtoBaseException):
+class RaftError(Exception):
     """Root of the Raft library's errors."""
+
+
+class AuthenticationError(RaftError):
+    """A peer failed the handshake (wrong cluster secret or cluster id, or a
+    node id it may not claim); the connection is closed."""
 
 
 class NotLeader(RaftError):
@@ -49,6 +56,6 @@ class LogUnavailableError(RaftError):
     """The entries asked for are compacted behind the snapshot, or not written yet."""
 
 
-class LogCorruptionError(CorruptionError):
+class LogCorruptionError(RaftError):
     """A log file is damaged somewhere other than its torn tail; the message
     names the file and the byte offset."""
