@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from .core import RaftConfig, RaftGroup, Role
 from .errors import NotLeader, ProposalDropped, ProtocolError, RaftError
+from .incarnation import IncarnationRefused, PeerIncarnations, load_incarnation
 from .log import LogStore
 from .transport import Transport
 from .types import (
@@ -149,6 +150,13 @@ class RaftNode:
         self.config = config
         self.id = config.node_id
         self.store = LogStore(config.data_dir)
+        try:
+            self.incarnation = load_incarnation(config.data_dir)
+            """This data directory's incarnation (16 bytes), sent in every handshake."""
+            self.peer_incarnations = PeerIncarnations(config.data_dir)
+        except BaseException:
+            self.store.close()
+            raise
         self.rng = random.Random(config.rng_seed)
         self.groups: dict[int, _Group] = {}
         for group_id, (machine, voters) in sorted(groups.items()):
@@ -160,6 +168,9 @@ class RaftNode:
             config.secret,
             self._on_payload,
             on_peer_lost=self._on_peer_lost,
+            incarnation=self.incarnation,
+            peer_incarnations=self.peer_incarnations,
+            on_refused=self._on_refused,
         )
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -411,6 +422,13 @@ class RaftNode:
                 self._fail(exc, f"stepping a message from node {peer} failed")
                 return
         self._work.set()
+
+    def _on_refused(self, refusal: IncarnationRefused) -> None:
+        """A peer knows another incarnation of this node's id: this data
+        directory is not the one the cluster counted on, so the node must not
+        vote or acknowledge anything. It fails; `wait_failed()` returns
+        `refusal`, whose message tells the operator what to do."""
+        self._fail(refusal, f"node {refusal.refused_by} refused its incarnation")
 
     def _on_peer_lost(self, peer: int) -> None:
         for group in self.groups.values():

@@ -20,19 +20,41 @@ Frames (the whole wire format, handshake included)
     is not exactly one msgpack value is disconnected.
 
 Handshake (acceptor A, dialer D; both hold `secret` and `cluster_id`)
-    1. A -> D  ["protobase-raft", 1, nonce_a]
-    2. D -> A  [id_d, id_a, cluster_id, nonce_d, mac_d]
-    3. A -> D  [mac_a]
+    1. A -> D  ["protobase-raft", 2, nonce_a]
+    2. D -> A  [id_d, id_a, cluster_id, nonce_d, inc_d, mac_d]
+    3. A -> D  [inc_a, verdict_a, mac_a]
+    4. D -> A  [verdict_d, mac_v]
 
-    nonce_a and nonce_d are 32 fresh random bytes per connection, and
+    nonce_a and nonce_d are 32 fresh random bytes per connection, inc_d and
+    inc_a the 16-byte incarnations of the two nodes' data directories (see
+    `incarnation.py`), and
 
-        mac_x = HMAC-SHA256(secret, msgpack([label, cluster_id, nonce_a, nonce_d, id_d, id_a]))
+        said  = [cluster_id, nonce_a, nonce_d, id_d, id_a, inc_d]
+        mac_d = HMAC-SHA256(secret, msgpack([b"client", *said]))
+        mac_a = HMAC-SHA256(secret, msgpack([b"server", *said, inc_a, verdict_a]))
+        mac_v = HMAC-SHA256(secret, msgpack([b"verdict", *said, inc_a, verdict_d]))
 
-    with label b"client" for mac_d and b"server" for mac_a. A checks, in
-    order, that cluster_id is its own, that mac_d verifies, that id_a is its
-    own id and that id_d is a known peer smaller than itself; on any failure
-    it closes the connection without an answer. D then verifies mac_a. Each
-    side gives up after `handshake_timeout`. Only then do data frames flow.
+    Each proof covers everything said before it, so nobody without the
+    secret can forge or alter an incarnation or a verdict.
+
+    A checks, in order, that cluster_id is its own, that mac_d verifies,
+    that id_a is its own id and that id_d is a known peer smaller than
+    itself; on any failure it closes the connection without an answer. D
+    then verifies mac_a (on failure it hangs up), and A verifies mac_v.
+
+    A verdict is nil when the sender accepts the other's incarnation, or the
+    incarnation the sender remembers for the other's id when it refuses (a
+    different one: the other's data directory was wiped or replaced). A
+    peer id with no remembered incarnation is learned, durably, first (trust
+    on first use; `incarnation.py` has the corner cases). The refusing side
+    logs the refusal and closes the connection after its verdict; the
+    refused side raises `IncarnationRefused` to `on_refused` (it must stop).
+    After a refusal in step 3, step 4 is not sent. A transport given no
+    `peer_incarnations` accepts every incarnation.
+
+    Each side gives up after `handshake_timeout`. Data frames flow only
+    after step 4 carried an acceptance, so no frame from a refused peer is
+    ever delivered.
 
     The secret never crosses the wire; fresh nonces on both sides stop the
     replay of a recorded handshake, and the labels stop a proof from being
@@ -60,6 +82,12 @@ from typing import Any
 import msgpack
 
 from .errors import AuthenticationError, ProtocolError
+from .incarnation import (
+    INCARNATION_BYTES,
+    IncarnationRefused,
+    PeerIncarnationMismatch,
+    PeerIncarnations,
+)
 
 __all__ = [
     "HANDSHAKE_FRAME_LIMIT",
@@ -72,7 +100,7 @@ __all__ = [
 log = logging.getLogger("protobase.raft.transport")
 
 HANDSHAKE_MAGIC = "protobase-raft"
-HANDSHAKE_VERSION = 1
+HANDSHAKE_VERSION = 2
 HANDSHAKE_FRAME_LIMIT = 1024
 """Largest body accepted before the peer is authenticated."""
 NONCE_BYTES = 32
@@ -85,6 +113,7 @@ _WRITE_BATCH_BYTES = 1 << 20
 _STREAM_BUFFER_BYTES = 1 << 18
 
 OnMessage = Callable[[int, Any], None]
+OnRefused = Callable[[IncarnationRefused], None]
 Address = tuple[str, int]
 
 
@@ -114,6 +143,10 @@ class TransportStats:
     """An accepted connection closed an older one from the same peer."""
     reconnects: int = 0
     """A connection authenticated with a peer that had been connected before."""
+    peers_refused: int = 0
+    """A peer presented another incarnation than the one remembered for its id."""
+    refused_by_peers: int = 0
+    """A peer refused this node's incarnation (`on_refused` was called)."""
 
 
 class _Connection:
@@ -192,9 +225,17 @@ class Transport:
             the handshake.
         backoff_initial, backoff_max: delays between dials to a peer double
             from the first to the second (with jitter) while dials fail.
+        incarnation: this node's data directory's incarnation (16 bytes);
+            None: a random one, new with every `Transport`.
+        peer_incarnations: the incarnations remembered for the peers,
+            checked and learned in the handshake; None: not checked.
+        on_refused: called with `IncarnationRefused` when a peer refuses
+            this node's incarnation; the owner must stop taking part (the
+            transport itself keeps redialing, and keeps being refused).
 
     Raises:
-        ValueError: empty secret, non-positive ids, or non-positive limits.
+        ValueError: empty secret, non-positive ids, non-positive limits, or
+            an incarnation that is not 16 bytes.
     """
 
     def __init__(
@@ -214,6 +255,9 @@ class Transport:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         on_peer_lost: Callable[[int], None] | None = None,
+        incarnation: bytes | None = None,
+        peer_incarnations: PeerIncarnations | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the cluster secret is empty; a node refuses to start without one")
@@ -223,6 +267,10 @@ class Transport:
             raise ValueError("max_frame_bytes, queue_limit and queue_max_bytes must be positive")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("backoff delays must satisfy 0 < backoff_initial <= backoff_max")
+        if incarnation is None:
+            incarnation = os.urandom(INCARNATION_BYTES)
+        if not _is_incarnation(incarnation):
+            raise ValueError(f"an incarnation is {INCARNATION_BYTES} bytes, not {incarnation!r}")
         self.node_id = node_id
         self.host, self.port = listen
         self.secret = bytes(secret)
@@ -234,8 +282,11 @@ class Transport:
         self.handshake_timeout = handshake_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.incarnation = bytes(incarnation)
+        self.peer_incarnations = peer_incarnations
         self.stats = TransportStats()
         self._on_message = on_message
+        self._on_refused = on_refused
         self._on_peer_lost = on_peer_lost
         self._peers: dict[int, _Peer] = {}
         self._listener: socket.socket | None = None
@@ -408,13 +459,56 @@ class Transport:
                 self._dial_loop(peer), f"raft-dial-{self.node_id}->{peer.node_id}"
             )
 
-    def _handshake_failed(self, address: str, reason: str) -> None:
+    def _handshake_failed(self, address: str, reason: str, level: int = logging.WARNING) -> None:
         self.stats.handshake_failures += 1
-        log.warning(
+        log.log(
+            level,
             "node %d: handshake with %s failed, connection closed: %s",
             self.node_id,
             address,
             reason,
+        )
+
+    def _refused(self, address: str, refusal: IncarnationRefused) -> None:
+        """A peer refused this node's incarnation: report it to the owner."""
+        self.stats.refused_by_peers += 1
+        self._handshake_failed(address, str(refusal), logging.ERROR)
+        if self._on_refused is not None:
+            self._on_refused(refusal)
+
+    def _verdict(self, peer_id: int, presented: bytes) -> bytes | None:
+        """None if `presented` is the incarnation of `peer_id` to accept
+        (learned durably on first contact); else the one remembered."""
+        book = self.peer_incarnations
+        if book is None:
+            return None
+        known = book.get(peer_id)
+        if known is None:
+            try:
+                # A blocking fsync on the loop, once per peer id ever seen.
+                book.learn(peer_id, presented)
+            except OSError as exc:
+                raise AuthenticationError(
+                    f"node {peer_id} is not let in: its incarnation cannot be recorded: {exc}"
+                ) from exc
+            log.info(
+                "node %d: first contact with node %d: incarnation %s learned",
+                self.node_id,
+                peer_id,
+                presented.hex(),
+            )
+            return None
+        if known == presented:
+            return None
+        self.stats.peers_refused += 1
+        return known
+
+    def _mismatch(self, peer_id: int, presented: bytes, known: bytes) -> PeerIncarnationMismatch:
+        return PeerIncarnationMismatch(
+            f"refused node {peer_id}: it presents incarnation {presented.hex()}, but node "
+            f"{self.node_id} knows {known.hex()}: node {peer_id}'s data directory was wiped or "
+            f"replaced; remove member {peer_id} from the cluster and add it back as a new "
+            "member, or restore its data directory"
         )
 
     # -- dialing ------------------------------------------------------------------------
@@ -459,6 +553,10 @@ class Transport:
         except TimeoutError:
             reason = f"node {peer.node_id} did not finish the handshake within "
             self._handshake_failed(address, reason + f"{self.handshake_timeout:g}s")
+        except IncarnationRefused as exc:
+            self._refused(address, exc)
+        except PeerIncarnationMismatch as exc:
+            self._handshake_failed(address, str(exc), logging.ERROR)
         except (AuthenticationError, ProtocolError) as exc:
             self._handshake_failed(address, str(exc))
         except (asyncio.IncompleteReadError, OSError) as exc:
@@ -485,8 +583,11 @@ class Transport:
             raise ProtocolError("malformed handshake greeting")
         nonce_d = os.urandom(NONCE_BYTES)
         ids = (self.node_id, peer.node_id)
-        mac_d = self._mac(b"client", nonce_a, nonce_d, *ids)
-        await _write_frame(connection.writer, [*ids, self.cluster_id, nonce_d, mac_d])
+        said = (nonce_a, nonce_d, *ids, self.incarnation)
+        mac_d = self._mac(b"client", *said)
+        await _write_frame(
+            connection.writer, [*ids, self.cluster_id, nonce_d, self.incarnation, mac_d]
+        )
         try:
             answer, _ = await _read_frame(connection.reader, HANDSHAKE_FRAME_LIMIT)
         except asyncio.IncompleteReadError:
@@ -495,13 +596,28 @@ class Transport:
                 "both use the same cluster secret and cluster id, and that it knows "
                 f"node {self.node_id})"
             ) from None
-        if not (isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], bytes)):
+        if not (
+            isinstance(answer, list)
+            and len(answer) == 3
+            and _is_incarnation(answer[0])
+            and _is_verdict(answer[1])
+            and isinstance(answer[2], bytes)
+        ):
             raise ProtocolError("malformed handshake answer")
-        if not hmac.compare_digest(answer[0], self._mac(b"server", nonce_a, nonce_d, *ids)):
+        inc_a, verdict_a, mac_a = answer
+        if not hmac.compare_digest(mac_a, self._mac(b"server", *said, inc_a, verdict_a)):
             raise AuthenticationError(
                 f"the listener does not prove it is node {peer.node_id} of this cluster "
                 "(its proof does not verify: wrong cluster secret?)"
             )
+        if verdict_a is not None:
+            raise IncarnationRefused(self.node_id, self.incarnation, verdict_a, peer.node_id)
+        verdict_d = self._verdict(peer.node_id, inc_a)
+        mac_v = self._mac(b"verdict", *said, inc_a, verdict_d)
+        await _write_frame(connection.writer, [verdict_d, mac_v])
+        if verdict_d is not None:
+            await _close_after_sending(connection)
+            raise self._mismatch(peer.node_id, inc_a, verdict_d)
         connection.peer_id = peer.node_id
 
     # -- accepting ------------------------------------------------------------------------
@@ -551,6 +667,10 @@ class Transport:
         except TimeoutError:
             reason = f"the handshake was not finished within {self.handshake_timeout:g}s"
             self._handshake_failed(connection.address, reason)
+        except IncarnationRefused as exc:
+            self._refused(connection.address, exc)
+        except PeerIncarnationMismatch as exc:
+            self._handshake_failed(connection.address, str(exc), logging.ERROR)
         except (AuthenticationError, ProtocolError) as exc:
             self._handshake_failed(connection.address, str(exc))
         except (asyncio.IncompleteReadError, OSError) as exc:
@@ -568,15 +688,16 @@ class Transport:
         nonce_a = os.urandom(NONCE_BYTES)
         await _write_frame(connection.writer, [HANDSHAKE_MAGIC, HANDSHAKE_VERSION, nonce_a])
         auth, _ = await _read_frame(connection.reader, HANDSHAKE_FRAME_LIMIT)
-        if not (isinstance(auth, list) and len(auth) == 5):
+        if not (isinstance(auth, list) and len(auth) == 6):
             raise ProtocolError("malformed handshake: not a ProtoBase Raft node")
-        id_d, id_a, cluster_id, nonce_d, mac_d = auth
+        id_d, id_a, cluster_id, nonce_d, inc_d, mac_d = auth
         if not (
             type(id_d) is int
             and type(id_a) is int
             and isinstance(cluster_id, bytes)
             and isinstance(nonce_d, bytes)
             and len(nonce_d) == NONCE_BYTES
+            and _is_incarnation(inc_d)
             and isinstance(mac_d, bytes)
         ):
             raise ProtocolError("malformed handshake: not a ProtoBase Raft node")
@@ -585,7 +706,8 @@ class Transport:
                 f"the dialer belongs to cluster {cluster_id!r:.80}, "
                 f"this node to {self.cluster_id!r}"
             )
-        if not hmac.compare_digest(mac_d, self._mac(b"client", nonce_a, nonce_d, id_d, id_a)):
+        said = (nonce_a, nonce_d, id_d, id_a, inc_d)
+        if not hmac.compare_digest(mac_d, self._mac(b"client", *said)):
             raise AuthenticationError("the dialer does not know the cluster secret")
         if id_a != self.node_id:
             raise AuthenticationError(f"the dialer wanted node {id_a}; this is node {self.node_id}")
@@ -596,13 +718,42 @@ class Transport:
             raise AuthenticationError(
                 f"node {id_d} dialed node {self.node_id}, but the smaller id dials the larger"
             )
-        await _write_frame(connection.writer, [self._mac(b"server", nonce_a, nonce_d, id_d, id_a)])
+        verdict_a = self._verdict(id_d, inc_d)
+        mac_a = self._mac(b"server", *said, self.incarnation, verdict_a)
+        await _write_frame(connection.writer, [self.incarnation, verdict_a, mac_a])
+        if verdict_a is not None:
+            await _close_after_sending(connection)
+            raise self._mismatch(id_d, inc_d, verdict_a)
+        try:
+            answer, _ = await _read_frame(connection.reader, HANDSHAKE_FRAME_LIMIT)
+        except asyncio.IncompleteReadError:
+            raise AuthenticationError(
+                f"node {id_d} hung up instead of answering this node's proof (a different "
+                "cluster secret?)"
+            ) from None
+        if not (
+            isinstance(answer, list)
+            and len(answer) == 2
+            and _is_verdict(answer[0])
+            and isinstance(answer[1], bytes)
+        ):
+            raise ProtocolError("malformed handshake verdict")
+        verdict_d, mac_v = answer
+        if not hmac.compare_digest(
+            mac_v, self._mac(b"verdict", *said, self.incarnation, verdict_d)
+        ):
+            raise AuthenticationError(f"the verdict of node {id_d} does not verify")
+        if verdict_d is not None:
+            raise IncarnationRefused(self.node_id, self.incarnation, verdict_d, id_d)
         connection.peer_id = id_d
         return peer
 
-    def _mac(self, label: bytes, nonce_a: bytes, nonce_d: bytes, id_d: int, id_a: int) -> bytes:
+    def _mac(
+        self, label: bytes, nonce_a: bytes, nonce_d: bytes, id_d: int, id_a: int, *said: Any
+    ) -> bytes:
+        """The proof of `label` over the handshake so far (see the module docstring)."""
         message = msgpack.packb(
-            [label, self.cluster_id, nonce_a, nonce_d, id_d, id_a], use_bin_type=True
+            [label, self.cluster_id, nonce_a, nonce_d, id_d, id_a, *said], use_bin_type=True
         )
         return hmac.new(self.secret, message, hashlib.sha256).digest()
 
@@ -699,6 +850,22 @@ class Transport:
                 log.info("node %d: write to node %d failed: %r", self.node_id, peer.node_id, exc)
         finally:
             self._close(connection)  # so that the reader stops too
+
+
+def _is_incarnation(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == INCARNATION_BYTES
+
+
+def _is_verdict(value: Any) -> bool:
+    return value is None or _is_incarnation(value)
+
+
+async def _close_after_sending(connection: _Connection) -> None:
+    """Close `connection` once what was written has left (an abort would
+    drop a refusal the peer must read)."""
+    connection.writer.close()
+    with contextlib.suppress(OSError):
+        await connection.writer.wait_closed()
 
 
 async def _write_frame(writer: asyncio.StreamWriter, payload: Any) -> None:

@@ -15,12 +15,14 @@ import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 from loopback import HOST, eventually, free_ports
 
+from cluster.raft.incarnation import IncarnationRefused, PeerIncarnations
 from cluster.raft.transport import MAX_PENDING_HANDSHAKES, Transport
 from cluster.raft.types import Entry, Message, MessageType
 
@@ -109,37 +111,69 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     return msgpack.unpackb(await reader.readexactly(length), raw=False)
 
 
+INCARNATION = b"impostor's life."
+"""What `impersonate` presents unless told otherwise (16 bytes)."""
+
+
 def proof(
     label: bytes,
     nonce_a: bytes,
     nonce_d: bytes,
     id_d: int,
     id_a: int,
+    *said: Any,
     secret: bytes = SECRET,
     cluster_id: bytes = b"protobase",
 ) -> bytes:
-    message = msgpack.packb([label, cluster_id, nonce_a, nonce_d, id_d, id_a], use_bin_type=True)
+    message = msgpack.packb(
+        [label, cluster_id, nonce_a, nonce_d, id_d, id_a, *said], use_bin_type=True
+    )
     return hmac.new(secret, message, hashlib.sha256).digest()
 
 
+class Refused(Exception):
+    """The listener answered `impersonate` with a refusal of its incarnation."""
+
+    def __init__(self, known: bytes) -> None:
+        super().__init__(known)
+        self.known = known
+
+
 async def impersonate(
-    port: int, id_d: int, id_a: int, secret: bytes = SECRET, cluster_id: bytes = b"protobase"
+    port: int,
+    id_d: int,
+    id_a: int,
+    secret: bytes = SECRET,
+    cluster_id: bytes = b"protobase",
+    incarnation: bytes = INCARNATION,
+    sent_incarnation: bytes | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Dial the transport at `port` as node `id_d`, with this file's own
-    handshake code. Returns the streams once the listener proved itself;
-    raises IncompleteReadError when the listener hangs up instead."""
+    """Dial the transport at `port` as node `id_d` of `incarnation`, with
+    this file's own handshake code; `sent_incarnation` puts another one in
+    the frame than the proof covers. Returns the streams once both sides
+    accepted each other; raises IncompleteReadError when the listener hangs
+    up instead, `Refused` when it refuses the incarnation."""
     reader, writer = await asyncio.open_connection(HOST, port)
     magic, version, nonce_a = await read_frame(reader)
-    assert (magic, version, len(nonce_a)) == ("protobase-raft", 1, 32)
+    assert (magic, version, len(nonce_a)) == ("protobase-raft", 2, 32)
     nonce_d = os.urandom(32)
-    mac = proof(b"client", nonce_a, nonce_d, id_d, id_a, secret, cluster_id)
-    writer.write(frame([id_d, id_a, cluster_id, nonce_d, mac]))
+    said = (nonce_a, nonce_d, id_d, id_a, incarnation)
+    mac = proof(b"client", *said, secret=secret, cluster_id=cluster_id)
+    sent = incarnation if sent_incarnation is None else sent_incarnation
+    writer.write(frame([id_d, id_a, cluster_id, nonce_d, sent, mac]))
     try:
-        answer = await read_frame(reader)
+        inc_a, verdict_a, mac_a = await read_frame(reader)
     except asyncio.IncompleteReadError:
         writer.close()
         raise
-    assert answer == [proof(b"server", nonce_a, nonce_d, id_d, id_a, secret, cluster_id)]
+    assert mac_a == proof(b"server", *said, inc_a, verdict_a, secret=secret, cluster_id=cluster_id)
+    assert isinstance(inc_a, bytes) and len(inc_a) == 16
+    if verdict_a is not None:
+        assert await hung_up(reader)
+        writer.close()
+        raise Refused(verdict_a)
+    mac_v = proof(b"verdict", *said, inc_a, None, secret=secret, cluster_id=cluster_id)
+    writer.write(frame([None, mac_v]))
     return reader, writer
 
 
@@ -249,7 +283,8 @@ def test_new_connection_from_the_same_peer_replaces_the_old_one() -> None:
             await all_connected(nodes)
             old = nodes[1]._peers[1].connection
             reader, writer = await impersonate(nodes[1].port, 1, 2)
-            assert old is not None and old.closed
+            assert old is not None
+            await eventually(lambda: old.closed, "the old connection to close")
             assert nodes[1].stats.connections_replaced == 1
             assert nodes[1].send(1, "to the newest connection")
             assert await read_frame(reader) == "to the newest connection"
@@ -539,6 +574,8 @@ def test_construction_refuses_an_empty_secret_and_bad_ids() -> None:
         Transport(0, (HOST, 0), {}, SECRET, Inbox())
     with pytest.raises(ValueError, match="positive"):
         Transport(1, (HOST, 0), {-2: (HOST, 1)}, SECRET, Inbox())
+    with pytest.raises(ValueError, match="16 bytes"):
+        Transport(1, (HOST, 0), {}, SECRET, Inbox(), incarnation=b"too short")
 
 
 @pytest.mark.parametrize(
@@ -606,7 +643,7 @@ def test_acceptor_refuses_a_dialer_it_cannot_trust(
             assert node.stats.connections_accepted == 0 and inbox.received == []
             _, writer = await impersonate(node.port, 1, 2)  # still serves the good ones
             writer.close()
-            assert node.stats.connections_accepted == 1
+            await eventually(lambda: node.stats.connections_accepted == 1, "the good one")
         finally:
             await node.stop()
 
@@ -623,7 +660,8 @@ def test_acceptor_refuses_a_dialer_it_cannot_trust(
         (b"\x00\x00\x00\x02\xc1\xc1", "not msgpack"),
         (b"\x00\x00\x00\x02\x01\x02", "not msgpack"),  # two values where one belongs
         (frame([1, 2, 3]), "malformed handshake"),
-        (frame([1, 2, b"protobase", b"short nonce", b"mac"]), "malformed handshake"),
+        (frame([1, 2, b"protobase", b"short nonce", INCARNATION, b"mac"]), "malformed handshake"),
+        (frame([1, 2, b"protobase", os.urandom(32), b"short", b"mac"]), "malformed handshake"),
         (b"\x00\x00\x00", "connection lost during the handshake"),  # then EOF
     ],
 )
@@ -712,9 +750,16 @@ async def _fake_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 async def _fake_bad_proof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(frame(["protobase-raft", 1, os.urandom(32)]))
+    writer.write(frame(["protobase-raft", 2, os.urandom(32)]))
     await read_frame(reader)
-    writer.write(frame([os.urandom(32)]))
+    writer.write(frame([INCARNATION, None, os.urandom(32)]))
+
+
+async def _fake_refusal(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A refusal of the dialer's incarnation, from a listener without the secret."""
+    writer.write(frame(["protobase-raft", 2, os.urandom(32)]))
+    await read_frame(reader)
+    writer.write(frame([INCARNATION, os.urandom(16), os.urandom(32)]))
 
 
 async def _fake_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -722,7 +767,7 @@ async def _fake_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 
 async def _fake_future_version(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(frame(["protobase-raft", 2, os.urandom(32)]))
+    writer.write(frame(["protobase-raft", 3, os.urandom(32)]))
 
 
 @pytest.mark.parametrize(
@@ -730,8 +775,9 @@ async def _fake_future_version(reader: asyncio.StreamReader, writer: asyncio.Str
     [
         (_fake_silent, "did not finish the handshake within 0.2s"),
         (_fake_bad_proof, "does not prove it is node 2"),
+        (_fake_refusal, "does not prove it is node 2"),
         (_fake_http, "not msgpack"),
-        (_fake_future_version, "handshake version 2"),
+        (_fake_future_version, "handshake version 3"),
     ],
 )
 def test_dialer_refuses_a_listener_that_cannot_prove_itself(
@@ -759,6 +805,7 @@ def test_dialer_refuses_a_listener_that_cannot_prove_itself(
             assert node.send(2, "secret stuff")
             await eventually(lambda: node.stats.handshake_failures >= 1, "the refusal")
             assert not node.connected(2) and node.queued(2) == 1
+            assert node.stats.refused_by_peers == 0  # an unproven refusal counts for nothing
         finally:
             await node.stop()
             server.close()
@@ -788,13 +835,147 @@ def test_pending_handshakes_are_bounded() -> None:
             streams[0][1].close()  # frees a slot
             await eventually(lambda: node.stats.handshake_failures == 2, "the slot to free")
             streams.append(await impersonate(node.port, 1, 2))
-            assert node.stats.connections_accepted == 1
+            await eventually(lambda: node.stats.connections_accepted == 1, "the handshake")
         finally:
             for _, writer in streams:
                 writer.close()
             await node.stop()
 
     run(scenario)
+
+
+# -- incarnations ---------------------------------------------------------------------------
+
+
+LIVES = {1: b"node 1, 1st life", 2: b"node 2, 1st life"}
+"""The incarnations `with_books` gives nodes 1 and 2 (16 bytes each)."""
+
+
+def with_books(tmp_path: Path) -> dict[int, dict[str, Any]]:
+    """`running()` options: nodes 1 and 2 with `LIVES` and a `PeerIncarnations` each."""
+    return {
+        n: {"incarnation": LIVES[n], "peer_incarnations": PeerIncarnations(tmp_path / f"{n}")}
+        for n in (1, 2)
+    }
+
+
+def test_first_contact_is_learned_durably_on_both_sides(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(2, with_books(tmp_path)) as (nodes, _):
+            await all_connected(nodes)
+        assert PeerIncarnations(tmp_path / "1").known() == {2: LIVES[2]}  # reread from disk
+        assert PeerIncarnations(tmp_path / "2").known() == {1: LIVES[1]}
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("victim", [1, 2], ids=["dialer-wiped", "acceptor-wiped"])
+def test_a_peer_back_with_another_incarnation_is_refused_and_told_why(
+    victim: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        survivor = 3 - victim
+        async with running(2, with_books(tmp_path)) as (nodes, inboxes):
+            await all_connected(nodes)
+            old = nodes[victim - 1]
+            await old.stop()
+            await eventually(lambda: not nodes[survivor - 1].connected(victim), "disconnect")
+            assert nodes[survivor - 1].send(victim, "for the first life only")
+            # Back on an empty data directory: a new incarnation, nobody known.
+            refusals: list[IncarnationRefused] = []
+            inbox = Inbox()
+            peers = {survivor: (HOST, nodes[survivor - 1].port)}
+            wiped = PeerIncarnations(tmp_path / "wiped")
+            new_life = b"a wiped node 123"
+            new = make(
+                victim,
+                peers,
+                inbox,
+                port=old.port,
+                incarnation=new_life,
+                peer_incarnations=wiped,
+                on_refused=refusals.append,
+            )
+            nodes[victim - 1] = new  # running() stops it
+            await new.start()
+            assert new.send(survivor, "from the second life")
+            await eventually(lambda: len(refusals) >= 2, "two refusals (it keeps redialing)")
+            refusal = refusals[0]
+            assert (refusal.node_id, refusal.refused_by) == (victim, survivor)
+            assert (refusal.incarnation, refusal.known) == (new_life, LIVES[victim])
+            assert str(refusal).startswith(
+                f"node {victim}'s data directory was wiped or replaced (incarnation "
+                f"{new_life.hex()}, the cluster knows {LIVES[victim].hex()}); it cannot rejoin "
+                f"as the same member: remove member {victim} from the cluster and add it back "
+                "as a new member, or restore its data directory"
+            )
+            assert new.stats.refused_by_peers == len(refusals)
+            assert nodes[survivor - 1].stats.peers_refused >= 2
+            # Not a frame either way; the survivor still remembers the first life.
+            assert not new.connected(survivor) and not nodes[survivor - 1].connected(victim)
+            assert inbox.received == [] and inboxes[survivor - 1].payloads(victim) == []
+            assert nodes[survivor - 1].peer_incarnations is not None
+            assert nodes[survivor - 1].peer_incarnations.get(victim) == LIVES[victim]
+            # Its data directory restored, the first life is let in again.
+            await new.stop()
+            restored = make(
+                victim,
+                peers,
+                inboxes[victim - 1],
+                port=old.port,
+                incarnation=LIVES[victim],
+                peer_incarnations=PeerIncarnations(tmp_path / f"{victim}"),
+            )
+            nodes[victim - 1] = restored
+            await restored.start()
+            await eventually(
+                lambda: inboxes[victim - 1].payloads(survivor) == ["for the first life only"],
+                "delivery to the restored node",
+            )
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    run(scenario)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(
+        f"refused node {victim}: it presents incarnation 6120776970656420" in e for e in errors
+    ), errors
+    assert any(f"node {victim}'s data directory was wiped" in e for e in errors), errors
+
+
+def test_a_forged_or_altered_incarnation_does_not_pass_without_the_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        book = PeerIncarnations(tmp_path)
+        book.learn(1, LIVES[1])
+        inbox = Inbox()
+        peers = {1: (HOST, free_ports(1)[0]), 3: (HOST, 1)}
+        node = make(4, peers, inbox, peer_incarnations=book)
+        await node.start()
+        try:
+            # Without the secret, no incarnation is learned, none is refused.
+            with pytest.raises(asyncio.IncompleteReadError):
+                await impersonate(node.port, 1, 4, b"guess", incarnation=LIVES[1])
+            with pytest.raises(asyncio.IncompleteReadError):
+                await impersonate(node.port, 3, 4, b"guess")
+            # A recorded proof does not cover another incarnation put in its frame.
+            with pytest.raises(asyncio.IncompleteReadError):
+                await impersonate(node.port, 3, 4, incarnation=LIVES[1], sent_incarnation=b"x" * 16)
+            assert book.known() == {1: LIVES[1]} and node.stats.peers_refused == 0
+            # With the secret: another life of node 1 is refused, in words it can verify.
+            with pytest.raises(Refused) as refused:
+                await impersonate(node.port, 1, 4, incarnation=b"y" * 16)
+            assert refused.value.known == LIVES[1] and node.stats.peers_refused == 1
+            _, writer = await impersonate(node.port, 1, 4, incarnation=LIVES[1])
+            writer.close()
+            await eventually(lambda: node.stats.connections_accepted == 1, "node 1's own life")
+            assert inbox.received == [] and book.known() == {1: LIVES[1]}
+        finally:
+            await node.stop()
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    run(scenario)
+    assert warnings(caplog).count("does not know the cluster secret") == 3
 
 
 # -- shutdown -------------------------------------------------------------------------------
