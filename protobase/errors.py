@@ -53,8 +53,22 @@ class StorageError(ProtoBaseException):
 class RootConflict(StorageError):
     """The storage root moved since the version the committer expected.
 
-    Raised by `Storage.commit`; the object layer turns it into a rebase.
+    Raised by `Storage.commit` and `Storage.set_root`; the object layer
+    turns it into a rebase.
     """
+
+
+class CommitOutcomeUnknown(StorageError):
+    """The storage cannot tell whether a root change took effect.
+
+    A connection dropped, or a leader died, after the request left. The
+    object layer resolves it with `Storage.committed_root(transaction_id)`
+    before it reports anything to the caller.
+    """
+
+    def __init__(self, message: str, transaction_id: bytes) -> None:
+        super().__init__(message)
+        self.transaction_id = transaction_id
 
 
 class AtomNotFoundError(StorageError):

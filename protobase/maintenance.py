@@ -49,7 +49,7 @@ def fsck(path: str | Path, progress: Progress | None = None) -> FsckReport:
         report.records_checked = len(history)
         report.versions_checked = len(history)
         found = reachability.walk(
-            space._read_payloads, [c.root for c in history], progress, collect_problems=True
+            space.read_payloads, [c.root for c in history], progress, collect_problems=True
         )
         report.atoms_checked = len(found.reachable)
         report.problems.extend(found.problems)

@@ -24,12 +24,14 @@ O(my changes x (node width + log n)), whatever theirs changed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from .collections.btree import MISSING, NodeLoader, keyed_diff, keyed_get
 from .collections.indexes import IndexSpec
 from .collections.keyed import KeyedCollection
 from .errors import ConflictError, UniqueConstraintError
+from .storage.interfaces import DatabaseReads
 from .values import same_value
 
 K = TypeVar("K", bound=KeyedCollection)
@@ -125,3 +127,88 @@ def merge_values(base: Any, mine: Any, theirs: Any, loader: NodeLoader, path: st
         f"{path} was changed by a concurrent transaction that committed first; "
         "nothing was written. Run the transaction again (Database.run retries)."
     )
+
+
+def merge_databases(
+    base: KeyedCollection,
+    mine: KeyedCollection,
+    theirs: KeyedCollection,
+    loader: NodeLoader,
+    reads: Mapping[str, DatabaseReads],
+) -> Any:
+    """Rebase a space's database table: mine's changes since base, onto theirs.
+
+    Each database is ``{"roots": Dictionary, "objects": HashDictionary}``.
+    A database only mine changed takes mine's state; one both changed
+    merges its roots and its object table with `merge_keyed`; one added or
+    removed on a side while the other changed it conflicts. Before
+    anything merges, every ``read_current`` read in `reads` must hold the
+    same value in theirs as in base (serializable for that read).
+
+    This is the one rebase rule: the embedded committer runs it in the
+    application's process, a cluster node runs it on the meta leader.
+    """
+    for name, read in reads.items():
+        _validate_reads(name, read, base, theirs, loader)
+    my_changes = changes(base, mine, loader)
+    if not my_changes:
+        return theirs
+    if theirs._pb_same_value(base):
+        return mine
+    keyfn = type(theirs)._keyfn
+    their_root = theirs._node()
+    to_apply = []
+    for skey, (name, base_state, my_state) in my_changes.items():
+        their_state = keyed_get(their_root, loader, skey, keyfn)
+        if same_value(base_state, their_state):
+            to_apply.append((name, my_state))
+            continue
+        if base_state is MISSING or my_state is MISSING or their_state is MISSING:
+            raise ConflictError(
+                f"database {name!r} was created or removed by a concurrent transaction that "
+                "committed first; nothing was written. Run the transaction again."
+            )
+        merged = {
+            part: merge_keyed(
+                base_state[part], my_state[part], their_state[part], loader, f"{name}.{part}"
+            )
+            for part in ("roots", "objects")
+        }
+        to_apply.append((name, merged))
+    return theirs._pb_apply_changes(to_apply)
+
+
+def _validate_reads(
+    name: str,
+    read: DatabaseReads,
+    base: KeyedCollection,
+    theirs: KeyedCollection,
+    loader: NodeLoader,
+) -> None:
+    keyfn = type(base)._keyfn
+    base_state = keyed_get(base._node(), loader, keyfn(name), keyfn)
+    their_state = keyed_get(theirs._node(), loader, keyfn(name), keyfn)
+    if same_value(base_state, their_state):
+        return
+    if base_state is MISSING or their_state is MISSING:
+        raise ConflictError(
+            f"database {name!r} was created or removed by a concurrent transaction; "
+            "nothing was written. Run the transaction again."
+        )
+    for root_name in read.roots:
+        roots_before, roots_after = base_state["roots"], their_state["roots"]
+        if not same_value(roots_before.get_at(root_name), roots_after.get_at(root_name)):
+            raise ConflictError(
+                f"root {root_name!r} (read with read_current) was changed by a concurrent "
+                "transaction; nothing was written. Run the transaction again."
+            )
+    for oid in read.objects:
+        objects_before, objects_after = base_state["objects"], their_state["objects"]
+        okeyfn = type(objects_before)._keyfn
+        before = keyed_get(objects_before._node(), loader, okeyfn(oid), okeyfn)
+        after = keyed_get(objects_after._node(), loader, okeyfn(oid), okeyfn)
+        if not same_value(before, after):
+            raise ConflictError(
+                f"object {oid.hex()} (read with read_current) was changed by a concurrent "
+                "transaction; nothing was written. Run the transaction again."
+            )

@@ -39,6 +39,7 @@ from .objects import (
     class_name,
     resolve_class,
 )
+from .storage.interfaces import CommitBatch
 
 EXT_OBJECT = 32
 EXT_COLLECTION = 33
@@ -73,18 +74,27 @@ def _foreign(what: str) -> ValidationError:
 class AtomWriter:
     """Collects the atoms of one commit attempt.
 
-    Invariant: ``atoms[i]`` is the framed atom with pointer
-    ``(transaction_id, i)``; nothing is marked stored until `mark_saved`
-    runs after the storage accepted the batch.
+    Invariants: ``atoms[i]`` is the framed atom with pointer
+    ``(transaction_id, i)`` and ``links[i]`` the pointers it contains;
+    nothing is marked stored until `mark_saved` runs after the storage
+    accepted the batch.
     """
 
     def __init__(self, origin: object, transaction_id: bytes) -> None:
         self.origin = origin
         self.transaction_id = transaction_id
         self.atoms: list[bytes] = []
+        self.links: list[list[AtomPointer]] = []
+        self._linking: list[list[AtomPointer]] = [[]]
+        """One list per atom being encoded (nested encodings nest); the
+        bottom one catches pointers of no atom and is never read."""
         self._assigned: dict[int, AtomPointer] = {}
         self._written: list[tuple[Any, AtomPointer]] = []
         self._codec = Codec(self)
+
+    def batch(self) -> CommitBatch:
+        """The atoms written so far, with their links, as a batch to store."""
+        return CommitBatch(self.transaction_id, self.atoms, self.links)
 
     def is_saved(self, node: Node) -> bool:
         return node.pointer is not None and node.origin is self.origin
@@ -97,7 +107,17 @@ class AtomWriter:
         self._assigned[id(obj)] = pointer
         self._written.append((obj, pointer))
         self.atoms.append(b"")
+        self.links.append([])
         return pointer, True
+
+    def _encode_atom(self, index: int, make_payload: Any) -> None:
+        """Frame atom `index`, noting the pointers its encoding emits."""
+        links = self.links[index]
+        self._linking.append(links)
+        try:
+            self.atoms[index] = frame_atom(self._codec.encode(make_payload()))
+        finally:
+            self._linking.pop()
 
     def node_pointer(self, node: Node) -> AtomPointer:
         if node.pointer is not None:
@@ -108,20 +128,20 @@ class AtomWriter:
             raise _foreign("collection")
         pointer, fresh = self._reserve(node)
         if fresh:
-            payload = node.payload(self._child_pointer)
-            self.atoms[pointer.index] = frame_atom(self._codec.encode(payload))
+            self._encode_atom(pointer.index, lambda: node.payload(self._child_pointer))
         return pointer
 
     def _child_pointer(self, child: Any) -> AtomPointer:
-        if type(child) is AtomPointer:
-            return child
-        return self.node_pointer(child)
+        pointer = child if type(child) is AtomPointer else self.node_pointer(child)
+        self._linking[-1].append(pointer)
+        return pointer
 
     def write_value(self, value: Any) -> AtomPointer:
         """Store `value` as an atom of its own (the space root)."""
         pointer = AtomPointer(self.transaction_id, len(self.atoms))
         self.atoms.append(b"")
-        self.atoms[pointer.index] = frame_atom(self._codec.encode(value))
+        self.links.append([])
+        self._encode_atom(pointer.index, lambda: value)
         return pointer
 
     def encode_extension(self, value: Any) -> tuple[int, Any] | None:
@@ -137,6 +157,8 @@ class AtomWriter:
                 pointer = root
             else:
                 pointer = self.node_pointer(root)  # type: ignore[arg-type]
+            if pointer is not None:
+                self._linking[-1].append(pointer)
             descriptor = [value._kind, pointer, value._count, value._pb_meta()]
             if value._indexes:
                 descriptor.append(
@@ -150,10 +172,12 @@ class AtomWriter:
             return EXT_MUTABLE_REF, [value._pb_oid, class_name(value)]
         if isinstance(value, Literal):
             if value._pointer is not None and value._origin is self.origin:
-                return EXT_LITERAL, value._pointer
-            pointer, fresh = self._reserve(value)
-            if fresh:
-                self.atoms[pointer.index] = frame_atom(self._codec.encode(value.value))
+                pointer = value._pointer
+            else:
+                pointer, fresh = self._reserve(value)
+                if fresh:
+                    self._encode_atom(pointer.index, lambda: value.value)
+            self._linking[-1].append(pointer)
             return EXT_LITERAL, pointer
         return None
 

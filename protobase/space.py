@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import random
 import threading
@@ -25,31 +24,19 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from . import reachability
-from .atoms import HEADER_SIZE as ATOM_HEADER_SIZE
-from .atoms import AtomPointer, new_transaction_id, unframe_atom
+from .atoms import AtomPointer, unframe_atom
 from .collections import Dictionary, HashDictionary
-from .errors import (
-    ConflictError,
-    DatabaseExistsError,
-    RootConflict,
-    StorageError,
-    ValidationError,
-)
-from .serialization import AtomWriter
-from .storage.file import CommitInfo, Progress
-from .storage.interfaces import (
-    CommitBatch,
-    HistoryStorage,
-    PackableStorage,
-    PipelinedStorage,
-    RootRef,
-    Storage,
-)
-from .transaction import SPACE_FORMAT, Snapshot, Transaction
+from .committer import Committer, SpaceChange
+from .errors import ConflictError, DatabaseExistsError, StorageError, ValidationError
+from .storage.file import Progress
+from .storage.interfaces import CommitInfo, HistoryStorage, PackableStorage, RootRef, Storage
+from .transaction import Snapshot, Transaction
 
 T = TypeVar("T")
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+MAX_CREATE_ATTEMPTS = 16
+"""Attempts of `new_database` while other databases are created concurrently."""
 
 
 class AtomCache:
@@ -89,7 +76,8 @@ class AtomCache:
 class ObjectSpace:
     """A storage and the named databases in it.
 
-    Use as a context manager, or call `close` when done.
+    Use as a context manager, or call `close` when done. Commits go through
+    `committer`, the one owner of the commit protocol.
     """
 
     def __init__(self, storage: Storage, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -99,15 +87,10 @@ class ObjectSpace:
                 f"not {type(storage).__name__}"
             )
         self._storage = storage
-        self._origin = object()
+        self.origin = object()
+        """Nodes and literals stored through this space carry it."""
         self._cache = AtomCache(cache_bytes)
-        self._latest_lock = threading.Lock()
-        self._latest = RootRef(None, 0)
-        self._pin_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
-        # Capabilities are checked once: a runtime Protocol check is slow.
-        self._pipelined = isinstance(storage, PipelinedStorage)
-        self._pins: collections.Counter[int] = collections.Counter()
+        self.committer = Committer(storage, self._cache, self.origin)
         self._closed = False
 
     @property
@@ -116,28 +99,7 @@ class ObjectSpace:
 
     # -- roots and atoms ---------------------------------------------------------
 
-    def _read_root(self) -> RootRef:
-        if self._closed:
-            raise StorageError("this ObjectSpace is closed")
-        with self._latest_lock:
-            seen = self._latest.version
-        ref = self._storage.read_root()
-        with self._latest_lock:
-            if ref.version < seen:
-                raise StorageError(
-                    f"storage went back to root version {ref.version} after this space saw "
-                    f"{seen}; refusing a stale read"
-                )
-            if ref.version > self._latest.version:
-                self._latest = ref
-        return ref
-
-    def _note_root(self, ref: RootRef) -> None:
-        with self._latest_lock:
-            if ref.version > self._latest.version:
-                self._latest = ref
-
-    def _read_payloads(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+    def read_payloads(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
         """Verified payloads of `pointers`, through the shared cache."""
         found: list[bytes | None] = [self._cache.get(p) for p in pointers]
         missing = [i for i, payload in enumerate(found) if payload is None]
@@ -149,14 +111,17 @@ class ObjectSpace:
                 found[i] = payload
         return found  # type: ignore[return-value]
 
-    def _remember_written(self, writer: AtomWriter) -> None:
-        """Cache the payloads of a commit the storage accepted.
+    def pinned_root(self, at_version: int | None = None) -> RootRef:
+        """The current root, or the historic one at `at_version`, pinned against pack.
 
-        The next transactions read the nodes this commit wrote (the path to
-        the space root) first; without this they would come back from storage.
+        The caller hands the pin to a snapshot (`Snapshot.hold`) or releases
+        it with ``committer.unpin``.
         """
-        for index, atom in enumerate(writer.atoms):
-            self._cache.put(AtomPointer(writer.transaction_id, index), atom[ATOM_HEADER_SIZE:])
+        if self._closed:
+            raise StorageError("this ObjectSpace is closed")
+        if at_version is None:
+            return self.committer.pinned_root()
+        return self.committer.pin_version(at_version, lambda: self._root_at(at_version))
 
     def _root_at(self, version: int) -> RootRef:
         storage = self._storage
@@ -166,32 +131,6 @@ class ObjectSpace:
                 "such as StandaloneFileStorage"
             )
         return storage.root_at(version)
-
-    def _pinned_root(self, at_version: int | None = None) -> RootRef:
-        """Read the root (or a historic one) and pin its version against pack.
-
-        Pack keeps every version from the smallest pin on. Before reading, the
-        latest version this space has seen is pinned as a floor (reads never
-        go back, so the root read is at least that), or the historic version
-        itself; the storage is read without holding the lock. `Snapshot.close`
-        unpins.
-        """
-        with self._pin_lock:
-            floor = self._latest.version if at_version is None else at_version
-            self._pins[floor] += 1
-        try:
-            ref = self._read_root() if at_version is None else self._root_at(at_version)
-            with self._pin_lock:
-                self._pins[ref.version] += 1
-        finally:
-            self._unpin(floor)
-        return ref
-
-    def _unpin(self, version: int) -> None:
-        with self._pin_lock:
-            self._pins[version] -= 1
-            if self._pins[version] <= 0:
-                del self._pins[version]
 
     # -- history and pack ----------------------------------------------------------
 
@@ -215,7 +154,7 @@ class ObjectSpace:
         storage = self._storage
         if not isinstance(storage, PackableStorage) or not isinstance(storage, HistoryStorage):
             raise StorageError(f"{type(storage).__name__} cannot pack")
-        with self._pin_lock:
+        with self.committer.pins_held() as pins:
             history = storage.history()
             if not history:
                 return
@@ -224,10 +163,10 @@ class ObjectSpace:
             for commit in history:
                 if commit.time >= cutoff:
                     keep_from = min(keep_from, commit.version)
-            if self._pins:
-                keep_from = min(keep_from, min(self._pins))
+            if pins:
+                keep_from = min(keep_from, min(pins))
         roots = [c.root for c in history if c.version >= keep_from]
-        found = reachability.walk(self._read_payloads, roots, progress)
+        found = reachability.walk(self.read_payloads, roots, progress)
         storage.pack(found.reachable, keep_from, progress)
 
     # -- databases ---------------------------------------------------------------
@@ -235,50 +174,43 @@ class ObjectSpace:
     def new_database(self, name: str) -> Database:
         """Create database `name`; `DatabaseExistsError` when it exists."""
         _check_database_name(name)
-        while True:
-            ref = self._pinned_root()
-            snapshot = Snapshot(self, ref)
+        for _ in range(MAX_CREATE_ATTEMPTS):
+            snapshot = Snapshot(self, self.pinned_root())
             try:
-                databases = snapshot._databases_at(ref)
+                databases = snapshot.databases_at(snapshot.ref)
                 if databases.has(name):
                     raise DatabaseExistsError(
                         f"database {name!r} already exists; open it with "
                         f"space.open_database({name!r})"
                     )
                 state = {"roots": Dictionary(), "objects": HashDictionary()}
-                writer = AtomWriter(self._origin, new_transaction_id())
-                pointer = writer.write_value(
-                    {"format": SPACE_FORMAT, "databases": databases.set_at(name, state)}
-                )
+                change = SpaceChange(snapshot.ref, databases, databases.set_at(name, state))
                 try:
-                    new_ref = self._storage.commit(
-                        CommitBatch(writer.transaction_id, writer.atoms), ref.version, pointer
-                    )
-                except RootConflict:
-                    continue
-                writer.mark_saved()
-                self._remember_written(writer)
-                self._note_root(new_ref)
+                    self.committer.commit(change, snapshot)
+                except ConflictError:
+                    continue  # created (or removed) concurrently: look again
                 return Database(self, name)
             finally:
                 snapshot.close()
+        raise ConflictError(
+            f"database {name!r} could not be created: the database table kept changing "
+            f"concurrently ({MAX_CREATE_ATTEMPTS} attempts); nothing was written. Try again."
+        )
 
     def open_database(self, name: str) -> Database:
         """Open database `name`; `DatabaseNotFoundError` when it does not exist."""
         _check_database_name(name)
-        ref = self._pinned_root()
-        snapshot = Snapshot(self, ref)
+        snapshot = Snapshot(self, self.pinned_root())
         try:
-            snapshot._database_state(snapshot._databases_at(ref), name)
+            snapshot._database_state(snapshot.databases_at(snapshot.ref), name)
         finally:
             snapshot.close()
         return Database(self, name)
 
     def list_databases(self) -> list[str]:
-        ref = self._pinned_root()
-        snapshot = Snapshot(self, ref)
+        snapshot = Snapshot(self, self.pinned_root())
         try:
-            return list(snapshot._databases_at(ref).keys())
+            return list(snapshot.databases_at(snapshot.ref).keys())
         finally:
             snapshot.close()
 
@@ -324,18 +256,18 @@ class Database:
                 committed, or packed away).
         """
         if at_version is None:
-            return self._start(self.space._pinned_root(), read_only=False)
-        return self._start(self.space._pinned_root(at_version), read_only=True)
+            return self._start(self.space.pinned_root(), read_only=False)
+        return self._start(self.space.pinned_root(at_version), read_only=True)
 
     def new_read_only_transaction(self) -> Transaction:
         """A transaction that refuses writes (cheaper to reason about)."""
-        return self._start(self.space._pinned_root(), read_only=True)
+        return self._start(self.space.pinned_root(), read_only=True)
 
     def _start(self, ref: RootRef, read_only: bool) -> Transaction:
         try:
             return Transaction(self, ref, read_only=read_only)
         except BaseException:
-            self.space._unpin(ref.version)
+            self.space.committer.unpin(ref.version)
             raise
 
     @contextmanager

@@ -7,12 +7,10 @@ Layout of a space in atoms (the root pointer of the storage names the first)::
                        "objects": HashDictionary[object id -> (class name, attributes)]}
 
 A `Transaction` reads one snapshot (the root at its start) and collects its
-writes privately. `commit` writes the new space root with a compare-and-set
-on the root version. When the root moved meanwhile, the transaction rebases:
-its changes are merged three-way into the current root (`protobase.merge`)
-and the compare-and-set is tried again. A conflict raises `ConflictError`
-and writes nothing. Every commit attempt uses a fresh transaction id, so an
-attempt that lost the race leaves nothing that a retry could be confused with.
+writes privately. `commit` hands the space's `Committer` the database table
+as the transaction wants it; the committer writes it with a compare-and-set
+on the root version, rebasing it (`protobase.merge`) when the root moved
+meanwhile. A conflict raises `ConflictError` and writes nothing.
 
 Invariants:
 
@@ -25,23 +23,21 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .atoms import AtomPointer, new_transaction_id
+from .atoms import AtomPointer
 from .collections import CountedSet, Dictionary, HashDictionary, List, Set
 from .collections.base import PersistentCollection
 from .collections.btree import MISSING, Node, iter_nodes, keyed_get
+from .committer import SPACE_FORMAT, SpaceChange
 from .errors import (
-    ConflictError,
     CorruptionError,
     DatabaseNotFoundError,
     ReadOnlyTransactionError,
-    RootConflict,
     TransactionClosedError,
     ValidationError,
 )
-from .merge import merge_keyed
 from .objects import (
     DBObject,
     MutableObject,
@@ -51,18 +47,12 @@ from .objects import (
     unbound_objects,
 )
 from .query import Query
-from .serialization import AtomReader, AtomWriter
-from .storage.interfaces import CommitBatch, RootRef
-from .values import same_value, storable
+from .serialization import AtomReader
+from .storage.interfaces import DatabaseReads, RootRef
+from .values import storable
 
 if TYPE_CHECKING:
     from .space import Database, ObjectSpace
-
-T = TypeVar("T")
-
-SPACE_FORMAT = 1
-MAX_REBASES = 64
-"""Rebase attempts inside one commit before it gives up with ConflictError."""
 
 
 class Snapshot:
@@ -79,7 +69,12 @@ class Snapshot:
 
     @property
     def origin(self) -> object:
-        return self._space._origin
+        return self._space.origin
+
+    @property
+    def ref(self) -> RootRef:
+        """The root this snapshot reads."""
+        return self._ref
 
     @property
     def root_version(self) -> int:
@@ -99,7 +94,7 @@ class Snapshot:
         self._check_open()
         node = self._nodes.get(pointer)
         if node is None:
-            payload = self._space._read_payloads([pointer])[0]
+            payload = self._space.read_payloads([pointer])[0]
             node = Node.from_payload(self._reader.decode(payload), pointer, self.origin)
             self._nodes[pointer] = node
         return node
@@ -108,7 +103,7 @@ class Snapshot:
         self._check_open()
         missing = [p for p in pointers if p not in self._nodes]
         if missing:
-            for pointer, payload in zip(missing, self._space._read_payloads(missing), strict=True):
+            for pointer, payload in zip(missing, self._space.read_payloads(missing), strict=True):
                 self._nodes[pointer] = Node.from_payload(
                     self._reader.decode(payload), pointer, self.origin
                 )
@@ -116,7 +111,7 @@ class Snapshot:
 
     def load_value(self, pointer: AtomPointer) -> Any:
         self._check_open()
-        return self._reader.decode(self._space._read_payloads([pointer])[0])
+        return self._reader.decode(self._space.read_payloads([pointer])[0])
 
     def mutable_for(self, oid: bytes, cls: type[MutableObject], stored_name: str) -> MutableObject:
         obj = self._identity.get(oid)
@@ -130,9 +125,15 @@ class Snapshot:
     def _object_context(self) -> ObjectContext:
         raise TransactionClosedError("mutable objects are read through a database transaction")
 
+    def hold(self, ref: RootRef) -> RootRef:
+        """Adopt a pin of `ref`'s version (from `Committer.pinned_root`); released at close."""
+        self._pinned.append(ref.version)
+        return ref
+
     # -- the space layout ----------------------------------------------------------
 
-    def _databases_at(self, ref: RootRef) -> Dictionary:
+    def databases_at(self, ref: RootRef) -> Dictionary:
+        """The database table of the space root `ref` (empty for an empty space)."""
         if ref.pointer is None:
             return Dictionary()
         root = self.load_value(ref.pointer)
@@ -167,7 +168,7 @@ class Snapshot:
         self._closed = True
         self._nodes.clear()
         for version in self._pinned:
-            self._space._unpin(version)
+            self._space.committer.unpin(version)
         self._pinned = []
 
 
@@ -178,7 +179,7 @@ class Transaction(Snapshot, ObjectContext):
         super().__init__(database.space, ref)
         self._database = database
         self._read_only = read_only
-        self._base_databases = self._databases_at(ref)
+        self._base_databases = self.databases_at(ref)
         self._base_roots, self._base_objects = self._database_state(
             self._base_databases, database.name
         )
@@ -323,9 +324,8 @@ class Transaction(Snapshot, ObjectContext):
             self._collect_new()
             if self._roots._pb_same_value(self._base_roots) and not self._dirty:
                 return None
-            ref = self._commit_with_rebase()
+            ref = self._space.committer.commit(self._change(), self)
             self.committed_root = ref
-            self._space._note_root(ref)
             return ref
         except BaseException:
             self._unbind_new()
@@ -339,73 +339,19 @@ class Transaction(Snapshot, ObjectContext):
         changes = [(oid, (class_name(obj), obj._pb_state())) for oid, obj in self._dirty.items()]
         return self._base_objects._pb_apply_changes(changes)
 
-    def _commit_with_rebase(self) -> RootRef:
-        storage = self._space._storage
-        if not self._space._pipelined:
-            return self._rebase_and_write(storage.commit)
-        # Merge and append under the space's commit lock (no compare-and-set
-        # fails against another thread of this space, so no work is thrown
-        # away); wait for durability outside it, so that syncs are shared.
-        with self._space._commit_lock:
-            ref, wait_durable = self._rebase_and_write(
-                storage.commit_pipelined  # type: ignore[attr-defined]
+    def _change(self) -> SpaceChange:
+        state = {"roots": self._roots, "objects": self._changed_objects()}
+        reads = {}
+        if self._read_current_roots or self._read_current_oids:
+            reads[self._database.name] = DatabaseReads(
+                frozenset(self._read_current_roots), frozenset(self._read_current_oids)
             )
-        wait_durable()
-        return ref
-
-    def _rebase_and_write(self, commit: Callable[[CommitBatch, int, AtomPointer], T]) -> T:
-        space = self._space
-        name = self._database.name
-        my_roots, my_objects = self._roots, self._changed_objects()
-        ref = self._ref
-        if space._pipelined and ref.version != space._latest.version:
-            ref = space._pinned_root()
-            self._pinned.append(ref.version)
-        for _ in range(MAX_REBASES):
-            if ref.version == self._ref.version:
-                databases, roots, objects = self._base_databases, my_roots, my_objects
-            else:
-                databases = self._databases_at(ref)
-                their_roots, their_objects = self._database_state(databases, name)
-                self._validate_reads(their_roots, their_objects)
-                roots = merge_keyed(self._base_roots, my_roots, their_roots, self, "root")
-                objects = merge_keyed(self._base_objects, my_objects, their_objects, self, "object")
-            state = {"roots": roots, "objects": objects}
-            writer = AtomWriter(self.origin, new_transaction_id())
-            new_databases = databases.set_at(name, state)
-            root_pointer = writer.write_value({"format": SPACE_FORMAT, "databases": new_databases})
-            try:
-                result = commit(
-                    CommitBatch(writer.transaction_id, writer.atoms), ref.version, root_pointer
-                )
-            except RootConflict:
-                ref = space._pinned_root()
-                self._pinned.append(ref.version)
-                continue
-            writer.mark_saved()
-            space._remember_written(writer)
-            return result
-        raise ConflictError(
-            f"commit gave up after {MAX_REBASES} rebases on a busy database; "
-            "nothing was written. Run the transaction again."
+        return SpaceChange(
+            self._ref,
+            self._base_databases,
+            self._base_databases.set_at(self._database.name, state),
+            reads,
         )
-
-    def _validate_reads(self, their_roots: Dictionary, their_objects: HashDictionary) -> None:
-        for root_name in self._read_current_roots:
-            if not same_value(self._base_roots.get_at(root_name), their_roots.get_at(root_name)):
-                raise ConflictError(
-                    f"root {root_name!r} (read with read_current) was changed by a concurrent "
-                    "transaction; nothing was written. Run the transaction again."
-                )
-        for oid in self._read_current_oids:
-            keyfn = HashDictionary._keyfn
-            before = keyed_get(self._base_objects._node(), self, keyfn(oid), keyfn)
-            after = keyed_get(their_objects._node(), self, keyfn(oid), keyfn)
-            if not same_value(before, after):
-                raise ConflictError(
-                    f"object {oid.hex()} (read with read_current) was changed by a concurrent "
-                    "transaction; nothing was written. Run the transaction again."
-                )
 
     # -- finding objects created in this transaction --------------------------------------
 

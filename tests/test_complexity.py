@@ -38,6 +38,16 @@ class CountingStorage:
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
         return self.inner.get_atoms(pointers)
 
+    def put_batch(self, batch: CommitBatch) -> None:
+        self.batch_sizes.append(len(batch.atoms))
+        self.inner.put_batch(batch)
+
+    def set_root(self, expected: int, new_root: AtomPointer, transaction_id: bytes) -> RootRef:
+        return self.inner.set_root(expected, new_root, transaction_id)
+
+    def committed_root(self, transaction_id: bytes) -> RootRef | None:
+        return self.inner.committed_root(transaction_id)
+
     def commit(self, batch: CommitBatch, expected: int, new_root: AtomPointer) -> RootRef:
         self.batch_sizes.append(len(batch.atoms))
         return self.inner.commit(batch, expected, new_root)

@@ -33,14 +33,13 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..atoms import AtomPointer
 from ..errors import AtomNotFoundError, CorruptionError, RootConflict, StorageError
 from . import wal
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
-from .interfaces import CommitBatch, RootRef
+from .interfaces import CommitBatch, CommitInfo, RootRef
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_CHECKPOINT_BYTES = 64 * 1024 * 1024
@@ -48,19 +47,6 @@ LOCK_NAME = "LOCK"
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` by long operations."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommitInfo:
-    """One entry of the history: a commit still readable with `at_version`."""
-
-    version: int
-    time: float
-    """Seconds since the Unix epoch."""
-    size: int
-    """Bytes of the commit's WAL record."""
-    transaction_id: bytes
-    root: AtomPointer
 
 
 class StandaloneFileStorage:
@@ -97,6 +83,9 @@ class StandaloneFileStorage:
         self._synced = threading.Condition(self._mutex)
         self._fds: dict[int, int] = {}
         self._records: dict[bytes, wal.RecordInfo] = {}
+        self._pending: dict[bytes, list[bytes]] = {}
+        """Batches put whose root change has not come yet: they are written
+        with it, as one commit record (never durable, so never lost, alone)."""
         self._positions: dict[bytes, dict[int, int]] = {}
         self._history: dict[int, wal.RecordInfo] = {}
         self._closed = False
@@ -246,6 +235,10 @@ class StandaloneFileStorage:
             self._check_usable()
             found = []
             for pointer in pointers:
+                pending = self._pending.get(pointer.transaction_id)
+                if pending is not None and 0 <= pointer.index < len(pending):
+                    found.append(pending[pointer.index])
+                    continue
                 fd, table_at, data_at, slot = self._locate(pointer)
                 start, end = struct.unpack(">II", os.pread(fd, 8, table_at + 4 * slot))
                 atom = os.pread(fd, end - start, data_at + start)
@@ -262,6 +255,62 @@ class StandaloneFileStorage:
         if record is None or slot is None or not 0 <= slot < record.atom_count:
             raise AtomNotFoundError(f"no atom at {pointer} in {self.path}")
         return self._fds[record.segment], record.table_offset, record.data_offset, slot
+
+    def put_batch(self, batch: CommitBatch) -> None:
+        """Hold a batch until the root change naming its transaction id writes it.
+
+        Readable at once; durable with that root change, in the same WAL
+        record (a batch no root change names is never written).
+        """
+        atoms = [bytes(atom) for atom in batch.atoms]
+        with self._mutex:
+            self._check_usable()
+            earlier = self._records.get(batch.transaction_id)
+            if earlier is not None:
+                if self._stored_atoms(earlier) != atoms:
+                    raise StorageError(
+                        f"transaction id {batch.transaction_id.hex()} is already stored with "
+                        "different atoms; every commit needs a fresh transaction id"
+                    )
+                return
+            pending = self._pending.setdefault(batch.transaction_id, atoms)
+            if pending != atoms:
+                raise StorageError(
+                    f"transaction id {batch.transaction_id.hex()} was already put with "
+                    "different atoms; every commit needs a fresh transaction id"
+                )
+
+    def set_root(
+        self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
+    ) -> RootRef:
+        """Move the root; writes the batch put under `transaction_id`, if any, with it."""
+        with self._mutex:
+            self._check_usable()
+            earlier = self._records.get(transaction_id)
+            if earlier is not None and earlier.kind == wal.KIND_COMMIT:
+                if earlier.root != new_root:
+                    raise StorageError(
+                        f"transaction id {transaction_id.hex()} already moved the root to "
+                        f"{earlier.root}, not {new_root}; every commit needs a fresh id"
+                    )
+                self._wait_durable(self._appended)
+                return RootRef(new_root, earlier.version)
+            atoms = self._pending.get(transaction_id, [])
+        ref, wait_durable = self.commit_pipelined(
+            CommitBatch(transaction_id, atoms), expected_root_version, new_root
+        )
+        wait_durable()
+        return ref
+
+    def committed_root(self, transaction_id: bytes) -> RootRef | None:
+        """The root the commit `transaction_id` produced (None once pack forgot it)."""
+        with self._mutex:
+            self._check_usable()
+            record = self._records.get(transaction_id)
+            if record is None or record.kind != wal.KIND_COMMIT or record.root is None:
+                return None
+            self._wait_durable(self._appended)
+            return RootRef(record.root, record.version)
 
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
@@ -290,6 +339,13 @@ class StandaloneFileStorage:
                     f"commit expected {expected_root_version}"
                 )
             self._check_new_root(batch.transaction_id, len(atoms), new_root)
+            pending = self._pending.pop(batch.transaction_id, None)
+            if pending is not None and pending != atoms:
+                self._pending[batch.transaction_id] = pending
+                raise StorageError(
+                    f"transaction id {batch.transaction_id.hex()} was already put with "
+                    "different atoms; every commit needs a fresh transaction id"
+                )
             version = self._root.version + 1
             record_bytes = wal.encode_record(
                 wal.KIND_COMMIT, version, _now_us(), batch.transaction_id, new_root, atoms
@@ -310,6 +366,15 @@ class StandaloneFileStorage:
     def _wait_all(self) -> None:
         with self._mutex:
             self._wait_durable(self._appended)
+
+    def _stored_atoms(self, record: wal.RecordInfo) -> list[bytes]:
+        fd = self._fds[record.segment]
+        table = os.pread(fd, 4 * (record.atom_count + 1), record.table_offset)
+        ends = wal.read_atom_spans(table, record.atom_count)
+        return [
+            os.pread(fd, ends[slot + 1] - ends[slot], record.data_offset + ends[slot])
+            for slot in range(record.atom_count)
+        ]
 
     def _repeat_commit(self, earlier: wal.RecordInfo, atoms: list[bytes]) -> RootRef:
         if earlier.kind != wal.KIND_COMMIT:
@@ -343,7 +408,10 @@ class StandaloneFileStorage:
         try:
             self._locate(new_root)
         except AtomNotFoundError as exc:
-            raise StorageError(f"new root {new_root} is not a stored atom") from exc
+            raise StorageError(
+                f"new root {new_root} is not a stored atom (a batch is written by the root "
+                "change named with its own transaction id)"
+            ) from exc
 
     def close(self) -> None:
         with self._mutex:
@@ -604,9 +672,11 @@ class StandaloneFileStorage:
         """Commits still readable with `root_at`, oldest first."""
         with self._mutex:
             self._check_usable()
+            # Only commit records enter the history, and each names its root.
             return [
-                CommitInfo(r.version, r.time_us / 1e6, r.size, r.transaction_id, r.root)  # type: ignore[arg-type]
+                CommitInfo(r.version, r.time_us / 1e6, r.size, r.transaction_id, r.root)
                 for _, r in sorted(self._history.items())
+                if r.root is not None
             ]
 
     def root_at(self, version: int) -> RootRef:

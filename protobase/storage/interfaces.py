@@ -5,36 +5,52 @@ each framed with its own checksum by `protobase.atoms`) addressed by
 `AtomPointer`, and one *root*: the pointer of the space's root atom plus a
 commit version.
 
+A commit has two phases, as in ZODB's two-phase commit, so that they can
+run in different places (a cluster stores a batch in the partition that
+owns its transaction id, and moves the root in its meta group):
+
+1. `put_batch`: store the atoms of one transaction id. They are not
+   reachable yet; a batch no root ever names is garbage that pack removes.
+2. `set_root`: compare-and-set the root to a pointer into a stored batch.
+
+`commit` does both; a backend that can do them in one durable step (one
+WAL record) does so. The object layer's `protobase.committer.Committer` is
+the only caller that moves roots.
+
 Invariants every backend keeps (checked by `tests/storage/`):
 
 1. **Versions increase.** `read_root()` of an empty storage returns version 0
-   and pointer None. Each successful `commit` returns a version exactly one
-   greater than the version it replaced; a later `read_root()` never returns
-   an older version than an earlier one in the same process.
-2. **Atomic commits.** `commit` writes every atom of the batch and moves the
-   root in one step: a reader (or a process reopening after a crash) sees
-   either all of it or none of it.
-3. **Compare-and-set.** `commit` raises `RootConflict` and writes nothing when
-   the current version differs from `expected_root_version`.
-4. **Idempotent by transaction id.** Committing a batch whose transaction id
-   was already committed returns the `RootRef` of that earlier commit and
-   writes nothing new (a client may retry a commit whose answer it lost).
-   The same transaction id with different atoms raises `StorageError`.
-5. **Atoms are immutable.** `get_atoms` returns exactly the bytes written, in
-   the order of the pointers asked for; a pointer that was never committed
+   and pointer None. Each successful root change returns a version exactly
+   one greater than the version it replaced; a later `read_root()` never
+   returns an older version than an earlier one in the same process.
+2. **Atomic commits.** A reader (or a process reopening after a crash) sees
+   a root only together with every atom of the batches put before it.
+3. **Compare-and-set.** `set_root` and `commit` raise `RootConflict` and
+   change nothing when the current version differs from the expected one.
+4. **Idempotent by transaction id.** `put_batch` of a transaction id already
+   stored with the same atoms does nothing; with different atoms it raises
+   `StorageError`. `set_root` (and `commit`) of a transaction id whose root
+   change already took effect returns that earlier `RootRef` and changes
+   nothing, so a client may repeat a request whose answer it lost.
+5. **Outcomes can be looked up.** `committed_root(transaction_id)` returns
+   the root a root change with that id produced, or None when none took
+   effect and none can take effect later. A backend that raises
+   `CommitOutcomeUnknown` must answer it definitively once reachable.
+6. **Atoms are immutable.** `get_atoms` returns exactly the bytes written, in
+   the order of the pointers asked for; a pointer that was never stored
    raises `AtomNotFoundError`.
-6. **Threads.** Every method may be called from many threads at once.
+7. **Threads.** Every method may be called from many threads at once.
 
-Optional capabilities (history, pack, backup) are separate protocols that a
-caller checks with `isinstance`; a backend without one simply does not
-implement it.
+Optional capabilities (history, pack, pipelining, rebasing on the server)
+are separate protocols that a caller checks with `isinstance`; a backend
+without one simply does not implement it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from ..atoms import AtomPointer
 
@@ -49,13 +65,63 @@ class RootRef:
 
 @dataclass(frozen=True, slots=True)
 class CommitBatch:
-    """The atoms of one commit. Atom ``i`` has pointer ``(transaction_id, i)``."""
+    """The atoms of one transaction id. Atom ``i`` has pointer ``(transaction_id, i)``.
+
+    `links`, when given, holds for each atom the pointers it contains (to
+    atoms of this batch or of earlier ones), so that garbage collection
+    can mark what a root reaches without decoding a single atom. The
+    object layer always fills it in; a backend may keep it (the cluster
+    does) or derive it when it packs (StandaloneFileStorage decodes).
+    """
 
     transaction_id: bytes
     atoms: Sequence[bytes]
+    links: Sequence[Sequence[AtomPointer]] | None = None
 
     def pointer(self, index: int) -> AtomPointer:
         return AtomPointer(self.transaction_id, index)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """One entry of a storage's history: a commit still readable with ``at_version``."""
+
+    version: int
+    time: float
+    """Seconds since the Unix epoch, as the storage that accepted the commit saw it."""
+    size: int
+    """Bytes the commit added to the storage (its atoms and their framing)."""
+    transaction_id: bytes
+    root: AtomPointer
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseReads:
+    """What one transaction read with ``read_current`` in one database."""
+
+    roots: frozenset[str] = frozenset()
+    objects: frozenset[bytes] = frozenset()
+    """MutableObject ids."""
+
+
+ReadSet = Mapping[str, DatabaseReads]
+"""Database name -> the reads a rebase must validate there."""
+
+
+@dataclass(frozen=True, slots=True)
+class RebaseRequest:
+    """A commit whose base may be stale, for a storage that rebases it where the data is.
+
+    `new_root` points into `batch` (already put, or put by the request); it
+    was built on the root at `base_version`. When the root moved since, the
+    storage merges the change three-way (base, new root, current root) with
+    `protobase.merge`, validates `reads`, and moves the root to the result.
+    """
+
+    batch: CommitBatch
+    base_version: int
+    new_root: AtomPointer
+    reads: ReadSet = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -69,15 +135,49 @@ class Storage(Protocol):
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
         """The bytes of each pointer, in the same order.
 
+        Atoms of a batch that was put but that no root names yet may be
+        returned too (a rebase reads them); a pointer into no stored batch
+        raises.
+
         Raises:
-            AtomNotFoundError: a pointer names no committed atom.
+            AtomNotFoundError: a pointer names no stored atom.
         """
+        ...
+
+    def put_batch(self, batch: CommitBatch) -> None:
+        """Store a batch's atoms, unreachable until a root names them.
+
+        Raises:
+            StorageError: the transaction id is stored with other atoms, or
+                the storage is closed.
+        """
+        ...
+
+    def set_root(
+        self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
+    ) -> RootRef:
+        """Compare-and-set the root to `new_root`, an atom of a stored batch.
+
+        `transaction_id` names the root change (usually the batch's id): a
+        repeat returns the first answer.
+
+        Raises:
+            RootConflict: the root is no longer at `expected_root_version`.
+            CommitOutcomeUnknown: the answer was lost (look it up with
+                `committed_root`).
+            StorageError: `new_root` is not a stored atom, or the storage is
+                closed.
+        """
+        ...
+
+    def committed_root(self, transaction_id: bytes) -> RootRef | None:
+        """The root that the root change named `transaction_id` produced, or None."""
         ...
 
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
     ) -> RootRef:
-        """Store the batch and move the root to `new_root`, atomically.
+        """`put_batch` then `set_root` under the batch's transaction id, atomically.
 
         Returns:
             The new root (version `expected_root_version + 1`), or the root an
@@ -100,7 +200,7 @@ class Storage(Protocol):
 class HistoryStorage(Protocol):
     """Optional capability: old roots stay readable until pack removes them."""
 
-    def history(self) -> list[Any]:
+    def history(self) -> list[CommitInfo]:
         """`CommitInfo` of every commit still readable, oldest first."""
         ...
 
@@ -144,3 +244,25 @@ class PipelinedStorage(Protocol):
     def commit_pipelined(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
     ) -> tuple[RootRef, Callable[[], None]]: ...
+
+
+@runtime_checkable
+class RebasingStorage(Protocol):
+    """Optional capability: the storage merges stale commits where the data is.
+
+    A cluster has one root register per space; a commit retried from the
+    client would cost a network round trip per attempt under contention.
+    Such a backend takes the whole request and rebases it on the node that
+    orders root changes, with the same merge code the embedded engine uses.
+    """
+
+    def commit_rebasing(self, request: RebaseRequest) -> RootRef:
+        """Put the batch, then move the root to it or to its rebase.
+
+        Raises:
+            ConflictError: the change overlaps a concurrent one; nothing
+                was committed.
+            ClusterUnavailableError: no answer in time; the message says
+                whether the commit's outcome is known.
+        """
+        ...

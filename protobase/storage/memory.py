@@ -41,6 +41,24 @@ class MemoryStorage:
                 found.append(batch[pointer.index])
             return found
 
+    def put_batch(self, batch: CommitBatch) -> None:
+        atoms = tuple(bytes(atom) for atom in batch.atoms)
+        with self._lock:
+            self._check_open()
+            self._put(batch.transaction_id, atoms)
+
+    def set_root(
+        self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
+    ) -> RootRef:
+        with self._lock:
+            self._check_open()
+            return self._set_root(expected_root_version, new_root, transaction_id)
+
+    def committed_root(self, transaction_id: bytes) -> RootRef | None:
+        with self._lock:
+            self._check_open()
+            return self._committed.get(transaction_id)
+
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
     ) -> RootRef:
@@ -48,14 +66,7 @@ class MemoryStorage:
         with self._lock:
             self._check_open()
             earlier = self._committed.get(batch.transaction_id)
-            if earlier is not None:
-                if self._batches[batch.transaction_id] != atoms:
-                    raise StorageError(
-                        f"transaction id {batch.transaction_id.hex()} was already committed "
-                        "with different atoms; every commit needs a fresh transaction id"
-                    )
-                return earlier
-            if self._root.version != expected_root_version:
+            if earlier is None and self._root.version != expected_root_version:
                 raise RootConflict(
                     f"root is at version {self._root.version}, "
                     f"commit expected {expected_root_version}"
@@ -65,10 +76,8 @@ class MemoryStorage:
                     raise StorageError(f"new root {new_root} is not an atom of the batch")
             elif not 0 <= new_root.index < len(self._batches.get(new_root.transaction_id, ())):
                 raise StorageError(f"new root {new_root} is not a stored atom")
-            self._batches[batch.transaction_id] = atoms
-            self._root = RootRef(new_root, self._root.version + 1)
-            self._committed[batch.transaction_id] = self._root
-            return self._root
+            self._put(batch.transaction_id, atoms)
+            return self._set_root(expected_root_version, new_root, batch.transaction_id)
 
     def commit_pipelined(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
@@ -79,6 +88,32 @@ class MemoryStorage:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+    def _put(self, transaction_id: bytes, atoms: tuple[bytes, ...]) -> None:
+        stored = self._batches.get(transaction_id)
+        if stored is None:
+            self._batches[transaction_id] = atoms
+        elif stored != atoms:
+            raise StorageError(
+                f"transaction id {transaction_id.hex()} is already stored with different "
+                "atoms; every commit needs a fresh transaction id"
+            )
+
+    def _set_root(
+        self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
+    ) -> RootRef:
+        earlier = self._committed.get(transaction_id)
+        if earlier is not None:
+            return earlier
+        if self._root.version != expected_root_version:
+            raise RootConflict(
+                f"root is at version {self._root.version}, commit expected {expected_root_version}"
+            )
+        if not 0 <= new_root.index < len(self._batches.get(new_root.transaction_id, ())):
+            raise StorageError(f"new root {new_root} is not a stored atom")
+        self._root = RootRef(new_root, self._root.version + 1)
+        self._committed[transaction_id] = self._root
+        return self._root
 
     def _check_open(self) -> None:
         if self._closed:

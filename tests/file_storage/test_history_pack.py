@@ -326,7 +326,7 @@ def test_transaction_started_while_a_pack_runs_keeps_its_version(
     db = space.new_database(DATABASE)
     with db.transaction() as tr:
         tr.set_root_object("big", Dictionary((key, f"old {key}") for key in range(300)))
-    real_read_root = space._read_root
+    real_read_root = space.committer.read_root
     racer: list[threading.Thread] = []
 
     def commit_and_pack() -> None:
@@ -343,7 +343,7 @@ def test_transaction_started_while_a_pack_runs_keeps_its_version(
             thread.join(timeout=0.3)
         return ref
 
-    monkeypatch.setattr(space, "_read_root", read_root_then_race)
+    monkeypatch.setattr(space.committer, "read_root", read_root_then_race)
     reader = db.new_transaction()
     monkeypatch.undo()
     racer[0].join(timeout=30)

@@ -1,0 +1,297 @@
+"""The commit protocol of an object space, in one place.
+
+A `Committer` is held by each `ObjectSpace` and is the only code that moves
+a storage's root. It owns:
+
+- **root bookkeeping**: the latest root this space has seen, so that reads
+  never go back (session monotonic reads);
+- **pins**: the versions open snapshots read, which pack must keep;
+- **the commit lock**: commits of one space append one at a time, so that
+  they never fail their compare-and-set against each other and their
+  durability waits (outside the lock) share syncs;
+- **rebase and retries**: a change built on a stale root is merged onto the
+  current one with `protobase.merge.merge_databases`; a compare-and-set
+  lost to another process is retried with jittered back-off, a bounded
+  number of times, then `ConflictError`;
+- **unknown outcomes**: a storage that lost the answer to a root change
+  (`CommitOutcomeUnknown`) is asked by transaction id what happened before
+  anything is reported.
+
+A storage that rebases where the data is (`RebasingStorage`, the cluster)
+gets the change as one request; the node that orders its roots runs this
+same class, with the change already stored, on its local storage.
+
+Invariants:
+
+- Nothing is reported as committed that the storage did not acknowledge
+  durably, and nothing is reported as failed that may still take effect.
+- A change's atoms are written once per attempt under a fresh transaction
+  id, so a lost attempt leaves nothing a retry could be confused with.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from .atoms import HEADER_SIZE as ATOM_HEADER_SIZE
+from .atoms import AtomPointer, new_transaction_id
+from .errors import CommitOutcomeUnknown, ConflictError, RootConflict, StorageError
+from .merge import merge_databases
+from .serialization import AtomWriter
+from .storage.interfaces import (
+    CommitBatch,
+    PipelinedStorage,
+    ReadSet,
+    RebaseRequest,
+    RebasingStorage,
+    RootRef,
+    Storage,
+)
+
+if TYPE_CHECKING:
+    from .collections import Dictionary
+    from .space import AtomCache
+    from .transaction import Snapshot
+
+T = TypeVar("T")
+
+SPACE_FORMAT = 1
+"""The ``format`` field of a space root atom."""
+
+MAX_ATTEMPTS = 64
+"""Compare-and-set attempts of one commit before it gives up with ConflictError."""
+
+BACKOFF_CAP = 0.02
+"""Longest sleep, in seconds, between two attempts that lost to another process."""
+
+
+@dataclass
+class SpaceChange:
+    """A change to a space's database table, built on the root `base`.
+
+    `databases` is the whole table as the change wants it; `base_databases`
+    is the table at `base`. `stored_root` is set when the new space root is
+    already stored (a node rebasing a client's commit): when no rebase is
+    needed it is committed as it is, under `transaction_id`.
+    """
+
+    base: RootRef
+    base_databases: Dictionary
+    databases: Dictionary
+    reads: ReadSet = field(default_factory=dict)
+    stored_root: AtomPointer | None = None
+    transaction_id: bytes | None = None
+
+
+class Committer:
+    """The commit protocol of one `ObjectSpace`; see the module docstring."""
+
+    def __init__(self, storage: Storage, cache: AtomCache, origin: object) -> None:
+        self.storage = storage
+        self._cache = cache
+        self._origin = origin
+        self._latest_lock = threading.Lock()
+        self._latest = RootRef(None, 0)
+        self._pin_lock = threading.Lock()
+        self._pins: collections.Counter[int] = collections.Counter()
+        self._commit_lock = threading.Lock()
+        # Capabilities are checked once: a runtime Protocol check is slow.
+        self._pipelined = isinstance(storage, PipelinedStorage)
+        self._rebasing = isinstance(storage, RebasingStorage)
+        self.attempts_lost = 0
+        """Compare-and-sets lost to another writer (a rebase followed)."""
+
+    # -- roots ---------------------------------------------------------------------
+
+    @property
+    def latest(self) -> RootRef:
+        """The newest root this space has seen."""
+        return self._latest
+
+    def read_root(self) -> RootRef:
+        """The storage's root; `StorageError` if it is older than one already seen."""
+        with self._latest_lock:
+            seen = self._latest.version
+        ref = self.storage.read_root()
+        with self._latest_lock:
+            if ref.version < seen:
+                raise StorageError(
+                    f"storage went back to root version {ref.version} after this space saw "
+                    f"{seen}; refusing a stale read"
+                )
+            if ref.version > self._latest.version:
+                self._latest = ref
+        return ref
+
+    def note_root(self, ref: RootRef) -> None:
+        with self._latest_lock:
+            if ref.version > self._latest.version:
+                self._latest = ref
+
+    # -- pins ----------------------------------------------------------------------
+
+    def pinned_root(self, read: Callable[[], RootRef] | None = None) -> RootRef:
+        """Read the root (with `read`, default `read_root`) and pin its version.
+
+        The latest version seen is pinned as a floor while the storage is
+        read without a lock (reads never go back, so the root read is at
+        least that). The caller unpins the returned version with `unpin`.
+        """
+        with self._pin_lock:
+            floor = self._latest.version
+            self._pins[floor] += 1
+        try:
+            ref = (read or self.read_root)()
+            with self._pin_lock:
+                self._pins[ref.version] += 1
+        finally:
+            self.unpin(floor)
+        return ref
+
+    def pin_version(self, version: int, read: Callable[[], RootRef]) -> RootRef:
+        """Pin a historic `version` while `read` fetches its root; pinned as returned."""
+        with self._pin_lock:
+            self._pins[version] += 1
+        try:
+            ref = read()
+            with self._pin_lock:
+                self._pins[ref.version] += 1
+        finally:
+            self.unpin(version)
+        return ref
+
+    def unpin(self, version: int) -> None:
+        with self._pin_lock:
+            self._pins[version] -= 1
+            if self._pins[version] <= 0:
+                del self._pins[version]
+
+    @contextmanager
+    def pins_held(self) -> Iterator[collections.Counter[int]]:
+        """The pinned versions, frozen while the block runs (pack decides what to keep)."""
+        with self._pin_lock:
+            yield self._pins
+
+    # -- committing ----------------------------------------------------------------
+
+    def commit(self, change: SpaceChange, snapshot: Snapshot) -> RootRef:
+        """Make `change` the newest root, rebasing it as often as needed.
+
+        Args:
+            change: the database table to commit and the root it was built on.
+            snapshot: reads atoms for the rebase; versions this pins are
+                recorded on it and unpinned when it closes.
+
+        Returns:
+            The new root.
+
+        Raises:
+            ConflictError: the change overlaps a concurrent one, or lost
+                `MAX_ATTEMPTS` compare-and-sets in a row; nothing was written.
+        """
+        if self._rebasing:
+            ref = self._commit_remotely(change)
+        elif self._pipelined:
+            # Merge and append under the lock (no compare-and-set fails against
+            # another thread of this space, so no work is thrown away); wait
+            # for durability outside it, so that syncs are shared.
+            with self._commit_lock:
+                ref, wait_durable = self._attempts(
+                    change,
+                    snapshot,
+                    self.storage.commit_pipelined,  # type: ignore[attr-defined]
+                    lambda ref: (ref, _nothing),
+                )
+            wait_durable()
+        else:
+            ref = self._attempts(change, snapshot, self.storage.commit, lambda ref: ref)
+        self.note_root(ref)
+        return ref
+
+    def _attempts(
+        self,
+        change: SpaceChange,
+        snapshot: Snapshot,
+        commit: Callable[[CommitBatch, int, AtomPointer], T],
+        found: Callable[[RootRef], T],
+    ) -> T:
+        current = change.base
+        if self._pipelined and current.version != self._latest.version:
+            current = snapshot.hold(self.pinned_root())
+        for attempt in range(MAX_ATTEMPTS):
+            if current.version == change.base.version:
+                databases = change.databases
+                if change.stored_root is not None:
+                    return found(self._set_stored_root(change, current))
+            else:
+                databases = merge_databases(
+                    change.base_databases,
+                    change.databases,
+                    snapshot.databases_at(current),
+                    snapshot,
+                    change.reads,
+                )
+            writer = AtomWriter(self._origin, new_transaction_id())
+            pointer = writer.write_value({"format": SPACE_FORMAT, "databases": databases})
+            try:
+                result = commit(writer.batch(), current.version, pointer)
+            except RootConflict:
+                self.attempts_lost += 1
+                if attempt:
+                    # Another process keeps winning: step aside a little.
+                    time.sleep(random.random() * min(0.0005 * 2**attempt, BACKOFF_CAP))
+                current = snapshot.hold(self.pinned_root())
+                continue
+            except CommitOutcomeUnknown:
+                ref = self.storage.committed_root(writer.transaction_id)
+                if ref is None:
+                    current = snapshot.hold(self.pinned_root())
+                    continue
+                result = found(ref)
+            writer.mark_saved()
+            self.remember_written(writer)
+            return result
+        raise ConflictError(
+            f"commit gave up after {MAX_ATTEMPTS} attempts on a busy database; "
+            "nothing was written. Run the transaction again."
+        )
+
+    def _set_stored_root(self, change: SpaceChange, current: RootRef) -> RootRef:
+        assert change.stored_root is not None and change.transaction_id is not None
+        try:
+            return self.storage.set_root(current.version, change.stored_root, change.transaction_id)
+        except CommitOutcomeUnknown:
+            ref = self.storage.committed_root(change.transaction_id)
+            if ref is None:
+                raise RootConflict("the root change was lost; rebase") from None
+            return ref
+
+    def _commit_remotely(self, change: SpaceChange) -> RootRef:
+        """Write the change on its base and let the storage rebase it where the data is."""
+        writer = AtomWriter(self._origin, new_transaction_id())
+        pointer = writer.write_value({"format": SPACE_FORMAT, "databases": change.databases})
+        request = RebaseRequest(writer.batch(), change.base.version, pointer, change.reads)
+        ref = self.storage.commit_rebasing(request)  # type: ignore[attr-defined]
+        writer.mark_saved()
+        self.remember_written(writer)
+        return ref
+
+    def remember_written(self, writer: AtomWriter) -> None:
+        """Cache the payloads of a batch the storage accepted.
+
+        The next transactions read the nodes this commit wrote (the path to
+        the space root) first; without this they would come back from storage.
+        """
+        for index, atom in enumerate(writer.atoms):
+            self._cache.put(AtomPointer(writer.transaction_id, index), atom[ATOM_HEADER_SIZE:])
+
+
+def _nothing() -> None:
+    """A commit found already made is durable already."""
