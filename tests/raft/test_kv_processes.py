@@ -577,11 +577,12 @@ def raft_handshake(port: int, secret: bytes, dialer: int, acceptor: int) -> tupl
         reader = sock.makefile("rb")
         (size,) = struct.unpack(">I", reader.read(4))
         magic, version, nonce_a = msgpack.unpackb(reader.read(size))
-        assert (magic, version) == ("protobase-raft", 1)
+        assert (magic, version) == ("protobase-raft", 2)
         nonce_d = secrets.token_bytes(32)
-        proof = msgpack.packb([b"client", b"protobase", nonce_a, nonce_d, dialer, acceptor])
-        mac = hmac.new(secret, proof, hashlib.sha256).digest()
-        body = msgpack.packb([dialer, acceptor, b"protobase", nonce_d, mac])
+        life = secrets.token_bytes(16)  # an incarnation
+        said = [b"protobase", nonce_a, nonce_d, dialer, acceptor, life]
+        mac = hmac.new(secret, msgpack.packb([b"client", *said]), hashlib.sha256).digest()
+        body = msgpack.packb([dialer, acceptor, b"protobase", nonce_d, life, mac])
         sock.sendall(struct.pack(">I", len(body)) + body)
         return nonce_a, reader.read()
 
@@ -591,11 +592,13 @@ def test_a_dialer_with_the_wrong_secret_gets_no_answer(cluster: Cluster) -> None
     _, answer = raft_handshake(node3.raft_port, b"not-the-secret", 1, 3)
     assert answer == b"", "node 3 answered a dialer that does not know the secret"
     assert "does not know the cluster secret" in node3.log()
-    # The control: the same dialer with the right secret gets the server's proof.
+    # The control: the same dialer with the right secret gets the server's proof
+    # (and its verdict: node 3 knows another incarnation of node 2, so a refusal).
     _, answer = raft_handshake(node3.raft_port, cluster.secret.encode(), 2, 3)
     (size,) = struct.unpack(">I", answer[:4])
-    [mac_a] = msgpack.unpackb(answer[4 : 4 + size])
+    inc_a, verdict_a, mac_a = msgpack.unpackb(answer[4 : 4 + size])
     assert isinstance(mac_a, bytes) and len(mac_a) == 32
+    assert len(inc_a) == 16 and verdict_a is not None and len(verdict_a) == 16
 
 
 def test_a_node_with_the_wrong_secret_never_joins_until_it_has_the_right_one(
