@@ -54,10 +54,21 @@ from .transaction import Transaction
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # The cluster client needs aiohttp (``protobase[cluster]``): imported on use.
+    if name == "ClusterFileStorage":
+        from .storage.cluster import ClusterFileStorage
+
+        return ClusterFileStorage
+    raise AttributeError(f"module 'protobase' has no attribute {name!r}")
+
+
 __all__ = [
     "AtomNotFoundError",
     "AtomPointer",
     "AuthenticationError",
+    "ClusterFileStorage",
     "ClusterUnavailableError",
     "CommitBatch",
     "CommitInfo",

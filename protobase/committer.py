@@ -229,7 +229,12 @@ class Committer:
             if current.version == change.base.version:
                 databases = change.databases
                 if change.stored_root is not None:
-                    return found(self._set_stored_root(change, current))
+                    try:
+                        return found(self._set_stored_root(change, current))
+                    except RootConflict:
+                        self.attempts_lost += 1
+                        current = snapshot.hold(self.pinned_root())
+                        continue
             else:
                 databases = merge_databases(
                     change.base_databases,

@@ -24,6 +24,7 @@ from . import (
     StandaloneFileStorage,
 )
 from .errors import ConflictError
+from .storage.interfaces import Storage
 from .transaction import Transaction
 
 
@@ -66,23 +67,29 @@ def _buy(sku: str) -> Callable[[Transaction], str]:
     return order
 
 
-def run_demo(path: str | Path = "demo-data", say: Callable[[str], None] = print) -> None:
-    """Run the demo on the database in directory `path`, reporting through `say`."""
-    with ObjectSpace(StandaloneFileStorage(path)) as space:
+def run_demo(
+    path: str | Path = "demo-data",
+    say: Callable[[str], None] = print,
+    storage: Storage | None = None,
+) -> None:
+    """Run the demo on the database in directory `path` (or on `storage`, such as
+    a `ClusterFileStorage`), reporting through `say`."""
+    where = str(path) if storage is None else type(storage).__name__
+    with ObjectSpace(storage or StandaloneFileStorage(path)) as space:
         if "shop" in space.list_databases():
             db = space.open_database("shop")
             with db.transaction() as tr:
                 runs = list(tr.get_root_object("runs"))
                 orders = tr.get_root_object("orders")
                 say(
-                    f"{path}: found the data of {len(runs)} earlier run(s), the last at "
+                    f"{where}: found the data of {len(runs)} earlier run(s), the last at "
                     f"{runs[-1].isoformat(timespec='seconds')}; {len(orders)} orders so far"
                 )
         else:
             db = space.new_database("shop")
             with db.transaction() as tr:
                 _create_shop(tr)
-            say(f"{path}: created database 'shop' (StandaloneFileStorage, durable WAL)")
+            say(f"{where}: created database 'shop' ({type(space.storage).__name__})")
             say("stored 3 products (Dictionary), orders (List), tags (Set), sold (CountedSet)")
             say("and Alice's account (MutableObject)")
 
@@ -134,8 +141,11 @@ def run_demo(path: str | Path = "demo-data", say: Callable[[str], None] = print)
                 f"orders: {len(tr.get_root_object('orders'))}; mugs sold in all runs: "
                 f"{sold.get_count('C-300')}"
             )
-        say(
-            f"storage root version {space.storage.read_root().version}; "
-            f"{len(space.history())} versions kept (see `protobase inspect {path}`)"
-        )
+        if storage is None:
+            say(
+                f"storage root version {space.storage.read_root().version}; "
+                f"{len(space.history())} versions kept (see `protobase inspect {path}`)"
+            )
+        else:
+            say(f"cluster root version {space.storage.read_root().version}")
     say("done")

@@ -1,0 +1,280 @@
+"""The node's HTTP surface (aiohttp): the client API, health and status.
+
+Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
+<token>`` required (compared in constant time; 401 when missing or wrong).
+
+    /v1/cluster         {} -> {"cluster", "partitions", "members": [{"id", "client"}],
+                              "meta_leader": url | None}
+    /v1/root/read       {"space"} -> {"root": pointer | None, "version"}
+    /v1/batch/put       {"txid", "atoms": [bytes], "links": [[pointer]] | None} -> {}
+    /v1/atoms/get       {"pointers": [pointer]} -> {"atoms": [bytes]}
+    /v1/commit          {"space", "txid", "base", "root": pointer, "mode": "rebase" | "cas",
+                         "reads": {db: [[root name], [object id]]}} -> {"version", "root"}
+                        ("cas" answers 409 root_conflict instead of rebasing)
+    /v1/commit/outcome  {"txid"} -> {"committed": bool, "version", "root"}
+
+A pointer is ``[transaction id (16 bytes), index]``. Errors are JSON
+``{"error": message, "kind": ...}``: 400 malformed (nothing changed), 401
+token, 404 atom not found, 409 conflict (nothing written), 413 body too
+large, 421 not the meta leader (``"leader_url"`` says where to go), 503
+unavailable (``"kind": "outcome_unknown"`` when a write may have happened).
+
+Open routes: ``GET /health`` (200 while serving), ``GET /ready`` (200 once
+every group placed here has a leader, else 503 with the reason),
+``GET /status.json``, ``GET /status`` (HTML).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from protobase.atoms import AtomPointer
+from protobase.errors import AtomNotFoundError, RootConflict, StorageError
+from protobase.storage.interfaces import DatabaseReads
+
+from .node import FORWARDED, ClusterNode, CommitConflict, Unavailable, UnknownOutcome
+from .partitions import META_GROUP
+from .raft.errors import NotLeader
+from .raft.node import NodeStopped
+
+OPEN_ROUTES = frozenset({"/health", "/ready", "/status", "/status.json"})
+MAX_SPACE_NAME = 256
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """The request body is not what the route takes."""
+
+
+def _error(status: int, message: str, kind: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "kind": kind, **extra}, status=status)
+
+
+def _pack(value: Any) -> web.Response:
+    return web.Response(body=msgpack.packb(value), content_type="application/msgpack")
+
+
+def _pointer(raw: Any, what: str) -> AtomPointer:
+    if (
+        type(raw) is not list
+        or len(raw) != 2
+        or type(raw[0]) is not bytes
+        or len(raw[0]) != 16
+        or type(raw[1]) is not int
+        or raw[1] < 0
+    ):
+        raise BadRequest(f"{what} must be [16-byte transaction id, index >= 0]")
+    return AtomPointer(raw[0], raw[1])
+
+
+def _txid(raw: Any) -> bytes:
+    if type(raw) is not bytes or len(raw) != 16:
+        raise BadRequest("txid must be 16 bytes")
+    return raw
+
+
+def _space(raw: Any) -> str:
+    if type(raw) is not str or not raw or len(raw) > MAX_SPACE_NAME:
+        raise BadRequest("space must be a non-empty string")
+    return raw
+
+
+def _reads(raw: Any) -> dict[str, DatabaseReads]:
+    if raw is None:
+        return {}
+    if type(raw) is not dict:
+        raise BadRequest("reads must be a map")
+    reads = {}
+    for name, pair in raw.items():
+        if (
+            type(name) is not str
+            or type(pair) is not list
+            or len(pair) != 2
+            or type(pair[0]) is not list
+            or type(pair[1]) is not list
+            or not all(type(r) is str for r in pair[0])
+            or not all(type(o) is bytes for o in pair[1])
+        ):
+            raise BadRequest("reads maps a database to [[root name], [object id]]")
+        reads[name] = DatabaseReads(frozenset(pair[0]), frozenset(pair[1]))
+    return reads
+
+
+class NodeAPI:
+    """Routes of one node; see the module docstring."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.token = node.settings.token.encode()
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.node.settings.max_body_bytes, middlewares=[self._guard]
+        )
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/status.json", self.status_json)
+        app.router.add_get("/status", self.status_html)
+        app.router.add_post("/v1/cluster", self.cluster)
+        app.router.add_post("/v1/root/read", self.read_root)
+        app.router.add_post("/v1/batch/put", self.put_batch)
+        app.router.add_post("/v1/atoms/get", self.get_atoms)
+        app.router.add_post("/v1/commit", self.commit)
+        app.router.add_post("/v1/commit/outcome", self.commit_outcome)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_ROUTES:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme != "Bearer" or not hmac.compare_digest(given.encode(), self.token):
+                return _error(401, "missing or wrong bearer token", "authentication")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except BadRequest as exc:
+            return _error(400, f"malformed request: {exc}; nothing was changed", "malformed")
+        except AtomNotFoundError as exc:
+            return _error(404, str(exc), "atom_not_found")
+        except CommitConflict as exc:
+            return _error(409, str(exc), "conflict")
+        except RootConflict as exc:
+            return _error(409, str(exc), "root_conflict")
+        except NotLeader as exc:
+            url = self.node.leader_url(META_GROUP) if exc.leader_hint is not None else None
+            if url is None:
+                return _error(503, "no meta leader is known yet; retry", "unavailable")
+            return _error(421, str(exc), "not_leader", leader_url=url)
+        except UnknownOutcome as exc:
+            return _error(503, str(exc), "outcome_unknown")
+        except (Unavailable, NodeStopped) as exc:
+            return _error(503, str(exc), "unavailable")
+        except StorageError as exc:
+            return _error(400, str(exc), "refused")
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        data = await request.read()
+        try:
+            body = msgpack.unpackb(data, strict_map_key=True)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise BadRequest(f"body is not msgpack ({exc})") from exc
+        if type(body) is not dict:
+            raise BadRequest("body must be a msgpack map")
+        return body
+
+    # -- open routes ---------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node_id": self.node.id})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ok, reason = self.node.ready()
+        return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.status())
+
+    async def status_html(self, request: web.Request) -> web.Response:
+        status = self.node.status()
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(g.get(k)))}</td>"
+                for k in ("name", "role", "leader", "term", "commit", "applied", "voters")
+            )
+            + "</tr>"
+            for g in status["groups"]
+        )
+        page = (
+            f"<!doctype html><title>ProtoBase node {status['node_id']}</title>"
+            f"<h1>Cluster {html.escape(status['cluster'])}, node {status['node_id']}</h1>"
+            f"<p>ready: {status['ready']}</p><table border=1><tr><th>group</th><th>role</th>"
+            f"<th>leader</th><th>term</th><th>commit</th><th>applied</th><th>voters</th></tr>"
+            f"{rows}</table><pre>{html.escape(json.dumps(status['members'], indent=1))}</pre>"
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    # -- client API ----------------------------------------------------------------
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        settings = self.node.settings
+        leader = self.node.leader(META_GROUP)
+        return _pack(
+            {
+                "cluster": settings.cluster,
+                "partitions": settings.partitions,
+                "members": [{"id": m.id, "client": m.client} for m in settings.members],
+                "meta_leader": settings.client_url(leader) if leader else None,
+            }
+        )
+
+    async def read_root(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        ref = await self.node.read_root(_space(body.get("space")))
+        pointer = None if ref.pointer is None else list(ref.pointer)
+        return _pack({"root": pointer, "version": ref.version})
+
+    async def put_batch(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        try:
+            body = msgpack.unpackb(data)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise BadRequest(f"body is not msgpack ({exc})") from exc
+        if type(body) is not dict:
+            raise BadRequest("body must be a msgpack map")
+        transaction_id = _txid(body.get("txid"))
+        atoms, links = body.get("atoms"), body.get("links")
+        if type(atoms) is not list or not all(type(a) is bytes for a in atoms):
+            raise BadRequest("atoms must be a list of bytes")
+        if links is not None and (type(links) is not list or len(links) != len(atoms)):
+            raise BadRequest("links must be null or one list of pointers per atom")
+        await self.node.put_batch(
+            transaction_id, atoms, links, data, forwarded=FORWARDED in request.headers
+        )
+        return _pack({})
+
+    async def get_atoms(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        raw = body.get("pointers")
+        if type(raw) is not list:
+            raise BadRequest("pointers must be a list")
+        pointers = [_pointer(p, "a pointer") for p in raw]
+        atoms = await self.node.get_atoms(
+            [(p.transaction_id, p.index) for p in pointers], FORWARDED in request.headers
+        )
+        return _pack({"atoms": atoms})
+
+    async def commit(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        base = body.get("base")
+        if type(base) is not int or base < 0:
+            raise BadRequest("base must be the root version the commit was built on")
+        mode = body.get("mode", "rebase")
+        if mode not in ("rebase", "cas"):
+            raise BadRequest('mode must be "rebase" or "cas"')
+        ref = await self.node.commit(
+            _space(body.get("space")),
+            base,
+            _pointer(body.get("root"), "root"),
+            _txid(body.get("txid")),
+            _reads(body.get("reads")),
+            rebase=mode == "rebase",
+        )
+        assert ref.pointer is not None
+        return _pack({"version": ref.version, "root": list(ref.pointer)})
+
+    async def commit_outcome(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        ref = await self.node.commit_outcome(_txid(body.get("txid")))
+        if ref is None or ref.pointer is None:
+            return _pack({"committed": False})
+        return _pack({"committed": True, "version": ref.version, "root": list(ref.pointer)})

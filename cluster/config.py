@@ -1,0 +1,159 @@
+"""A node's configuration: the ``node.toml`` contract of `shared/API.md`.
+
+Example (relative paths are relative to the file's folder)::
+
+    cluster = "demo"
+    node_id = 1
+    data_dir = "n1"
+    listen = "127.0.0.1:7101"        # client HTTP API
+    peer_listen = "127.0.0.1:7201"   # Raft traffic
+    partitions = 8
+    secret_file = "cluster.secret"
+    token_file = "client.token"
+
+    [[members]]
+    id = 1
+    peer = "127.0.0.1:7201"
+    client = "http://127.0.0.1:7101"
+
+Optional keys: ``tick_interval`` (seconds, 0.1), ``election_ticks`` (10),
+``max_body_bytes`` (64 MiB), ``replication`` (3).
+
+`load_config` checks everything a node needs before it touches its data
+directory; a problem raises `ConfigError` with a message naming the key and
+what to do, and `protobase node` exits with status 2.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The node's configuration is missing, malformed or unusable."""
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    peer: tuple[str, int]
+    client: str
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    cluster: str
+    node_id: int
+    data_dir: Path
+    listen: tuple[str, int]
+    peer_listen: tuple[str, int]
+    partitions: int
+    secret: bytes
+    token: str
+    members: tuple[Member, ...]
+    tick_interval: float = 0.1
+    election_ticks: int = 10
+    max_body_bytes: int = 64 << 20
+    replication: int = 3
+
+    @property
+    def me(self) -> Member:
+        return next(m for m in self.members if m.id == self.node_id)
+
+    def client_url(self, node_id: int) -> str | None:
+        for member in self.members:
+            if member.id == node_id:
+                return member.client
+        return None
+
+
+def parse_address(text: Any, key: str) -> tuple[str, int]:
+    if type(text) is not str:
+        raise ConfigError(f"{key} must be a string HOST:PORT, not {text!r}")
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} = {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _read_secret(base: Path, raw: Any, key: str) -> bytes:
+    if type(raw) is not str or not raw:
+        raise ConfigError(
+            f"{key} is required: the path of a file holding it (`protobase cluster up` writes one)"
+        )
+    path = base / raw
+    try:
+        value = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: cannot read {path}: {exc.strerror}; create it or fix the path"
+        ) from exc
+    if not value:
+        raise ConfigError(f"{key}: {path} is empty; a node refuses to start without it")
+    return value
+
+
+def _int(table: dict[str, Any], key: str, default: int | None = None, low: int = 1) -> int:
+    value = table.get(key, default)
+    if type(value) is not int or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, not {value!r}")
+    return value
+
+
+def load_config(path: str | Path) -> NodeSettings:
+    """Read and check ``node.toml``; `ConfigError` says what is wrong."""
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    base = path.resolve().parent
+    cluster = table.get("cluster")
+    if type(cluster) is not str or not cluster:
+        raise ConfigError("cluster must be a non-empty string (the cluster's name)")
+    node_id = _int(table, "node_id")
+    raw_dir = table.get("data_dir")
+    if type(raw_dir) is not str or not raw_dir:
+        raise ConfigError("data_dir is required")
+    raw_members = table.get("members")
+    if type(raw_members) is not list or not raw_members:
+        raise ConfigError("[[members]] must list every member, this node included")
+    members = []
+    for position, raw in enumerate(raw_members):
+        if type(raw) is not dict:
+            raise ConfigError(f"members[{position}] must be a table")
+        member_id = _int(raw, "id")
+        client = raw.get("client")
+        if type(client) is not str or not client.startswith(("http://", "https://")):
+            raise ConfigError(f"members[{position}].client must be an http(s) URL")
+        members.append(
+            Member(member_id, parse_address(raw.get("peer"), f"members[{position}].peer"), client)
+        )
+    ids = [m.id for m in members]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"member ids must be unique: {ids}")
+    if node_id not in ids:
+        raise ConfigError(f"node_id {node_id} is not among the members {sorted(ids)}")
+    tick = table.get("tick_interval", 0.1)
+    if type(tick) not in (int, float) or not 0.001 <= tick <= 10:
+        raise ConfigError(f"tick_interval must be seconds between 0.001 and 10, not {tick!r}")
+    return NodeSettings(
+        cluster=cluster,
+        node_id=node_id,
+        data_dir=base / raw_dir,
+        listen=parse_address(table.get("listen"), "listen"),
+        peer_listen=parse_address(table.get("peer_listen"), "peer_listen"),
+        partitions=_int(table, "partitions", 8),
+        secret=_read_secret(base, table.get("secret_file"), "secret_file"),
+        token=_read_secret(base, table.get("token_file"), "token_file").decode(),
+        members=tuple(sorted(members, key=lambda m: m.id)),
+        tick_interval=float(tick),
+        election_ticks=_int(table, "election_ticks", 10, low=2),
+        max_body_bytes=_int(table, "max_body_bytes", 64 << 20, low=1024),
+        replication=_int(table, "replication", 3),
+    )

@@ -1,0 +1,61 @@
+"""`protobase node --config node.toml`: run one member in the foreground.
+
+Exit status: 0 after SIGTERM/SIGINT, 2 for a configuration problem (the
+message says which key and what to do), 3 when the node stopped serving
+(a failed disk write, or its data directory was refused by the cluster as
+a wiped member: the message says how to replace it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .api import NodeAPI
+from .config import ConfigError, NodeSettings, load_config
+from .node import ClusterNode
+
+log = logging.getLogger("protobase.node")
+
+
+async def serve(settings: NodeSettings) -> int:
+    node = ClusterNode(settings)
+    await node.start()
+    runner = web.AppRunner(NodeAPI(node).app(), access_log=None)
+    await runner.setup()
+    host, port = settings.listen
+    await web.TCPSite(runner, host, port).start()
+    log.info("node %d of cluster %r serves http://%s:%d", node.id, settings.cluster, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waits = {asyncio.create_task(stop.wait()), asyncio.create_task(node.raft.wait_failed())}
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    await runner.cleanup()
+    await node.stop()
+    if node.raft.failure is not None:
+        print(f"protobase node {node.id} stopped: {node.raft.failure}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def run_node(config_path: str) -> int:
+    try:
+        settings = load_config(config_path)
+    except ConfigError as exc:
+        print(f"protobase node: {config_path}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"protobase node: {exc}", file=sys.stderr)
+        return 2

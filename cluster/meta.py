@@ -1,0 +1,161 @@
+"""The meta group's state machine: each object space's root register.
+
+State (msgpack in snapshots)::
+
+    {"spaces": {name: [root pointer | None, version]},
+     "done":   {root change id: [space, version, root pointer]}}
+
+A root pointer is ``[transaction id, index]``. Entries are msgpack lists:
+
+    ["cas", space, expected version, root pointer, change id, alias | None, time]
+
+`apply` is deterministic: a compare-and-set moves the root of `space` to the
+pointer when its version is `expected`, and records the change under its id
+(and under `alias`, the client's transaction id when the node rebased the
+client's commit). A change id already recorded answers with the recorded
+outcome and changes nothing, so a repeated request is harmless.
+
+Results: ``["ok", version]``, ``["dup", version, root]`` or
+``["conflict", current version]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import msgpack
+
+Pointer = tuple[bytes, int]
+
+
+class MetaEntryError(ValueError):
+    """A meta entry is not one this program writes (checked before proposing)."""
+
+
+@dataclass
+class SpaceRoot:
+    pointer: Pointer | None
+    version: int
+
+
+RECENT_ROOTS = 4096
+"""Roots kept per space by version, so that a node can rebase a commit built
+on any of them (an older base is refused as too old, and retried)."""
+
+
+@dataclass
+class MetaState:
+    spaces: dict[str, SpaceRoot] = field(default_factory=dict)
+    done: dict[bytes, tuple[str, int, Pointer]] = field(default_factory=dict)
+    recent: dict[str, dict[int, Pointer]] = field(default_factory=dict)
+
+
+def cas_entry(
+    space: str,
+    expected: int,
+    root: Pointer,
+    change_id: bytes,
+    alias: bytes | None,
+    time: float,
+) -> bytes:
+    return msgpack.packb(["cas", space, expected, list(root), change_id, alias, time])
+
+
+def _pointer(raw: Any) -> Pointer:
+    if (
+        type(raw) is not list
+        or len(raw) != 2
+        or type(raw[0]) is not bytes
+        or len(raw[0]) != 16
+        or type(raw[1]) is not int
+        or raw[1] < 0
+    ):
+        raise MetaEntryError(f"not a pointer: {raw!r}")
+    return raw[0], raw[1]
+
+
+def parse_entry(data: bytes) -> tuple[str, int, Pointer, bytes, bytes | None]:
+    try:
+        raw = msgpack.unpackb(data, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise MetaEntryError(f"meta entry is not msgpack: {exc}") from exc
+    if type(raw) is not list or len(raw) != 7 or raw[0] != "cas":
+        raise MetaEntryError(f"unknown meta entry {raw!r:.80}")
+    _, space, expected, root, change_id, alias, _ = raw
+    if type(space) is not str or type(expected) is not int or type(change_id) is not bytes:
+        raise MetaEntryError("malformed cas entry")
+    if alias is not None and type(alias) is not bytes:
+        raise MetaEntryError("malformed cas alias")
+    return space, expected, _pointer(root), change_id, alias
+
+
+class MetaMachine:
+    """Applies meta entries in log order (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.state = MetaState()
+
+    def root(self, space: str) -> SpaceRoot:
+        return self.state.spaces.get(space) or SpaceRoot(None, 0)
+
+    def root_at(self, space: str, version: int) -> Pointer | None:
+        """The root `space` had at `version`, while it is among the recent ones."""
+        return self.state.recent.get(space, {}).get(version)
+
+    def outcome(self, change_id: bytes) -> tuple[str, int, Pointer] | None:
+        return self.state.done.get(change_id)
+
+    def apply(self, index: int, data: bytes) -> list[Any]:
+        space, expected, root, change_id, alias = parse_entry(data)
+        for key in (change_id, alias):
+            if key is not None and key in self.state.done:
+                _, version, pointer = self.state.done[key]
+                return ["dup", version, list(pointer)]
+        current = self.root(space)
+        if current.version != expected:
+            return ["conflict", current.version]
+        version = current.version + 1
+        self.state.spaces[space] = SpaceRoot(root, version)
+        recent = self.state.recent.setdefault(space, {})
+        recent[version] = root
+        recent.pop(version - RECENT_ROOTS, None)
+        self.state.done[change_id] = (space, version, root)
+        if alias is not None:
+            self.state.done[alias] = (space, version, root)
+        return ["ok", version]
+
+    def snapshot(self, sink: BinaryIO) -> None:
+        sink.write(self.snapshot_bytes())
+
+    def restore(self, source: BinaryIO) -> None:
+        self.restore_bytes(source.read())
+
+    def snapshot_bytes(self) -> bytes:
+        return msgpack.packb(
+            {
+                "spaces": {
+                    name: [list(r.pointer) if r.pointer else None, r.version]
+                    for name, r in self.state.spaces.items()
+                },
+                "done": {k: [s, v, list(p)] for k, (s, v, p) in self.state.done.items()},
+                "recent": {
+                    name: {v: list(p) for v, p in roots.items()}
+                    for name, roots in self.state.recent.items()
+                },
+            }
+        )
+
+    def restore_bytes(self, data: bytes) -> None:
+        self.state = MetaState()
+        if not data:
+            return
+        raw = msgpack.unpackb(data, strict_map_key=False)
+        for name, (pointer, version) in raw["spaces"].items():
+            self.state.spaces[name] = SpaceRoot(
+                _pointer(pointer) if pointer is not None else None, version
+            )
+        for key, (space, version, pointer) in raw["done"].items():
+            self.state.done[key] = (space, version, _pointer(pointer))
+        for name, roots in raw["recent"].items():
+            self.state.recent[name] = {v: _pointer(p) for v, p in roots.items()}

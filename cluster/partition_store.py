@@ -1,0 +1,179 @@
+"""A partition group's state machine: its atom batches, served from the Raft log.
+
+The partition log is the WAL: a batch's atoms are stored once, in the Raft
+entry that carries them, and read back from the log by index. The machine
+itself keeps only an index: transaction id -> the chunks of its batch.
+
+Entry layout (msgpack)::
+
+    ["batch", transaction id, first atom index, [atom bytes, ...],
+     [[pointer, ...] per atom] | None, total atoms of the batch]
+
+A batch larger than one entry is split into chunks of consecutive atoms
+(`chunks`); it is complete, and readable, once every chunk is applied. A
+chunk applied twice (a retried put) is recorded once: the index keeps the
+first copy, and the result says "dup".
+
+Invariant: `apply` is deterministic and never reads the log; reads go
+through `read_entry`, which the node points at the group's log.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import msgpack
+
+BATCH_CHUNK_BYTES = 8 << 20
+"""Atom bytes per entry, well under the Raft library's largest entry."""
+
+DECODED_CACHE_ENTRIES = 64
+
+
+class PartitionEntryError(ValueError):
+    """A partition entry is not one this program writes."""
+
+
+@dataclass
+class Chunk:
+    first: int
+    count: int
+    log_index: int
+
+
+@dataclass
+class BatchIndex:
+    total: int
+    chunks: list[Chunk] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return sum(c.count for c in self.chunks) == self.total
+
+
+def chunks(
+    transaction_id: bytes,
+    atoms: Sequence[bytes],
+    links: Sequence[Sequence[Any]] | None,
+    limit: int = BATCH_CHUNK_BYTES,
+) -> Iterator[bytes]:
+    """The entries of one batch, each holding at most about `limit` atom bytes."""
+    total = len(atoms)
+    first = 0
+    while True:
+        size, end = 0, first
+        while end < total and (end == first or size + len(atoms[end]) <= limit):
+            size += len(atoms[end])
+            end += 1
+        part_links = None if links is None else [list(x) for x in links[first:end]]
+        yield msgpack.packb(
+            ["batch", transaction_id, first, list(atoms[first:end]), part_links, total]
+        )
+        first = end
+        if first >= total:
+            return
+
+
+def parse_entry(data: bytes) -> tuple[bytes, int, list[bytes], int]:
+    try:
+        raw = msgpack.unpackb(data)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise PartitionEntryError(f"partition entry is not msgpack: {exc}") from exc
+    if type(raw) is not list or len(raw) != 6 or raw[0] != "batch":
+        raise PartitionEntryError("unknown partition entry")
+    _, transaction_id, first, atoms, _, total = raw
+    if (
+        type(transaction_id) is not bytes
+        or len(transaction_id) != 16
+        or type(first) is not int
+        or type(atoms) is not list
+        or type(total) is not int
+        or not 0 <= first <= first + len(atoms) <= total
+    ):
+        raise PartitionEntryError("malformed batch entry")
+    return transaction_id, first, atoms, total
+
+
+class PartitionMachine:
+    """The index of one partition's batches (see the module docstring)."""
+
+    def __init__(self, read_entry: Callable[[int], bytes] | None = None) -> None:
+        self.read_entry = read_entry
+        self.batches: dict[bytes, BatchIndex] = {}
+        self._decoded: OrderedDict[int, list[bytes]] = OrderedDict()
+
+    def apply(self, index: int, data: bytes) -> str:
+        transaction_id, first, atoms, total = parse_entry(data)
+        batch = self.batches.get(transaction_id)
+        if batch is None:
+            batch = self.batches[transaction_id] = BatchIndex(total)
+        if batch.total != total or any(c.first == first for c in batch.chunks):
+            return "dup"
+        batch.chunks.append(Chunk(first, len(atoms), index))
+        batch.chunks.sort(key=lambda c: c.first)
+        return "ok"
+
+    def first_needed_index(self) -> int:
+        """Every applied batch is read back from the log: no entry may be compacted."""
+        return 1
+
+    def has(self, transaction_id: bytes) -> bool:
+        batch = self.batches.get(transaction_id)
+        return batch is not None and batch.complete
+
+    def atom(self, transaction_id: bytes, index: int) -> bytes | None:
+        """The atom, or None when this replica has not applied its batch."""
+        batch = self.batches.get(transaction_id)
+        if batch is None or not batch.complete or not 0 <= index < batch.total:
+            return None
+        for chunk in batch.chunks:
+            if chunk.first <= index < chunk.first + chunk.count:
+                return self._atoms_at(chunk.log_index)[index - chunk.first]
+        return None
+
+    def batch_atoms(self, transaction_id: bytes) -> list[bytes] | None:
+        batch = self.batches.get(transaction_id)
+        if batch is None or not batch.complete:
+            return None
+        found: list[bytes] = []
+        for chunk in batch.chunks:
+            found.extend(self._atoms_at(chunk.log_index))
+        return found
+
+    def _atoms_at(self, log_index: int) -> list[bytes]:
+        atoms = self._decoded.get(log_index)
+        if atoms is not None:
+            self._decoded.move_to_end(log_index)
+            return atoms
+        if self.read_entry is None:
+            raise RuntimeError("this partition machine reads no log")
+        atoms = parse_entry(self.read_entry(log_index))[2]
+        self._decoded[log_index] = atoms
+        if len(self._decoded) > DECODED_CACHE_ENTRIES:
+            self._decoded.popitem(last=False)
+        return atoms
+
+    def snapshot(self, sink: BinaryIO) -> None:
+        sink.write(self.snapshot_bytes())
+
+    def restore(self, source: BinaryIO) -> None:
+        self.restore_bytes(source.read())
+
+    def snapshot_bytes(self) -> bytes:
+        return msgpack.packb(
+            {
+                tid: [b.total, [[c.first, c.count, c.log_index] for c in b.chunks]]
+                for tid, b in self.batches.items()
+            }
+        )
+
+    def restore_bytes(self, data: bytes) -> None:
+        self.batches = {}
+        self._decoded.clear()
+        if not data:
+            return
+        for tid, (total, raw_chunks) in msgpack.unpackb(data).items():
+            self.batches[tid] = BatchIndex(total, [Chunk(*c) for c in raw_chunks])

@@ -1,0 +1,325 @@
+"""ClusterFileStorage: the storage contract over a ProtoBase cluster's HTTP API.
+
+``ClusterFileStorage(["http://127.0.0.1:7101"], token=...)`` learns every
+member from any one URL (``/v1/cluster``), then sends each request to a
+node (atoms and batches: any node, which routes by partition; roots and
+commits: the meta group's leader, found by following 421 answers).
+
+Invariants:
+
+- **Every request is idempotent**, so repeating one is always safe: a batch
+  is put by transaction id, a commit is recorded under its transaction id,
+  reads change nothing. The client repeats a request through node deaths
+  and leader changes until `timeout` runs out (HTTP libraries may resend a
+  request on a dropped connection, too).
+- **Unknown outcomes are resolved before they are reported**: a commit whose
+  answer was lost is sent again under the same transaction id, which
+  answers the first outcome. Only when `timeout` runs out does the caller
+  see `ClusterUnavailableError`, whose message says whether the commit
+  certainly did not happen or may have.
+- **Session monotonic reads**: `read_root` never returns a version older
+  than one this storage has returned or committed.
+- Wrong token: `AuthenticationError` at once, never retried.
+
+The HTTP client (aiohttp) runs on an event loop in a thread of its own, so
+the storage can be called from any number of application threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..atoms import AtomPointer
+from ..errors import (
+    AtomNotFoundError,
+    AuthenticationError,
+    ClusterUnavailableError,
+    ConflictError,
+    RootConflict,
+    StorageError,
+    ValidationError,
+)
+from .interfaces import CommitBatch, RebaseRequest, RootRef
+
+DEFAULT_SPACE = "default"
+GET_ATOMS_CHUNK = 2048
+"""Pointers per atoms request."""
+
+
+class ClusterFileStorage:
+    """A client of a ProtoBase cluster; see the module docstring.
+
+    Args:
+        urls: client URLs of one or more members (``http://host:port``).
+        token: the cluster's client bearer token.
+        space: which object space of the cluster to use.
+        timeout: seconds a request keeps being retried before
+            `ClusterUnavailableError`.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        token: str,
+        *,
+        space: str = DEFAULT_SPACE,
+        timeout: float = 30.0,
+    ) -> None:
+        if isinstance(urls, str):
+            urls = [urls]
+        if not urls or not all(
+            isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls
+        ):
+            raise ValidationError("ClusterFileStorage needs a list of http(s):// node URLs")
+        if not isinstance(token, str) or not token:
+            raise ValidationError("ClusterFileStorage needs the cluster's client token")
+        try:
+            import aiohttp
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise StorageError(
+                "ClusterFileStorage needs aiohttp: pip install 'protobase[cluster]'"
+            ) from exc
+        self._aiohttp = aiohttp
+        self._urls = [u.rstrip("/") for u in urls]
+        self._token = token
+        self._space = space
+        self._timeout = timeout
+        self._meta_url: str | None = None
+        self._rotation = itertools.count(random.randrange(1 << 16))
+        self._seen_lock = threading.Lock()
+        self._seen = RootRef(None, 0)
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="protobase-cluster-client", daemon=True
+        )
+        self._thread.start()
+        self._session: Any = self._run(self._open_session())
+        try:
+            info = self._request("/v1/cluster", {})
+        except BaseException:
+            self.close()
+            raise
+        for member in info["members"]:
+            url = member["client"].rstrip("/")
+            if url not in self._urls:
+                self._urls.append(url)
+        self._meta_url = info.get("meta_leader")
+
+    async def _open_session(self) -> Any:
+        return self._aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=self._aiohttp.ClientTimeout(total=max(2.0, min(10.0, self._timeout))),
+        )
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    # -- requests ------------------------------------------------------------------
+
+    def _request(self, route: str, body: dict[str, Any], *, meta: bool = False) -> Any:
+        if self._closed:
+            raise StorageError("this ClusterFileStorage is closed")
+        return self._run(self._request_async(route, body, meta))
+
+    async def _request_async(self, route: str, body: dict[str, Any], meta: bool) -> Any:
+        import msgpack
+
+        data = msgpack.packb(body)
+        deadline = time.monotonic() + self._timeout
+        problems: list[str] = []
+        maybe_applied = False
+        for attempt in itertools.count():
+            if meta and self._meta_url is not None:
+                url = self._meta_url
+            else:
+                url = self._urls[next(self._rotation) % len(self._urls)]
+            sent = False
+            try:
+                async with self._session.post(
+                    url + route, data=data, headers={"Content-Type": "application/msgpack"}
+                ) as response:
+                    sent = True
+                    payload = await response.read()
+                    status = response.status
+            except (self._aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problems.append(f"{url}: {type(exc).__name__}: {exc}")
+                maybe_applied = (
+                    maybe_applied or sent or not isinstance(exc, self._aiohttp.ClientConnectorError)
+                )
+                if meta:
+                    self._meta_url = None
+            else:
+                if status == 200:
+                    return msgpack.unpackb(payload)
+                error = _error_body(payload)
+                message = error.get("error", f"HTTP {status}")
+                if status == 401:
+                    raise AuthenticationError(
+                        f"{url} refused the token ({message}); use the cluster's client.token"
+                    )
+                if status == 421 and error.get("leader_url"):
+                    self._meta_url = error["leader_url"].rstrip("/")
+                    continue
+                if status == 404:
+                    raise AtomNotFoundError(message)
+                if status == 409:
+                    if error.get("kind") == "root_conflict":
+                        raise RootConflict(message)
+                    raise ConflictError(message)
+                if status != 503:
+                    raise StorageError(f"{url}{route} refused the request ({status}): {message}")
+                maybe_applied = maybe_applied or error.get("kind") == "outcome_unknown"
+                problems.append(f"{url}: {message}")
+                if meta:
+                    self._meta_url = None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _unavailable(route, problems, maybe_applied, self._timeout)
+            await asyncio.sleep(min(remaining, 0.02 * 2 ** min(attempt, 5) * random.random()))
+        raise AssertionError("unreachable")
+
+    # -- the storage contract ------------------------------------------------------
+
+    def read_root(self) -> RootRef:
+        with self._seen_lock:
+            floor = self._seen.version
+        answer = self._request("/v1/root/read", {"space": self._space}, meta=True)
+        ref = _root_ref(answer["root"], answer["version"])
+        with self._seen_lock:
+            # Only what was seen before this read started bounds it: a commit
+            # answered meanwhile may be newer than the root this read found.
+            if ref.version < floor:
+                raise StorageError(
+                    f"the cluster answered root version {ref.version} after this client saw "
+                    f"{floor}; refusing a stale read"
+                )
+            if ref.version > self._seen.version:
+                self._seen = ref
+        return ref
+
+    def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+        found: list[bytes] = []
+        for start in range(0, len(pointers), GET_ATOMS_CHUNK):
+            part = pointers[start : start + GET_ATOMS_CHUNK]
+            answer = self._request(
+                "/v1/atoms/get", {"pointers": [[p.transaction_id, p.index] for p in part]}
+            )
+            found.extend(answer["atoms"])
+        return found
+
+    def put_batch(self, batch: CommitBatch) -> None:
+        links = None
+        if batch.links is not None:
+            links = [[[p.transaction_id, p.index] for p in atom] for atom in batch.links]
+        self._request(
+            "/v1/batch/put",
+            {"txid": batch.transaction_id, "atoms": list(batch.atoms), "links": links},
+        )
+
+    def set_root(
+        self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
+    ) -> RootRef:
+        return self._commit(expected_root_version, new_root, transaction_id, "cas", {})
+
+    def committed_root(self, transaction_id: bytes) -> RootRef | None:
+        answer = self._request("/v1/commit/outcome", {"txid": transaction_id}, meta=True)
+        if not answer["committed"]:
+            return None
+        return _root_ref(answer["root"], answer["version"])
+
+    def commit(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> RootRef:
+        self.put_batch(batch)
+        return self.set_root(expected_root_version, new_root, batch.transaction_id)
+
+    def commit_rebasing(self, request: RebaseRequest) -> RootRef:
+        """Put the batch; the meta leader sets the root or rebases it (`RebasingStorage`)."""
+        self.put_batch(request.batch)
+        reads = {name: [sorted(r.roots), sorted(r.objects)] for name, r in request.reads.items()}
+        return self._commit(
+            request.base_version, request.new_root, request.batch.transaction_id, "rebase", reads
+        )
+
+    def _commit(
+        self,
+        base: int,
+        new_root: AtomPointer,
+        transaction_id: bytes,
+        mode: str,
+        reads: dict[str, Any],
+    ) -> RootRef:
+        answer = self._request(
+            "/v1/commit",
+            {
+                "space": self._space,
+                "txid": transaction_id,
+                "base": base,
+                "root": [new_root.transaction_id, new_root.index],
+                "mode": mode,
+                "reads": reads,
+            },
+            meta=True,
+        )
+        ref = _root_ref(answer["root"], answer["version"])
+        with self._seen_lock:
+            if ref.version > self._seen.version:
+                self._seen = ref
+        return ref
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        session = getattr(self, "_session", None)
+        if session is not None:
+            self._run(session.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> ClusterFileStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _root_ref(pointer: Any, version: int) -> RootRef:
+    return RootRef(None if pointer is None else AtomPointer(pointer[0], pointer[1]), version)
+
+
+def _error_body(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return {"error": payload[:200].decode(errors="replace")}
+    return body if isinstance(body, dict) else {"error": str(body)}
+
+
+def _unavailable(
+    route: str, problems: list[str], maybe_applied: bool, timeout: float
+) -> ClusterUnavailableError:
+    recent = "; ".join(problems[-3:]) or "no node answered"
+    if route == "/v1/commit":
+        fate = (
+            "the commit's outcome is UNKNOWN: it may have been applied (read the data, or "
+            "ask again later with committed_root(transaction_id))"
+            if maybe_applied
+            else "the commit certainly did not take effect"
+        )
+    elif route == "/v1/batch/put":
+        fate = "nothing was committed (the batch may be stored, unreferenced)"
+    else:
+        fate = "this was a read; nothing changed"
+    return ClusterUnavailableError(
+        f"no node of the cluster answered {route} within {timeout} s; {fate}. Last errors: {recent}"
+    )
