@@ -1,0 +1,168 @@
+"""Real `protobase node` processes on 127.0.0.1 for the cluster tests.
+
+`LocalCluster` writes the configs the way `protobase cluster up` does (on
+free ports), starts one process per member, and stops every process it
+started by PID when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from protobase.cluster_cli import write_configs
+
+HOST = "127.0.0.1"
+READY_SECONDS = 60.0
+
+
+def free_port_base(count: int) -> int:
+    """A base port B such that B+1..B+count and B+101..B+100+count were free."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            base = probe.getsockname()[1] - 1
+        if base + 101 + count > 65535:
+            continue
+        wanted = [base + k for k in range(1, count + 1)]
+        wanted += [base + 100 + k for k in range(1, count + 1)]
+        held = []
+        try:
+            for port in wanted:
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((HOST, port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return base
+    raise RuntimeError("no free port range found on 127.0.0.1")
+
+
+class LocalCluster:
+    """N members in `directory`; see the module docstring."""
+
+    def __init__(self, directory: Path, nodes: int = 3, partitions: int = 4) -> None:
+        self.directory = directory
+        self.nodes = nodes
+        self.base = free_port_base(nodes)
+        self.configs = write_configs(directory, nodes, self.base, partitions)
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.token = (directory / "client.token").read_text().strip()
+
+    def url(self, node: int) -> str:
+        return f"http://{HOST}:{self.base + node}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(k) for k in range(1, self.nodes + 1)]
+
+    def start(self, node: int | None = None) -> None:
+        for k in [node] if node is not None else range(1, self.nodes + 1):
+            assert k not in self.processes or self.processes[k].poll() is not None
+            log = open(self.directory / f"node{k}.log", "ab")  # noqa: SIM115
+            self.processes[k] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "protobase.cli",
+                    "node",
+                    "--config",
+                    str(self.configs[k - 1]),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+
+    def wait_ready(self, nodes: list[int] | None = None, timeout: float = READY_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        for k in nodes or list(range(1, self.nodes + 1)):
+            while True:
+                process = self.processes.get(k)
+                if process is not None and process.poll() is not None:
+                    raise AssertionError(
+                        f"node {k} exited with {process.returncode}:\n{self.log(k)}"
+                    )
+                try:
+                    with urllib.request.urlopen(self.url(k) + "/ready", timeout=2):
+                        break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"node {k} not ready in {timeout} s:\n{self.log(k)}")
+                time.sleep(0.05)
+
+    def status(self, node: int) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url(node) + "/status.json", timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def leader_of(self, group: int) -> int:
+        """The leader of `group` as the running nodes report it (waits for one)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for k, process in self.processes.items():
+                if process.poll() is not None:
+                    continue
+                try:
+                    for state in self.status(k)["groups"]:
+                        if state["group"] == group and state["role"] == "leader":
+                            return k
+                except (urllib.error.URLError, OSError):
+                    continue
+            time.sleep(0.05)
+        raise AssertionError(f"group {group} has no leader")
+
+    def signal(self, node: int, sig: int) -> None:
+        os.kill(self.processes[node].pid, sig)
+        if sig == signal.SIGKILL:
+            self.processes[node].wait(10)
+
+    def kill(self, node: int) -> None:
+        self.signal(node, signal.SIGKILL)
+
+    def wipe(self, node: int) -> None:
+        shutil.rmtree(self.directory / f"n{node}")
+
+    def log(self, node: int) -> str:
+        path = self.directory / f"node{node}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGCONT, SIGTERM, then SIGKILL after 10 s: every process started here."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                for sig in (signal.SIGCONT, signal.SIGTERM):
+                    try:
+                        os.kill(process.pid, sig)
+                    except ProcessLookupError:
+                        pass
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def storage(
+        self, space: str = "default", timeout: float = 30.0, urls: list[str] | None = None
+    ) -> Any:
+        from protobase import ClusterFileStorage
+
+        return ClusterFileStorage(
+            urls or self.urls[:1], token=self.token, space=space, timeout=timeout
+        )
