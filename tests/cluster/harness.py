@@ -7,6 +7,7 @@ started by PID when the test ends, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -146,10 +147,8 @@ class LocalCluster:
         for process in self.processes.values():
             if process.poll() is None:
                 for sig in (signal.SIGCONT, signal.SIGTERM):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, sig)
-                    except ProcessLookupError:
-                        pass
         deadline = time.monotonic() + 10
         for process in self.processes.values():
             try:
