@@ -5,14 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench bench-queries bench-raft crash sim
+.PHONY: demo test lint format clean bench bench-queries bench-raft crash sim cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[cluster,test,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# A local 3-node cluster in cluster-data/ (configs, secret, token, data); Ctrl-C stops it.
+cluster: $(STAMP)
+	$(BIN)/protobase cluster up cluster-data --nodes 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check protobase cluster tests bench
