@@ -20,6 +20,7 @@ from protobase import (
     CommitBatch,
     RootConflict,
     RootRef,
+    StandaloneFileStorage,
     Storage,
     StorageError,
 )
@@ -455,3 +456,223 @@ def test_concurrent_readers_see_monotonic_versions_and_readable_roots(storage: S
     assert written == writers * COMMITS_PER_THREAD
     assert storage.read_root().version == written
     assert all(count > 0 for count in observations)
+
+
+# --------------------------------------------------------------------------
+# The split contract: put_batch, set_root, committed_root
+# --------------------------------------------------------------------------
+
+
+def test_put_batch_then_set_root_makes_atoms_readable_and_moves_the_root(
+    storage: Storage,
+) -> None:
+    earlier = commit_next(storage, b"earlier")
+    batch = make_batch(b"p0", b"p1", b"p2")
+    assert storage.put_batch(batch) is None
+    assert storage.read_root() == RootRef(earlier.pointer(0), 1)
+    ref = storage.set_root(1, batch.pointer(2), batch.transaction_id)
+    assert ref == RootRef(batch.pointer(2), 2)
+    assert storage.read_root() == ref
+    assert storage.get_atoms(pointers_of(batch)) == list(batch.atoms)
+    assert storage.get_atoms([earlier.pointer(0)]) == list(earlier.atoms)
+
+
+def test_put_batch_is_idempotent_for_the_same_atoms(storage: Storage) -> None:
+    batch = make_batch(b"i0", b"i1")
+    storage.put_batch(batch)
+    storage.put_batch(batch)
+    storage.put_batch(CommitBatch(batch.transaction_id, list(batch.atoms)))
+    assert storage.set_root(0, batch.pointer(1), batch.transaction_id) == RootRef(
+        batch.pointer(1), 1
+    )
+    # Putting it again once its root change took effect changes nothing either.
+    storage.put_batch(batch)
+    assert storage.read_root() == RootRef(batch.pointer(1), 1)
+    assert storage.get_atoms(pointers_of(batch)) == list(batch.atoms)
+
+
+@pytest.mark.parametrize("rooted", [False, True], ids=["put", "rooted"])
+@pytest.mark.parametrize(
+    "other_atoms",
+    [
+        lambda atoms: [frame_atom(b"different"), atoms[1]],
+        lambda atoms: [*atoms, frame_atom(b"extra")],
+        lambda atoms: atoms[:1],
+    ],
+    ids=["changed", "extra", "fewer"],
+)
+def test_put_batch_of_a_stored_id_with_other_atoms_raises(
+    storage: Storage, other_atoms: Callable[[list[bytes]], list[bytes]], rooted: bool
+) -> None:
+    batch = make_batch(b"o0", b"o1")
+    storage.put_batch(batch)
+    if rooted:
+        storage.set_root(0, batch.pointer(0), batch.transaction_id)
+    before = storage.read_root()
+    impostor = CommitBatch(batch.transaction_id, other_atoms(list(batch.atoms)))
+    with pytest.raises(StorageError) as caught:
+        storage.put_batch(impostor)
+    assert not isinstance(caught.value, RootConflict)
+    assert storage.read_root() == before
+    assert storage.get_atoms(pointers_of(batch)) == list(batch.atoms)
+    if not rooted:
+        # The first atoms are the ones the root change writes.
+        assert storage.set_root(0, batch.pointer(1), batch.transaction_id) == RootRef(
+            batch.pointer(1), 1
+        )
+        assert storage.get_atoms(pointers_of(batch)) == list(batch.atoms)
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3, -1])
+def test_set_root_with_a_stale_version_raises_root_conflict_and_changes_nothing(
+    storage: Storage, expected: int
+) -> None:
+    commit_next(storage)
+    commit_next(storage)
+    before = storage.read_root()
+    assert before.version == 2
+    batch = make_batch(b"late")
+    storage.put_batch(batch)
+    with pytest.raises(RootConflict):
+        storage.set_root(expected, batch.pointer(0), batch.transaction_id)
+    assert storage.read_root() == before
+    assert storage.committed_root(batch.transaction_id) is None
+    # The batch stays put: the same root change succeeds on the right version.
+    assert storage.set_root(2, batch.pointer(0), batch.transaction_id) == RootRef(
+        batch.pointer(0), 3
+    )
+    assert storage.get_atoms(pointers_of(batch)) == list(batch.atoms)
+
+
+def test_set_root_repeated_returns_the_first_root_ref_after_other_commits(
+    storage: Storage,
+) -> None:
+    batch = make_batch(b"r0", b"r1")
+    storage.put_batch(batch)
+    first = storage.set_root(0, batch.pointer(1), batch.transaction_id)
+    assert first == RootRef(batch.pointer(1), 1)
+    assert storage.set_root(0, batch.pointer(1), batch.transaction_id) == first
+    commit_next(storage, b"s")
+    latest = commit_next(storage, b"t")
+    current = storage.read_root()
+    assert current == RootRef(latest.pointer(0), 3)
+    for expected in (0, 1, 2, current.version):
+        assert storage.set_root(expected, batch.pointer(1), batch.transaction_id) == first
+        assert storage.read_root() == current
+    assert storage.committed_root(batch.transaction_id) == first
+
+
+@pytest.mark.parametrize(
+    "outside",
+    [
+        lambda put, earlier: AtomPointer(new_transaction_id(), 0),
+        lambda put, earlier: put.pointer(len(put.atoms)),
+        lambda put, earlier: earlier.pointer(len(earlier.atoms)),
+    ],
+    ids=["unknown-transaction", "past-put-batch-end", "past-committed-batch-end"],
+)
+def test_set_root_to_a_pointer_into_no_stored_batch_raises(
+    storage: Storage, outside: Callable[[CommitBatch, CommitBatch], AtomPointer]
+) -> None:
+    earlier = commit_next(storage, b"e0", b"e1")
+    before = storage.read_root()
+    put = make_batch(b"n0", b"n1")
+    storage.put_batch(put)
+    with pytest.raises(StorageError) as caught:
+        storage.set_root(before.version, outside(put, earlier), put.transaction_id)
+    assert not isinstance(caught.value, RootConflict)
+    assert storage.read_root() == before
+    assert storage.committed_root(put.transaction_id) is None
+    # The refusal left the put batch usable.
+    assert storage.set_root(before.version, put.pointer(1), put.transaction_id) == RootRef(
+        put.pointer(1), before.version + 1
+    )
+
+
+def test_set_root_may_point_into_an_earlier_commit_under_a_new_id(storage: Storage) -> None:
+    earlier = commit_next(storage, b"e0", b"e1")
+    change_id = new_transaction_id()
+    ref = storage.set_root(1, earlier.pointer(1), change_id)
+    assert ref == RootRef(earlier.pointer(1), 2)
+    assert storage.read_root() == ref
+    assert storage.committed_root(change_id) == ref
+    assert storage.set_root(2, earlier.pointer(1), change_id) == ref
+
+
+def test_set_root_may_name_a_put_batch_under_another_transaction_id(
+    storage: Storage, request: pytest.FixtureRequest
+) -> None:
+    # interfaces.py: `transaction_id` names the root change, "usually" the
+    # batch's id; a cluster's meta group moves roots into batches it did not put.
+    if isinstance(storage, StandaloneFileStorage):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "StandaloneFileStorage.set_root only accepts a put batch under its own "
+                    "transaction id: _check_new_root looks new_root up in _records, never "
+                    "in _pending, so it raises StorageError"
+                ),
+            )
+        )
+    put = make_batch(b"q0", b"q1")
+    storage.put_batch(put)
+    change_id = new_transaction_id()
+    ref = storage.set_root(0, put.pointer(1), change_id)
+    assert ref == RootRef(put.pointer(1), 1)
+    assert storage.committed_root(change_id) == ref
+    assert storage.get_atoms(pointers_of(put)) == list(put.atoms)
+
+
+def test_committed_root_answers_for_committed_unknown_and_unrooted_ids(
+    storage: Storage,
+) -> None:
+    by_commit = make_batch(b"c")
+    first = storage.commit(by_commit, 0, by_commit.pointer(0))
+    by_split = make_batch(b"s0", b"s1")
+    storage.put_batch(by_split)
+    unrooted = make_batch(b"never rooted")
+    storage.put_batch(unrooted)
+    assert storage.committed_root(by_split.transaction_id) is None
+    second = storage.set_root(1, by_split.pointer(1), by_split.transaction_id)
+    commit_next(storage, b"later")
+    assert (
+        storage.committed_root(by_commit.transaction_id)
+        == first
+        == RootRef(by_commit.pointer(0), 1)
+    )
+    assert (
+        storage.committed_root(by_split.transaction_id) == second == RootRef(by_split.pointer(1), 2)
+    )
+    assert storage.committed_root(unrooted.transaction_id) is None
+    assert storage.committed_root(new_transaction_id()) is None
+    assert storage.committed_root(bytes(16)) is None
+
+
+def test_commit_is_put_batch_and_set_root(storage: Storage) -> None:
+    batch = make_batch(b"c0", b"c1")
+    ref = storage.commit(batch, 0, batch.pointer(1))
+    assert storage.committed_root(batch.transaction_id) == ref == RootRef(batch.pointer(1), 1)
+    # The halves see the commit as their own: a repeat of either changes nothing.
+    storage.put_batch(batch)
+    assert storage.set_root(0, batch.pointer(1), batch.transaction_id) == ref
+    with pytest.raises(StorageError):
+        storage.put_batch(CommitBatch(batch.transaction_id, [frame_atom(b"other")]))
+    # A batch put first commits with `commit` as well.
+    put = make_batch(b"d0")
+    storage.put_batch(put)
+    assert storage.commit(put, 1, put.pointer(0)) == RootRef(put.pointer(0), 2)
+    assert storage.committed_root(put.transaction_id) == RootRef(put.pointer(0), 2)
+    assert storage.read_root() == RootRef(put.pointer(0), 2)
+
+
+def test_split_operations_after_close_raise_storage_error(storage: Storage) -> None:
+    committed = commit_next(storage, b"before close")
+    storage.close()
+    batch = make_batch(b"after close")
+    with pytest.raises(StorageError):
+        storage.put_batch(batch)
+    with pytest.raises(StorageError):
+        storage.set_root(1, committed.pointer(0), batch.transaction_id)
+    with pytest.raises(StorageError):
+        storage.committed_root(committed.transaction_id)
