@@ -51,9 +51,16 @@ def _fsck(args: argparse.Namespace) -> int:
     print(
         f"{report.path}: {report.versions_checked} versions, {report.atoms_checked} atoms checked"
     )
+    for note in report.notes:
+        print(f"NOTE: {note}")
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
-    print("clean" if report.clean else f"{len(report.problems)} problem(s) found")
+    if not report.clean:
+        print(f"{len(report.problems)} problem(s) found; fsck changed nothing")
+    elif report.notes:
+        print("clean, once opening has made the repairs noted above (fsck changed nothing)")
+    else:
+        print("clean")
     return 0 if report.clean else 1
 
 
@@ -90,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "path", nargs="?", default="demo-data", help="database directory (default: demo-data)"
     )
-    command("fsck", _fsck, "verify checksums and pointers").add_argument("path")
+    command("fsck", _fsck, "verify checksums and pointers (read-only)").add_argument("path")
     command("inspect", _inspect, "show commits, segments and sizes").add_argument("path")
     pack = command("pack", _pack, "remove unreachable data and old versions")
     pack.add_argument("path")

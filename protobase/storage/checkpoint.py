@@ -13,9 +13,14 @@ Body keys: ``generation`` (the WAL generation it describes), ``segments``
 before it is in the index; recovery replays from there), ``commits`` (packed
 fixed-size entries, `_COMMIT`), ``packed`` (list of [entry, indexes]).
 
-The checkpoint is the source of truth for which files are live: segment files
-of another generation are leftovers of an interrupted pack and are removed on
-open. A missing checkpoint means a new, empty database.
+The checkpoint is the source of truth for which files are live: its
+generation, its segments and those numbered on from them. Segment files of
+the generation just before or after it are leftovers of an interrupted pack
+and are removed on open, once the live generation was read without error;
+any other file that does not fit is refused, not removed (see "Recovery" in
+`protobase.storage.wal`). Without a checkpoint, opening rebuilds the index by
+scanning the one generation on disk; with no segment either, the directory
+is a new, empty database.
 """
 
 from __future__ import annotations

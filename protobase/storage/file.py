@@ -103,115 +103,46 @@ class StandaloneFileStorage:
 
     def _take_lock(self) -> int:
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StorageError(
-                    f"{self.path} is already open (by another process or another "
-                    "StandaloneFileStorage in this one); close it first"
-                ) from exc
-            raise
+        _flock(fd, fcntl.LOCK_EX, self.path)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
 
     def _recover(self) -> None:
-        checkpoint = read_checkpoint(self.path) or self._checkpoint_from_segments()
-        fresh = checkpoint is None
-        if checkpoint is None:
-            checkpoint = Checkpoint()
-        self._generation = checkpoint.generation
-        self._segments = list(checkpoint.segments)
-        on_disk = {}
-        for entry in os.listdir(self.path):
-            parsed = wal.parse_segment_name(entry)
-            if parsed is None:
-                continue
-            generation, number = parsed
-            if generation != self._generation:
-                os.unlink(self.path / entry)  # leftover of an interrupted pack
-                continue
-            on_disk[number] = entry
-        for record in checkpoint.records:
-            self._index(record)
-        tail_segment, tail_offset = checkpoint.tail
-        # Segments after the checkpoint's tail were created since; they are live.
-        number = max(self._segments)
-        while number + 1 in on_disk:
-            number += 1
-            self._segments.append(number)
+        """Apply `plan_recovery`'s plan: nothing is written before all of it is known."""
+        recovery = plan_recovery(self.path)
+        self._generation = recovery.generation
+        self._segments = list(recovery.segments)
+        create = os.O_CREAT if recovery.fresh else 0
         for number in self._segments:
-            if number not in on_disk and not (fresh and number == 1):
-                raise StorageError(
-                    f"{self.path}: WAL segment {wal.segment_name(self._generation, number)} "
-                    "named by the checkpoint is missing; restore it from a backup"
-                )
-        for position, number in enumerate(self._segments):
-            is_last = position == len(self._segments) - 1
             path = self.path / wal.segment_name(self._generation, number)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            self._fds[number] = fd
-            if number < tail_segment:
-                continue
-            data = _read_all(fd)
-            if not data and is_last:
-                _write_all(fd, wal.segment_header(self._generation, number))
-                wal.durable_write(fd)
-                wal.fsync_directory(self.path)
-                data = wal.segment_header(self._generation, number)
-            start = tail_offset if number == tail_segment else 0
-            if start > len(data):
-                raise CorruptionError(
-                    f"{path}: offset {len(data)}: the segment ends before offset {start}, "
-                    "where the checkpoint says acknowledged commits reach; restore from "
-                    "a backup"
-                )
-            scan = wal.scan_segment(path, data, start, is_last, self._generation, number)
-            for record in scan.records:
-                self._index(record)
-            if scan.torn_at is not None:
-                os.ftruncate(fd, max(scan.torn_at, wal.SEGMENT_HEADER_SIZE))
-                if scan.torn_at < wal.SEGMENT_HEADER_SIZE:
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    _write_all(fd, wal.segment_header(self._generation, number))
-                wal.durable_write(fd)
+            self._fds[number] = os.open(path, os.O_RDWR | create, 0o644)
+        if recovery.torn is not None:
+            self._cut_torn_tail(recovery.torn)
+        for name in recovery.leftovers:
+            os.unlink(self.path / name)
+        if recovery.leftovers:
+            wal.fsync_directory(self.path)
+        for record in recovery.records:
+            self._index(record)
         self._active = self._segments[-1]
         self._active_size = os.fstat(self._fds[self._active]).st_size
         os.lseek(self._fds[self._active], 0, os.SEEK_END)
         latest = max(self._history) if self._history else 0
         self._root = RootRef(self._history[latest].root, latest) if latest else RootRef(None, 0)
         self._since_checkpoint = 0
-        if fresh:
+        if recovery.fresh:
             self._checkpoint_locked()
 
-    def _checkpoint_from_segments(self) -> Checkpoint | None:
-        """Without a checkpoint, start from the one WAL generation on disk (full scan).
-
-        Returns:
-            None when the directory holds no segments (a new database).
-
-        Raises:
-            StorageError: segments of several generations are present, so it
-                cannot be known which one is live.
-        """
-        found: dict[int, list[int]] = {}
-        for entry in os.listdir(self.path):
-            parsed = wal.parse_segment_name(entry)
-            if parsed is not None:
-                found.setdefault(parsed[0], []).append(parsed[1])
-        if not found:
-            return None
-        if len(found) > 1:
-            raise StorageError(
-                f"{self.path} has no checkpoint and WAL segments of generations "
-                f"{sorted(found)}; cannot tell which is live. Restore checkpoint.pbc, or "
-                "move the other generation's files away"
-            )
-        generation, numbers = next(iter(found.items()))
-        numbers.sort()
-        return Checkpoint(generation, [numbers[0]], (numbers[0], 0), [])
+    def _cut_torn_tail(self, torn: TornTail) -> None:
+        fd = self._fds[torn.segment]
+        os.ftruncate(fd, max(torn.offset, wal.SEGMENT_HEADER_SIZE))
+        if torn.offset < wal.SEGMENT_HEADER_SIZE:
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, wal.segment_header(self._generation, torn.segment))
+        wal.durable_write(fd)
+        if torn.offset < wal.SEGMENT_HEADER_SIZE:
+            wal.fsync_directory(self.path)  # the segment may be new
 
     def _index(self, record: wal.RecordInfo) -> None:
         self._records[record.transaction_id] = record
@@ -698,6 +629,217 @@ class StandaloneFileStorage:
             return RootRef(record.root, version)
 
 
+def lock_for_reading(path: Path) -> int | None:
+    """A shared lock on the ``LOCK`` file of `path`, for a reader that writes nothing (fsck).
+
+    It keeps a StandaloneFileStorage from opening the directory meanwhile.
+    Nothing is created or written: when there is no ``LOCK`` file, no
+    StandaloneFileStorage has ever opened the directory and None is returned
+    (the caller checks afterwards that none did meanwhile).
+
+    Returns:
+        The locked file descriptor (close it to unlock), or None.
+
+    Raises:
+        StorageError: a StandaloneFileStorage has the directory open.
+    """
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    _flock(fd, fcntl.LOCK_SH, path)
+    return fd
+
+
+def _flock(fd: int, operation: int, path: Path) -> None:
+    """Lock `fd` (closing it on failure) without waiting."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StorageError(
+                f"{path} is already open (by another process, another "
+                "StandaloneFileStorage in this one, or a running fsck); close it first"
+            ) from exc
+        raise
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TornTail:
+    """The end of the last segment that was never acknowledged; opening cuts it off."""
+
+    segment: int
+    offset: int
+    """Where the segment is cut; every record before it is kept. Below the
+    header size the header never reached the disk, and it is written again."""
+    size: int
+    """The segment's size on disk."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening a directory finds, and what it would change, worked out without writing.
+
+    `plan_recovery` makes it, opening applies it, fsck reports it.
+    """
+
+    generation: int
+    segments: tuple[int, ...]
+    """The live segments, in order; the last one is the active one."""
+    records: tuple[wal.RecordInfo, ...]
+    """The checkpoint's records, then those replayed after its tail."""
+    torn: TornTail | None
+    leftovers: tuple[str, ...]
+    """Segment files of the generation just before or after the live one,
+    left by an interrupted pack; opening removes them."""
+    fresh: bool
+    """No checkpoint and no segment: opening starts a new database."""
+
+
+def plan_recovery(directory: Path) -> Recovery:
+    """Read a directory as opening does, and work out what opening would change.
+
+    Reads only. The rules are in the "Recovery" section of
+    `protobase.storage.wal`: only a torn tail of the last segment and the
+    files of an interrupted pack may go; anything else that does not fit
+    raises.
+
+    Raises:
+        CorruptionError: damaged bytes (names the file and offset).
+        StorageError: the files do not form one database (a segment is
+            missing, or segments of a generation no pack left); names them.
+    """
+    found: dict[int, set[int]] = {}
+    for entry in os.listdir(directory):
+        parsed = wal.parse_segment_name(entry)
+        if parsed is not None:
+            found.setdefault(parsed[0], set()).add(parsed[1])
+    checkpoint = read_checkpoint(directory)
+    if checkpoint is None and not found:
+        return Recovery(1, (1,), (), TornTail(1, 0, 0), (), fresh=True)
+    if checkpoint is None:
+        checkpoint = _checkpoint_from_segments(directory, found)
+        named = "without a checkpoint, a generation starts at segment 1"
+    else:
+        _check_checkpoint_shape(directory, checkpoint)
+        named = "the checkpoint names it"
+    generation = checkpoint.generation
+    segments = _live_segments(directory, checkpoint, found.get(generation, set()), named)
+    leftovers = _leftovers(directory, generation, found)
+    records = list(checkpoint.records)
+    torn = None
+    tail_segment, tail_offset = checkpoint.tail
+    for number in segments:
+        if number < tail_segment:
+            continue  # indexed by the checkpoint; fsck verifies it
+        path = directory / wal.segment_name(generation, number)
+        data = path.read_bytes()
+        start = tail_offset if number == tail_segment else 0
+        if start > len(data):
+            raise CorruptionError(
+                f"{path}: offset {len(data)}: the segment ends before offset {start}, "
+                "where the checkpoint says acknowledged commits reach; restore from "
+                "a backup"
+            )
+        scan = wal.scan_segment(path, data, start, number == segments[-1], generation, number)
+        records.extend(scan.records)
+        if scan.torn_at is not None:
+            torn = TornTail(number, scan.torn_at, len(data))
+    return Recovery(generation, segments, tuple(records), torn, leftovers, fresh=False)
+
+
+def _checkpoint_from_segments(directory: Path, found: dict[int, set[int]]) -> Checkpoint:
+    """Without a checkpoint, start from the one WAL generation on disk (full scan).
+
+    Raises:
+        StorageError: segments of several generations are present, so it
+            cannot be known which one is live.
+    """
+    if len(found) > 1:
+        raise StorageError(
+            f"{directory} has no checkpoint and WAL segments of generations "
+            f"{sorted(found)}; cannot tell which is live. Restore checkpoint.pbc, or "
+            "move the other generation's files away"
+        )
+    [generation] = found
+    return Checkpoint(generation, [1], (1, 0), [])
+
+
+def _check_checkpoint_shape(directory: Path, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose segment list recovery could not follow."""
+    segments = checkpoint.segments
+    consecutive = bool(segments) and segments == list(range(segments[0], segments[-1] + 1))
+    if not consecutive or checkpoint.tail[0] not in segments:
+        raise CorruptionError(
+            f"{directory / CHECKPOINT_NAME}: offset 0: names segments {segments} and a tail "
+            f"in segment {checkpoint.tail[0]}, which do not fit together; remove it to "
+            "rebuild the index from the WAL (slower open), or restore from a backup"
+        )
+
+
+def _live_segments(
+    directory: Path, checkpoint: Checkpoint, on_disk: set[int], named: str
+) -> tuple[int, ...]:
+    """The checkpoint's segments and those numbered on from them (created after it)."""
+    segments = list(checkpoint.segments)
+    for number in segments:
+        if number not in on_disk:
+            raise StorageError(
+                f"{directory}: WAL segment {wal.segment_name(checkpoint.generation, number)} "
+                f"is missing ({named}); nothing was changed. Restore it from a backup"
+            )
+    while segments[-1] + 1 in on_disk:
+        segments.append(segments[-1] + 1)
+    strays = sorted(on_disk.difference(segments))
+    if strays:
+        stray = directory / wal.segment_name(checkpoint.generation, strays[0])
+        raise StorageError(
+            f"{stray}: a segment of the live WAL generation that does not follow segment "
+            f"{segments[-1]} (the segments in between are missing), so the log cannot be "
+            "read to its end; nothing was changed. Restore the missing segments from a "
+            "backup, or move this file away if it does not belong to this database"
+        )
+    return tuple(segments)
+
+
+def _leftovers(directory: Path, generation: int, found: dict[int, set[int]]) -> tuple[str, ...]:
+    """Segment files an interrupted pack left next to the live `generation`.
+
+    Raises:
+        StorageError: files of a generation that is not a neighbour of the
+            live one.
+        CorruptionError: a neighbour's file whose header is not its own.
+    """
+    leftovers = []
+    for other, numbers in sorted(found.items()):
+        if other == generation:
+            continue
+        names = [wal.segment_name(other, number) for number in sorted(numbers)]
+        if abs(other - generation) != 1:
+            raise StorageError(
+                f"{directory}: WAL segments of generation {other} ({', '.join(names)}) were "
+                f"not left by a pack of the live generation {generation}; nothing was "
+                "changed. Move them out of the directory"
+            )
+        for number, name in zip(sorted(numbers), names, strict=True):
+            with open(directory / name, "rb") as segment:
+                head = segment.read(wal.SEGMENT_HEADER_SIZE)
+            ours = head == wal.segment_header(other, number)
+            # The next generation's files were never synced (the pack did not
+            # switch to them); the previous one's were, before the switch.
+            if not ours and not (
+                other > generation and wal.header_never_written(head, other, number)
+            ):
+                raise CorruptionError(
+                    f"{directory / name}: offset 0: not the header of segment {number} of "
+                    f"WAL generation {other}, so it is not a leftover of a pack; nothing was "
+                    "changed. Move it out of the directory"
+                )
+            leftovers.append(name)
+    return tuple(leftovers)
+
+
 class _GenerationWriter:
     """Writes the segments of a new WAL generation (used by pack)."""
 
@@ -771,11 +913,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, size, 0)
-    if len(data) != size:
-        raise StorageError(f"short read of a WAL segment ({len(data)} of {size} bytes)")
-    return data

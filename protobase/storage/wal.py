@@ -37,13 +37,64 @@ One commit is one record: its atoms and the new root. A record is durable
 once `durable_write`'s fdatasync returned; a new segment (and every rename or
 removal) is followed by an fsync of the directory.
 
-Recovery (`scan_segment`): records are read in order from the checkpoint's
-tail position. A record that is cut short by the end of the file, or whose
-checksum fails with no valid record after it, is a *torn tail*: the segment is
-truncated to the last complete record (it was never acknowledged: its
-fdatasync did not return). A bad record followed by a valid one, or a bad
-record in a segment that is not the last, is corruption of acknowledged data:
-`CorruptionError` names the file and byte offset; nothing is skipped.
+Recovery
+--------
+
+Opening first works out, reading only, what it finds and what it would
+change (`protobase.storage.file.plan_recovery`), and changes nothing unless
+the whole directory passed. `protobase fsck` reports that plan without
+applying it, and never writes. Recovery may discard only bytes that are
+provably an unacknowledged write of ours; anything else that does not fit
+raises `CorruptionError` (damaged bytes) or `StorageError` (files that do
+not form one database), naming the file (and offset) and saying what to do,
+and changes no file. The cases:
+
+- **Torn tail** (`scan_segment`; kept). Records are read in order from the
+  checkpoint's tail position. In the *last* segment, a record that is cut
+  short by the end of the file, or fails its checksum with no valid record
+  at any later offset, is a torn tail and is truncated away. Every byte
+  before the checkpoint's tail was durable when the checkpoint was written,
+  so the cut is always after it; only our appends write past it; and a
+  commit is acknowledged only after its fdatasync returned, after which its
+  record is complete. The bytes after a torn record may be zeros or stale
+  disk blocks (a crash can make a longer file size durable before its
+  data). The one thing this rule cannot tell from a crash is damage that
+  destroys every record from some offset to the end of the last segment;
+  the raft log (`cluster/raft/log.py`) accepts the same limit.
+- **Damaged records elsewhere** (refused): a bad record followed by a valid
+  one, a bad record in a segment that is not the last, a segment shorter
+  than where the checkpoint says acknowledged commits reach, or a
+  checkpoint whose tail is not in its list of segments.
+- **Segment header** (`scan_segment`). A header that is not ours (magic,
+  generation or number) is corruption: the file is someone else's, or ours
+  and damaged. Only the last segment, when recovery reads it from offset 0
+  (the checkpoint does not cover it), may be a header that never reached the
+  disk: shorter than a header and a prefix of ours (or zeros), or a header
+  of zeros with no valid record after it. A segment's header is durable
+  before any record in it is acknowledged (a new segment's header is synced
+  before records go in; pack syncs its whole generation before switching to
+  it), so such a segment holds nothing that was acknowledged; its header is
+  written again.
+- **Which segments are live** (refused when they do not fit). The live
+  generation's segments are the checkpoint's list plus those numbered on
+  from its last one (created after it was written); the last of those is
+  the only one that can have a torn tail. A segment the checkpoint names
+  that is missing, or a segment of the live generation that does not follow
+  on (a gap: the segments in between are missing), is refused: otherwise
+  recovery would ignore the commits after the gap, or truncate a segment
+  that is not the last. Only canonical file names (`segment_name`) are
+  segments; other files are never touched.
+- **Another generation** (kept only for the neighbours). Pack writes
+  generation G+1, syncs it, switches by writing its checkpoint and then
+  removes generation G. So with a checkpoint of generation G, files of G+1
+  are an interrupted pack (removed; they may hold a header that never
+  reached the disk) and files of G-1 were left after the switch (removed;
+  their headers must be ours, since they were synced before it). They are
+  removed only after the live generation was recovered without error.
+  Files of any other generation, or with a header that is not theirs, are
+  refused. Without a checkpoint, one generation must be on disk (several:
+  refused, since which one is live cannot be known); it is replayed from
+  its segment 1.
 """
 
 from __future__ import annotations
@@ -81,17 +132,35 @@ def segment_name(generation: int, number: int) -> str:
 
 
 def parse_segment_name(name: str) -> tuple[int, int] | None:
-    """``(generation, number)`` of a segment file name, or None for other files."""
+    """``(generation, number)`` of a segment file name, or None for other files.
+
+    Only the names `segment_name` makes count: ``wal-1-1.pbw`` is not ours,
+    so recovery never reads or removes it.
+    """
     if not (name.startswith("wal-") and name.endswith(".pbw")):
         return None
     parts = name[4:-4].split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         return None
-    return int(parts[0]), int(parts[1])
+    generation, number = int(parts[0]), int(parts[1])
+    if segment_name(generation, number) != name:
+        return None
+    return generation, number
 
 
 def segment_header(generation: int, number: int) -> bytes:
     return SEGMENT_HEADER.pack(SEGMENT_MAGIC, generation, number)
+
+
+def header_never_written(data: bytes, generation: int, number: int) -> bool:
+    """Whether the first bytes of a segment look like a header that never reached the disk.
+
+    True when they are a prefix of the segment's header (an empty file
+    included) or zeros; a complete, correct header is not "never written".
+    """
+    head = data[:SEGMENT_HEADER_SIZE]
+    expected = segment_header(generation, number)
+    return (len(head) < SEGMENT_HEADER_SIZE and expected.startswith(head)) or not any(head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,23 +287,30 @@ def scan_segment(
 ) -> ScanResult:
     """Read every complete record of a segment from `start` (sans-IO: bytes in).
 
+    Args:
+        start: where the records still to be read begin; everything before
+            it is acknowledged (the checkpoint's tail), 0 for a segment the
+            checkpoint does not cover.
+        is_last: the segment is the last live one, the only one that can
+            have a torn tail.
+
+    Returns:
+        The records; `torn_at` is set when the segment ends in a torn tail
+        (0 when its header never reached the disk).
+
     Raises:
-        CorruptionError: a bad segment header, or a bad record that is not a
-            torn tail (see the module docstring); names file and offset.
+        CorruptionError: a segment header that is not this segment's, or a
+            bad record that is not a torn tail (see "Recovery" in the module
+            docstring); names file and offset.
     """
-    header_ok = len(data) >= SEGMENT_HEADER_SIZE and SEGMENT_HEADER.unpack_from(data) == (
-        SEGMENT_MAGIC,
-        generation,
-        number,
-    )
-    if not header_ok and is_last and not _valid_record_after(data, 0, number):
-        # A crash while the segment was being started: nothing in it was acknowledged.
-        return ScanResult([], 0, 0)
-    if len(data) < SEGMENT_HEADER_SIZE:
-        raise CorruptionError(f"{path}: segment header cut short ({len(data)} bytes)")
-    if not header_ok:
+    if data[:SEGMENT_HEADER_SIZE] != segment_header(generation, number):
+        if is_last and start == 0 and _crashed_while_starting(data, generation, number):
+            return ScanResult([], 0, 0)
         raise CorruptionError(
-            f"{path}: offset 0: not segment {generation}/{number} of a ProtoBase WAL"
+            f"{path}: offset 0: not the header of segment {number} of WAL generation "
+            f"{generation} ({len(data)} bytes in the file); the file is damaged or is not "
+            "this database's. Nothing was changed: restore the directory from a backup, "
+            "or move the file away if it does not belong to this database"
         )
     offset = max(start, SEGMENT_HEADER_SIZE)
     records: list[RecordInfo] = []
@@ -254,6 +330,20 @@ def scan_segment(
     return ScanResult(records, offset, None)
 
 
+def _crashed_while_starting(data: bytes, generation: int, number: int) -> bool:
+    """Whether a last segment is what a crash while it was being started leaves.
+
+    Shorter than a header and a prefix of it (or zeros), or a header of zeros
+    with no valid record after it (a zeroed header in front of records is
+    damage, not a crash).
+    """
+    if not header_never_written(data, generation, number):
+        return False
+    return len(data) <= SEGMENT_HEADER_SIZE or not _valid_record_after(
+        data, SEGMENT_HEADER_SIZE, number
+    )
+
+
 def _valid_record_after(data: bytes, start: int, segment: int) -> bool:
     """Whether a complete, checksummed record starts anywhere at or after `start`."""
     position = data.find(RECORD_MAGIC, start)
@@ -269,6 +359,20 @@ def _valid_record_after(data: bytes, start: int, segment: int) -> bool:
 def read_atom_spans(table: bytes, count: int) -> list[int]:
     """The cumulative end offsets of a record's atoms from its raw table bytes."""
     return list(struct.unpack(f">{count + 1}I", table))
+
+
+def read_atom(fd: int, record: RecordInfo, slot: int) -> bytes | None:
+    """The bytes of the atom in `slot` of `record`, read from its segment file `fd`.
+
+    Returns:
+        None when the file ends before the atom does.
+    """
+    span = os.pread(fd, 8, record.table_offset + 4 * slot)
+    if len(span) != 8:
+        return None
+    start, end = struct.unpack(">II", span)
+    atom = os.pread(fd, end - start, record.data_offset + start)
+    return atom if len(atom) == end - start else None
 
 
 def durable_write(fd: int) -> None:

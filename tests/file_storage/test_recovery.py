@@ -30,7 +30,7 @@ from protobase import (
 from protobase.atoms import unframe_atom
 from protobase.maintenance import fsck
 from protobase.storage import wal
-from protobase.storage.checkpoint import CHECKPOINT_NAME
+from protobase.storage.checkpoint import CHECKPOINT_NAME, Checkpoint, write_checkpoint
 
 DATABASE = "app"
 HEADER = wal.SEGMENT_HEADER_SIZE
@@ -223,10 +223,12 @@ def test_checkpoint_whose_tail_lies_past_the_end_of_the_wal_is_refused(
     case = tail_case
     for cut in [case.start, (case.start + case.end) // 2, case.end - 1]:
         crash_image(case, cut, "new")
+        image = read_files(case.path)
         with pytest.raises(CorruptionError) as raised:
             StandaloneFileStorage(case.path).close()
         assert case.segment in str(raised.value)
         assert "offset" in str(raised.value)
+        assert read_files(case.path) == image, f"cut at {cut}: the refused open wrote"
         assert not fsck(case.path).clean
 
 
@@ -399,6 +401,171 @@ def test_removing_the_checkpoint_after_a_pack_keeps_the_data(tmp_path: Path) -> 
         return  # refusing to open (naming the problem) is acceptable; deleting data is not
     assert (version, databases) == (expected[0], [DATABASE]), "the packed WAL was discarded"
     assert read_state(path) == expected
+
+
+# --------------------------------------------------------------------------
+# Bytes recovery did not write: refused, never truncated or removed
+# --------------------------------------------------------------------------
+
+
+def assert_refused_without_change(
+    path: Path, error: type[StorageError], *names: str
+) -> StorageError:
+    """Opening `path` raises `error` naming each of `names`; no file changed (LOCK aside)."""
+    image = read_files(path)
+    with pytest.raises(error) as raised:
+        StandaloneFileStorage(path).close()
+    message = str(raised.value)
+    assert all(name in message for name in names), message
+    assert read_files(path) == image, "the refused open changed the directory"
+    assert not fsck(path).clean
+    assert read_files(path) == image, "fsck changed the directory"
+    return raised.value
+
+
+def next_segment(path: Path) -> tuple[str, int, int]:
+    """(file name, generation, number) of the segment the next roll would create."""
+    generation, number = max(
+        parsed for name in segment_names(path) if (parsed := wal.parse_segment_name(name))
+    )
+    return wal.segment_name(generation, number + 1), generation, number + 1
+
+
+@pytest.mark.parametrize("size", [5000, 10])
+def test_segment_of_random_bytes_is_corruption(tmp_path: Path, size: int) -> None:
+    """Not a header that never reached the disk: someone's bytes, or damage."""
+    path = tmp_path / "db"
+    path.mkdir()
+    name = wal.segment_name(1, 1)
+    (path / name).write_bytes(b"X" + random.Random(size).randbytes(size - 1))
+    assert_refused_without_change(path, CorruptionError, name, "offset 0")
+    assert sorted(os.listdir(path)) == ["LOCK", name]
+
+
+@pytest.mark.parametrize("checkpoint", ["kept", "none"])
+@pytest.mark.parametrize("header", ["generation", "number", "magic"])
+def test_last_segment_whose_header_is_not_its_own_is_corruption(
+    tmp_path: Path, header: str, checkpoint: str
+) -> None:
+    path = tmp_path / "db"
+    commit_value(path, 1)
+    commit_value(path, 2)
+    name, generation, number = next_segment(path)
+    headers = {
+        "generation": wal.segment_header(generation + 7, number),
+        "number": wal.segment_header(generation, number + 7),
+        "magic": b"NOTPBWAL" + wal.segment_header(generation, number)[8:],
+    }
+    (path / name).write_bytes(headers[header] + b"PBR1 not a record")
+    if checkpoint == "none":
+        os.unlink(path / CHECKPOINT_NAME)
+    assert_refused_without_change(path, CorruptionError, name, "offset 0")
+
+
+@pytest.mark.parametrize("contents", ["empty", "header prefix", "zeros"])
+def test_last_segment_whose_header_never_reached_disk_is_started_again(
+    tmp_path: Path, contents: str
+) -> None:
+    """What a crash in the middle of starting a segment leaves (kept, see wal's docstring)."""
+    path = tmp_path / "db"
+    version = commit_value(path, "kept")
+    name, generation, number = next_segment(path)
+    header = wal.segment_header(generation, number)
+    data = {"empty": b"", "header prefix": header[:7], "zeros": bytes(4096)}[contents]
+    (path / name).write_bytes(data)
+    assert read_state(path) == (version, "kept")
+    assert (path / name).read_bytes() == header
+
+
+def test_checkpoint_of_a_generation_not_on_disk_removes_nothing(tmp_path: Path) -> None:
+    """A checkpoint of generation 2 next to generation 1's files: those are not leftovers."""
+    path = tmp_path / "db"
+    commit_value(path, "first")
+    commit_value(path, "second")
+    generation_1 = read_files(path)
+    with ObjectSpace(StandaloneFileStorage(path)) as space:
+        space.pack()
+    files = {**generation_1, CHECKPOINT_NAME: (path / CHECKPOINT_NAME).read_bytes()}
+    write_files(path, files)
+    assert_refused_without_change(path, StorageError, wal.segment_name(2, 1), "missing")
+
+
+def test_segments_of_a_generation_no_pack_left_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    commit_value(path, "live")
+    stranger = wal.segment_name(5, 1)
+    (path / stranger).write_bytes(wal.segment_header(5, 1) + b"someone's data")
+    assert_refused_without_change(path, StorageError, stranger)
+
+
+def test_next_generation_file_with_a_foreign_header_is_not_a_pack_leftover(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db"
+    commit_value(path, "live")
+    name = wal.segment_name(2, 1)
+    (path / name).write_bytes(b"X" + random.Random(3).randbytes(999))
+    assert_refused_without_change(path, CorruptionError, name, "offset 0")
+
+
+@pytest.mark.parametrize("side", ["next", "previous"])
+def test_leftovers_of_an_interrupted_pack_are_removed(tmp_path: Path, side: str) -> None:
+    """Kept behaviour: generation G+1 before the switch, G-1 after it (file.pack)."""
+    path = tmp_path / "db"
+    commit_value(path, "first")
+    with ObjectSpace(StandaloneFileStorage(path)) as space:
+        space.pack()  # the live generation is 2
+    version = commit_value(path, "second")
+    generation = 3 if side == "next" else 1
+    leftover = wal.segment_name(generation, 1)
+    (path / leftover).write_bytes(wal.segment_header(generation, 1) + b"PBR1 torn")
+    assert read_state(path) == (version, "second")
+    assert not (path / leftover).exists()
+
+
+def test_non_canonical_segment_names_are_not_touched(tmp_path: Path) -> None:
+    """``wal-1-1.pbw`` is no name StandaloneFileStorage writes; it is someone's file."""
+    path = tmp_path / "db"
+    commit_value(path, "first")
+    with ObjectSpace(StandaloneFileStorage(path)) as space:
+        space.pack()  # generation 1 would be a leftover
+    (path / "wal-1-1.pbw").write_bytes(b"not ours")
+    version = commit_value(path, "second")
+    assert read_state(path) == (version, "second")
+    assert (path / "wal-1-1.pbw").read_bytes() == b"not ours"
+    assert fsck(path).clean
+
+
+@pytest.mark.parametrize("filler", ["none", "garbage"])
+def test_missing_segment_before_the_last_is_refused(
+    many_segments: ManySegments, filler: str
+) -> None:
+    """Recovery must not stop at the gap: the commits after it would be ignored, and the
+    segment before it taken for the last one, whose torn tail would be truncated."""
+    case = many_segments
+    files = {**case.files, CHECKPOINT_NAME: case.early_checkpoint}
+    del files[case.segments[-2]]
+    if filler == "garbage":
+        files[case.segments[-3]] += random.Random(5).randbytes(300).replace(b"PB", b"pb")
+    write_files(case.path, files)
+    assert_refused_without_change(case.path, StorageError, case.segments[-1])
+
+
+def test_missing_first_segment_without_a_checkpoint_is_refused(
+    many_segments: ManySegments,
+) -> None:
+    case = many_segments
+    files = dict(case.files)
+    del files[CHECKPOINT_NAME], files[case.segments[0]]
+    write_files(case.path, files)
+    assert_refused_without_change(case.path, StorageError, case.segments[0], "missing")
+
+
+def test_checkpoint_whose_tail_is_not_one_of_its_segments_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    commit_value(path, "live")
+    write_checkpoint(path, Checkpoint(1, [1], (4, HEADER), []))
+    assert_refused_without_change(path, CorruptionError, CHECKPOINT_NAME)
 
 
 # --------------------------------------------------------------------------

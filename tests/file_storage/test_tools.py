@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from protobase import Dictionary, ObjectSpace, StandaloneFileStorage
+from protobase import Dictionary, ObjectSpace, StandaloneFileStorage, maintenance
 from protobase.maintenance import fsck, inspect, pack
 from protobase.storage import wal
 from protobase.storage.checkpoint import CHECKPOINT_NAME
+from protobase.storage.file import Recovery
 
 DATABASE = "tools"
 
@@ -154,12 +155,87 @@ def test_fsck_of_a_database_open_elsewhere_is_not_clean(database: Path) -> None:
         assert run_cli("fsck", database).returncode != 0
 
 
-def test_fsck_recovers_a_torn_tail_and_reports_clean(database: Path) -> None:
+def files_of(path: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file of a directory, LOCK included: its bytes, inode and modification time."""
+    found = {}
+    for name in os.listdir(path):
+        status = os.stat(path / name)
+        found[name] = ((path / name).read_bytes(), status.st_ino, status.st_mtime_ns)
+    return found
+
+
+def test_fsck_changes_no_file(database: Path) -> None:
+    """Not the checkpoint (rewritten on close), not LOCK (its pid rewritten on open)."""
+    before = files_of(database)
+    assert fsck(database).clean
+    assert run_cli("fsck", database).returncode == 0
+    assert files_of(database) == before
+
+
+def test_fsck_reports_a_torn_tail_and_leaves_it(database: Path) -> None:
     last = database / segments(database)[-1]
+    end = last.stat().st_size
     with open(last, "ab") as segment:
         segment.write(b"PBR1\x00\x00\x01\x00partial record")
-    assert fsck(database).clean
+    before = files_of(database)
+    report = fsck(database)
+    assert report.clean, report.problems
+    assert any(
+        "torn tail" in note and last.name in note and f"offset {end}" in note
+        for note in report.notes
+    ), report.notes
+    result = run_cli("fsck", database)
+    assert result.returncode == 0, result.stdout
+    assert "NOTE" in result.stdout and "torn tail" in result.stdout
+    assert files_of(database) == before, "fsck truncated the torn tail"
     assert read_back(database)[0] == 7
+    assert last.stat().st_size == end, "opening did not truncate the torn tail"
+
+
+def test_fsck_of_a_segment_of_random_bytes_is_corruption(tmp_path: Path) -> None:
+    """The reported bug: fsck truncated such a segment to a header and said "clean"."""
+    path = tmp_path / "random"
+    path.mkdir()
+    name = wal.segment_name(1, 1)
+    (path / name).write_bytes(b"X" + os.urandom(4999))
+    before = files_of(path)
+    report = fsck(path)
+    assert not report.clean
+    assert any("corruption" in p and name in p and "offset 0" in p for p in report.problems), (
+        report.problems
+    )
+    result = run_cli("fsck", path)
+    assert result.returncode != 0
+    assert "corruption" in result.stdout and name in result.stdout
+    assert result.stdout.strip().splitlines()[-1] != "clean"
+    assert files_of(path) == before, "fsck changed the directory (or created LOCK)"
+
+
+def test_fsck_reports_pack_leftovers_and_leaves_them(database: Path) -> None:
+    leftover = database / wal.segment_name(2, 1)
+    leftover.write_bytes(wal.segment_header(2, 1))
+    before = files_of(database)
+    report = fsck(database)
+    assert report.clean, report.problems
+    assert any(leftover.name in note and "interrupted pack" in note for note in report.notes)
+    assert files_of(database) == before
+
+
+def test_fsck_notices_an_open_while_it_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a LOCK file fsck takes no lock; it must not call a moving directory clean."""
+    path = tmp_path / "db"
+    build(path, rounds=1)
+    os.unlink(path / "LOCK")
+    real_plan = maintenance.plan_recovery
+
+    def plan_then_open(directory: Path) -> Recovery:
+        plan = real_plan(directory)
+        StandaloneFileStorage(directory).close()
+        return plan
+
+    monkeypatch.setattr(maintenance, "plan_recovery", plan_then_open)
+    report = fsck(path)
+    assert not report.clean and "while fsck ran" in report.problems[-1], report.problems
 
 
 # --------------------------------------------------------------------------
