@@ -21,7 +21,10 @@ dissertation (Ongaro, 2014):
   entry is applied; at most one is pending, and a new leader waits for its
   whole log to be applied before accepting one;
 - learners, which receive the log but neither vote nor count for commit;
-- snapshots sent by chunks to a follower whose next entry is compacted.
+- snapshots sent by chunks to a follower whose next entry is compacted:
+  each chunk is read from the log at its offset (`LogReader.read_snapshot`),
+  and a follower hands each chunk it accepts to its log in the `Ready`
+  (`Ready.snapshot_chunks`), so no snapshot is held whole in memory here.
 
 Invariants (checked by the deterministic simulation in tests/raft/):
 at most one leader per term; logs that share an (index, term) are equal up
@@ -51,7 +54,8 @@ from .types import (
     MessageType,
     ReadState,
     Ready,
-    Snapshot,
+    SnapshotChunk,
+    SnapshotMeta,
 )
 
 TRANSFER_CONTEXT = b"transfer"
@@ -241,10 +245,13 @@ class RaftGroup:
         self.read_tokens: dict[bytes, _PendingRead] = {}
         self.reads_waiting_for_commit: list[tuple[bytes, int]] = []
         self.read_sequence = 0
-        self.incoming_snapshot: tuple[tuple[int, int], bytearray] | None = None
+        self.incoming_snapshot: tuple[tuple[int, int], int] | None = None
+        """(index, term) of the snapshot being received, and its bytes so far."""
+        self._snapshot_chunks: list[SnapshotChunk] = []
+        """Accepted chunks, for the driver to write (the next `Ready`)."""
         self._prev_hard = hard
         self._ready_outstanding = False
-        self._pending_snapshot: Snapshot | None = None
+        self._pending_snapshot: SnapshotMeta | None = None
         self._broadcast_pending = False
         """Proposals were appended since the last `ready()`: it sends them."""
 
@@ -596,55 +603,50 @@ class RaftGroup:
         if meta.index <= self.log.committed:
             # Already have it all: tell the leader where we are.
             self.incoming_snapshot = None
-            self._send(
-                Message(
-                    MessageType.SNAPSHOT_RESP, self.group, self.id, m.frm, self.term,
-                    index=self.log.committed, done=True,
-                )
-            )  # fmt: skip
+            self._snapshot_response(m.frm, self.log.committed, done=True)
+            return
+        if self.log.match_term(meta.index, meta.term):
+            # Our log holds the snapshot's last entry, so it equals the
+            # leader's up to it (log matching), which is committed: no need
+            # for the image, only the commit moves. Vouch for the snapshot
+            # index only: entries we hold after it were never checked
+            # against this leader's log.
+            self.incoming_snapshot = None
+            self.log.commit_to(meta.index)
+            self._snapshot_response(m.frm, meta.index, done=True)
+            return
+        if self._pending_snapshot is not None:
+            # One snapshot waits to be installed by the next Ready; a newer
+            # one is taken after it (the leader resends when it hears nothing).
             return
         if m.offset == 0:
-            self.incoming_snapshot = (key, bytearray())
+            self.incoming_snapshot = (key, 0)
         current = self.incoming_snapshot
-        if current is None or current[0] != key or len(current[1]) != m.offset:
-            received = len(current[1]) if current is not None and current[0] == key else 0
-            self._send(
-                Message(
-                    MessageType.SNAPSHOT_RESP, self.group, self.id, m.frm, self.term,
-                    index=meta.index, offset=received, reject=True,
-                )
-            )  # fmt: skip
+        if current is None or current[0] != key or current[1] != m.offset:
+            received = current[1] if current is not None and current[0] == key else 0
+            self._snapshot_response(m.frm, meta.index, offset=received, reject=True)
             return
-        current[1].extend(m.data)
+        self._snapshot_chunks.append(SnapshotChunk(meta, m.offset, m.data, m.done))
+        received = m.offset + len(m.data)
         if not m.done:
-            self._send(
-                Message(
-                    MessageType.SNAPSHOT_RESP, self.group, self.id, m.frm, self.term,
-                    index=meta.index, offset=len(current[1]),
-                )
-            )  # fmt: skip
+            self.incoming_snapshot = (key, received)
+            self._snapshot_response(m.frm, meta.index, offset=received)
             return
         self.incoming_snapshot = None
-        snapshot = Snapshot(meta, bytes(current[1]))
-        self._restore(snapshot)
-        # Vouch for the snapshot index only: entries we hold after it (when our
-        # log already matched it) were never checked against this leader's log.
+        self.log.restore(meta)
+        self.conf = meta.conf
+        self._pending_snapshot = meta
+        self._snapshot_response(m.frm, meta.index, done=True)
+
+    def _snapshot_response(
+        self, to: int, index: int, *, offset: int = 0, reject: bool = False, done: bool = False
+    ) -> None:
         self._send(
             Message(
-                MessageType.SNAPSHOT_RESP, self.group, self.id, m.frm, self.term,
-                index=meta.index, done=True,
+                MessageType.SNAPSHOT_RESP, self.group, self.id, to, self.term,
+                index=index, offset=offset, reject=reject, done=done,
             )
         )  # fmt: skip
-
-    def _restore(self, snapshot: Snapshot) -> None:
-        meta = snapshot.meta
-        if self.log.match_term(meta.index, meta.term):
-            # Our log already has it: only the commit moves.
-            self.log.commit_to(meta.index)
-            return
-        self.log.restore(snapshot)
-        self.conf = meta.conf
-        self._pending_snapshot = snapshot
 
     # -- the leader ----------------------------------------------------------------
     def _step_leader(self, m: Message) -> None:
@@ -774,26 +776,27 @@ class RaftGroup:
         return bool(entries) and progress.state is ProgressState.REPLICATE
 
     def _start_snapshot(self, node: int, progress: Progress) -> None:
-        snapshot = self.log.stable.snapshot()
-        if snapshot.meta.index == 0:
+        index = self.log.stable.snapshot_meta().index
+        if index == 0:
             raise RaftError(
                 f"group {self.group}: entries for node {node} are compacted but no snapshot exists"
             )
-        progress.become_snapshot(snapshot.meta.index)
+        progress.become_snapshot(index)
         self._send_snapshot_chunk(node, progress)
 
     def _send_snapshot_chunk(self, node: int, progress: Progress) -> None:
-        snapshot = self.log.stable.snapshot()
-        if snapshot.meta.index != progress.snapshot_index:
-            progress.become_snapshot(snapshot.meta.index)
+        stable = self.log.stable
+        meta = stable.snapshot_meta()
+        if meta.index != progress.snapshot_index:
+            progress.become_snapshot(meta.index)  # a newer snapshot: start it over
         start = progress.snapshot_offset
-        chunk = snapshot.data[start : start + self.config.snapshot_chunk_bytes]
+        chunk = stable.read_snapshot(start, self.config.snapshot_chunk_bytes)
         progress.snapshot_sent_ticks = 0
         self._send(
             Message(
                 MessageType.SNAPSHOT, self.group, self.id, node, self.term,
-                snapshot=snapshot.meta, offset=start, data=chunk,
-                done=start + len(chunk) >= len(snapshot.data),
+                snapshot=meta, offset=start, data=chunk,
+                done=start + len(chunk) >= stable.snapshot_size(),
             )
         )  # fmt: skip
 
@@ -997,6 +1000,7 @@ class RaftGroup:
             self.msgs
             or self.read_states
             or self.log.unstable
+            or self._snapshot_chunks
             or self._pending_snapshot is not None
             or self.hard_state != self._prev_hard
             or self.log.committed > self.log.applied
@@ -1022,6 +1026,7 @@ class RaftGroup:
             hard_state=hard if hard != prev else None,
             entries=entries,
             snapshot=snapshot,
+            snapshot_chunks=self._snapshot_chunks,
             messages=self.msgs,
             committed=committed,
             read_states=self.read_states,
@@ -1032,6 +1037,7 @@ class RaftGroup:
         )
         self.msgs = []
         self.read_states = []
+        self._snapshot_chunks = []
         self._ready_outstanding = True
         return ready
 
@@ -1041,8 +1047,8 @@ class RaftGroup:
         if ready.hard_state is not None:
             self._prev_hard = ready.hard_state
         if ready.snapshot is not None:
-            self.log.stable_snapshot_to(ready.snapshot.meta.index)
-            self.log.applied = max(self.log.applied, ready.snapshot.meta.index)
+            self.log.stable_snapshot_to(ready.snapshot.index)
+            self.log.applied = max(self.log.applied, ready.snapshot.index)
             if self._pending_snapshot is ready.snapshot:
                 self._pending_snapshot = None
         if ready.entries:

@@ -7,6 +7,7 @@ Directory layout::
     <store>/LOCK                                   flock'd while a LogStore is open
     <store>/group-<id>/seg-<seq:08d>.log           segments, replayed in seq order
     <store>/group-<id>/snapshot-<index:020d>.snap  the group's latest snapshot
+    <store>/group-<id>/*.snap.tmp                  a snapshot being written or received
 
 Segments are named by sequence number, not by first index: a suffix truncation
 is written as new records at the end of the active segment, so a later segment
@@ -32,6 +33,7 @@ Record layout::
                   ENTRY (1)      index u64, term u64, kind u8, data (n - 17 bytes)
                   HARD_STATE (2) term u64, vote u64, commit u64
                   LOG_RESET (3)  index u64, term u64
+                  COMPACT (4)    index u64
 
 The checksum covers the length, so a damaged length cannot silently send the
 parser elsewhere. xxh3-64 rather than crc32: it is faster on these sizes, and
@@ -42,37 +44,76 @@ offset after a bad record (see below). It is also what the WAL of
 Replay runs over all records in write order (segment sequence, then offset):
 an ENTRY with index i drops every entry >= i and becomes the last one (i must
 be at most last + 1: a gap is corruption); the last HARD_STATE wins;
-LOG_RESET(i, t) empties the log, which then continues after index i.
+LOG_RESET(i, t) empties the log, which then continues after index i;
+COMPACT(i) (the highest one wins) makes the entries up to i unavailable.
 LOG_RESET is written when a snapshot replaces a log that does not contain the
 snapshot's last entry: it is made durable before the old segments are
-deleted, so a crash in between cannot bring stale entries back.
+deleted, so a crash in between cannot bring stale entries back. COMPACT is
+written by `compact` and made durable before any segment it frees is deleted.
 
-Snapshot file layout (written to ``.tmp``, fsync'd, renamed, directory
-fsync'd; durable at once, independently of `sync()`)::
+Retention (for applications whose data is the log). Entries are deleted only
+by `compact(i)`, never by taking a snapshot over a log that holds the
+snapshot's last entry, and never by reopening: a reopened log serves exactly
+the entries it served before (from the last COMPACT on), including those
+behind its snapshot. So an application that reads applied entries back
+(`FileGroupLog.entry(index)`: one pread of that record, checksum verified)
+keeps them by not compacting past the lowest index it still needs (the
+driver asks it: `node.RetainsEntries`). A COMPACT record lost in a crash
+only leaves more entries readable, never fewer. The one exception is a
+snapshot whose last entry the log does not hold (a follower far behind, or
+on another branch): the log is replaced by the snapshot, which must then
+carry what the application needs. Every entry kept costs 24 bytes of memory
+(term, segment, offset and size), whether it is read or not.
 
-    0       8     magic b"PBRSNAP" + version byte 1
+Snapshot file layout, version 2 (written as a stream, so no snapshot is
+held whole in memory; the trailer lets the writer learn the data length as
+it goes)::
+
+    0       8     magic b"PBRSNAP" + version byte 2
     8       4     metadata length m
-    12      8     data length d
-    20      m     msgpack of SnapshotMeta.to_wire()
-    20+m    d     snapshot data
+    12      m     msgpack of SnapshotMeta.to_wire()
+    12+m    d     snapshot data, as the state machine wrote it
+    12+m+d  8     data length d (the file is 28 + m + d bytes)
     20+m+d  8     xxh3-64 of bytes [0, 20 + m + d)
 
-Recovery (`LogStore.__init__`), per group, first read-only, then repairs:
+The whole file is the snapshot's *image*: a leader sends it in chunks read
+at their offsets (`read_snapshot`), and a follower assembles the chunks in
+``incoming.snap.tmp``, then checks magic, metadata, length and checksum,
+fsyncs, renames (`install_snapshot`): the checksum is end to end. A local
+snapshot is written by the state machine into ``snapshot-<index>.snap.tmp``
+through a hashing sink (`save_snapshot`), fsync'd and renamed. Both are
+durable at once, independently of `sync()`, and are followed by a directory
+fsync. Version 1 files (data length in the header) are refused as corrupt.
 
-- the newest snapshot is verified (older ones and ``.tmp`` files are crash
-  leftovers and are removed); a bad one raises `LogCorruptionError`;
-- segments are replayed. In the *last* segment, a record that is cut short by
-  the end of the file, or whose checksum fails with no valid record at any
-  later byte offset, is a torn tail (it was never synced) and is truncated
-  away (ftruncate + fsync). A last segment whose header never reached the disk
-  (shorter than a header, or zeros with nothing valid after it) is deleted.
-  Anything else - a bad record followed by a valid one, any damage in a sealed
-  segment, a bad header - raises `LogCorruptionError` naming the file and the
-  byte offset, and changes no file;
-- the snapshot is then reconciled with the log exactly as `save_snapshot`
-  does: entries up to its index are dropped when the log holds its index and
-  term; otherwise the log is restarted (LOG_RESET), finishing a
-  `save_snapshot` that crashed half-way;
+Recovery (`LogStore.__init__`), per group, first read-only, then repairs.
+The rule: recovery discards only bytes it can show this log wrote and never
+synced; anything it cannot explain raises `LogCorruptionError`, naming the
+file and the byte offset, and changes no file.
+
+- the newest snapshot is verified, streaming (older ones and ``.tmp`` files
+  are this log's crash leftovers, by name, and are removed); a bad one
+  raises;
+- segments are replayed. Only the *last* segment may have a torn tail:
+  - a last segment whose header is not this log's is deleted only if it is
+    a torn creation: shorter than a header and a prefix of the header this
+    log would have written there, or zeros from end to end. A header that
+    is foreign or damaged (other bytes) is corruption, not a torn tail;
+  - a bad record (cut short by the end of the file, or failing its
+    checksum) starts a torn tail only if no valid record follows at any
+    byte offset, and the bytes are what a torn append leaves: a record
+    header cut short by the end of the file; a plausible header (a known
+    type, a length that fits it) whose record runs past the end of the
+    file; or a record failing its checksum, or a header that is not
+    plausible, followed by nothing but zeros (blocks allocated but never
+    written). The tail is then truncated (ftruncate + fsync). Non-zero
+    bytes after a bad record are not ours to discard;
+  - any damage in a sealed segment is corruption;
+- the snapshot is then reconciled with the log as `save_snapshot` does: the
+  entries stay when the log holds its index and term; otherwise the log is
+  restarted (LOG_RESET), finishing a `save_snapshot` that crashed half-way -
+  unless that would discard entries at or below the hard state's commit
+  index, which is corruption (a snapshot never disagrees with committed
+  entries);
 - the last segment must hold the latest hard state (so that deleting sealed
   segments never loses it); if its torn tail took that record, it is rewritten.
 
@@ -88,18 +129,29 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import io
 import os
 import re
 import struct
 from array import array
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import msgpack
 import xxhash
 
 from .errors import LogCorruptionError, LogError, LogUnavailableError, ProtocolError
-from .types import NO_NODE, ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from .types import (
+    NO_NODE,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    SnapshotChunk,
+    SnapshotMeta,
+    SnapshotWriter,
+)
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_SEGMENT_BYTES", "FileGroupLog", "LogStore"]
 
@@ -108,12 +160,14 @@ DEFAULT_CACHE_BYTES = 8 << 20
 """Per group: the most recent entries kept in memory; older ones are pread."""
 
 SEGMENT_MAGIC = b"PBRLOG"
-SNAPSHOT_MAGIC = b"PBRSNAP\x01"
+SNAPSHOT_MAGIC = b"PBRSNAP\x02"
+SNAPSHOT_MAGIC_V1 = b"PBRSNAP\x01"
 FORMAT_VERSION = 1
 
 RECORD_ENTRY = 1
 RECORD_HARD_STATE = 2
 RECORD_LOG_RESET = 3
+RECORD_COMPACT = 4
 
 _SEGMENT_HEADER = struct.Struct("<6sHQQ")
 _RECORD_HEADER = struct.Struct("<QIB")  # checksum, body length, type
@@ -123,7 +177,13 @@ _HARD_STATE_PREFIX = struct.Struct("<IBQQQ")
 _HARD_STATE_FIELDS = struct.Struct("<QQQ")
 _LOG_RESET_PREFIX = struct.Struct("<IBQQ")
 _LOG_RESET_FIELDS = struct.Struct("<QQ")
-_SNAPSHOT_HEADER = struct.Struct("<8sIQ")
+_COMPACT_PREFIX = struct.Struct("<IBQ")
+_COMPACT_FIELDS = struct.Struct("<Q")
+_SNAPSHOT_HEADER = struct.Struct("<8sI")
+_SNAPSHOT_TRAILER = struct.Struct("<QQ")  # data length, checksum
+_SNAPSHOT_IO_BYTES = 1 << 20
+"""Snapshot data is written, verified and restored in pieces of this size."""
+INCOMING_SNAPSHOT = "incoming.snap.tmp"
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -135,6 +195,7 @@ _BODY_SIZES = {
     RECORD_ENTRY: _ENTRY_FIELDS.size,  # the minimum: data follows
     RECORD_HARD_STATE: _HARD_STATE_FIELDS.size,
     RECORD_LOG_RESET: _LOG_RESET_FIELDS.size,
+    RECORD_COMPACT: _COMPACT_FIELDS.size,
 }
 _KINDS = {int(kind): kind for kind in EntryKind}
 _CACHE_ENTRY_OVERHEAD = 64
@@ -203,6 +264,11 @@ def _log_reset_record(index: int, term: int) -> bytes:
     return _U64.pack(_xxh3(body)) + body
 
 
+def _compact_record(index: int) -> bytes:
+    body = _COMPACT_PREFIX.pack(_COMPACT_FIELDS.size, RECORD_COMPACT, index)
+    return _U64.pack(_xxh3(body)) + body
+
+
 def _valid_record_at(buf: bytes, view: memoryview, pos: int) -> bool:
     """Whether a well-formed record with a matching checksum starts at `pos`."""
     end = len(buf)
@@ -236,41 +302,157 @@ def _corruption(path: str, offset: int, problem: str) -> LogCorruptionError:
     )
 
 
-def _encode_snapshot(snapshot: Snapshot) -> bytes:
-    meta = msgpack.packb(snapshot.meta.to_wire())
-    head = _SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, len(meta), len(snapshot.data))
-    body = b"".join((head, meta, snapshot.data))
-    return body + _U64.pack(_xxh3(body))
+def _is_torn_tail(buf: bytes, pos: int) -> bool:
+    """Whether the bytes from the bad record at `pos` to the end of the last
+    segment are what a crash leaves of an unsynced append (see the module
+    docstring); the caller has checked that no valid record follows."""
+    end = len(buf)
+    if end - pos < RECORD_HEADER_SIZE:
+        return True  # a record header cut short by the end of the file
+    _, length, record_type = _RECORD_HEADER.unpack_from(buf, pos)
+    body_size = _BODY_SIZES.get(record_type)
+    plausible = body_size is not None and (
+        length >= body_size if record_type == RECORD_ENTRY else length == body_size
+    )
+    if not plausible:
+        return _zeros_from(buf, pos + RECORD_HEADER_SIZE)
+    record_end = pos + RECORD_HEADER_SIZE + length
+    return record_end > end or _zeros_from(buf, record_end)
 
 
-def _read_snapshot_file(path: str) -> Snapshot:
-    """Read and verify a snapshot file.
+def _zeros_from(buf: bytes, start: int) -> bool:
+    return buf.count(0, start) == max(len(buf) - start, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotFile:
+    """A verified snapshot file: its metadata and where its data lies."""
+
+    path: str
+    meta: SnapshotMeta
+    size: int
+    data_offset: int
+    data_size: int
+
+
+class _ImageWriter(io.RawIOBase):
+    """Writes a snapshot file to `fd` as a stream: the header and metadata at
+    once, the data through `write` (the state machine's sink, buffered), the
+    trailer at `finish`. Everything is hashed on the way."""
+
+    def __init__(self, fd: int, meta: SnapshotMeta) -> None:
+        super().__init__()
+        self._fd = fd
+        self._hash = xxhash.xxh3_64()
+        self.data_size = 0
+        packed = msgpack.packb(meta.to_wire())
+        self.data_offset = _SNAPSHOT_HEADER.size + len(packed)
+        self._emit(_SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, len(packed)) + packed)
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        _write_all(self._fd, data)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self._emit(view)
+        self.data_size += len(view)
+        return len(view)
+
+    def finish(self) -> None:
+        self._emit(_U64.pack(self.data_size))
+        _write_all(self._fd, _U64.pack(self._hash.intdigest()))
+
+
+class _SnapshotData(io.RawIOBase):
+    """The data part of a snapshot file, read with pread on a descriptor of
+    its own (so it stays readable after a newer snapshot replaces the file)."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._position = offset
+        self._end = offset + size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), self._end - self._position)
+        if count <= 0:
+            return 0
+        data = os.pread(self._fd, count, self._position)
+        view[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def _verify_snapshot_file(path: str) -> _SnapshotFile:
+    """Check a snapshot file end to end, reading it in pieces.
 
     Raises:
         LogCorruptionError: the file is damaged; the message names it and the offset.
     """
     with open(path, "rb") as file:
-        raw = file.read()
-    if len(raw) < _SNAPSHOT_HEADER.size + 8:
-        raise _corruption(path, len(raw), "snapshot file cut short")
-    magic, meta_size, data_size = _SNAPSHOT_HEADER.unpack_from(raw, 0)
-    if magic != SNAPSHOT_MAGIC:
-        raise _corruption(path, 0, "bad snapshot magic or version")
-    end = _SNAPSHOT_HEADER.size + meta_size + data_size
-    if end + 8 != len(raw):
-        raise _corruption(path, min(end, len(raw)), "snapshot length does not match the file")
-    (checksum,) = _U64.unpack_from(raw, end)
-    if _xxh3(memoryview(raw)[:end]) != checksum:
-        raise _corruption(path, end, "snapshot checksum mismatch")
-    meta_end = _SNAPSHOT_HEADER.size + meta_size
+        size = os.fstat(file.fileno()).st_size
+        head = file.read(_SNAPSHOT_HEADER.size)
+        if len(head) < _SNAPSHOT_HEADER.size or size < _SNAPSHOT_HEADER.size + 16:
+            raise _corruption(path, len(head), "snapshot file cut short")
+        magic, meta_size = _SNAPSHOT_HEADER.unpack(head)
+        if magic == SNAPSHOT_MAGIC_V1:
+            raise _corruption(path, 0, "snapshot format version 1 (this log reads version 2)")
+        if magic != SNAPSHOT_MAGIC:
+            raise _corruption(path, 0, "bad snapshot magic or version")
+        data_offset = _SNAPSHOT_HEADER.size + meta_size
+        data_size = size - data_offset - _SNAPSHOT_TRAILER.size
+        if data_size < 0:
+            raise _corruption(path, _SNAPSHOT_HEADER.size, "snapshot metadata length too long")
+        checksum = xxhash.xxh3_64(head)
+        packed = file.read(meta_size)
+        checksum.update(packed)
+        remaining = data_size
+        while remaining:
+            piece = file.read(min(remaining, _SNAPSHOT_IO_BYTES))
+            if not piece:
+                raise _corruption(path, size - remaining, "snapshot file cut short")
+            checksum.update(piece)
+            remaining -= len(piece)
+        trailer = file.read(_SNAPSHOT_TRAILER.size)
+        if len(trailer) != _SNAPSHOT_TRAILER.size:
+            raise _corruption(path, size - len(trailer), "snapshot file cut short")
+        checksum.update(trailer[:8])
+        recorded_size, recorded_checksum = _SNAPSHOT_TRAILER.unpack(trailer)
+    if recorded_size != data_size:
+        raise _corruption(path, size - 16, "snapshot length does not match the file")
+    if checksum.intdigest() != recorded_checksum:
+        raise _corruption(path, size - 8, "snapshot checksum mismatch")
     try:
-        meta = SnapshotMeta.from_wire(msgpack.unpackb(raw[_SNAPSHOT_HEADER.size : meta_end]))
+        meta = SnapshotMeta.from_wire(msgpack.unpackb(packed))
     except (ValueError, TypeError, ProtocolError, msgpack.UnpackException) as exc:
         raise _corruption(path, _SNAPSHOT_HEADER.size, f"bad snapshot metadata ({exc})") from exc
-    return Snapshot(meta, raw[meta_end:end])
+    return _SnapshotFile(path, meta, size, data_offset, data_size)
 
 
-EMPTY_SNAPSHOT = Snapshot(SnapshotMeta(0, 0, ConfState(frozenset())), b"")
+@dataclass(eq=False, slots=True)
+class _Incoming:
+    """A leader's snapshot image being received into ``incoming.snap.tmp``."""
+
+    meta: SnapshotMeta
+    fd: int
+    size: int = 0
+    done: bool = False
+
+
+EMPTY_SNAPSHOT_META = SnapshotMeta(0, 0, ConfState(frozenset()))
 
 
 @dataclass(eq=False, slots=True)
@@ -299,6 +481,8 @@ class _Replay:
         self.offsets: array[int] = array("Q")
         self.sizes: array[int] = array("I")
         self.hard_state = HardState()
+        self.compacted = 0
+        """The highest COMPACT index replayed: entries up to it are unavailable."""
 
     def entry(self, index: int, term: int, seg: _Segment, offset: int, size: int) -> None:
         first = self.first
@@ -328,7 +512,19 @@ class _Replay:
         self.first = index + 1
         self.origin = (seg.path, offset)
         self.reset_term = term
+        self.compacted = 0
         self._truncate(0)
+
+    def drop_compacted(self) -> None:
+        """Forget the entries up to the compaction point (files may still
+        hold some: segments are deleted whole)."""
+        first = self.first
+        if first is None or self.compacted < first:
+            return
+        count = min(self.compacted + 1 - first, len(self.terms))
+        for column in (self.terms, self.seqs, self.offsets, self.sizes):
+            del column[:count]
+        self.first = self.compacted + 1
 
     def _truncate(self, position: int) -> None:
         if position < len(self.terms):
@@ -346,9 +542,10 @@ class FileGroupLog:
 
     Invariants: `first_index() <= snapshot_meta().index + 1` (a snapshot
     taken over this log leaves the entries it covers readable, so a follower
-    a little behind still gets entries, until `compact` or a reopen drops
-    them); every index in [first_index, last_index] has an entry, described
-    in memory by its term, segment, offset and data size; the entries
+    a little behind still gets entries and an application still reads them
+    back, until `compact`; a reopened log serves the same entries); every
+    index in [first_index, last_index] has an entry, described in memory by
+    its term, segment, offset and data size; the entries
     [last_index + 1 - len(cache), last_index] are also cached; the active
     (last) segment holds the latest hard state; every sealed segment is
     durable and ends on a record boundary. Not thread-safe, like the store.
@@ -361,8 +558,11 @@ class FileGroupLog:
         self.directory = directory
         self._segments: list[_Segment] = []
         self._by_seq: dict[int, _Segment] = {}
-        self._snapshot_meta = EMPTY_SNAPSHOT.meta
-        self._snapshot_path: str | None = None
+        self._snapshot: _SnapshotFile | None = None
+        self._snapshot_meta = EMPTY_SNAPSHOT_META
+        self._snapshot_fd = -1
+        """Open on the snapshot file, for the chunks a leader sends."""
+        self._incoming: _Incoming | None = None
         self._hard_state = HardState()
         self._first = 1
         self._terms: array[int] = array("Q")
@@ -448,15 +648,50 @@ class FileGroupLog:
     def snapshot_meta(self) -> SnapshotMeta:
         return self._snapshot_meta
 
-    def snapshot(self) -> Snapshot:
-        """The latest snapshot with its data (an empty one at index 0 at first).
+    def entry(self, index: int) -> Entry:
+        """Entry `index`, from the cache or with one pread of its record
+        (checksum verified); entries behind the snapshot are readable until
+        `compact` (see Retention in the module docstring).
 
         Raises:
-            LogCorruptionError: the snapshot file is damaged.
+            LogUnavailableError: `index` is compacted or after the end.
+            LogCorruptionError: the segment no longer holds what was written.
         """
-        if self._snapshot_path is None:
-            return EMPTY_SNAPSHOT
-        return _read_snapshot_file(self._snapshot_path)
+        last = self.last_index()
+        if not self._first <= index <= last:
+            raise LogUnavailableError(
+                f"group {self.group_id} has no entry {index}: the log holds [{self._first}, {last}]"
+            )
+        cache_lo = last + 1 - len(self._cache)
+        if index >= cache_lo:
+            return self._cache[index - cache_lo]
+        return self._read_from_segments(index, index + 1)[0]
+
+    def snapshot_size(self) -> int:
+        """The length of the snapshot file (0 without a snapshot)."""
+        return 0 if self._snapshot is None else self._snapshot.size
+
+    def read_snapshot(self, offset: int, max_bytes: int) -> bytes:
+        """Up to `max_bytes` of the snapshot file from `offset`, one pread.
+
+        Raises:
+            LogError: the store is closed.
+        """
+        self._store._check_open()
+        snapshot = self._snapshot
+        if snapshot is None or offset >= snapshot.size:
+            return b""
+        return os.pread(self._snapshot_fd, min(max_bytes, snapshot.size - offset), offset)
+
+    def open_snapshot(self) -> BinaryIO:
+        """The snapshot's data as the state machine wrote it (empty without a
+        snapshot), read in pieces from the file; the caller closes it."""
+        self._store._check_open()
+        snapshot = self._snapshot
+        if snapshot is None:
+            return io.BytesIO(b"")
+        raw = _SnapshotData(snapshot.path, snapshot.data_offset, snapshot.data_size)
+        return io.BufferedReader(raw, _SNAPSHOT_IO_BYTES)
 
     # -- writing (GroupLog) -------------------------------------------------
 
@@ -551,55 +786,113 @@ class FileGroupLog:
         self._write(self._writable_segment(), record)
         self._hard_state = hard_state
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep `snapshot` (durable on return). If the log holds the snapshot's
-        index with its term, every entry stays readable (`compact` drops the
-        ones up to an index); otherwise the whole log is discarded and
-        continues after the snapshot. A snapshot that is not newer than the
-        current one is ignored (as `MemoryGroupLog` does).
+    def save_snapshot(self, meta: SnapshotMeta, write: SnapshotWriter) -> None:
+        """Take a snapshot at `meta`: `write(sink)` streams the state
+        machine's data into a temporary file, which is then fsync'd and
+        renamed (durable on return). If the log holds the snapshot's index
+        with its term, every entry stays readable (`compact` drops the ones
+        up to an index); otherwise the whole log is discarded and continues
+        after the snapshot. A snapshot that is not newer than the current one
+        is ignored, and `write` is not called (as `MemoryGroupLog` does).
 
         Raises:
             LogError: discarding the log would remove committed entries.
+            Whatever `write` raises (the temporary file is removed).
         """
         self._store._check_writable()
-        meta = snapshot.meta
         if meta.index <= self._snapshot_meta.index:
             return
-        last = self.last_index()
-        keeps_log = meta.index <= last and self.term(meta.index) == meta.term
-        if not keeps_log and min(last, self._hard_state.commit) > meta.index:
-            raise LogError(
-                f"group {self.group_id}: snapshot at {meta.index} (term {meta.term}) "
-                f"disagrees with committed entries up to {self._hard_state.commit}"
-            )
+        keeps_log = self._check_snapshot_fits(meta)
         path = os.path.join(self.directory, snapshot_name(meta.index))
         temporary = path + ".tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
-                _write_all(fd, _encode_snapshot(snapshot))
+                image = _ImageWriter(fd, meta)
+                sink = io.BufferedWriter(image, _SNAPSHOT_IO_BYTES)
+                write(sink)
+                if not sink.closed:
+                    sink.flush()
+                image.finish()
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            size = image.data_offset + image.data_size + _SNAPSHOT_TRAILER.size
+            layout = _SnapshotFile(path, meta, size, image.data_offset, image.data_size)
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        _fsync_dir(self.directory)
-        previous = self._snapshot_path
-        self._snapshot_meta = meta
-        self._snapshot_path = path
-        if previous is not None:
-            os.unlink(previous)
-            _fsync_dir(self.directory)
-        if not keeps_log:
-            self._restart_log(meta)
+        self._adopt_snapshot(layout, keeps_log)
+
+    def receive_snapshot(self, chunk: SnapshotChunk) -> None:
+        """Write a chunk of a leader's snapshot file to ``incoming.snap.tmp``;
+        offset 0 starts the file over. Not durable (`install_snapshot` is).
+
+        Raises:
+            LogError: the chunk does not continue the file being received.
+        """
+        self._store._check_writable()
+        path = os.path.join(self.directory, INCOMING_SNAPSHOT)
+        if chunk.offset == 0:
+            self._drop_incoming()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._incoming = _Incoming(chunk.meta, fd)
+        incoming = self._incoming
+        if incoming is None or incoming.meta != chunk.meta or incoming.size != chunk.offset:
+            raise LogError(
+                f"group {self.group_id}: a snapshot chunk at offset {chunk.offset} does not "
+                "continue the snapshot being received"
+            )
+        _write_all(incoming.fd, chunk.data)
+        incoming.size += len(chunk.data)
+        incoming.done = chunk.done
+
+    def install_snapshot(self, meta: SnapshotMeta) -> None:
+        """Check the received file for `meta` (magic, metadata, length,
+        checksum), fsync and rename it, and make it the snapshot as
+        `save_snapshot` does (durable on return).
+
+        Raises:
+            LogError: no whole file was received for `meta`, or it would
+                discard committed entries.
+            LogCorruptionError: the file fails its check (it arrived damaged,
+                or the leader's copy is); nothing is installed.
+        """
+        self._store._check_writable()
+        incoming = self._incoming
+        if incoming is None or incoming.meta != meta or not incoming.done:
+            raise LogError(
+                f"group {self.group_id}: no whole snapshot was received for index {meta.index}"
+            )
+        self._incoming = None
+        path = os.path.join(self.directory, INCOMING_SNAPSHOT)
+        try:
+            os.fsync(incoming.fd)
+        finally:
+            os.close(incoming.fd)
+        if meta.index <= self._snapshot_meta.index:
+            os.unlink(path)
+            return
+        keeps_log = self._check_snapshot_fits(meta)
+        layout = _verify_snapshot_file(path)
+        if layout.meta != meta:
+            raise _corruption(
+                path, _SNAPSHOT_HEADER.size, f"received snapshot holds {layout.meta}, not {meta}"
+            )
+        final = os.path.join(self.directory, snapshot_name(meta.index))
+        os.replace(path, final)
+        self._adopt_snapshot(
+            _SnapshotFile(final, meta, layout.size, layout.data_offset, layout.data_size),
+            keeps_log,
+        )
 
     def compact(self, index: int) -> None:
-        """Make the entries up to `index` unavailable and delete the sealed
-        segments, oldest first, whose entries are all at or below it (the
-        active segment always stays).
+        """Make the entries up to `index` unavailable, here and after a
+        reopen (a COMPACT record), and delete the sealed segments, oldest
+        first, whose entries are all at or below it (the active segment
+        always stays).
 
         Raises:
             LogError: `index` is beyond the snapshot index.
@@ -611,6 +904,7 @@ class FileGroupLog:
                 f"index {self._snapshot_meta.index}"
             )
         if index >= self._first:
+            self._write(self._writable_segment(), _compact_record(index))
             self._drop_through(index)
         doomed: list[_Segment] = []
         # Only a prefix: replaying a suffix of the write history then yields
@@ -623,12 +917,44 @@ class FileGroupLog:
             return
         active = self._segments[-1]
         if self._store._is_dirty(active):
-            # Its opening hard state record must survive the older copies.
+            # Its COMPACT and opening hard state records must survive the older copies.
             self._store._sync_segments([active])
         self._segments = self._segments[len(doomed) :]
         self._remove_segments(doomed)
 
     # -- internals ----------------------------------------------------------
+
+    def _check_snapshot_fits(self, meta: SnapshotMeta) -> bool:
+        """Whether the log holds the snapshot's last entry (and so keeps its
+        entries). Raises LogError when the log would be discarded with
+        committed entries in it."""
+        last = self.last_index()
+        keeps_log = meta.index <= last and self.term(meta.index) == meta.term
+        if not keeps_log and min(last, self._hard_state.commit) > meta.index:
+            raise LogError(
+                f"group {self.group_id}: snapshot at {meta.index} (term {meta.term}) "
+                f"disagrees with committed entries up to {self._hard_state.commit}"
+            )
+        return keeps_log
+
+    def _adopt_snapshot(self, snapshot: _SnapshotFile, keeps_log: bool) -> None:
+        """`snapshot`, just renamed into place, becomes the snapshot."""
+        _fsync_dir(self.directory)
+        previous = self._snapshot
+        fd = os.open(snapshot.path, os.O_RDONLY)
+        if self._snapshot_fd >= 0:
+            os.close(self._snapshot_fd)
+        self._snapshot, self._snapshot_meta, self._snapshot_fd = snapshot, snapshot.meta, fd
+        if previous is not None:
+            os.unlink(previous.path)
+            _fsync_dir(self.directory)
+        if not keeps_log:
+            self._restart_log(snapshot.meta)
+
+    def _drop_incoming(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            os.close(incoming.fd)
 
     def _writable_segment(self) -> _Segment:
         seg = self._segments[-1]
@@ -783,6 +1109,11 @@ class FileGroupLog:
         return Entry(index, term, _KINDS[kind], buf[pos + ENTRY_OVERHEAD : record_end])
 
     def _close_files(self) -> None:
+        self._drop_incoming()
+        if self._snapshot_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._snapshot_fd)
+            self._snapshot_fd = -1
         for seg in self._segments:
             self._store._forget_dirty(seg)
             with contextlib.suppress(OSError):
@@ -807,12 +1138,13 @@ class FileGroupLog:
         snapshots.sort()
 
         # Read-only phase: verify everything before changing any file.
+        snapshot: _SnapshotFile | None = None
         if snapshots:
             path = os.path.join(self.directory, snapshot_name(snapshots[-1]))
-            meta = _read_snapshot_file(path).meta
-            if meta.index != snapshots[-1]:
-                raise _corruption(path, 0, f"snapshot file holds index {meta.index}")
-            self._snapshot_meta, self._snapshot_path = meta, path
+            snapshot = _verify_snapshot_file(path)
+            if snapshot.meta.index != snapshots[-1]:
+                raise _corruption(path, 0, f"snapshot file holds index {snapshot.meta.index}")
+            self._snapshot_meta = snapshot.meta
             leftovers.extend(snapshot_name(index) for index in snapshots[:-1])
         replay = _Replay()
         torn_at: int | None = None
@@ -828,14 +1160,16 @@ class FileGroupLog:
                 buf = file.read()
             seg.size = len(buf)
             is_last = number == len(seqs) - 1
-            if is_last and self._torn_header(buf):
+            if is_last and self._torn_creation(buf, seq):
                 drop_last = True
                 break
             torn_at, last_has_hard_state = self._replay_segment(seg, buf, is_last, replay)
 
         # The snapshot against the log, as save_snapshot decided it.
+        replay.drop_compacted()
         snapshot_index, snapshot_term = self._snapshot_meta.index, self._snapshot_meta.term
-        start = snapshot_index if replay.first is None else replay.first - 1
+        first = snapshot_index + 1 if replay.first is None else replay.first
+        start = first - 1
         restart = False
         if start > snapshot_index:
             path, offset = replay.origin
@@ -850,13 +1184,19 @@ class FileGroupLog:
                 path, offset = replay.origin
                 raise _corruption(path, offset, "log reset disagrees with the snapshot's term")
         else:
-            assert replay.first is not None
-            position = snapshot_index - replay.first
-            if position < len(replay.terms) and replay.terms[position] == snapshot_term:
-                for column in (replay.terms, replay.seqs, replay.offsets, replay.sizes):
-                    del column[: position + 1]
-            else:
+            # Entries behind the snapshot stay readable (Retention, above).
+            position = snapshot_index - first
+            if position >= len(replay.terms) or replay.terms[position] != snapshot_term:
                 restart = True
+                last = first - 1 + len(replay.terms)
+                if min(last, replay.hard_state.commit) > snapshot_index:
+                    path, offset = replay.origin
+                    raise _corruption(
+                        path,
+                        offset,
+                        f"the snapshot at {snapshot_index} (term {snapshot_term}) disagrees "
+                        f"with committed entries up to {replay.hard_state.commit}",
+                    )
 
         # Repairs.
         for name in leftovers:
@@ -874,8 +1214,11 @@ class FileGroupLog:
             os.ftruncate(seg.fd, torn_at)
             os.fsync(seg.fd)
             seg.size = torn_at
+        if snapshot is not None:
+            self._snapshot = snapshot
+            self._snapshot_fd = os.open(snapshot.path, os.O_RDONLY)
         self._hard_state = replay.hard_state
-        self._first = snapshot_index + 1
+        self._first = first
         self._terms, self._seqs = replay.terms, replay.seqs
         self._offsets, self._sizes = replay.offsets, replay.sizes
         if not self._segments:
@@ -889,13 +1232,14 @@ class FileGroupLog:
             self._offsets, self._sizes = array("Q"), array("I")
             self._restart_log(self._snapshot_meta)
 
-    def _torn_header(self, buf: bytes) -> bool:
-        """Whether the last segment was created but its header never reached the disk."""
+    def _torn_creation(self, buf: bytes, seq: int) -> bool:
+        """Whether the last segment was created but its header never reached
+        the disk: a prefix of the header this log writes there, or zeros.
+        Any other bytes are not ours to delete: replay reports them."""
         if len(buf) < SEGMENT_HEADER_SIZE:
-            return True
-        return not any(buf[:SEGMENT_HEADER_SIZE]) and (
-            _valid_record_after(buf, SEGMENT_HEADER_SIZE) is None
-        )
+            header = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, self.group_id, seq)
+            return header.startswith(buf) or not any(buf)
+        return _zeros_from(buf, 0)
 
     def _replay_segment(
         self, seg: _Segment, buf: bytes, is_last: bool, replay: _Replay
@@ -945,6 +1289,9 @@ class FileGroupLog:
                     elif record_type == RECORD_LOG_RESET and length == _LOG_RESET_FIELDS.size:
                         index, term = _LOG_RESET_FIELDS.unpack_from(buf, body)
                         replay.reset(index, term, seg, pos)
+                    elif record_type == RECORD_COMPACT and length == _COMPACT_FIELDS.size:
+                        (index,) = _COMPACT_FIELDS.unpack_from(buf, body)
+                        replay.compacted = max(replay.compacted, index)
                     else:
                         raise _corruption(
                             path, pos, f"record of type {record_type} with {length} bytes"
@@ -958,11 +1305,15 @@ class FileGroupLog:
                 raise _corruption(
                     path, pos, f"{problem}, followed by a valid record at {following}"
                 )
+            if not _is_torn_tail(buf, pos):
+                raise _corruption(
+                    path, pos, f"{problem}, followed by bytes that are not a record of this log"
+                )
             return pos, has_hard_state
         return None, has_hard_state
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     written = os.write(fd, data)
     if written < len(data):
         view = memoryview(data)

@@ -26,7 +26,19 @@ node that failed stops its transport and ticks too: it never acknowledges
 what it could not make durable, and the others stop counting on it.
 
 Messages to one peer from every group travel together, split into frames
-well under the transport's frame limit.
+well under the transport's frame limit. An entry travels whole in one
+message, so `RaftNode.max_entry_bytes` (half the frame limit: 32 MiB with
+the transport's default) is the largest entry `propose` takes; an
+application with bigger records splits them into several entries.
+
+Snapshots are streams: the state machine writes its snapshot into a sink
+the log gives it and restores from a stream the log opens (`StateMachine`);
+nothing holds a snapshot whole in memory. A snapshot is taken every
+`snapshot_every` applied entries; the log then compacts to `keep_entries`
+behind it, but never past what the state machine still reads back
+(`RetainsEntries`): for an application whose data is the log, entries stay
+readable (`read_entry`, `read_entries`) behind every snapshot and across
+restarts until it lets them go.
 """
 
 from __future__ import annotations
@@ -39,10 +51,10 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from .core import RaftConfig, RaftGroup, Role
-from .errors import NotLeader, ProposalDropped, ProtocolError, RaftError
+from .errors import LogUnavailableError, NotLeader, ProposalDropped, ProtocolError, RaftError
 from .incarnation import IncarnationRefused, PeerIncarnations, load_incarnation
 from .log import LogStore
 from .transport import Transport
@@ -53,7 +65,6 @@ from .types import (
     EntryKind,
     Message,
     Ready,
-    Snapshot,
     SnapshotMeta,
     sent_before_persist,
 )
@@ -82,12 +93,28 @@ class StateMachine(Protocol):
         """Apply the entry at `index`; the return value resolves its proposal."""
         ...
 
-    def snapshot(self) -> bytes:
-        """Everything applied so far, as bytes `restore` accepts."""
+    def snapshot(self, sink: BinaryIO) -> None:
+        """Write everything applied so far to `sink`, in a form `restore`
+        reads back (the log stores it as it comes; do not close `sink`)."""
         ...
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state by a snapshot's (b"" for the empty state)."""
+    def restore(self, source: BinaryIO) -> None:
+        """Replace the whole state by the snapshot read from `source` (empty
+        for the empty state). `source` ends where the snapshot's data ends."""
+        ...
+
+
+@runtime_checkable
+class RetainsEntries(Protocol):
+    """A state machine that reads applied entries back from the log (its
+    data is the log): the node never compacts an entry it still needs."""
+
+    def first_needed_index(self) -> int:
+        """The lowest log index this state machine will still read back
+        (`RaftNode.read_entry`); entries from it on are never compacted. A
+        snapshot installed from the leader still replaces a log that does not
+        hold the snapshot's last entry: `restore` then gets what it needs
+        from the snapshot."""
         ...
 
 
@@ -105,10 +132,10 @@ class NodeConfig:
     snapshot_every: int = 10_000
     """Entries applied between two snapshots of a group's state machine."""
     keep_entries: int = 5_000
-    """Entries a snapshot leaves readable behind it: a follower up to this
-    many entries behind the snapshot still catches up by appends; one
-    further behind (or any follower after this node restarts) gets the
-    snapshot."""
+    """Entries a snapshot leaves readable behind it (also after a restart):
+    a follower up to this many entries behind the snapshot still catches up
+    by appends; one further behind gets the snapshot. A state machine that
+    `RetainsEntries` keeps more."""
     proposal_timeout: float = 10.0
     max_inflight: int = 256
     max_message_bytes: int = 1 << 20
@@ -193,14 +220,17 @@ class RaftNode:
 
     @property
     def max_entry_bytes(self) -> int:
-        """Largest entry `propose` accepts, and the size frames are cut to:
-        half the transport's frame limit, so every message fits in a frame."""
+        """Largest entry `propose` accepts (32 MiB with the transport's
+        default frame limit), and the size frames are cut to: half the
+        transport's frame limit, so a message with one entry of this size and
+        its envelope fits in a frame. Entries are not split across messages:
+        an application splits a bigger record into several entries."""
         return self.transport.max_frame_bytes // 2
 
     def _open_group(self, group_id: int, machine: StateMachine, voters: tuple[int, ...]) -> _Group:
         group_log = self.store.group(group_id)
-        snapshot = group_log.snapshot()
-        machine.restore(snapshot.data)
+        with group_log.open_snapshot() as source:
+            machine.restore(source)
         raft_config = RaftConfig(
             self.id,
             group=group_id,
@@ -367,6 +397,43 @@ class RaftNode:
     async def transfer_leadership(self, group_id: int, to: int) -> None:
         self.group(group_id).transfer_leadership(to)
         self._work.set()
+
+    def read_entry(self, group_id: int, index: int) -> bytes:
+        """The data of committed entry `index` of a group, read back from the
+        log (one pread unless it is recent enough to be cached). Entries stay
+        readable behind snapshots until compacted (see `RetainsEntries`).
+
+        Raises:
+            LogUnavailableError: `index` is compacted or not committed here yet.
+            LogCorruptionError: the segment holding it is damaged.
+            NodeStopped, RaftError: the node is stopped; no such group.
+        """
+        raft = self.group(group_id)
+        if index > raft.log.committed:
+            raise LogUnavailableError(
+                f"group {group_id}: entry {index} is not committed on node {self.id} "
+                f"(commit index {raft.log.committed})"
+            )
+        return raft.log.entry(index).data
+
+    def read_entries(
+        self, group_id: int, lo: int, hi: int, max_bytes: int | None = None
+    ) -> list[Entry]:
+        """Committed entries [lo, hi) of a group (at least one when lo < hi,
+        then up to `max_bytes` of data), with their terms and kinds.
+
+        Raises:
+            LogUnavailableError: lo is compacted, or hi - 1 is not committed here.
+            LogCorruptionError: a segment is damaged.
+            NodeStopped, RaftError: the node is stopped; no such group.
+        """
+        raft = self.group(group_id)
+        if hi - 1 > raft.log.committed:
+            raise LogUnavailableError(
+                f"group {group_id}: entries up to {hi - 1} are not committed on node "
+                f"{self.id} (commit index {raft.log.committed})"
+            )
+        return raft.log.slice(lo, hi, max_bytes)
 
     def status(self, group_id: int) -> dict[str, Any]:
         raft = self.group(group_id)
@@ -536,10 +603,11 @@ class RaftNode:
     def _apply(self, group: _Group, ready: Ready) -> None:
         applied = group.raft.log.applied
         if ready.snapshot is not None:
-            applied = max(applied, ready.snapshot.meta.index)
-            group.machine.restore(ready.snapshot.data)
+            applied = max(applied, ready.snapshot.index)
+            with self.store.group(group.raft.group).open_snapshot() as source:
+                group.machine.restore(source)
             group.applied_since_snapshot = 0
-            self._fail_waiting_up_to(group, ready.snapshot.meta.index)
+            self._fail_waiting_up_to(group, ready.snapshot.index)
         for entry in ready.committed:
             result: Any = None
             if entry.kind is EntryKind.NORMAL and entry.data:
@@ -594,9 +662,11 @@ class RaftNode:
         if at_applied is None or at_applied[0] <= group_log.snapshot_meta().index:
             return
         index, term, conf = at_applied
-        data = group.machine.snapshot()
-        group_log.save_snapshot(Snapshot(SnapshotMeta(index, term, conf), data))
-        group_log.compact(max(group_log.snapshot_meta().index - self.config.keep_entries, 0))
+        group_log.save_snapshot(SnapshotMeta(index, term, conf), group.machine.snapshot)
+        keep_from = group_log.snapshot_meta().index + 1 - self.config.keep_entries
+        if isinstance(group.machine, RetainsEntries):
+            keep_from = min(keep_from, group.machine.first_needed_index())
+        group_log.compact(max(keep_from - 1, 0))
         group.applied_since_snapshot = 0
         log.info("node %d: group %d snapshot at %d", self.id, raft.group, index)
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import LogError, LogUnavailableError
-from .types import Entry, LogReader, Snapshot
+from .types import Entry, LogReader, SnapshotMeta
 
 
 class RaftLog:
     def __init__(self, stable: LogReader, applied: int | None = None) -> None:
         self.stable = stable
         self.unstable: list[Entry] = []
-        self.unstable_snapshot: Snapshot | None = None
+        self.unstable_snapshot: SnapshotMeta | None = None
         self.offset = stable.last_index() + 1
         snap_index = stable.snapshot_meta().index
         self.committed = max(stable.hard_state().commit, snap_index)
@@ -32,14 +32,14 @@ class RaftLog:
     # -- reading ---------------------------------------------------------------
     def first_index(self) -> int:
         if self.unstable_snapshot is not None:
-            return self.unstable_snapshot.meta.index + 1
+            return self.unstable_snapshot.index + 1
         return self.stable.first_index()
 
     def last_index(self) -> int:
         if self.unstable:
             return self.unstable[-1].index
         if self.unstable_snapshot is not None:
-            return self.unstable_snapshot.meta.index
+            return self.unstable_snapshot.index
         return self.stable.last_index()
 
     def durable_last_index(self) -> int:
@@ -61,9 +61,9 @@ class RaftLog:
             raise LogUnavailableError(f"index {index} is past the end of the log")
         snap = self.unstable_snapshot
         if snap is not None:
-            if index == snap.meta.index:
-                return snap.meta.term
-            raise LogUnavailableError(f"index {index} is behind the snapshot at {snap.meta.index}")
+            if index == snap.index:
+                return snap.term
+            raise LogUnavailableError(f"index {index} is behind the snapshot at {snap.index}")
         return self.stable.term(index)
 
     def term_or_none(self, index: int) -> int | None:
@@ -105,6 +105,18 @@ class RaftLog:
                         break
                     result.append(entry)
         return result
+
+    def entry(self, index: int) -> Entry:
+        """One entry, from the unstable tail or read on its own from the
+        stable log. Raises LogUnavailableError outside the log."""
+        if index >= self.offset:
+            position = index - self.offset
+            if position < len(self.unstable):
+                return self.unstable[position]
+            raise LogUnavailableError(f"index {index} is past the end of the log")
+        if index < self.first_index():
+            raise LogUnavailableError(f"index {index} is compacted")
+        return self.stable.entry(index)
 
     def find_conflict_by_term(self, index: int, term: int) -> int:
         """The largest index <= `index` whose term is <= `term` (fast back-off:
@@ -171,12 +183,12 @@ class RaftLog:
                 raise LogError(f"commit {index} is past the last index {self.last_index()}")
             self.committed = index
 
-    def restore(self, snapshot: Snapshot) -> None:
+    def restore(self, snapshot: SnapshotMeta) -> None:
         """Replace the whole log by `snapshot` (a follower far behind)."""
         self.unstable_snapshot = snapshot
         self.unstable = []
-        self.offset = snapshot.meta.index + 1
-        self.committed = snapshot.meta.index
+        self.offset = snapshot.index + 1
+        self.committed = snapshot.index
 
     # -- the driver's confirmations ---------------------------------------------
     def stable_to(self, index: int, term: int) -> None:
@@ -189,8 +201,11 @@ class RaftLog:
             self.offset = index + 1
 
     def stable_snapshot_to(self, index: int) -> None:
-        if self.unstable_snapshot is not None and self.unstable_snapshot.meta.index == index:
+        if self.unstable_snapshot is not None and self.unstable_snapshot.index == index:
             self.unstable_snapshot = None
+            if not self.unstable:
+                # A log that held the snapshot's last entry keeps what follows it.
+                self.offset = self.stable.last_index() + 1
 
     def next_committed(self, max_bytes: int) -> list[Entry]:
         if self.committed <= self.applied:

@@ -7,10 +7,10 @@ Every record here is plain data that crosses the wire or the disk as msgpack
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import msgpack
 
@@ -143,9 +143,16 @@ class SnapshotMeta:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class SnapshotChunk:
+    """Bytes [offset, offset + len(data)) of a leader's snapshot image, as
+    received by a follower; `done` on the last one. The image is whatever the
+    leader's log serves (`LogReader.read_snapshot`): a log of the same kind
+    assembles it (`GroupLog.receive_snapshot`) and checks it."""
+
     meta: SnapshotMeta
+    offset: int
     data: bytes
+    done: bool
 
 
 class MessageType(IntEnum):
@@ -158,8 +165,8 @@ class MessageType(IntEnum):
     HEARTBEAT = 7
     HEARTBEAT_RESP = 8
     SNAPSHOT = 9
-    """One chunk of a snapshot: `snapshot` is its metadata, `offset` the byte
-    offset of `data` in the snapshot, `done` marks the last chunk."""
+    """One chunk of a snapshot image: `snapshot` is its metadata, `offset` the
+    byte offset of `data` in the image, `done` marks the last chunk."""
     SNAPSHOT_RESP = 10
     TIMEOUT_NOW = 11
     READ_INDEX = 12
@@ -288,22 +295,27 @@ class ReadState:
 class Ready:
     """What the driver must do, in this order, before calling `advance()`:
 
-    1. persist `snapshot` (if any), then `entries` (an entry whose index is
-       already in the log replaces that entry and everything after it), then
-       `hard_state` (if not None) — and make them durable;
+    1. persist `snapshot_chunks` (a leader's snapshot image arriving), then
+       install `snapshot` (if any: the image received for it), then
+       `entries` (an entry whose index is already in the log replaces that
+       entry and everything after it), then `hard_state` (if not None) —
+       and make them durable;
     2. send `messages` (only after step 1 is durable: votes and append
        acknowledgements promise what is on disk). The leader's own messages
        (`sent_before_persist`) may go out before step 1, so the leader's
        write overlaps its followers': the leader counts itself toward a
        commit only for entries `advance` has reported durable;
-    3. restore the state machine from `snapshot` if any, then apply
+    3. restore the state machine from the log's snapshot (`open_snapshot`)
+       if `snapshot` is set, then apply
        `committed` in order; hand `read_states` to waiting readers once their
        index is applied.
     """
 
     hard_state: HardState | None = None
     entries: list[Entry] = field(default_factory=list)
-    snapshot: Snapshot | None = None
+    snapshot: SnapshotMeta | None = None
+    """A snapshot from the leader, received whole: install it."""
+    snapshot_chunks: list[SnapshotChunk] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
@@ -312,24 +324,30 @@ class Ready:
     before the messages go out. A change of the commit index alone is
     written but needs no sync: a lost commit index is learned again from
     the leader, so waiting for it would only add a disk flush to every
-    commit."""
+    commit. Snapshot chunks need none either: a follower that loses them
+    in a crash answers the next chunk with the offset it has (0), and the
+    leader starts over."""
 
     def __bool__(self) -> bool:
         return bool(
             self.hard_state is not None
             or self.entries
             or self.snapshot is not None
+            or self.snapshot_chunks
             or self.messages
             or self.committed
             or self.read_states
         )
 
     def write_to(self, log: GroupLog) -> None:
-        """Step 1 without the sync: write `snapshot`, `entries` and
-        `hard_state` to `log`, in that order. The caller makes them durable
-        (`must_sync`) before it sends the messages that depend on them."""
+        """Step 1 without the sync: write `snapshot_chunks`, install
+        `snapshot`, write `entries` and `hard_state` to `log`, in that order.
+        The caller makes them durable (`must_sync`) before it sends the
+        messages that depend on them."""
+        for chunk in self.snapshot_chunks:
+            log.receive_snapshot(chunk)
         if self.snapshot is not None:
-            log.save_snapshot(self.snapshot)
+            log.install_snapshot(self.snapshot)
         if self.entries:
             log.append(self.entries)
         if self.hard_state is not None:
@@ -339,7 +357,8 @@ class Ready:
 class LogReader(Protocol):
     """The stable (durable) part of a group's log, as the core reads it.
 
-    Invariants: `first_index() == snapshot_meta().index + 1`; every index in
+    Invariants: `first_index() <= snapshot_meta().index + 1` (entries a
+    snapshot covers stay readable until `compact`); every index in
     [first_index, last_index] has an entry; `term(snapshot_meta().index)` is
     the snapshot's term.
     """
@@ -355,16 +374,44 @@ class LogReader(Protocol):
         """Entries [lo, hi); at least one when lo < hi, then up to max_bytes of data."""
         ...
 
-    def hard_state(self) -> HardState: ...
-    def snapshot_meta(self) -> SnapshotMeta: ...
-    def snapshot(self) -> Snapshot:
-        """The latest snapshot with its data (an empty one at index 0 at first)."""
+    def entry(self, index: int) -> Entry:
+        """One entry, read on its own (no neighbours are read). Raises
+        LogUnavailableError outside [first_index, last_index]."""
         ...
+
+    def hard_state(self) -> HardState: ...
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The latest snapshot's metadata (index 0 and no members at first)."""
+        ...
+
+    def snapshot_size(self) -> int:
+        """The length of the latest snapshot's image: what a leader sends."""
+        ...
+
+    def read_snapshot(self, offset: int, max_bytes: int) -> bytes:
+        """Up to `max_bytes` of the snapshot image from `offset` (b"" at its
+        end), read at that offset: sending an image is linear in its size."""
+        ...
+
+
+SnapshotWriter = Callable[[BinaryIO], object]
+"""What `GroupLog.save_snapshot` calls to have the state machine write its
+snapshot data to a sink (the state machine's `snapshot` method)."""
 
 
 class GroupLog(LogReader, Protocol):
     """A group's log as the driver writes it. Writes are buffered until the
-    owning store's `sync()`; a crash loses whatever was not synced."""
+    owning store's `sync()`; a crash loses whatever was not synced.
+
+    The snapshot rule, the same for every implementation: the state machine
+    streams its data into the log (`save_snapshot`), and reads it back as a
+    stream (`open_snapshot`); the log keeps one image of the latest snapshot
+    and serves it by (offset, length) to the leader's core; a follower's log
+    assembles the chunks it receives (`receive_snapshot`) and, once the core
+    has the last one, checks the image and makes it its snapshot
+    (`install_snapshot`). No snapshot is ever held whole in memory by the
+    core or the driver.
+    """
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Append; an entry whose index is already present replaces it and
@@ -373,10 +420,31 @@ class GroupLog(LogReader, Protocol):
         ...
 
     def set_hard_state(self, hard_state: HardState) -> None: ...
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep `snapshot`, durable on return. When the log holds its index
+    def save_snapshot(self, meta: SnapshotMeta, write: SnapshotWriter) -> None:
+        """Take a snapshot at `meta`: `write(sink)` writes the state
+        machine's data; durable on return. When the log holds meta's index
         with its term, the entries stay readable until `compact`; otherwise
-        the whole log is discarded and continues after the snapshot."""
+        the whole log is discarded and continues after the snapshot. One
+        that is not newer than the current snapshot is ignored (`write` is
+        not called)."""
+        ...
+
+    def receive_snapshot(self, chunk: SnapshotChunk) -> None:
+        """Add a chunk of a leader's snapshot image; offset 0 starts a new
+        image (dropping one in progress). Not durable; raises LogError for a
+        chunk that does not continue the image in progress."""
+        ...
+
+    def install_snapshot(self, meta: SnapshotMeta) -> None:
+        """Check the image received for `meta` and make it the snapshot, as
+        `save_snapshot` would; durable on return. Raises LogError when no
+        whole image for `meta` was received, LogCorruptionError when it fails
+        its check."""
+        ...
+
+    def open_snapshot(self) -> BinaryIO:
+        """The latest snapshot's data (empty at first), as the state machine
+        wrote it, for its `restore`; the caller closes it."""
         ...
 
     def compact(self, index: int) -> None:

@@ -48,7 +48,6 @@ from cluster.raft.types import (
     EntryKind,
     Message,
     Ready,
-    Snapshot,
     SnapshotMeta,
     sent_before_persist,
 )
@@ -168,17 +167,16 @@ class Simulation:
             fault=self.core_fault,
         )
         node.raft = RaftGroup(config, node.log, random.Random(self.rng.random()), peers)
-        snapshot = node.log.snapshot()
-        self._restore_state_machine(node, snapshot)
+        self._restore_state_machine(node)
         node.ready = None
 
-    def _restore_state_machine(self, node: SimNode, snapshot: Snapshot) -> None:
-        if snapshot.meta.index == 0:
-            node.kv = {}
-        else:
-            raw = msgpack.unpackb(snapshot.data)
-            node.kv = {k: (v[0], v[1]) for k, v in raw.items()}
-        node.applied = snapshot.meta.index
+    def _restore_state_machine(self, node: SimNode) -> None:
+        """From the log's snapshot, as a driver does (`GroupLog.open_snapshot`)."""
+        with node.log.open_snapshot() as source:
+            data = source.read()
+        raw = msgpack.unpackb(data) if data else {}
+        node.kv = {k: (v[0], v[1]) for k, v in raw.items()}
+        node.applied = node.log.snapshot_meta().index
         node.applied_since_snapshot = 0
 
     # -- running --------------------------------------------------------------------
@@ -265,9 +263,9 @@ class Simulation:
         if self.fault != "send-before-sync":
             self._send_all([m for m in ready.messages if not sent_before_persist(m)])
         if ready.snapshot is not None:
-            self._restore_state_machine(node, ready.snapshot)
+            self._restore_state_machine(node)
             self.installed_snapshots += 1
-            self.trace(f"node {node.node_id} installs a snapshot at {ready.snapshot.meta.index}")
+            self.trace(f"node {node.node_id} installs a snapshot at {ready.snapshot.index}")
         for entry in ready.committed:
             self._apply(node, entry)
         for state in ready.read_states:
@@ -327,7 +325,7 @@ class Simulation:
         if index != node.applied or index <= node.log.snapshot_meta().index:
             return
         data = msgpack.packb({k: list(v) for k, v in sorted(node.kv.items())})
-        node.log.save_snapshot(Snapshot(SnapshotMeta(index, term, conf), data))
+        node.log.save_snapshot(SnapshotMeta(index, term, conf), lambda sink: sink.write(data))
         node.log.compact(max(index - self.keep_entries, 0))
         node.applied_since_snapshot = 0
         self.trace(f"node {node.node_id} snapshots at {index}")

@@ -35,7 +35,7 @@ from cluster.raft.types import (
     MessageType,
     ReadState,
     Ready,
-    Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
     entries_size,
 )
@@ -68,7 +68,8 @@ class Cluster:
         self.logs: dict[int, MemoryGroupLog] = {}
         self.applied: dict[int, list[Entry]] = {}
         self.applied_index: dict[int, int] = {}
-        self.installed: dict[int, list[Snapshot]] = {}
+        self.installed: dict[int, list[SnapshotMeta]] = {}
+        """The snapshots each node installed from its leader (their data is in its log)."""
         self.read_states: dict[int, list[ReadState]] = {}
         self.queue: list[Message] = []
         self.sent: list[Message] = []
@@ -79,10 +80,16 @@ class Cluster:
         for node_id in peers:
             self.add_node(node_id, peers)
 
-    def add_node(self, node_id: int, peers: tuple[int, ...] = (), **overrides: Any) -> RaftGroup:
+    def add_node(
+        self,
+        node_id: int,
+        peers: tuple[int, ...] = (),
+        log: MemoryGroupLog | None = None,
+        **overrides: Any,
+    ) -> RaftGroup:
         """Start a node; with peers=() it is a node to be added to the group later."""
         config = RaftConfig(node_id, **{**self.config, **overrides})
-        log = MemoryGroupLog()
+        log = MemoryGroupLog() if log is None else log
         node = RaftGroup(config, log, random.Random(self.seed * 1000 + node_id), peers)
         self.nodes[node_id] = node
         self.logs[node_id] = log
@@ -109,7 +116,7 @@ class Cluster:
         self.sent.extend(ready.messages)
         if ready.snapshot is not None:
             self.installed[node_id].append(ready.snapshot)
-            self.applied_index[node_id] = ready.snapshot.meta.index
+            self.applied_index[node_id] = ready.snapshot.index
         for entry in ready.committed:
             assert entry.index == self.applied_index[node_id] + 1, "applied out of order"
             self.applied_index[node_id] = entry.index
@@ -870,7 +877,7 @@ def test_a_node_added_later_learns_the_membership_from_the_log_and_can_lead() ->
 SNAPSHOT_DATA = bytes(range(30))
 
 
-def cut_off_follower_behind_a_snapshot() -> tuple[Cluster, Snapshot, list[Entry]]:
+def cut_off_follower_behind_a_snapshot() -> tuple[Cluster, SnapshotMeta, list[Entry]]:
     """Node 3 misses entries 5..12; the leader snapshots at 9 and compacts."""
     c = Cluster(3, snapshot_chunk_bytes=8)
     leader = c.elect(1)
@@ -882,8 +889,8 @@ def cut_off_follower_behind_a_snapshot() -> tuple[Cluster, Snapshot, list[Entry]
     assert at_applied is not None
     index, term, conf = at_applied
     assert index == leader.log.committed == 9
-    snapshot = Snapshot(SnapshotMeta(index, term, conf), SNAPSHOT_DATA)
-    c.logs[1].save_snapshot(snapshot)
+    snapshot = SnapshotMeta(index, term, conf)
+    c.logs[1].save_snapshot(snapshot, lambda sink: sink.write(SNAPSHOT_DATA))
     c.logs[1].compact(index)
     assert leader.log.first_index() == 10
     after = [leader.propose(b"b%d" % i) for i in range(3)]  # 10..12
@@ -903,13 +910,14 @@ def test_a_lagging_follower_gets_the_snapshot_in_chunks_then_appends() -> None:
     assert [(m.offset, len(m.data), m.done) for m in chunks] == [
         (0, 8, False), (8, 8, False), (16, 8, False), (24, 6, True),
     ]  # fmt: skip
-    assert all(m.snapshot == snapshot.meta for m in chunks)
+    assert all(m.snapshot == snapshot for m in chunks)
     assert b"".join(m.data for m in chunks) == SNAPSHOT_DATA
     assert c.installed[3] == [snapshot]  # handed to the driver in Ready.snapshot
-    assert follower.conf == snapshot.meta.conf
+    assert c.logs[3].open_snapshot().read() == SNAPSHOT_DATA  # assembled by the log
+    assert follower.conf == snapshot.conf
 
     appends = [m for m in c.delivered[mark:] if m.type is APPEND and m.to == 3 and m.entries]
-    assert appends and appends[0].index == snapshot.meta.index
+    assert appends and appends[0].index == snapshot.index
     assert c.applied[3][-3:] == after
     assert follower.log.first_index() == 10
     assert log_terms(follower) == log_terms(leader)
@@ -1108,7 +1116,7 @@ def test_no_local_snapshot_while_a_leaders_snapshot_waits_to_be_installed() -> N
     follower.step(Message(SNAPSHOT, 0, 1, 2, 2, snapshot=meta, data=b"s", done=True))
     assert follower.snapshot_meta_at_applied() is None
     c.process()
-    assert c.installed[2][-1].meta == meta
+    assert c.installed[2][-1] == meta
     assert follower.snapshot_meta_at_applied() == (12, 2, meta.conf)
 
 
@@ -1155,3 +1163,91 @@ def test_approximate_bytes_bounds_the_encoded_size(
         hint_index, hint_term, context, snapshot, offset, data, flags[1],
     )  # fmt: skip
     assert len(msgpack.packb(message.to_wire())) <= message.approximate_bytes()
+
+
+# -- 13. streamed snapshots ------------------------------------------------------------------------
+
+
+class ChunkReadingLog(MemoryGroupLog):
+    """Records every `read_snapshot` call: (offset, max_bytes, bytes returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[int, int, int]] = []
+
+    def read_snapshot(self, offset: int, max_bytes: int) -> bytes:
+        data = super().read_snapshot(offset, max_bytes)
+        self.reads.append((offset, max_bytes, len(data)))
+        return data
+
+
+def test_the_leader_reads_each_snapshot_chunk_at_its_offset() -> None:
+    # Sending an image of n bytes in chunks of c reads n bytes in n / c reads
+    # (it used to read the whole image for every chunk: quadratic).
+    c = Cluster(0, snapshot_chunk_bytes=8)
+    counting = ChunkReadingLog()
+    for node_id in (1, 2, 3):
+        c.add_node(node_id, (1, 2, 3), log=counting if node_id == 1 else None)
+    leader = c.elect(1)
+    c.isolate(3)
+    for i in range(5):
+        leader.propose(b"a%d" % i)
+    c.deliver()
+    at_applied = leader.snapshot_meta_at_applied()
+    assert at_applied is not None
+    counting.save_snapshot(SnapshotMeta(*at_applied), lambda sink: sink.write(SNAPSHOT_DATA))
+    counting.compact(at_applied[0])
+    c.heal()
+    c.tick(1)
+    assert c.logs[3].open_snapshot().read() == SNAPSHOT_DATA
+    assert counting.reads == [(0, 8, 8), (8, 8, 8), (16, 8, 8), (24, 8, 6)]
+
+
+def test_a_follower_hands_each_chunk_to_its_log_in_the_ready() -> None:
+    c, follower = follower_with_entries_of_term_2(5)
+    meta = SnapshotMeta(9, 2, ConfState(frozenset({1, 2, 3})))
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 2, snapshot=meta, offset=0, data=b"abc"))
+    ready = follower.ready()
+    assert ready.snapshot_chunks == [SnapshotChunk(meta, 0, b"abc", False)]
+    assert ready.snapshot is None and not ready.must_sync  # a lost chunk is sent again
+    assert follower.incoming_snapshot == ((9, 2), 3)  # an offset, not the bytes
+    c._execute(2, ready)
+    follower.advance(ready)
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 2, snapshot=meta, offset=3, data=b"de", done=True))
+    ready = follower.ready()
+    assert ready.snapshot_chunks == [SnapshotChunk(meta, 3, b"de", True)]
+    assert ready.snapshot == meta and ready.must_sync
+    c._execute(2, ready)
+    follower.advance(ready)
+    assert c.logs[2].snapshot_meta() == meta
+    assert c.logs[2].open_snapshot().read() == b"abcde"
+    assert follower.log.first_index() == 10 and follower.log.committed == 9
+
+
+def test_a_follower_whose_log_holds_the_snapshot_index_needs_no_image() -> None:
+    _, follower = follower_with_entries_of_term_2(7)
+    meta = SnapshotMeta(6, 2, ConfState(frozenset({1, 2, 3})))
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 2, snapshot=meta, offset=0, data=b"first part"))
+    ready = follower.ready()
+    assert ready.snapshot_chunks == [] and ready.snapshot is None
+    [response] = ready.messages
+    assert response.type is MessageType.SNAPSHOT_RESP and response.done and response.index == 6
+    assert follower.log.committed == 6
+
+
+def test_a_newer_snapshot_is_not_taken_while_one_waits_to_be_installed() -> None:
+    c, follower = follower_with_entries_of_term_2(5)
+    first = SnapshotMeta(9, 3, ConfState(frozenset({1, 2, 3})))
+    newer = SnapshotMeta(12, 3, ConfState(frozenset({1, 2, 3})))
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 3, snapshot=first, data=b"nine", done=True))
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 3, snapshot=newer, data=b"twelve", done=True))
+    ready = follower.ready()
+    # The log gets one whole image, and installs that one.
+    assert ready.snapshot == first
+    assert ready.snapshot_chunks == [SnapshotChunk(first, 0, b"nine", True)]
+    c._execute(2, ready)
+    follower.advance(ready)
+    follower.step(Message(SNAPSHOT, 0, 1, 2, 3, snapshot=newer, data=b"twelve", done=True))
+    c.process()
+    assert c.installed[2] == [first, newer]
+    assert c.logs[2].open_snapshot().read() == b"twelve"

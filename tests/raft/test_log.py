@@ -18,7 +18,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -33,7 +35,7 @@ from cluster.raft.types import (
     Entry,
     EntryKind,
     HardState,
-    Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
     entries_size,
 )
@@ -61,8 +63,29 @@ def append_in_steps(log: FileGroupLog, entries: list[Entry], step: int = 3) -> N
         log.append(entries[at : at + step])
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot's metadata and data, as these tests write and expect them."""
+
+    meta: SnapshotMeta
+    data: bytes
+
+
+EMPTY = Snapshot(SnapshotMeta(0, 0, ConfState(frozenset())), b"")
+
+
 def snapshot_at(index: int, term: int, data: bytes = b"state") -> Snapshot:
     return Snapshot(SnapshotMeta(index, term, CONF), data)
+
+
+def save(log: FileGroupLog, snapshot: Snapshot) -> None:
+    log.save_snapshot(snapshot.meta, lambda sink: sink.write(snapshot.data))
+
+
+def current(log: FileGroupLog) -> Snapshot:
+    """The log's snapshot, its data read back as the state machine would."""
+    with log.open_snapshot() as source:
+        return Snapshot(log.snapshot_meta(), source.read())
 
 
 def segment_files(group_dir: Path) -> list[Path]:
@@ -104,8 +127,8 @@ def test_a_new_group_is_empty(store: LogStore, directory: Path) -> None:
     assert (log.first_index(), log.last_index()) == (1, 0)
     assert log.term(0) == 0
     assert log.hard_state() == HardState()
-    assert log.snapshot() == Snapshot(SnapshotMeta(0, 0, ConfState(frozenset())), b"")
-    assert log.snapshot_meta() == log.snapshot().meta
+    assert current(log) == EMPTY
+    assert log.snapshot_size() == 0 and log.read_snapshot(0, 10) == b""
     assert log.entries(1, 1) == []
     with pytest.raises(LogUnavailableError):
         log.term(1)
@@ -198,7 +221,7 @@ def test_append_rejects_gaps_committed_entries_and_compacted_indexes(
     log = store.group(1)
     log.append(make_entries(1, 11))
     log.set_hard_state(HardState(1, 1, 5))
-    log.save_snapshot(snapshot_at(3, 1))
+    save(log, snapshot_at(3, 1))
     store.sync()
     before = file_bytes(directory)
     cases = [
@@ -238,7 +261,7 @@ def test_hard_state_survives_compaction_of_old_segments(directory: Path) -> None
         log.set_hard_state(HardState(5, 2, 90))
         append_in_steps(log, make_entries(101, 141, term=5))
         segments = segment_files(directory / "group-1")
-        log.save_snapshot(snapshot_at(120, 5))
+        save(log, snapshot_at(120, 5))
         log.compact(120)
         remaining = segment_files(directory / "group-1")
         # The segments holding the explicit hard state records are gone.
@@ -258,11 +281,11 @@ def test_snapshot_of_a_matching_log_keeps_it_until_compact(directory: Path) -> N
         log = store.group(1)
         append_in_steps(log, make_entries(1, 101, term=2))
         log.set_hard_state(HardState(2, 1, 100))
-        log.save_snapshot(snapshot_at(50, 2, b"first"))
+        save(log, snapshot_at(50, 2, b"first"))
         # A follower a little behind can still be sent entries.
         assert (log.first_index(), log.last_index()) == (1, 100)
         assert log.entries(40, 52) == make_entries(40, 52, term=2)
-        assert log.snapshot() == snapshot_at(50, 2, b"first")
+        assert current(log) == snapshot_at(50, 2, b"first")
         log.compact(45)
         assert (log.first_index(), log.last_index()) == (46, 100)
         assert log.term(50) == 2 and log.term(46) == 2
@@ -270,7 +293,7 @@ def test_snapshot_of_a_matching_log_keeps_it_until_compact(directory: Path) -> N
             log.entries(45, 52)
         with pytest.raises(LogUnavailableError):
             log.term(45)
-        log.save_snapshot(snapshot_at(70, 2, b"second"))
+        save(log, snapshot_at(70, 2, b"second"))
         snapshots = sorted(p.name for p in (directory / "group-1").glob("snapshot-*"))
         assert snapshots == ["snapshot-00000000000000000070.snap"]
         before = len(segment_files(directory / "group-1"))
@@ -280,7 +303,7 @@ def test_snapshot_of_a_matching_log_keeps_it_until_compact(directory: Path) -> N
         # The files left still hold index 71 on.
     with LogStore(directory, segment_bytes=800) as store:
         log = store.group(1)
-        assert log.snapshot() == snapshot_at(70, 2, b"second")
+        assert current(log) == snapshot_at(70, 2, b"second")
         assert (log.first_index(), log.last_index()) == (71, 100)
         assert log.entries(71, 101) == make_entries(71, 101, term=2)
 
@@ -298,7 +321,7 @@ def test_snapshot_that_the_log_does_not_hold_discards_it(
         append_in_steps(log, make_entries(1, 21, term=1))
         log.set_hard_state(HardState(3, 0, 4))
         old_segments = segment_files(directory / "group-1")
-        log.save_snapshot(snapshot_at(index, term))
+        save(log, snapshot_at(index, term))
         assert (log.first_index(), log.last_index()) == (index + 1, index)
         assert log.term(index) == term
         # The stale entries' files are gone at once.
@@ -316,12 +339,12 @@ def test_snapshot_errors(store: LogStore) -> None:
     log.append(make_entries(1, 21, term=1))
     log.set_hard_state(HardState(1, 1, 15))
     with pytest.raises(LogError, match="committed"):
-        log.save_snapshot(snapshot_at(10, 2))  # would discard committed 11..15
-    log.save_snapshot(snapshot_at(10, 1, b"kept"))
+        save(log, snapshot_at(10, 2))  # would discard committed 11..15
+    save(log, snapshot_at(10, 1, b"kept"))
     # One that is not newer is ignored, like MemoryGroupLog does.
-    log.save_snapshot(snapshot_at(10, 1, b"same index"))
-    log.save_snapshot(snapshot_at(7, 1, b"older"))
-    assert log.snapshot() == snapshot_at(10, 1, b"kept")
+    save(log, snapshot_at(10, 1, b"same index"))
+    save(log, snapshot_at(7, 1, b"older"))
+    assert current(log) == snapshot_at(10, 1, b"kept")
     assert (log.first_index(), log.last_index()) == (1, 20)
     with pytest.raises(LogError, match="beyond the snapshot"):
         log.compact(11)
@@ -331,7 +354,7 @@ def test_compact_never_removes_the_active_segment(directory: Path) -> None:
     with LogStore(directory, segment_bytes=10_000) as store:
         log = store.group(1)
         log.append(make_entries(1, 11))
-        log.save_snapshot(snapshot_at(10, 1))
+        save(log, snapshot_at(10, 1))
         log.compact(10)
         assert len(segment_files(directory / "group-1")) == 1
         log.append(make_entries(11, 13))
@@ -347,7 +370,7 @@ def test_compaction_after_a_truncation_keeps_what_replay_needs(directory: Path) 
         append_in_steps(log, make_entries(1, 21, term=1), step=1)
         log.set_hard_state(HardState(2, 1, 4))
         append_in_steps(log, make_entries(5, 26, term=2), step=1)
-        log.save_snapshot(snapshot_at(13, 2))
+        save(log, snapshot_at(13, 2))
         before = segment_files(directory / "group-1")
         log.compact(13)
         assert len(segment_files(directory / "group-1")) < len(before)
@@ -369,7 +392,7 @@ def test_crash_after_snapshot_rename_before_the_log_restarts(
         with monkeypatch.context() as patch:
             patch.setattr(FileGroupLog, "_restart_log", crash)
             with pytest.raises(KeyboardInterrupt):
-                log.save_snapshot(snapshot_at(12, 2))
+                save(log, snapshot_at(12, 2))
     with LogStore(directory, segment_bytes=300) as store:
         log = store.group(1)
         # Recovery finished the discard: no stale entry comes back ...
@@ -399,13 +422,194 @@ def test_crash_while_removing_the_discarded_segments(
         with monkeypatch.context() as patch:
             patch.setattr(os, "unlink", unlink_one_then_crash)
             with pytest.raises(KeyboardInterrupt):
-                log.save_snapshot(snapshot_at(5, 2))
+                save(log, snapshot_at(5, 2))
     with LogStore(directory, segment_bytes=300) as store:
         log = store.group(1)
         assert (log.first_index(), log.last_index()) == (6, 5)
         log.append(make_entries(6, 8, term=2))
     with LogStore(directory, segment_bytes=300) as store:
         assert store.group(1).entries(6, 8) == make_entries(6, 8, term=2)
+
+
+# -- streamed snapshots -------------------------------------------------------------
+
+
+def chunks_of(log: FileGroupLog, size: int) -> list[SnapshotChunk]:
+    """The leader's snapshot file in chunks of `size`, as its core sends them."""
+    chunks: list[SnapshotChunk] = []
+    offset, total = 0, log.snapshot_size()
+    while True:
+        data = log.read_snapshot(offset, size)
+        chunks.append(SnapshotChunk(log.snapshot_meta(), offset, data, offset + len(data) >= total))
+        offset += len(data)
+        if chunks[-1].done:
+            return chunks
+
+
+def test_save_snapshot_streams_what_the_state_machine_writes(directory: Path) -> None:
+    pieces = [os.urandom(size) for size in (0, 1, 5000, 3 << 20, 7)]
+    calls: list[object] = []
+
+    def write(sink: BinaryIO) -> None:
+        calls.append(sink)
+        for piece in pieces:
+            sink.write(piece)
+
+    with LogStore(directory) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 11))
+        log.save_snapshot(SnapshotMeta(10, 1, CONF), write)
+        assert len(calls) == 1
+        log.save_snapshot(SnapshotMeta(9, 1, CONF), write)  # not newer: not even written
+        assert len(calls) == 1
+        with log.open_snapshot() as source:
+            assert source.read(3) == b"".join(pieces)[:3]  # a stream, read in pieces
+            assert source.read() == b"".join(pieces)[3:]
+    with LogStore(directory) as store:
+        assert current(store.group(1)) == Snapshot(SnapshotMeta(10, 1, CONF), b"".join(pieces))
+
+
+def test_a_state_machine_that_fails_mid_snapshot_leaves_the_old_one(directory: Path) -> None:
+    def broken(sink: BinaryIO) -> None:
+        sink.write(b"half of it")
+        raise RuntimeError("the state machine failed")
+
+    with LogStore(directory) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 11))
+        save(log, snapshot_at(5, 1, b"five"))
+        with pytest.raises(RuntimeError):
+            log.save_snapshot(SnapshotMeta(8, 1, CONF), broken)
+        assert current(log) == snapshot_at(5, 1, b"five")
+        assert not list((directory / "group-1").glob("*.tmp"))
+
+
+def test_read_snapshot_serves_the_file_by_offset_one_pread_each(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LogStore(directory) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 11))
+        save(log, snapshot_at(10, 1, os.urandom(100_000)))
+        image = (directory / "group-1" / "snapshot-00000000000000000010.snap").read_bytes()
+        assert log.snapshot_size() == len(image)
+        reads: list[tuple[int, int]] = []
+        real_pread = os.pread
+
+        def pread(fd: int, size: int, offset: int) -> bytes:
+            reads.append((size, offset))
+            return real_pread(fd, size, offset)
+
+        monkeypatch.setattr(os, "pread", pread)
+        chunks = chunks_of(log, 4096)
+        assert b"".join(chunk.data for chunk in chunks) == image
+        assert len(reads) == len(chunks)
+        assert sum(size for size, _ in reads) == len(image)  # linear, not quadratic
+        assert log.read_snapshot(len(image), 10) == b""
+
+
+def test_a_snapshot_received_in_chunks_is_checked_then_installed(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "leader") as leader_store, LogStore(tmp_path / "follower") as store:
+        leader = leader_store.group(1)
+        leader.append(make_entries(1, 31, term=2))
+        sent = snapshot_at(30, 2, os.urandom(50_000))
+        save(leader, sent)
+        follower = store.group(1)
+        follower.append(make_entries(1, 4, term=1))
+        chunks = chunks_of(leader, 7000)
+        with pytest.raises(LogError):
+            follower.receive_snapshot(chunks[1])  # does not start at 0
+        for chunk in chunks[:-1]:
+            follower.receive_snapshot(chunk)
+        with pytest.raises(LogError, match="no whole snapshot"):
+            follower.install_snapshot(sent.meta)
+        follower.receive_snapshot(chunks[0])  # offset 0 starts over
+        for chunk in chunks[1:]:
+            follower.receive_snapshot(chunk)
+        follower.install_snapshot(sent.meta)
+        assert current(follower) == sent
+        assert (follower.first_index(), follower.last_index()) == (31, 30)
+        assert not list((tmp_path / "follower" / "group-1").glob("*.tmp"))
+    with LogStore(tmp_path / "follower") as store:
+        assert current(store.group(1)) == sent
+
+
+def test_a_snapshot_damaged_on_the_way_is_not_installed(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "leader") as leader_store, LogStore(tmp_path / "follower") as store:
+        leader = leader_store.group(1)
+        leader.append(make_entries(1, 11))
+        save(leader, snapshot_at(10, 1, b"x" * 5000))
+        follower = store.group(1)
+        chunks = chunks_of(leader, 1000)
+        damaged = chunks[2].data[:10] + b"?" + chunks[2].data[11:]
+        chunks[2] = SnapshotChunk(chunks[2].meta, chunks[2].offset, damaged, chunks[2].done)
+        for chunk in chunks:
+            follower.receive_snapshot(chunk)
+        with pytest.raises(LogCorruptionError, match="checksum"):
+            follower.install_snapshot(leader.snapshot_meta())
+        assert current(follower) == EMPTY
+    with LogStore(tmp_path / "follower") as store:  # the leftover goes at recovery
+        assert current(store.group(1)) == EMPTY
+        assert not list((tmp_path / "follower" / "group-1").glob("*.tmp"))
+
+
+def test_a_version_1_snapshot_file_is_refused(directory: Path) -> None:
+    with LogStore(directory) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 6))
+        save(log, snapshot_at(4, 1))
+    snapshot = next((directory / "group-1").glob("snapshot-*.snap"))
+    data = bytearray(snapshot.read_bytes())
+    data[7] = 1
+    snapshot.write_bytes(bytes(data))
+    with pytest.raises(LogCorruptionError, match="version 1"):
+        LogStore(directory)
+
+
+# -- retention: entries behind the snapshot, read back by index --------------------------
+
+
+def test_a_reopened_log_serves_the_entries_behind_its_snapshot(directory: Path) -> None:
+    with LogStore(directory, segment_bytes=800) as store:
+        log = store.group(1)
+        append_in_steps(log, make_entries(1, 101, term=2))
+        log.set_hard_state(HardState(2, 1, 100))
+        save(log, snapshot_at(80, 2))
+    with LogStore(directory, segment_bytes=800) as store:
+        log = store.group(1)
+        assert (log.first_index(), log.last_index()) == (1, 100)
+        assert [log.entry(i) for i in (1, 50, 80, 81)] == [
+            make_entry(i, 2) for i in (1, 50, 80, 81)
+        ]
+        log.compact(40)
+    with LogStore(directory, segment_bytes=800) as store:
+        # The compaction point is remembered: not a segment's worth more, nor fewer.
+        log = store.group(1)
+        assert (log.first_index(), log.last_index()) == (41, 100)
+        assert log.entries(41, 101) == make_entries(41, 101, term=2)
+        with pytest.raises(LogUnavailableError):
+            log.entry(40)
+
+
+def test_entry_reads_one_record_with_one_pread(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LogStore(directory, cache_bytes=0) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 201, size=1000))
+        reads: list[tuple[int, int]] = []
+        real_pread = os.pread
+
+        def pread(fd: int, size: int, offset: int) -> bytes:
+            reads.append((size, offset))
+            return real_pread(fd, size, offset)
+
+        monkeypatch.setattr(os, "pread", pread)
+        wanted = make_entry(150, size=1000)
+        assert log.entry(150) == wanted
+        assert reads == [(ENTRY_OVERHEAD + len(wanted.data), reads[0][1])]
+        with pytest.raises(LogUnavailableError):
+            log.entry(201)
 
 
 # -- reading --------------------------------------------------------------------
@@ -609,14 +813,18 @@ def test_a_bad_segment_header(directory: Path, offset: int) -> None:
     assert file_bytes(directory) == before
 
 
-@pytest.mark.parametrize("where", [0, 12, 30, -3], ids=["magic", "length", "metadata", "data"])
+@pytest.mark.parametrize(
+    "where",
+    [0, 8, 14, -20, -12, -3],
+    ids=["magic", "metadata-length", "metadata", "data", "data-length", "checksum"],
+)
 def test_a_corrupt_snapshot_file(directory: Path, where: int) -> None:
     with LogStore(directory) as store:
         log = store.group(1)
         log.append(make_entries(1, 6))
-        log.save_snapshot(snapshot_at(4, 1, b"some state " * 10))
+        save(log, snapshot_at(4, 1, b"some state " * 10))
     snapshot = next((directory / "group-1").glob("snapshot-*.snap"))
-    flip(snapshot, where if where >= 0 else snapshot.stat().st_size + where - 8)
+    flip(snapshot, where if where >= 0 else snapshot.stat().st_size + where)
     before = file_bytes(directory)
     with pytest.raises(LogCorruptionError) as info:
         LogStore(directory)
@@ -635,6 +843,95 @@ def test_a_missing_segment_is_corruption_not_a_shorter_log(
     with pytest.raises(LogCorruptionError, match=problem) as info:
         LogStore(directory, segment_bytes=300)
     assert "byte offset" in str(info.value)
+
+
+def test_a_short_last_segment_that_is_not_our_header_is_corruption(directory: Path) -> None:
+    with LogStore(directory, segment_bytes=200) as store:
+        append_in_steps(store.group(1), make_entries(1, 8), step=1)
+    segments = segment_files(directory / "group-1")
+    segments[-1].write_bytes(b"not a log!")  # shorter than a header, and not a prefix of ours
+    before = file_bytes(directory)
+    with pytest.raises(LogCorruptionError, match="header cut short") as info:
+        LogStore(directory, segment_bytes=200)
+    assert str(segments[-1]) in str(info.value)
+    assert file_bytes(directory) == before
+
+
+def test_a_last_segment_with_a_zero_header_and_other_bytes_is_corruption(directory: Path) -> None:
+    with LogStore(directory, segment_bytes=200) as store:
+        append_in_steps(store.group(1), make_entries(1, 8), step=1)
+    segments = segment_files(directory / "group-1")
+    segments[-1].write_bytes(bytes(HEADER) + b"\x55" * 100)  # no valid record in it
+    before = file_bytes(directory)
+    with pytest.raises(LogCorruptionError, match="magic"):
+        LogStore(directory, segment_bytes=200)
+    assert file_bytes(directory) == before
+
+
+def test_a_last_segment_of_zeros_is_a_torn_creation(directory: Path) -> None:
+    with LogStore(directory, segment_bytes=200) as store:
+        log = store.group(1)
+        append_in_steps(log, make_entries(1, 8), step=1)
+        last = log.last_index()
+    segments = segment_files(directory / "group-1")
+    segments[-1].write_bytes(bytes(4096))
+    with LogStore(directory, segment_bytes=200) as store:
+        assert segment_files(directory / "group-1") == segments[:-1]
+        assert store.group(1).last_index() <= last
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["bad-checksum-then-bytes", "garbage-appended"],
+)
+def test_a_bad_last_record_followed_by_other_bytes_is_corruption(
+    directory: Path, damage: str
+) -> None:
+    with LogStore(directory) as store:
+        store.group(1).append(make_entries(1, 9))
+    segment = segment_files(directory / "group-1")[0]
+    if damage == "bad-checksum-then-bytes":
+        flip(segment, entry_offset(7, 20) + 35)  # the last record: no valid record follows
+        at = entry_offset(7, 20)
+    else:
+        at = segment.stat().st_size
+    with segment.open("ab") as file:
+        file.write(b"\x55" * 40)  # not a record, not zeros: not ours to cut off
+    before = file_bytes(directory)
+    with pytest.raises(LogCorruptionError, match="not a record of this log") as info:
+        LogStore(directory)
+    assert f"byte offset {at}" in str(info.value)
+    assert file_bytes(directory) == before
+
+
+def test_a_bad_last_record_followed_by_zeros_is_a_torn_tail(directory: Path) -> None:
+    with LogStore(directory) as store:
+        store.group(1).append(make_entries(1, 9))
+    segment = segment_files(directory / "group-1")[0]
+    flip(segment, entry_offset(7, 20) + 35)
+    with segment.open("ab") as file:
+        file.write(bytes(4096))
+    with LogStore(directory) as store:
+        assert store.group(1).last_index() == 7
+    assert segment.stat().st_size == entry_offset(7, 20)
+
+
+def test_recovery_never_discards_committed_entries_for_a_snapshot(tmp_path: Path) -> None:
+    # A snapshot file that disagrees with committed entries (here: put there
+    # by hand) is corruption; recovery used to restart the log after it.
+    directory = tmp_path / "log"
+    with LogStore(directory) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 21, term=1))
+        log.set_hard_state(HardState(1, 1, 15))
+    with LogStore(tmp_path / "elsewhere") as other:
+        save(other.group(1), snapshot_at(10, 2))
+    foreign = next((tmp_path / "elsewhere" / "group-1").glob("snapshot-*.snap"))
+    shutil.copy(foreign, directory / "group-1" / foreign.name)
+    before = file_bytes(directory)
+    with pytest.raises(LogCorruptionError, match="disagrees with committed entries up to 15"):
+        LogStore(directory)
+    assert file_bytes(directory) == before
 
 
 # -- group commit -----------------------------------------------------------------
@@ -749,7 +1046,7 @@ def test_a_store_is_exclusive_and_closed_means_closed(directory: Path) -> None:
 CRASH_CHILD = r"""
 import random, sys
 from cluster.raft.log import LogStore
-from cluster.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from cluster.raft.types import ConfState, Entry, HardState, SnapshotMeta
 
 directory, seed = sys.argv[1], int(sys.argv[2])
 rng = random.Random(seed)
@@ -786,7 +1083,7 @@ while True:
         seen[g] = commit
         if rng.random() < 0.05 and commit > log.snapshot_meta().index:
             meta = SnapshotMeta(commit, log.term(commit), ConfState(frozenset({1})))
-            log.save_snapshot(Snapshot(meta, b"snap:%d:%d" % (g, commit)))
+            log.save_snapshot(meta, lambda sink, d=b"snap:%d:%d" % (g, commit): sink.write(d))
             log.compact(commit)
     store.sync()
     parts = []
@@ -847,7 +1144,7 @@ def check_crash_image(directory: Path, committed: dict[int, dict[int, int]]) -> 
     with LogStore(directory, segment_bytes=16 << 10) as store:
         for group, terms in committed.items():
             log = store.group(group)
-            snapshot = log.snapshot()
+            snapshot = current(log)
             top = max(terms, default=0)
             assert log.hard_state().commit >= top
             assert log.last_index() >= top
@@ -855,8 +1152,12 @@ def check_crash_image(directory: Path, committed: dict[int, dict[int, int]]) -> 
                 assert snapshot.data == b"snap:%d:%d" % (group, snapshot.meta.index)
                 assert terms.get(snapshot.meta.index, snapshot.meta.term) == snapshot.meta.term
             present = log.entries(log.first_index(), log.last_index() + 1)
-            previous_term = snapshot.meta.term
+            # A COMPACT record the crash took leaves entries behind the snapshot.
+            behind = log.first_index() <= snapshot.meta.index
+            previous_term = 0 if behind else snapshot.meta.term
             for entry in present:
+                if entry.index == snapshot.meta.index:
+                    assert entry.term == snapshot.meta.term
                 head = b"%d:%d:%d:" % (group, entry.index, entry.term)
                 assert entry.data.startswith(head), (group, entry.index)
                 rest = entry.data[len(head) :]
@@ -910,7 +1211,7 @@ class LogModel(RuleBasedStateMachine):
         self.first = 1
         self.entries: list[Entry] = []
         self.hard_state = HardState()
-        self.snapshot = Snapshot(SnapshotMeta(0, 0, ConfState(frozenset())), b"")
+        self.snapshot = EMPTY
         self.term = 1
 
     @property
@@ -971,9 +1272,9 @@ class LogModel(RuleBasedStateMachine):
         snapshot = snapshot_at(index, term, b"state at %d" % index)
         if not keeps and min(self.last, self.hard_state.commit) > index:
             with pytest.raises(LogError):
-                self.log.save_snapshot(snapshot)
+                save(self.log, snapshot)
             return
-        self.log.save_snapshot(snapshot)
+        save(self.log, snapshot)
         self.snapshot = snapshot
         if not keeps:  # a snapshot over the log leaves its entries readable
             self.entries = []
@@ -996,7 +1297,7 @@ class LogModel(RuleBasedStateMachine):
         self.store.close()
         self.store = LogStore(self.directory, segment_bytes=400, cache_bytes=300)
         self.log = self.store.group(1)
-        self.drop_through(self.snapshot.meta.index)  # a reopened log starts after the snapshot
+        # A reopened log serves the same entries, those behind its snapshot too.
 
     @rule(data=st.data(), max_bytes=st.none() | st.integers(0, 400))
     def read_range(self, data: st.DataObject, max_bytes: int | None) -> None:
@@ -1021,7 +1322,7 @@ class LogModel(RuleBasedStateMachine):
         assert log.entries(self.first, self.last + 1) == self.entries
 
     def teardown(self) -> None:
-        assert self.log.snapshot() == self.snapshot
+        assert current(self.log) == self.snapshot
         self.store.close()
         shutil.rmtree(self.directory)
 

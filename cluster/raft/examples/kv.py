@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 from aiohttp import web
@@ -60,11 +60,13 @@ class KVStore:
         self.data[key] = value
         return index
 
-    def snapshot(self) -> bytes:
-        return msgpack.packb(self.data)
+    def snapshot(self, sink: BinaryIO) -> None:
+        # One [key, value] pair after another: written and read as a stream.
+        for key, value in self.data.items():
+            sink.write(msgpack.packb([key, value]))
 
-    def restore(self, data: bytes) -> None:
-        self.data = msgpack.unpackb(data) if data else {}
+    def restore(self, source: BinaryIO) -> None:
+        self.data = {key: value for key, value in msgpack.Unpacker(source)}
 
 
 class KVService:
