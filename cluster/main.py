@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import warnings
 
 from aiohttp import web
 
@@ -54,6 +55,9 @@ def run_node(config_path: str) -> int:
         print(f"protobase node: {config_path}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # A node merges commits without the application's classes: it compares
+    # objects by stored name and attributes, and writes them back unchanged.
+    warnings.filterwarnings("ignore", message="stored class .* cannot be imported")
     try:
         return asyncio.run(serve(settings))
     except ConfigError as exc:

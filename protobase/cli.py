@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -38,8 +39,42 @@ class ProgressBar:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.cluster:
+        from .storage.cluster import ClusterFileStorage
+
+        token = _read_token(args.token_file)
+        run_demo(args.path, storage=ClusterFileStorage([args.cluster], token=token))
+        return 0
     run_demo(args.path)
     return 0
+
+
+def _read_token(path: str | None) -> str:
+    token = os.environ.get("PROTOBASE_TOKEN", "")
+    if path:
+        with open(path) as handle:
+            token = handle.read().strip()
+    if not token:
+        raise SystemExit("give the client token with --token-file FILE or PROTOBASE_TOKEN")
+    return token
+
+
+def _node(args: argparse.Namespace) -> int:
+    from cluster.main import run_node
+
+    return run_node(args.config)
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from .cluster_cli import cluster_up
+
+    return cluster_up(args.dir, args.nodes, args.base_port, args.partitions)
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from .cluster_cli import cluster_status
+
+    return cluster_status(args.url)
 
 
 def _fsck(args: argparse.Namespace) -> int:
@@ -97,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "path", nargs="?", default="demo-data", help="database directory (default: demo-data)"
     )
+    demo.add_argument("--cluster", help="run the demo on the cluster at this node URL")
+    demo.add_argument("--token-file", help="file holding the cluster's client token")
+    node = command("node", _node, "run one cluster member in the foreground")
+    node.add_argument("--config", required=True, help="the node's node.toml")
+    cluster = commands.add_parser("cluster", help="local clusters: up, status")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = cluster_commands.add_parser("up", help="start a local cluster (Ctrl-C stops it)")
+    up.set_defaults(handler=_cluster_up)
+    up.add_argument("dir", help="directory for configs, secret, token and data")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--base-port", type=int, default=7100, help="node K listens on base+K")
+    up.add_argument("--partitions", type=int, default=8)
+    status = cluster_commands.add_parser("status", help="members, groups, leaders, terms, lag")
+    status.set_defaults(handler=_cluster_status)
+    status.add_argument("url")
+    status.add_argument("--token-file", help="(status pages need no token)")
     command("fsck", _fsck, "verify checksums and pointers (read-only)").add_argument("path")
     command("inspect", _inspect, "show commits, segments and sizes").add_argument("path")
     pack = command("pack", _pack, "remove unreachable data and old versions")

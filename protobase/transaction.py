@@ -123,7 +123,7 @@ class Snapshot:
         return obj
 
     def _object_context(self) -> ObjectContext:
-        raise TransactionClosedError("mutable objects are read through a database transaction")
+        return _SNAPSHOT_OBJECTS
 
     def hold(self, ref: RootRef) -> RootRef:
         """Adopt a pin of `ref`'s version (from `Committer.pinned_root`); released at close."""
@@ -170,6 +170,23 @@ class Snapshot:
         for version in self._pinned:
             self._space.committer.unpin(version)
         self._pinned = []
+
+
+class _SnapshotObjects:
+    """The context of MutableObjects a bare snapshot decodes (a rebase does).
+
+    They are references, compared by object id; their state is only read
+    through a database transaction.
+    """
+
+    def load_mutable_state(self, obj: MutableObject) -> dict[str, Any]:
+        raise TransactionClosedError("mutable objects are read through a database transaction")
+
+    def note_mutation(self, obj: MutableObject) -> None:
+        raise TransactionClosedError("mutable objects are changed through a database transaction")
+
+
+_SNAPSHOT_OBJECTS = _SnapshotObjects()
 
 
 class Transaction(Snapshot, ObjectContext):

@@ -190,14 +190,6 @@ def test_links_are_exact_for_new_and_stored_values(value: Any, other: Any) -> No
         ), "the second commit refers to nothing stored before"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "AtomWriter.links misses the children of a rewritten internal node that are still "
-        "unloaded AtomPointers: Node.payload (collections/btree.py:176) packs them without "
-        "calling ref, so AtomWriter._child_pointer never records them"
-    ),
-)
 def test_links_of_an_edited_stored_tree_include_its_unloaded_children() -> None:
     storage = RecordingStorage()
     with ObjectSpace(storage) as space:
@@ -749,15 +741,6 @@ def test_stored_change_whose_root_change_answer_was_lost_is_found(
     assert root_value(db, "mine") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a rebased stored change is committed under a fresh transaction id pointing into the "
-        "client's put batch; StandaloneFileStorage writes a put batch only with a root change "
-        "under its own id (file.py put_batch/_pending), so after reopening the rebased root "
-        "names atoms that were never written (AtomNotFoundError)"
-    ),
-)
 def test_rebased_stored_change_on_a_file_storage_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "db"
     with ObjectSpace(StandaloneFileStorage(path)) as space:

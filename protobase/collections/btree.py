@@ -162,9 +162,11 @@ class Node:
     # -- encoding -----------------------------------------------------------
 
     def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
-        """The atom payload; ``ref`` turns a child node into its pointer.
+        """The atom payload; ``ref`` turns each child into its pointer.
 
-        Children still held as AtomPointers are packed as they are.
+        Every child goes through ``ref``, also one still held as an
+        AtomPointer (``ref`` returns it as it is), so that the writer sees
+        every pointer the atom holds (its links).
         """
         if self.height == 0:
             if self.keys is None:
@@ -173,7 +175,7 @@ class Node:
         pack = _POINTER.pack
         children = b"".join(
             [
-                pack(*child) if type(child) is AtomPointer else pack(*ref(child))
+                pack(*ref(child))
                 for child in self.children  # type: ignore[union-attr]
             ]
         )

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import xxhash
+
 from ..atoms import AtomPointer
 from ..errors import AtomNotFoundError, CorruptionError, RootConflict, StorageError
 from . import wal
@@ -83,9 +85,9 @@ class StandaloneFileStorage:
         self._synced = threading.Condition(self._mutex)
         self._fds: dict[int, int] = {}
         self._records: dict[bytes, wal.RecordInfo] = {}
-        self._pending: dict[bytes, list[bytes]] = {}
-        """Batches put whose root change has not come yet: they are written
-        with it, as one commit record (never durable, so never lost, alone)."""
+        self._unrooted: set[bytes] = set()
+        """Batches put by this process that no root change has named yet:
+        pack keeps them whole (their root change may still come)."""
         self._positions: dict[bytes, dict[int, int]] = {}
         self._history: dict[int, wal.RecordInfo] = {}
         self._closed = False
@@ -166,10 +168,6 @@ class StandaloneFileStorage:
             self._check_usable()
             found = []
             for pointer in pointers:
-                pending = self._pending.get(pointer.transaction_id)
-                if pending is not None and 0 <= pointer.index < len(pending):
-                    found.append(pending[pointer.index])
-                    continue
                 fd, table_at, data_at, slot = self._locate(pointer)
                 start, end = struct.unpack(">II", os.pread(fd, 8, table_at + 4 * slot))
                 atom = os.pread(fd, end - start, data_at + start)
@@ -188,10 +186,11 @@ class StandaloneFileStorage:
         return self._fds[record.segment], record.table_offset, record.data_offset, slot
 
     def put_batch(self, batch: CommitBatch) -> None:
-        """Hold a batch until the root change naming its transaction id writes it.
+        """Append the batch as a batch record (no root), readable at once.
 
-        Readable at once; durable with that root change, in the same WAL
-        record (a batch no root change names is never written).
+        It is not synced here: the root change that names it syncs the WAL,
+        which holds it earlier. A batch no root ever names is garbage that
+        pack removes.
         """
         atoms = [bytes(atom) for atom in batch.atoms]
         with self._mutex:
@@ -204,21 +203,31 @@ class StandaloneFileStorage:
                         "different atoms; every commit needs a fresh transaction id"
                     )
                 return
-            pending = self._pending.setdefault(batch.transaction_id, atoms)
-            if pending != atoms:
-                raise StorageError(
-                    f"transaction id {batch.transaction_id.hex()} was already put with "
-                    "different atoms; every commit needs a fresh transaction id"
-                )
+            record_bytes = wal.encode_record(
+                wal.KIND_PACKED,
+                0,
+                _now_us(),
+                batch.transaction_id,
+                None,
+                atoms,
+                list(range(len(atoms))),
+            )
+            self._index(self._append(record_bytes))
+            self._appended += 1
+            self._unrooted.add(batch.transaction_id)
 
     def set_root(
         self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
     ) -> RootRef:
-        """Move the root; writes the batch put under `transaction_id`, if any, with it."""
+        """Move the root with a commit record of no atoms.
+
+        When `transaction_id` names a put batch, the record is stored under
+        `root_change_id(transaction_id)` (a record id names one record).
+        """
         with self._mutex:
             self._check_usable()
-            earlier = self._records.get(transaction_id)
-            if earlier is not None and earlier.kind == wal.KIND_COMMIT:
+            earlier = self._root_change(transaction_id)
+            if earlier is not None:
                 if earlier.root != new_root:
                     raise StorageError(
                         f"transaction id {transaction_id.hex()} already moved the root to "
@@ -226,22 +235,32 @@ class StandaloneFileStorage:
                     )
                 self._wait_durable(self._appended)
                 return RootRef(new_root, earlier.version)
-            atoms = self._pending.get(transaction_id, [])
+            record_id = transaction_id
+            if transaction_id in self._records:
+                record_id = root_change_id(transaction_id)
+            self._unrooted.discard(transaction_id)
         ref, wait_durable = self.commit_pipelined(
-            CommitBatch(transaction_id, atoms), expected_root_version, new_root
+            CommitBatch(record_id, []), expected_root_version, new_root
         )
         wait_durable()
         return ref
 
     def committed_root(self, transaction_id: bytes) -> RootRef | None:
-        """The root the commit `transaction_id` produced (None once pack forgot it)."""
+        """The root the root change `transaction_id` produced (None once pack forgot it)."""
         with self._mutex:
             self._check_usable()
-            record = self._records.get(transaction_id)
-            if record is None or record.kind != wal.KIND_COMMIT or record.root is None:
+            record = self._root_change(transaction_id)
+            if record is None or record.root is None:
                 return None
             self._wait_durable(self._appended)
             return RootRef(record.root, record.version)
+
+    def _root_change(self, transaction_id: bytes) -> wal.RecordInfo | None:
+        for record_id in (transaction_id, root_change_id(transaction_id)):
+            record = self._records.get(record_id)
+            if record is not None and record.kind == wal.KIND_COMMIT:
+                return record
+        return None
 
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
@@ -261,25 +280,36 @@ class StandaloneFileStorage:
         atoms = [bytes(atom) for atom in batch.atoms]
         with self._mutex:
             self._check_usable()
-            earlier = self._records.get(batch.transaction_id)
-            if earlier is not None:
+            record_id = batch.transaction_id
+            earlier = self._records.get(record_id)
+            if earlier is not None and earlier.kind == wal.KIND_COMMIT:
                 return self._repeat_commit(earlier, atoms), self._wait_all
+            if earlier is not None:
+                # The batch was put first: the root change gets a record of its own.
+                if self._stored_atoms(earlier) != atoms:
+                    raise StorageError(
+                        f"transaction id {record_id.hex()} is already stored with different "
+                        "atoms; every commit needs a fresh transaction id"
+                    )
+                record_id, atoms = root_change_id(record_id), []
+                change = self._records.get(record_id)
+                if change is not None and change.root == new_root:
+                    return RootRef(new_root, change.version), self._wait_all
+                if change is not None:
+                    raise StorageError(
+                        f"transaction id {batch.transaction_id.hex()} already moved the root "
+                        f"to {change.root}; every commit needs a fresh transaction id"
+                    )
             if self._root.version != expected_root_version:
                 raise RootConflict(
                     f"root is at version {self._root.version}, "
                     f"commit expected {expected_root_version}"
                 )
-            self._check_new_root(batch.transaction_id, len(atoms), new_root)
-            pending = self._pending.pop(batch.transaction_id, None)
-            if pending is not None and pending != atoms:
-                self._pending[batch.transaction_id] = pending
-                raise StorageError(
-                    f"transaction id {batch.transaction_id.hex()} was already put with "
-                    "different atoms; every commit needs a fresh transaction id"
-                )
+            self._check_new_root(record_id, len(atoms), new_root)
+            self._unrooted.discard(batch.transaction_id)
             version = self._root.version + 1
             record_bytes = wal.encode_record(
-                wal.KIND_COMMIT, version, _now_us(), batch.transaction_id, new_root, atoms
+                wal.KIND_COMMIT, version, _now_us(), record_id, new_root, atoms
             )
             record = self._append(record_bytes)
             self._index(record)
@@ -339,10 +369,7 @@ class StandaloneFileStorage:
         try:
             self._locate(new_root)
         except AtomNotFoundError as exc:
-            raise StorageError(
-                f"new root {new_root} is not a stored atom (a batch is written by the root "
-                "change named with its own transaction id)"
-            ) from exc
+            raise StorageError(f"new root {new_root} is not a stored atom") from exc
 
     def close(self) -> None:
         with self._mutex:
@@ -534,7 +561,9 @@ class StandaloneFileStorage:
         writer: _GenerationWriter,
     ) -> None:
         fd = self._fds[record.segment]
-        if record.kind == wal.KIND_COMMIT and record.version >= keep_from_version:
+        if (
+            record.kind == wal.KIND_COMMIT and record.version >= keep_from_version
+        ) or record.transaction_id in self._unrooted:
             writer.append(os.pread(fd, record.size, record.offset))
             return
         indexes = record.indexes if record.indexes is not None else range(record.atom_count)
@@ -902,6 +931,11 @@ def _placed(record_bytes: bytes, segment: int, offset: int) -> wal.RecordInfo:
     return dataclasses.replace(
         wal.parse_record(record_bytes, 0, segment, verify=False), offset=offset
     )
+
+
+def root_change_id(transaction_id: bytes) -> bytes:
+    """The record id of a root change named after a put batch (see `set_root`)."""
+    return xxhash.xxh3_128_digest(b"protobase root change " + transaction_id)
 
 
 def _now_us() -> int:

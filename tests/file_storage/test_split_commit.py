@@ -112,15 +112,6 @@ def test_acknowledged_root_change_survives_a_process_that_never_closes(tmp_path:
         assert storage.get_atoms(pointers_of(expected)) == list(expected.atoms)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "StandaloneFileStorage.put_batch keeps the atoms only in memory (_pending) and "
-        "writes them only with a root change under the batch's own transaction id; a root "
-        "change under another id (commit of another batch) leaves them unwritten, so after "
-        "reopening they raise AtomNotFoundError (interfaces.py invariant 2)"
-    ),
-)
 def test_atoms_of_a_batch_put_before_a_root_change_survive_reopening(tmp_path: Path) -> None:
     # Invariant 2: a process reopening sees a root only together with every
     # atom of the batches put before it. A server rebasing a client's put

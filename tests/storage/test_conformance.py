@@ -20,7 +20,6 @@ from protobase import (
     CommitBatch,
     RootConflict,
     RootRef,
-    StandaloneFileStorage,
     Storage,
     StorageError,
 )
@@ -604,17 +603,6 @@ def test_set_root_may_name_a_put_batch_under_another_transaction_id(
 ) -> None:
     # interfaces.py: `transaction_id` names the root change, "usually" the
     # batch's id; a cluster's meta group moves roots into batches it did not put.
-    if isinstance(storage, StandaloneFileStorage):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "StandaloneFileStorage.set_root only accepts a put batch under its own "
-                    "transaction id: _check_new_root looks new_root up in _records, never "
-                    "in _pending, so it raises StorageError"
-                ),
-            )
-        )
     put = make_batch(b"q0", b"q1")
     storage.put_batch(put)
     change_id = new_transaction_id()
