@@ -139,6 +139,13 @@ class NodeAPI:
                 return _error(401, "missing or wrong bearer token", "authentication")
         try:
             return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                413,
+                f"request body over this node's limit of {self.node.settings.max_body_bytes} "
+                "bytes; nothing was changed",
+                "too_large",
+            )
         except web.HTTPException:
             raise
         except BadRequest as exc:
@@ -235,8 +242,14 @@ class NodeAPI:
         atoms, links = body.get("atoms"), body.get("links")
         if type(atoms) is not list or not all(type(a) is bytes for a in atoms):
             raise BadRequest("atoms must be a list of bytes")
-        if links is not None and (type(links) is not list or len(links) != len(atoms)):
-            raise BadRequest("links must be null or one list of pointers per atom")
+        if links is not None:
+            if type(links) is not list or len(links) != len(atoms):
+                raise BadRequest("links must be null or one list of pointers per atom")
+            for atom_links in links:
+                if type(atom_links) is not list:
+                    raise BadRequest("links must be null or one list of pointers per atom")
+                for link in atom_links:
+                    _pointer(link, "a link")
         await self.node.put_batch(
             transaction_id, atoms, links, data, forwarded=FORWARDED in request.headers
         )
