@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench bench-queries bench-raft crash sim cluster
+.PHONY: demo test lint format clean bench bench-queries bench-raft bench-cluster crash sim cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench-raft: $(STAMP)
 	command -v etcd >/dev/null 2>&1 || apt-get install -y etcd-server || \
 		{ apt-get update && apt-get install -y etcd-server; }
 	$(BIN)/python bench/raft.py
+
+# A 3-node ProtoBase cluster vs the same 3-member etcd and StandaloneFileStorage.
+bench-cluster: $(STAMP)
+	command -v etcd >/dev/null 2>&1 || apt-get install -y etcd-server || \
+		{ apt-get update && apt-get install -y etcd-server; }
+	$(BIN)/python bench/cluster.py
 
 # More SIGKILL crash runs than `make test` does: make crash N=500
 N ?= 500
