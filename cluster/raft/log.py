@@ -358,9 +358,17 @@ class _ImageWriter(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         view = memoryview(b).cast("B")
+        if self._fd < 0:
+            return len(view)  # abandoned: see `abandon`
         self._emit(view)
         self.data_size += len(view)
         return len(view)
+
+    def abandon(self) -> None:
+        """Write nothing more: the descriptor is about to be closed, and a
+        buffered sink the state machine kept could flush later (when it is
+        garbage collected) into whatever file reuses the number."""
+        self._fd = -1
 
     def finish(self) -> None:
         self._emit(_U64.pack(self.data_size))
@@ -806,6 +814,7 @@ class FileGroupLog:
         path = os.path.join(self.directory, snapshot_name(meta.index))
         temporary = path + ".tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        image: _ImageWriter | None = None
         try:
             try:
                 image = _ImageWriter(fd, meta)
@@ -816,6 +825,8 @@ class FileGroupLog:
                 image.finish()
                 os.fsync(fd)
             finally:
+                if image is not None:
+                    image.abandon()
                 os.close(fd)
             size = image.data_offset + image.data_size + _SNAPSHOT_TRAILER.size
             layout = _SnapshotFile(path, meta, size, image.data_offset, image.data_size)

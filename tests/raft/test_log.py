@@ -469,9 +469,14 @@ def test_save_snapshot_streams_what_the_state_machine_writes(directory: Path) ->
         assert current(store.group(1)) == Snapshot(SnapshotMeta(10, 1, CONF), b"".join(pieces))
 
 
-def test_a_state_machine_that_fails_mid_snapshot_leaves_the_old_one(directory: Path) -> None:
+def test_a_state_machine_that_fails_mid_snapshot_leaves_the_old_one(
+    directory: Path, tmp_path: Path
+) -> None:
+    kept: list[BinaryIO] = []
+
     def broken(sink: BinaryIO) -> None:
-        sink.write(b"half of it")
+        kept.append(sink)
+        sink.write(b"half of it")  # still in the sink's buffer
         raise RuntimeError("the state machine failed")
 
     with LogStore(directory) as store:
@@ -482,6 +487,11 @@ def test_a_state_machine_that_fails_mid_snapshot_leaves_the_old_one(directory: P
             log.save_snapshot(SnapshotMeta(8, 1, CONF), broken)
         assert current(log) == snapshot_at(5, 1, b"five")
         assert not list((directory / "group-1").glob("*.tmp"))
+    # A sink kept and flushed later writes nowhere (its descriptor number
+    # may belong to another file by then).
+    with (tmp_path / "bystander").open("wb"):
+        kept[0].flush()
+    assert (tmp_path / "bystander").read_bytes() == b""
 
 
 def test_read_snapshot_serves_the_file_by_offset_one_pread_each(
