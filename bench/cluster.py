@@ -244,8 +244,8 @@ def commit_until(
             stats.commits += 1
             stats.conflicts += runs - 1
             stats.latencies.append(ended - started)
-            for phase, seconds in storage.spent.items():
-                stats.spent[phase] += seconds - spent.get(phase, 0.0)
+            for phase, phase_seconds in storage.spent.items():
+                stats.spent[phase] += phase_seconds - spent.get(phase, 0.0)
             stats.calls.update(storage.calls - calls)
     return stats
 
@@ -551,8 +551,8 @@ def run_clients(
     calls: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for t in threads_done:
-        for phase, seconds in t["spent"].items():
-            spent[phase] += seconds
+        for phase, phase_seconds in t["spent"].items():
+            spent[phase] += phase_seconds
         calls.update(t["calls"])
         errors.update(t["errors"])
     client_cpu = sum(r["cpu"] for r in reports)
@@ -810,6 +810,31 @@ class Sizes:
 # -- the report ------------------------------------------------------------------------------
 
 
+def code_state() -> str:
+    """The checkout's commit and the files of protobase/ and cluster/ that differ from it.
+
+    The nodes and clients import the code when they start; on a checkout that
+    others edit, this is printed at both ends of the run.
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = [
+            line[3:]
+            for line in git("status", "--porcelain", "--", "protobase", "cluster").splitlines()
+        ]
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    if not changed:
+        return f"{commit}, protobase/ and cluster/ clean"
+    return f"{commit} + uncommitted changes in {', '.join(changed)}"
+
+
 @dataclass
 class Row:
     key: str
@@ -1019,6 +1044,8 @@ def main_run(args: argparse.Namespace) -> None:
         f"Linux {info['kernel']}"
     )
     print(f"- protobase source: {info['protobase_source']}")
+    info["code_at_start"] = code_state()
+    print(f"- code at the start: {info['code_at_start']}")
     print(f"- data: {tmp} on {info['data_filesystem']}")
     print(f"- {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(
@@ -1095,6 +1122,8 @@ def main_run(args: argparse.Namespace) -> None:
     values = ", ".join(f"{f['seconds']:.3f}" for f in pb.failovers)
     print(f"ProtoBase fail-overs (s): {values}; cluster start {pb.startup_s:.2f} s.")
     print(f"etcd fail-overs (s): {', '.join(f'{v:.3f}' for v in etcd.failovers)}.")
+    info["code_at_end"] = code_state()
+    print(f"Code at the end: {info['code_at_end']}.")
     load_after = os.getloadavg()
     print(
         f"Disk after the run: append + fdatasync median {disk_after['median_ms']:.2f} ms, "
