@@ -9,7 +9,9 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
     /v1/batch/put       {"txid", "atoms": [bytes], "links": [[pointer]] | None} -> {}
     /v1/atoms/get       {"pointers": [pointer]} -> {"atoms": [bytes]}
     /v1/commit          {"space", "txid", "base", "root": pointer, "mode": "rebase" | "cas",
-                         "reads": {db: [[root name], [object id]]}} -> {"version", "root"}
+                         "reads": {db: [[root name], [object id]]},
+                         optional "atoms", "links": the batch, put first (one request)}
+                        -> {"version", "root", "led": [partitions the meta leader leads]}
                         ("cas" answers 409 root_conflict instead of rebasing)
     /v1/commit/outcome  {"txid"} -> {"committed": bool, "version", "root"}
 
@@ -85,6 +87,21 @@ def _space(raw: Any) -> str:
     if type(raw) is not str or not raw or len(raw) > MAX_SPACE_NAME:
         raise BadRequest("space must be a non-empty string")
     return raw
+
+
+def _batch(body: dict[str, Any]) -> tuple[list[bytes], list[Any] | None]:
+    atoms, links = body.get("atoms"), body.get("links")
+    if type(atoms) is not list or not all(type(a) is bytes for a in atoms):
+        raise BadRequest("atoms must be a list of bytes")
+    if links is not None:
+        if type(links) is not list or len(links) != len(atoms):
+            raise BadRequest("links must be null or one list of pointers per atom")
+        for atom_links in links:
+            if type(atom_links) is not list:
+                raise BadRequest("links must be null or one list of pointers per atom")
+            for link in atom_links:
+                _pointer(link, "a link")
+    return atoms, links
 
 
 def _reads(raw: Any) -> dict[str, DatabaseReads]:
@@ -232,24 +249,9 @@ class NodeAPI:
 
     async def put_batch(self, request: web.Request) -> web.Response:
         data = await request.read()
-        try:
-            body = msgpack.unpackb(data)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise BadRequest(f"body is not msgpack ({exc})") from exc
-        if type(body) is not dict:
-            raise BadRequest("body must be a msgpack map")
+        body = await self._body(request)
         transaction_id = _txid(body.get("txid"))
-        atoms, links = body.get("atoms"), body.get("links")
-        if type(atoms) is not list or not all(type(a) is bytes for a in atoms):
-            raise BadRequest("atoms must be a list of bytes")
-        if links is not None:
-            if type(links) is not list or len(links) != len(atoms):
-                raise BadRequest("links must be null or one list of pointers per atom")
-            for atom_links in links:
-                if type(atom_links) is not list:
-                    raise BadRequest("links must be null or one list of pointers per atom")
-                for link in atom_links:
-                    _pointer(link, "a link")
+        atoms, links = _batch(body)
         await self.node.put_batch(
             transaction_id, atoms, links, data, forwarded=FORWARDED in request.headers
         )
@@ -269,21 +271,28 @@ class NodeAPI:
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         base = body.get("base")
-        if type(base) is not int or base < 0:
+        if type(base) is not int:
             raise BadRequest("base must be the root version the commit was built on")
         mode = body.get("mode", "rebase")
         if mode not in ("rebase", "cas"):
             raise BadRequest('mode must be "rebase" or "cas"')
+        space, root = _space(body.get("space")), _pointer(body.get("root"), "root")
+        transaction_id, reads = _txid(body.get("txid")), _reads(body.get("reads"))
+        inline = "atoms" in body
+        if inline:
+            atoms, links = _batch(body)
+            self.node.check_meta_leader()
+            if mode == "cas":
+                # Refuse what set_root would refuse before storing anything.
+                await self.node.check_cas(space, base, root, transaction_id, len(atoms))
+            await self.node.put_batch(transaction_id, atoms, links, None)
         ref = await self.node.commit(
-            _space(body.get("space")),
-            base,
-            _pointer(body.get("root"), "root"),
-            _txid(body.get("txid")),
-            _reads(body.get("reads")),
-            rebase=mode == "rebase",
+            space, base, root, transaction_id, reads, rebase=mode == "rebase", stored=inline
         )
         assert ref.pointer is not None
-        return _pack({"version": ref.version, "root": list(ref.pointer)})
+        return _pack(
+            {"version": ref.version, "root": list(ref.pointer), "led": self.node.led_partitions()}
+        )
 
     async def commit_outcome(self, request: web.Request) -> web.Response:
         body = await self._body(request)

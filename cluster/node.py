@@ -250,12 +250,16 @@ class ClusterNode:
 
     # -- roots ---------------------------------------------------------------------
 
-    def _check_meta_leader(self) -> None:
+    def led_partitions(self) -> list[int]:
+        """The partitions (0-based) whose groups this node leads."""
+        return [g - 1 for g in self.raft.groups if g != META_GROUP and self.is_leader(g)]
+
+    def check_meta_leader(self) -> None:
         if not self.is_leader(META_GROUP):
             raise NotLeader(META_GROUP, self.leader(META_GROUP))
 
     async def read_root(self, space: str) -> RootRef:
-        self._check_meta_leader()
+        self.check_meta_leader()
         try:
             await self.raft.read_barrier(META_GROUP)
         except (OutcomeUnknown, NodeStopped) as exc:
@@ -272,7 +276,7 @@ class ClusterNode:
         alias: bytes | None = None,
     ) -> RootRef:
         """Compare-and-set the root of `space` (meta leader only)."""
-        self._check_meta_leader()
+        self.check_meta_leader()
         entry = cas_entry(
             space, expected, (root.transaction_id, root.index), change_id, alias, time.time()
         )
@@ -283,8 +287,31 @@ class ClusterNode:
             return RootRef(AtomPointer(*result[2]), result[1])
         raise RootConflict(f"root of space {space!r} is at version {result[1]}, not {expected}")
 
+    async def check_cas(
+        self, space: str, expected: int, root: AtomPointer, change_id: bytes, count: int
+    ) -> None:
+        """Raise what a compare-and-set to `root` in a batch of `count` atoms would.
+
+        A check before the batch is put, so that a refused commit stores
+        nothing; the compare-and-set itself still decides (a root that moves
+        in between leaves the batch unreachable, for pack to remove).
+        """
+        if self.meta.outcome(change_id) is not None:
+            return
+        current = self.meta.root(space).version
+        if current != expected:
+            raise RootConflict(f"root of space {space!r} is at version {current}, not {expected}")
+        if root.transaction_id == change_id:
+            if not 0 <= root.index < count:
+                raise StorageError(f"new root {root} is not an atom of the batch")
+        else:
+            try:
+                await self.get_atoms([(root.transaction_id, root.index)], False)
+            except AtomNotFoundError as exc:
+                raise StorageError(f"new root {root} is not a stored atom") from exc
+
     async def commit_outcome(self, change_id: bytes) -> RootRef | None:
-        self._check_meta_leader()
+        self.check_meta_leader()
         await self.raft.read_barrier(META_GROUP)
         found = self.meta.outcome(change_id)
         if found is None:
@@ -299,15 +326,17 @@ class ClusterNode:
         transaction_id: bytes,
         reads: dict[str, DatabaseReads],
         rebase: bool = True,
+        stored: bool = False,
     ) -> RootRef:
         """Set the root to the client's `new_root`, rebasing it when its base is stale
         (or raising `RootConflict`, when `rebase` is False)."""
-        self._check_meta_leader()
+        self.check_meta_leader()
         earlier = self.meta.outcome(transaction_id)
         if earlier is not None:
             return RootRef(AtomPointer(*earlier[2]), earlier[1])
-        # The new root must be stored before any root names it.
-        await self.get_atoms([(new_root.transaction_id, new_root.index)], False)
+        if not stored:
+            # The new root must be stored before any root names it.
+            await self.get_atoms([(new_root.transaction_id, new_root.index)], False)
         if not rebase:
             return await self.set_root(space, base_version, new_root, transaction_id)
         if self.meta.root(space).version == base_version:

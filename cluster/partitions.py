@@ -14,17 +14,11 @@ Pure functions of the member list, so every node computes the same answer.
 
 from __future__ import annotations
 
-import xxhash
+from protobase.storage.partitioning import partition_for
+
+__all__ = ["META_GROUP", "group_of_partition", "partition_for", "placement", "replicas"]
 
 META_GROUP = 0
-
-
-def partition_for(transaction_id: bytes, partitions: int) -> int:
-    """The partition (0-based) of every atom of the batch `transaction_id`.
-
-    xxh3-64 of the id, not Python's salted ``hash``: every process must agree.
-    """
-    return xxhash.xxh3_64_intdigest(transaction_id) % partitions
 
 
 def group_of_partition(partition: int) -> int:

@@ -280,7 +280,7 @@ class Committer:
 
     def _commit_remotely(self, change: SpaceChange) -> RootRef:
         """Write the change on its base and let the storage rebase it where the data is."""
-        writer = AtomWriter(self._origin, new_transaction_id())
+        writer = AtomWriter(self._origin, self.storage.new_transaction_id())  # type: ignore[attr-defined]
         pointer = writer.write_value({"format": SPACE_FORMAT, "databases": change.databases})
         request = RebaseRequest(writer.batch(), change.base.version, pointer, change.reads)
         ref = self.storage.commit_rebasing(request)  # type: ignore[attr-defined]

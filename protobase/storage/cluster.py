@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..atoms import AtomPointer
+from ..atoms import AtomPointer, new_transaction_id
 from ..errors import (
     AtomNotFoundError,
     AuthenticationError,
@@ -47,10 +47,13 @@ from ..errors import (
     ValidationError,
 )
 from .interfaces import CommitBatch, RebaseRequest, RootRef
+from .partitioning import partition_for
 
 DEFAULT_SPACE = "default"
 GET_ATOMS_CHUNK = 2048
 """Pointers per atoms request."""
+INLINE_BATCH_BYTES = 1 << 20
+"""A commit whose batch is at most this large sends it with the commit request."""
 
 
 class ClusterFileStorage:
@@ -112,6 +115,10 @@ class ClusterFileStorage:
             if url not in self._urls:
                 self._urls.append(url)
         self._meta_url = info.get("meta_leader")
+        self._partitions: int = info["partitions"]
+        self._led: tuple[int, ...] = ()
+        """Partitions the meta leader led at its last answer: a batch there is
+        put and rooted by one node, with no hop between nodes."""
 
     async def _open_session(self) -> Any:
         return self._aiohttp.ClientSession(
@@ -206,6 +213,8 @@ class ClusterFileStorage:
         return ref
 
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
+        if self._closed:
+            raise StorageError("this ClusterFileStorage is closed")
         found: list[bytes] = []
         for start in range(0, len(pointers), GET_ATOMS_CHUNK):
             part = pointers[start : start + GET_ATOMS_CHUNK]
@@ -216,12 +225,9 @@ class ClusterFileStorage:
         return found
 
     def put_batch(self, batch: CommitBatch) -> None:
-        links = None
-        if batch.links is not None:
-            links = [[[p.transaction_id, p.index] for p in atom] for atom in batch.links]
         self._request(
             "/v1/batch/put",
-            {"txid": batch.transaction_id, "atoms": list(batch.atoms), "links": links},
+            {"txid": batch.transaction_id, "atoms": list(batch.atoms), "links": _wire_links(batch)},
         )
 
     def set_root(
@@ -238,15 +244,35 @@ class ClusterFileStorage:
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
     ) -> RootRef:
-        self.put_batch(batch)
-        return self.set_root(expected_root_version, new_root, batch.transaction_id)
+        """One request when the batch is small: the meta leader checks the root's
+        version and the new root before it puts the batch, then sets the root."""
+        if sum(len(atom) for atom in batch.atoms) > INLINE_BATCH_BYTES:
+            self.put_batch(batch)
+            return self.set_root(expected_root_version, new_root, batch.transaction_id)
+        extra = {"atoms": list(batch.atoms), "links": _wire_links(batch)}
+        return self._commit(expected_root_version, new_root, batch.transaction_id, "cas", {}, extra)
+
+    def new_transaction_id(self) -> bytes:
+        """A random id, preferably of a partition the meta leader leads (`RebasingStorage`)."""
+        led = self._led
+        for _ in range(64 if led else 1):
+            transaction_id = new_transaction_id()
+            if not led or partition_for(transaction_id, self._partitions) in led:
+                break
+        return transaction_id
 
     def commit_rebasing(self, request: RebaseRequest) -> RootRef:
-        """Put the batch; the meta leader sets the root or rebases it (`RebasingStorage`)."""
-        self.put_batch(request.batch)
+        """The meta leader puts the batch (sent along when small), then sets the root
+        or rebases it (`RebasingStorage`)."""
+        batch = request.batch
+        extra: dict[str, Any] = {}
+        if sum(len(atom) for atom in batch.atoms) <= INLINE_BATCH_BYTES:
+            extra = {"atoms": list(batch.atoms), "links": _wire_links(batch)}
+        else:
+            self.put_batch(batch)
         reads = {name: [sorted(r.roots), sorted(r.objects)] for name, r in request.reads.items()}
         return self._commit(
-            request.base_version, request.new_root, request.batch.transaction_id, "rebase", reads
+            request.base_version, request.new_root, batch.transaction_id, "rebase", reads, extra
         )
 
     def _commit(
@@ -256,6 +282,7 @@ class ClusterFileStorage:
         transaction_id: bytes,
         mode: str,
         reads: dict[str, Any],
+        extra: dict[str, Any] | None = None,
     ) -> RootRef:
         answer = self._request(
             "/v1/commit",
@@ -266,9 +293,11 @@ class ClusterFileStorage:
                 "root": [new_root.transaction_id, new_root.index],
                 "mode": mode,
                 "reads": reads,
+                **(extra or {}),
             },
             meta=True,
         )
+        self._led = tuple(answer.get("led", ()))
         ref = _root_ref(answer["root"], answer["version"])
         with self._seen_lock:
             if ref.version > self._seen.version:
@@ -291,6 +320,12 @@ class ClusterFileStorage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wire_links(batch: CommitBatch) -> list[list[list[Any]]] | None:
+    if batch.links is None:
+        return None
+    return [[[p.transaction_id, p.index] for p in atom] for atom in batch.links]
 
 
 def _root_ref(pointer: Any, version: int) -> RootRef:

@@ -27,6 +27,9 @@ Invariants every backend keeps (checked by `tests/storage/`):
    a root only together with every atom of the batches put before it.
 3. **Compare-and-set.** `set_root` and `commit` raise `RootConflict` and
    change nothing when the current version differs from the expected one.
+   (A cluster checks before it stores a commit's batch; a root that moves
+   between that check and the compare-and-set leaves the batch stored but
+   unreachable, garbage for pack.)
 4. **Idempotent by transaction id.** `put_batch` of a transaction id already
    stored with the same atoms does nothing; with different atoms it raises
    `StorageError`. `set_root` (and `commit`) of a transaction id whose root
@@ -255,6 +258,15 @@ class RebasingStorage(Protocol):
     Such a backend takes the whole request and rebases it on the node that
     orders root changes, with the same merge code the embedded engine uses.
     """
+
+    def new_transaction_id(self) -> bytes:
+        """A fresh transaction id for a batch this storage will store.
+
+        Random, like `protobase.atoms.new_transaction_id`; the storage may
+        prefer ids that land where committing is cheapest (a cluster picks
+        a partition led by the node that orders roots).
+        """
+        ...
 
     def commit_rebasing(self, request: RebaseRequest) -> RootRef:
         """Put the batch, then move the root to it or to its rebase.
