@@ -17,7 +17,8 @@ Example (relative paths are relative to the file's folder)::
     client = "http://127.0.0.1:7101"
 
 Optional keys: ``tick_interval`` (seconds, 0.1), ``election_ticks`` (10),
-``max_body_bytes`` (64 MiB), ``replication`` (3).
+``max_body_bytes`` (64 MiB), ``replication`` (3), ``snapshot_every``
+(entries between state machine snapshots, 10,000).
 
 `load_config` checks everything a node needs before it touches its data
 directory; a problem raises `ConfigError` with a message naming the key and
@@ -58,6 +59,7 @@ class NodeSettings:
     election_ticks: int = 10
     max_body_bytes: int = 64 << 20
     replication: int = 3
+    snapshot_every: int = 10_000
 
     @property
     def me(self) -> Member:
@@ -156,4 +158,5 @@ def load_config(path: str | Path) -> NodeSettings:
         election_ticks=_int(table, "election_ticks", 10, low=2),
         max_body_bytes=_int(table, "max_body_bytes", 64 << 20, low=1024),
         replication=_int(table, "replication", 3),
+        snapshot_every=_int(table, "snapshot_every", 10_000),
     )

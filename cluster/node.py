@@ -61,8 +61,6 @@ from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
 log = logging.getLogger("protobase.node")
 
 FORWARDED = "X-ProtoBase-Forwarded"
-NEVER_SNAPSHOT = 1 << 62
-"""Partition data is the log itself: no group snapshots (and compacts) it."""
 
 
 class Unavailable(Exception):
@@ -106,7 +104,9 @@ class ClusterNode:
             secret=settings.secret,
             tick_interval=settings.tick_interval,
             election_tick=settings.election_ticks,
-            snapshot_every=NEVER_SNAPSHOT,
+            # The meta group's log is compacted behind its snapshots; a
+            # partition's is not (`first_needed_index`): its entries are its data.
+            snapshot_every=settings.snapshot_every,
         )
         self.raft = RaftNode(config, groups)
         self.loop: asyncio.AbstractEventLoop | None = None
