@@ -820,14 +820,12 @@ def code_state() -> str:
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        ).stdout
 
     try:
-        commit = git("rev-parse", "--short", "HEAD")
-        changed = [
-            line[3:]
-            for line in git("status", "--porcelain", "--", "protobase", "cluster").splitlines()
-        ]
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        status = git("status", "--porcelain", "--", "protobase", "cluster")
+        changed = [line[3:] for line in status.splitlines()]  # "XY path"
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     if not changed:
