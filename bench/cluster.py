@@ -23,6 +23,9 @@ their data in one temporary directory under /tmp, removed at the end:
 The ProtoBase figures (targets are printed as PASS/MISS; a miss never
 makes the exit status non-zero):
 
+0. The round trip of a request that does no work (``GET /health`` on the
+   meta leader, 1 in flight, bench/raft.py's load code), against etcd's
+   serializable range read: the HTTP floor under the latencies.
 1. 1-object ``db.run`` commits/s with 32 concurrent clients, each setting
    its own key (one of 1,000) of ONE Dictionary (root ``"d"`` of database
    ``"b"``) to a counter. The clients are 4 client processes x 8 threads
@@ -63,6 +66,9 @@ all of them. Every process the benchmark starts (nodes, etcd members,
 client processes) is stopped by process group when it ends, on Ctrl-C,
 SIGTERM and errors too. Exit status 2 when the etcd binary is missing.
 
+``--profile DIR`` also records every node with py-spy (on PATH) during
+runs 1 and 2, wall-clock samples of every thread as collapsed stacks, one
+file per node and run; the sampling perturbs the figures of that run.
 ``--client`` is internal: the client process reads its work on stdin.
 """
 
@@ -373,6 +379,13 @@ class ProtoBaseNodes(raft.Cluster):
             commit=int(meta["commit"]),
             applied=int(meta["applied"]),
         )
+
+    async def noop(self, session: aiohttp.ClientSession, base: str, key: int) -> None:
+        """``GET /health``: a round trip that does no work (the HTTP floor)."""
+        async with session.get(base + "/health", timeout=raft.STATUS_TIMEOUT) as response:
+            await response.read()
+            if response.status != 200:
+                raise raft.Unavailable(f"protobase answered {response.status}")
 
     def wait_healthy_now(self) -> None:
         """Every node ready (all its groups have a leader), one meta leader, caught up."""
@@ -739,6 +752,7 @@ class ProtoBaseResult:
     failovers: list[dict[str, Any]] = field(default_factory=list)
     idle_cpu: float = 0.0  # CPU seconds per second of the 3 idle nodes
     meta_leader: str = ""  # during runs 1 and 2
+    noop_p50_ms: float | None = None  # GET /health on the meta leader, 1 in flight
 
 
 def run_protobase(
@@ -762,6 +776,18 @@ def run_protobase(
         result.meta_leader = nodes.meta_leader().name
         result.idle_cpu = nodes.idle_cpu(sizes.warmup * 2)
         progress(f"protobase: idle nodes use {result.idle_cpu:.2f} s of CPU per second")
+        noop = with_session(
+            lambda session: raft.run_load(
+                session,
+                raft.Leader(session, nodes),
+                nodes.noop,
+                1,
+                min(sizes.seconds, 2.0),
+                warmup=sizes.warmup / 2,
+            )
+        )
+        floor = noop.percentile(0.5)
+        result.noop_p50_ms = None if floor is None else floor * 1e3
         progress(f"protobase: 1 client, sequential commits for {sizes.seconds:g} s")
         result.latency = run_clients(nodes, 1, 1, sizes.warmup, sizes.seconds, profile)
         progress(
@@ -894,6 +920,14 @@ def build_rows(
     etcd_failover = statistics.median(etcd.failovers) if etcd.failovers else None
     clients = f"{run.clients} clients ({CLIENT_PROCESSES} processes x {CLIENT_THREADS} threads)"
     return [
+        Row(
+            "0",
+            "round trip without work, 1 in flight, p50 (GET /health on the meta leader)",
+            "ms",
+            pb.noop_p50_ms,
+            "etcd, serializable range read",
+            etcd.noop_p50_ms,
+        ),
         Row(
             "1",
             f"1-object db.run commits/s, {clients}, one Dictionary",
