@@ -286,6 +286,9 @@ class NodeAPI:
                 # Refuse what set_root would refuse before storing anything.
                 await self.node.check_cas(space, base, root, transaction_id, len(atoms))
             await self.node.put_batch(transaction_id, atoms, links, None)
+            if mode == "rebase":
+                # A rebase reads the new root's atoms: keep them at hand.
+                self.node.object_space(space).cache_batch(transaction_id, atoms)
         ref = await self.node.commit(
             space, base, root, transaction_id, reads, rebase=mode == "rebase", stored=inline
         )

@@ -7,10 +7,14 @@ State (msgpack in snapshots)::
 
 A root pointer is ``[transaction id, index]``. Entries are msgpack lists:
 
-    ["cas", space, expected version, root pointer, change id, alias | None, time]
+    ["cas", space, expected version, expected root pointer | None,
+     root pointer, change id, alias | None, time]
 
 `apply` is deterministic: a compare-and-set moves the root of `space` to the
-pointer when its version is `expected`, and records the change under its id
+pointer when its version is `expected` (and its pointer the expected one,
+when given: the meta leader proposes changes built on roots not yet
+applied, whose version numbers a failed change can leave to another root),
+and records the change under its id
 (and under `alias`, the client's transaction id when the node rebased the
 client's commit). A change id already recorded answers with the recorded
 outcome and changes nothing, so a repeated request is harmless.
@@ -54,12 +58,16 @@ class MetaState:
 def cas_entry(
     space: str,
     expected: int,
+    expected_root: Pointer | None,
     root: Pointer,
     change_id: bytes,
     alias: bytes | None,
     time: float,
 ) -> bytes:
-    return msgpack.packb(["cas", space, expected, list(root), change_id, alias, time])
+    wire_expected = None if expected_root is None else list(expected_root)
+    return msgpack.packb(
+        ["cas", space, expected, wire_expected, list(root), change_id, alias, time]
+    )
 
 
 def _pointer(raw: Any) -> Pointer:
@@ -75,19 +83,20 @@ def _pointer(raw: Any) -> Pointer:
     return raw[0], raw[1]
 
 
-def parse_entry(data: bytes) -> tuple[str, int, Pointer, bytes, bytes | None]:
+def parse_entry(data: bytes) -> tuple[str, int, Pointer | None, Pointer, bytes, bytes | None]:
     try:
         raw = msgpack.unpackb(data, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise MetaEntryError(f"meta entry is not msgpack: {exc}") from exc
-    if type(raw) is not list or len(raw) != 7 or raw[0] != "cas":
+    if type(raw) is not list or len(raw) != 8 or raw[0] != "cas":
         raise MetaEntryError(f"unknown meta entry {raw!r:.80}")
-    _, space, expected, root, change_id, alias, _ = raw
+    _, space, expected, expected_root, root, change_id, alias, _ = raw
     if type(space) is not str or type(expected) is not int or type(change_id) is not bytes:
         raise MetaEntryError("malformed cas entry")
     if alias is not None and type(alias) is not bytes:
         raise MetaEntryError("malformed cas alias")
-    return space, expected, _pointer(root), change_id, alias
+    expected_pointer = None if expected_root is None else _pointer(expected_root)
+    return space, expected, expected_pointer, _pointer(root), change_id, alias
 
 
 class MetaMachine:
@@ -107,13 +116,15 @@ class MetaMachine:
         return self.state.done.get(change_id)
 
     def apply(self, index: int, data: bytes) -> list[Any]:
-        space, expected, root, change_id, alias = parse_entry(data)
+        space, expected, expected_root, root, change_id, alias = parse_entry(data)
         for key in (change_id, alias):
             if key is not None and key in self.state.done:
                 _, version, pointer = self.state.done[key]
                 return ["dup", version, list(pointer)]
         current = self.root(space)
-        if current.version != expected:
+        if current.version != expected or (
+            expected_root is not None and current.pointer != expected_root
+        ):
             return ["conflict", current.version]
         version = current.version + 1
         self.state.spaces[space] = SpaceRoot(root, version)

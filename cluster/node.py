@@ -29,17 +29,19 @@ client goes to the leader itself.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import aiohttp
 import msgpack
 
-from protobase.atoms import AtomPointer
+from protobase.atoms import AtomPointer, new_transaction_id
 from protobase.committer import SpaceChange
 from protobase.errors import (
     AtomNotFoundError,
@@ -61,6 +63,10 @@ from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
 log = logging.getLogger("protobase.node")
 
 FORWARDED = "X-ProtoBase-Forwarded"
+ROOT_CHANGE_TIMEOUT = 1e9
+"""Seconds a root change waits to be applied: in effect, until it is."""
+SPECULATION_ATTEMPTS = 8
+"""Rebases of one commit whose speculative root change failed, before ConflictError."""
 
 
 class Unavailable(Exception):
@@ -112,7 +118,11 @@ class ClusterNode:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.session: aiohttp.ClientSession | None = None
         self._spaces: dict[str, ObjectSpace] = {}
-        self._rebase_locks: dict[str, asyncio.Lock] = {}
+        self._pipelines: dict[str, RootPipeline] = {}
+        self._running: dict[bytes, asyncio.Future[RootRef]] = {}
+        """Commits in progress here, by the client's transaction id."""
+        self._barrier_term = -1
+        """The meta leader term whose read barrier has passed here."""
         self.started = time.time()
 
     def _entry_reader(self, group: int) -> Any:
@@ -187,9 +197,9 @@ class ClusterNode:
                 f"the leader of group {group} at {url} is unreachable: {exc}"
             ) from exc
 
-    async def propose(self, group: int, entry: bytes) -> Any:
+    async def propose(self, group: int, entry: bytes, timeout: float | None = None) -> Any:
         try:
-            return await self.raft.propose(group, entry)
+            return await self.raft.propose(group, entry, timeout)
         except NotLeader:
             raise
         except ProposalDropped as exc:
@@ -274,13 +284,27 @@ class ClusterNode:
         root: AtomPointer,
         change_id: bytes,
         alias: bytes | None = None,
+        expected_root: AtomPointer | None = None,
     ) -> RootRef:
-        """Compare-and-set the root of `space` (meta leader only)."""
+        """Compare-and-set the root of `space` (meta leader only); with
+        `expected_root`, the current root must be that pointer as well."""
         self.check_meta_leader()
+        wire_expected = None
+        if expected_root is not None:
+            wire_expected = (expected_root.transaction_id, expected_root.index)
         entry = cas_entry(
-            space, expected, (root.transaction_id, root.index), change_id, alias, time.time()
+            space,
+            expected,
+            wire_expected,
+            (root.transaction_id, root.index),
+            change_id,
+            alias,
+            time.time(),
         )
-        result = await self.propose(META_GROUP, entry)
+        # No timeout: while this node lives, a root change's future ends only
+        # when its entry is applied or overwritten, so its outcome is never
+        # left unknown here (a repeated request waits for it; see `commit`).
+        result = await self.propose(META_GROUP, entry, ROOT_CHANGE_TIMEOUT)
         if result[0] == "ok":
             return RootRef(root, result[1])
         if result[0] == "dup":
@@ -329,8 +353,50 @@ class ClusterNode:
         stored: bool = False,
     ) -> RootRef:
         """Set the root to the client's `new_root`, rebasing it when its base is stale
-        (or raising `RootConflict`, when `rebase` is False)."""
+        (or raising `RootConflict`, when `rebase` is False).
+
+        Exactly once per transaction id: a repeated request waits for the
+        first one still running here, and finds the outcome of one that ran
+        before (on this leader, or on an earlier one: the first commit of a
+        leader's term passes a read barrier, so every root change an earlier
+        leader got committed is applied before `done` is consulted). Without
+        this, a repeat could rebase the change onto its own first copy and
+        answer ConflictError for a commit that happened.
+        """
         self.check_meta_leader()
+        running = self._running.get(transaction_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[RootRef] = asyncio.get_running_loop().create_future()
+        self._running[transaction_id] = future
+        try:
+            ref = await self._commit_once(
+                space, base_version, new_root, transaction_id, reads, rebase, stored
+            )
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a repeat may never come
+            raise
+        else:
+            future.set_result(ref)
+            return ref
+        finally:
+            del self._running[transaction_id]
+
+    async def _commit_once(
+        self,
+        space: str,
+        base_version: int,
+        new_root: AtomPointer,
+        transaction_id: bytes,
+        reads: dict[str, DatabaseReads],
+        rebase: bool,
+        stored: bool,
+    ) -> RootRef:
+        term = self.raft.group(META_GROUP).term
+        if self._barrier_term != term:
+            await self.raft.read_barrier(META_GROUP)
+            self._barrier_term = term
         earlier = self.meta.outcome(transaction_id)
         if earlier is not None:
             return RootRef(AtomPointer(*earlier[2]), earlier[1])
@@ -339,11 +405,6 @@ class ClusterNode:
             await self.get_atoms([(new_root.transaction_id, new_root.index)], False)
         if not rebase:
             return await self.set_root(space, base_version, new_root, transaction_id)
-        if self.meta.root(space).version == base_version:
-            try:
-                return await self.set_root(space, base_version, new_root, transaction_id)
-            except RootConflict:
-                pass
         base_pointer = self.meta.root_at(space, base_version) if base_version else None
         if base_version and base_pointer is None:
             raise CommitConflict(
@@ -351,11 +412,43 @@ class ClusterNode:
                 "nothing was written. Run the transaction again."
             )
         base = RootRef(AtomPointer(*base_pointer) if base_pointer else None, base_version)
-        lock = self._rebase_locks.setdefault(space, asyncio.Lock())
-        async with lock:
-            return await asyncio.to_thread(
-                self._rebase, space, base, new_root, transaction_id, reads
+        try:
+            # Built on the newest root: set it, after the changes already queued.
+            return await asyncio.wrap_future(
+                self._pipeline(space).start(CommitBatch(transaction_id, []), base, new_root, None)
             )
+        except RootConflict:
+            pass
+        for _ in range(SPECULATION_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(
+                    self._rebase, space, base, new_root, transaction_id, reads
+                )
+            except RootConflict:
+                # A root change proposed before this one failed, so this one,
+                # built on it, failed too: rebase again on what was applied
+                # (which is older than the head this space's committer saw).
+                self.object_space(space).committer.reset_floor()
+                earlier = self.meta.outcome(transaction_id)
+                if earlier is not None:
+                    return RootRef(AtomPointer(*earlier[2]), earlier[1])
+        raise CommitConflict(
+            f"the commit was rebased {SPECULATION_ATTEMPTS} times while earlier root changes "
+            "kept failing; nothing was written. Run the transaction again."
+        )
+
+    def object_space(self, name: str) -> ObjectSpace:
+        """The object space this node rebases commits of `name` in (its cache lives on)."""
+        space = self._spaces.get(name)
+        if space is None:
+            space = self._spaces[name] = ObjectSpace(NodeStorage(self, name))
+        return space
+
+    def _pipeline(self, space: str) -> RootPipeline:
+        pipeline = self._pipelines.get(space)
+        if pipeline is None:
+            pipeline = self._pipelines[space] = RootPipeline(self, space)
+        return pipeline
 
     def _rebase(
         self,
@@ -368,14 +461,13 @@ class ClusterNode:
         """Runs in a worker thread: the embedded commit protocol over `NodeStorage`."""
         from protobase.errors import ConflictError
 
-        space = self._spaces.get(space_name)
-        if space is None:
-            space = self._spaces[space_name] = ObjectSpace(NodeStorage(self, space_name))
+        space = self.object_space(space_name)
         storage = space.storage
         assert isinstance(storage, NodeStorage)
         snapshot = Snapshot(space, base)
         try:
-            storage.alias = transaction_id
+            storage.local.alias = transaction_id
+            storage.local.building = base
             mine = snapshot.databases_at(RootRef(new_root, base.version))
             change = SpaceChange(
                 base,
@@ -390,7 +482,8 @@ class ClusterNode:
             except ConflictError as exc:
                 raise CommitConflict(str(exc)) from exc
         finally:
-            storage.alias = None
+            storage.local.alias = None
+            storage.local.building = None
             snapshot.close()
 
     # -- status --------------------------------------------------------------------
@@ -416,18 +509,125 @@ class ClusterNode:
         }
 
 
-class NodeStorage:
-    """The storage contract over this node's groups, for the rebase thread.
+class RootPipeline:
+    """Root changes of one space proposed ahead of their predecessors' outcome.
 
-    Calls block the worker thread while the event loop runs them. A root
-    change made here is recorded under `alias` too: the client's
-    transaction id, so that its repeated request finds the outcome.
+    The meta leader rebases commits one after another (the committer's lock)
+    but does not wait for each root change to apply before rebasing the
+    next one onto it: `head` is the root after the last queued change. A
+    change is proposed only once its batch is committed in its partition
+    (a root never names atoms that could be lost), and after the change
+    queued before it was proposed (so they apply in order). When one fails,
+    those built on it fail too (their expected version is gone) and are
+    rebased again from the applied root.
+
+    `start` may be called from any thread (the rebase threads call it with
+    the committer's lock held, and return at once); the changes run on the
+    event loop, in the order `start` queued them (`call_soon_threadsafe` is
+    FIFO).
     """
 
     def __init__(self, node: ClusterNode, space: str) -> None:
         self.node = node
         self.space = space
-        self.alias: bytes | None = None
+        self._lock = threading.Lock()
+        self._proposed: RootRef | None = None
+        self._pending = 0
+        self._last_proposed: asyncio.Future[None] | None = None
+        """Set once the last queued change was proposed (event loop only)."""
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0
+
+    def head(self) -> RootRef | None:
+        """The root after every queued change, or None when none is pending."""
+        with self._lock:
+            return self._proposed if self._pending else None
+
+    def start(
+        self, batch: CommitBatch, expected: RootRef, root: AtomPointer, alias: bytes | None
+    ) -> concurrent.futures.Future[RootRef]:
+        """Queue a root change after the pending ones; its future resolves when applied.
+
+        Raises:
+            RootConflict: `expected` is not the head (version and pointer: a
+                failed change's version is reused by the next head).
+        """
+        with self._lock:
+            if self._pending:
+                assert self._proposed is not None
+                current = self._proposed
+            else:
+                applied = self.node.meta.root(self.space)
+                pointer = AtomPointer(*applied.pointer) if applied.pointer else None
+                current = RootRef(pointer, applied.version)
+            if current != expected:
+                raise RootConflict(f"the head of space {self.space!r} is at version {current}")
+            self._proposed = RootRef(root, expected.version + 1)
+            self._pending += 1
+        assert self.node.loop is not None
+        return asyncio.run_coroutine_threadsafe(
+            self._run(batch, expected, root, alias), self.node.loop
+        )
+
+    async def _run(
+        self, batch: CommitBatch, expected: RootRef, root: AtomPointer, alias: bytes | None
+    ) -> RootRef:
+        previous = self._last_proposed
+        proposed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_proposed = proposed
+        try:
+            try:
+                if batch.atoms:
+                    await self.node.put_batch(
+                        batch.transaction_id, list(batch.atoms), _wire_links(batch), None
+                    )
+            finally:
+                if previous is not None:
+                    await asyncio.shield(previous)
+            change = asyncio.ensure_future(
+                self.node.set_root(
+                    self.space,
+                    expected.version,
+                    root,
+                    batch.transaction_id,
+                    alias,
+                    expected.pointer,
+                )
+            )
+            # The task runs up to its first suspension (its entry is appended
+            # to the log) before the next change may propose.
+            await asyncio.sleep(0)
+            proposed.set_result(None)
+            return await change
+        finally:
+            if not proposed.done():
+                proposed.set_result(None)
+            with self._lock:
+                self._pending -= 1
+                if not self._pending:
+                    self._proposed = None
+
+
+class NodeStorage:
+    """The storage contract over this node's groups, for the rebase threads.
+
+    Calls block the calling worker thread while the event loop runs them.
+    `commit_pipelined` hands root changes to the space's `RootPipeline`, so
+    the committer rebases the next commit while this one replicates. A root
+    change made here is recorded under the calling thread's `local.alias`
+    too: the client's transaction id, so that its repeated request finds
+    the outcome.
+    """
+
+    def __init__(self, node: ClusterNode, space: str) -> None:
+        self.node = node
+        self.space = space
+        self.local = threading.local()
+
+    def _alias(self) -> bytes | None:
+        return getattr(self.local, "alias", None)
 
     def _run(self, coroutine: Any) -> Any:
         assert self.node.loop is not None
@@ -437,25 +637,64 @@ class NodeStorage:
         except UnknownOutcome as exc:
             raise CommitOutcomeUnknown(str(exc), b"") from exc
 
+    def _building(self, expected_version: int) -> RootRef:
+        """The root the committer in this thread builds on (its last read, or the
+        base it started from): a change is proposed against its exact pointer."""
+        building: RootRef | None = getattr(self.local, "building", None)
+        if building is None or building.version != expected_version:
+            raise RootConflict(f"no root at version {expected_version} was read here; read again")
+        return building
+
     def read_root(self) -> RootRef:
-        return self._run(self.node.read_root(self.space))
+        ref: RootRef = self._run(self._read_head())
+        self.local.building = ref
+        return ref
+
+    async def _read_head(self) -> RootRef:
+        """The root to rebase onto: the pipeline's head, else the applied root.
+
+        No read barrier: the compare-and-set decides, so a root this node
+        has not applied yet only costs a retry, while a barrier under the
+        committer's lock would cost every commit a heartbeat round.
+        """
+        head = self.node._pipeline(self.space).head()
+        if head is not None:
+            return head
+        self.node.check_meta_leader()
+        root = self.node.meta.root(self.space)
+        return RootRef(AtomPointer(*root.pointer) if root.pointer else None, root.version)
 
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
         pairs = [(p.transaction_id, p.index) for p in pointers]
         return self._run(self.node.get_atoms(pairs, False))
 
+    def new_transaction_id(self) -> bytes:
+        """A random id in a partition this node leads, when it leads one."""
+        led = self.node.led_partitions()
+        for _ in range(64 if led else 1):
+            transaction_id = new_transaction_id()
+            if not led or partition_for(transaction_id, self.node.settings.partitions) in led:
+                break
+        return transaction_id
+
     def put_batch(self, batch: CommitBatch) -> None:
-        links = None if batch.links is None else [[list(p) for p in atom] for atom in batch.links]
-        self._run(self.node.put_batch(batch.transaction_id, list(batch.atoms), links, None))
+        self._run(
+            self.node.put_batch(batch.transaction_id, list(batch.atoms), _wire_links(batch), None)
+        )
 
     def set_root(
         self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
     ) -> RootRef:
-        return self._run(
-            self.node.set_root(
-                self.space, expected_root_version, new_root, transaction_id, self.alias
-            )
+        applied = self.node._pipeline(self.space).start(
+            CommitBatch(transaction_id, []),
+            self._building(expected_root_version),
+            new_root,
+            self._alias(),
         )
+        try:
+            return applied.result()
+        except UnknownOutcome as exc:
+            raise CommitOutcomeUnknown(str(exc), transaction_id) from exc
 
     def committed_root(self, transaction_id: bytes) -> RootRef | None:
         return self._run(self.node.commit_outcome(transaction_id))
@@ -463,11 +702,35 @@ class NodeStorage:
     def commit(
         self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
     ) -> RootRef:
-        self.put_batch(batch)
-        return self.set_root(expected_root_version, new_root, batch.transaction_id)
+        ref, wait = self.commit_pipelined(batch, expected_root_version, new_root)
+        wait()
+        return ref
+
+    def commit_pipelined(
+        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
+    ) -> tuple[RootRef, Callable[[], None]]:
+        """Queue the root change; the returned function waits until it is applied
+        (and raises `RootConflict` when a change before it failed)."""
+        applied = self.node._pipeline(self.space).start(
+            batch, self._building(expected_root_version), new_root, self._alias()
+        )
+
+        def wait() -> None:
+            try:
+                applied.result()
+            except UnknownOutcome as exc:
+                raise CommitOutcomeUnknown(str(exc), batch.transaction_id) from exc
+
+        return RootRef(new_root, expected_root_version + 1), wait
 
     def close(self) -> None:
         """The node owns the groups; nothing to release."""
+
+
+def _wire_links(batch: CommitBatch) -> list[Any] | None:
+    if batch.links is None:
+        return None
+    return [[[p.transaction_id, p.index] for p in atom] for atom in batch.links]
 
 
 def _check_identity(settings: NodeSettings) -> None:

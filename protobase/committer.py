@@ -105,6 +105,10 @@ class Committer:
         # Capabilities are checked once: a runtime Protocol check is slow.
         self._pipelined = isinstance(storage, PipelinedStorage)
         self._rebasing = isinstance(storage, RebasingStorage)
+        self._new_id: Callable[[], bytes] = getattr(storage, "new_transaction_id", None) or (
+            new_transaction_id
+        )
+        """Ids of the batches this committer writes: the storage's choice when it has one."""
         self.attempts_lost = 0
         """Compare-and-sets lost to another writer (a rebase followed)."""
 
@@ -129,6 +133,16 @@ class Committer:
             if ref.version > self._latest.version:
                 self._latest = ref
         return ref
+
+    def reset_floor(self) -> None:
+        """Forget the newest root seen, so that an older one may be read next.
+
+        For a storage that proposes roots speculatively (a cluster node's
+        `NodeStorage`): when a proposed root fails, its successors are
+        withdrawn and the applied root is older than the head seen before.
+        """
+        with self._latest_lock:
+            self._latest = RootRef(None, 0)
 
     def note_root(self, ref: RootRef) -> None:
         with self._latest_lock:
@@ -243,7 +257,7 @@ class Committer:
                     snapshot,
                     change.reads,
                 )
-            writer = AtomWriter(self._origin, new_transaction_id())
+            writer = AtomWriter(self._origin, self._new_id())
             pointer = writer.write_value({"format": SPACE_FORMAT, "databases": databases})
             try:
                 result = commit(writer.batch(), current.version, pointer)
@@ -280,7 +294,7 @@ class Committer:
 
     def _commit_remotely(self, change: SpaceChange) -> RootRef:
         """Write the change on its base and let the storage rebase it where the data is."""
-        writer = AtomWriter(self._origin, self.storage.new_transaction_id())  # type: ignore[attr-defined]
+        writer = AtomWriter(self._origin, self._new_id())
         pointer = writer.write_value({"format": SPACE_FORMAT, "databases": change.databases})
         request = RebaseRequest(writer.batch(), change.base.version, pointer, change.reads)
         ref = self.storage.commit_rebasing(request)  # type: ignore[attr-defined]

@@ -111,6 +111,16 @@ class ObjectSpace:
                 found[i] = payload
         return found  # type: ignore[return-value]
 
+    def cache_batch(self, transaction_id: bytes, atoms: Sequence[bytes]) -> None:
+        """Verify and cache the atoms of a stored batch (one about to be read).
+
+        A cluster node caches each batch a client commits with, so that
+        rebasing the commit reads none of its atoms back from the log.
+        """
+        for index, data in enumerate(atoms):
+            pointer = AtomPointer(transaction_id, index)
+            self._cache.put(pointer, unframe_atom(data, pointer))
+
     def pinned_root(self, at_version: int | None = None) -> RootRef:
         """The current root, or the historic one at `at_version`, pinned against pack.
 
