@@ -55,12 +55,21 @@ def free_port_base(count: int) -> int:
 class LocalCluster:
     """N members in `directory`; see the module docstring."""
 
-    def __init__(self, directory: Path, nodes: int = 3, partitions: int = 4) -> None:
+    def __init__(
+        self, directory: Path, nodes: int = 3, partitions: int = 4, extra_config: str = ""
+    ) -> None:
+        """`extra_config`: top-level TOML lines added to every node's config
+        (optional keys such as ``max_body_bytes = 65536``)."""
         self.directory = directory
         self.nodes = nodes
         self.base = free_port_base(nodes)
         self.configs = write_configs(directory, nodes, self.base, partitions)
+        if extra_config:
+            for config in self.configs:
+                config.write_text(extra_config.rstrip("\n") + "\n" + config.read_text())
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.paused: set[int] = set()
+        """Members held by SIGSTOP (asking them anything would hang)."""
         self.token = (directory / "client.token").read_text().strip()
 
     def url(self, node: int) -> str:
@@ -116,7 +125,7 @@ class LocalCluster:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             for k, process in self.processes.items():
-                if process.poll() is not None:
+                if process.poll() is not None or k in self.paused:
                     continue
                 try:
                     for state in self.status(k)["groups"]:
@@ -127,13 +136,64 @@ class LocalCluster:
             time.sleep(0.05)
         raise AssertionError(f"group {group} has no leader")
 
+    def wait_converged(self, timeout: float = 30.0) -> None:
+        """Wait until every running member has applied every group it holds as
+        far as that group's leader has committed (the replicas are equal)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            groups: dict[int, list[tuple[str, int, int, int]]] = {}
+            unanswered = []
+            for k, process in self.processes.items():
+                if process.poll() is None and k not in self.paused:
+                    try:
+                        states = self.status(k)["groups"]
+                    except (urllib.error.URLError, OSError):
+                        unanswered.append(k)
+                        continue
+                    for state in states:
+                        groups.setdefault(state["group"], []).append(
+                            (state["role"], state["commit"], state["applied"], state["term"])
+                        )
+            lagging: dict[Any, Any] = {f"node {k}": "no status" for k in unanswered}
+            lagging |= {
+                group: states
+                for group, states in groups.items()
+                if [s[0] for s in states].count("leader") != 1 or len({s[1:] for s in states}) != 1
+            }
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replicas did not converge in {timeout} s: {lagging}")
+            time.sleep(0.1)
+
     def signal(self, node: int, sig: int) -> None:
         os.kill(self.processes[node].pid, sig)
+        if sig == signal.SIGSTOP:
+            self.paused.add(node)
+        elif sig in (signal.SIGCONT, signal.SIGKILL):
+            self.paused.discard(node)
         if sig == signal.SIGKILL:
             self.processes[node].wait(10)
 
     def kill(self, node: int) -> None:
         self.signal(node, signal.SIGKILL)
+
+    def kill_all(self) -> None:
+        """SIGKILL every running member at once (no member sees another stop first)."""
+        running = [p for p in self.processes.values() if p.poll() is None]
+        for process in running:
+            os.kill(process.pid, signal.SIGKILL)
+        for process in running:
+            process.wait(10)
+
+    def wait_exit(self, node: int, timeout: float) -> int:
+        """The exit status of `node`, which must exit within `timeout` seconds."""
+        try:
+            return self.processes[node].wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"node {node} still runs after {timeout} s:\n{self.log(node)}"
+            ) from None
 
     def wipe(self, node: int) -> None:
         shutil.rmtree(self.directory / f"n{node}")
