@@ -282,9 +282,10 @@ class NodeAPI:
         if inline:
             atoms, links = _batch(body)
             self.node.check_meta_leader()
-            if mode == "cas":
-                # Refuse what set_root would refuse before storing anything.
-                await self.node.check_cas(space, base, root, transaction_id, len(atoms))
+            # Refuse what the root change would refuse before storing anything.
+            await self.node.check_cas(
+                space, base if mode == "cas" else None, root, transaction_id, len(atoms)
+            )
             await self.node.put_batch(transaction_id, atoms, links, None)
             if mode == "rebase":
                 # A rebase reads the new root's atoms: keep them at hand.

@@ -312,18 +312,20 @@ class ClusterNode:
         raise RootConflict(f"root of space {space!r} is at version {result[1]}, not {expected}")
 
     async def check_cas(
-        self, space: str, expected: int, root: AtomPointer, change_id: bytes, count: int
+        self, space: str, expected: int | None, root: AtomPointer, change_id: bytes, count: int
     ) -> None:
-        """Raise what a compare-and-set to `root` in a batch of `count` atoms would.
+        """Raise what a root change to `root` in a batch of `count` atoms would.
 
         A check before the batch is put, so that a refused commit stores
-        nothing; the compare-and-set itself still decides (a root that moves
-        in between leaves the batch unreachable, for pack to remove).
+        nothing: `root` must be an atom of the batch or a stored one, and
+        (for a compare-and-set, `expected` given) the version must be
+        current. The root change itself still decides (a root that moves in
+        between leaves the batch unreachable, for pack to remove).
         """
         if self.meta.outcome(change_id) is not None:
             return
         current = self.meta.root(space).version
-        if current != expected:
+        if expected is not None and current != expected:
             raise RootConflict(f"root of space {space!r} is at version {current}, not {expected}")
         if root.transaction_id == change_id:
             if not 0 <= root.index < count:

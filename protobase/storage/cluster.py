@@ -52,6 +52,12 @@ from .partitioning import partition_for
 DEFAULT_SPACE = "default"
 GET_ATOMS_CHUNK = 2048
 """Pointers per atoms request."""
+ATTEMPT_SECONDS = 2.0
+"""Longest wait for one node's answer to a small request before it is tried
+elsewhere (a paused node accepts connections and never answers); a request
+gets one more second per MiB of body."""
+SUSPECT_SECONDS = 5.0
+"""How long a node that did not answer is tried only when no other is left."""
 INLINE_BATCH_BYTES = 1 << 20
 """A commit whose batch is at most this large sends it with the commit request."""
 
@@ -96,6 +102,8 @@ class ClusterFileStorage:
         self._timeout = timeout
         self._meta_url: str | None = None
         self._rotation = itertools.count(random.randrange(1 << 16))
+        self._suspect: dict[str, float] = {}
+        """URL -> until when it is tried last (it did not answer)."""
         self._seen_lock = threading.Lock()
         self._seen = RootRef(None, 0)
         self._closed = False
@@ -140,18 +148,22 @@ class ClusterFileStorage:
         import msgpack
 
         data = msgpack.packb(body)
+        attempt_seconds = ATTEMPT_SECONDS + len(data) / (1 << 20)
         deadline = time.monotonic() + self._timeout
         problems: list[str] = []
         maybe_applied = False
         for attempt in itertools.count():
-            if meta and self._meta_url is not None:
-                url = self._meta_url
-            else:
-                url = self._urls[next(self._rotation) % len(self._urls)]
+            url = self._pick(meta)
             sent = False
+            remaining = deadline - time.monotonic()
             try:
                 async with self._session.post(
-                    url + route, data=data, headers={"Content-Type": "application/msgpack"}
+                    url + route,
+                    data=data,
+                    headers={"Content-Type": "application/msgpack"},
+                    timeout=self._aiohttp.ClientTimeout(
+                        total=max(0.1, min(remaining, attempt_seconds))
+                    ),
                 ) as response:
                     sent = True
                     payload = await response.read()
@@ -161,6 +173,9 @@ class ClusterFileStorage:
                 maybe_applied = (
                     maybe_applied or sent or not isinstance(exc, self._aiohttp.ClientConnectorError)
                 )
+                # A node that does not answer (dead, paused, cut off) is tried
+                # last for a while, so one bad node costs one attempt, not many.
+                self._suspect[url] = time.monotonic() + SUSPECT_SECONDS
                 if meta:
                     self._meta_url = None
             else:
@@ -192,6 +207,19 @@ class ClusterFileStorage:
                 raise _unavailable(route, problems, maybe_applied, self._timeout)
             await asyncio.sleep(min(remaining, 0.02 * 2 ** min(attempt, 5) * random.random()))
         raise AssertionError("unreachable")
+
+    def _pick(self, meta: bool) -> str:
+        """The node for the next attempt: the meta leader when known (for meta
+        requests), else the next in rotation; nodes that just failed come last."""
+        now = time.monotonic()
+        if meta and self._meta_url is not None and self._suspect.get(self._meta_url, 0) <= now:
+            return self._meta_url
+        start = next(self._rotation)
+        for offset in range(len(self._urls)):
+            url = self._urls[(start + offset) % len(self._urls)]
+            if self._suspect.get(url, 0) <= now:
+                return url
+        return self._urls[start % len(self._urls)]
 
     # -- the storage contract ------------------------------------------------------
 
