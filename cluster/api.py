@@ -5,7 +5,8 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
 
     /v1/cluster         {} -> {"cluster", "partitions", "members": [{"id", "client"}],
                               "meta_leader": url | None}
-    /v1/root/read       {"space"} -> {"root": pointer | None, "version"}
+    /v1/root/read       {"space"} -> {"root": pointer | None, "version",
+                                   "atoms": [bytes] of the root's batch, when at hand}
     /v1/batch/put       {"txid", "atoms": [bytes], "links": [[pointer]] | None} -> {}
     /v1/atoms/get       {"pointers": [pointer]} -> {"atoms": [bytes]}
     /v1/commit          {"space", "txid", "base", "root": pointer, "mode": "rebase" | "cas",
@@ -244,8 +245,13 @@ class NodeAPI:
     async def read_root(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         ref = await self.node.read_root(_space(body.get("space")))
-        pointer = None if ref.pointer is None else list(ref.pointer)
-        return _pack({"root": pointer, "version": ref.version})
+        answer: dict[str, Any] = {"root": None, "version": ref.version}
+        if ref.pointer is not None:
+            answer["root"] = list(ref.pointer)
+            atoms = self.node.recent_batches.get(ref.pointer.transaction_id)
+            if atoms is not None:
+                answer["atoms"] = atoms
+        return _pack(answer)
 
     async def put_batch(self, request: web.Request) -> web.Response:
         data = await request.read()
@@ -290,6 +296,7 @@ class NodeAPI:
             if mode == "rebase":
                 # A rebase reads the new root's atoms: keep them at hand.
                 self.node.object_space(space).cache_batch(transaction_id, atoms)
+            self.node.remember_batch(transaction_id, atoms)
         ref = await self.node.commit(
             space, base, root, transaction_id, reads, rebase=mode == "rebase", stored=inline
         )

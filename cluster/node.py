@@ -34,6 +34,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -63,6 +64,9 @@ from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
 log = logging.getLogger("protobase.node")
 
 FORWARDED = "X-ProtoBase-Forwarded"
+RECENT_BATCHES = 256
+RECENT_BATCH_BYTES = 256 << 10
+"""Root batches kept to answer root reads with (count, and bytes of one batch)."""
 ROOT_CHANGE_TIMEOUT = 1e9
 """Seconds a root change waits to be applied: in effect, until it is."""
 SPECULATION_ATTEMPTS = 8
@@ -119,8 +123,12 @@ class ClusterNode:
         self.session: aiohttp.ClientSession | None = None
         self._spaces: dict[str, ObjectSpace] = {}
         self._pipelines: dict[str, RootPipeline] = {}
+        self.recent_batches: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        """The atoms of the batches the latest roots were written in: a root
+        read answers with them, since the next transaction reads them first."""
         self._running: dict[bytes, asyncio.Future[RootRef]] = {}
         """Commits in progress here, by the client's transaction id."""
+        self._meta_reads = SharedBarrier(self.raft, META_GROUP)
         self._barrier_term = -1
         """The meta leader term whose read barrier has passed here."""
         self.started = time.time()
@@ -260,6 +268,14 @@ class ClusterNode:
 
     # -- roots ---------------------------------------------------------------------
 
+    def remember_batch(self, transaction_id: bytes, atoms: list[bytes]) -> None:
+        if sum(len(a) for a in atoms) > RECENT_BATCH_BYTES:
+            return
+        self.recent_batches[transaction_id] = atoms
+        self.recent_batches.move_to_end(transaction_id)
+        while len(self.recent_batches) > RECENT_BATCHES:
+            self.recent_batches.popitem(last=False)
+
     def led_partitions(self) -> list[int]:
         """The partitions (0-based) whose groups this node leads."""
         return [g - 1 for g in self.raft.groups if g != META_GROUP and self.is_leader(g)]
@@ -271,7 +287,7 @@ class ClusterNode:
     async def read_root(self, space: str) -> RootRef:
         self.check_meta_leader()
         try:
-            await self.raft.read_barrier(META_GROUP)
+            await self._meta_reads.barrier()
         except (OutcomeUnknown, NodeStopped) as exc:
             raise Unavailable(str(exc)) from exc
         root = self.meta.root(space)
@@ -511,6 +527,58 @@ class ClusterNode:
         }
 
 
+class SharedBarrier:
+    """Linearizable read barriers of one group, shared by concurrent readers.
+
+    A reader may share a barrier only if it started after the reader
+    arrived: a reader that comes while one is running waits for the next,
+    which starts when the running one ends and serves everyone who came in
+    the meantime. Under load this costs one ReadIndex round per round trip,
+    not one per reader.
+    """
+
+    def __init__(self, raft: RaftNode, group: int) -> None:
+        self._raft = raft
+        self._group = group
+        self._running: asyncio.Future[int] | None = None
+        self._next: asyncio.Future[int] | None = None
+
+    async def barrier(self) -> int:
+        if self._running is None:
+            self._running = self._start()
+            return await asyncio.shield(self._running)
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._next)
+
+    def _start(self) -> asyncio.Future[int]:
+        task = asyncio.ensure_future(self._raft.read_barrier(self._group))
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, done: asyncio.Future[int]) -> None:
+        waiting, self._next = self._next, None
+        self._running = None
+        if waiting is None:
+            return
+        follow = self._start()
+        self._running = follow
+
+        def hand_over(result: asyncio.Future[int]) -> None:
+            if waiting.done():
+                return
+            if result.cancelled():
+                waiting.cancel()
+            elif result.exception() is not None:
+                waiting.set_exception(result.exception())  # type: ignore[arg-type]
+            else:
+                waiting.set_result(result.result())
+
+        follow.add_done_callback(hand_over)
+        if not done.cancelled():
+            done.exception()  # retrieved by its own awaiters; never left unobserved
+
+
 class RootPipeline:
     """Root changes of one space proposed ahead of their predecessors' outcome.
 
@@ -602,7 +670,10 @@ class RootPipeline:
             # to the log) before the next change may propose.
             await asyncio.sleep(0)
             proposed.set_result(None)
-            return await change
+            ref = await change
+            if batch.atoms:
+                self.node.remember_batch(batch.transaction_id, list(batch.atoms))
+            return ref
         finally:
             if not proposed.done():
                 proposed.set_result(None)

@@ -20,6 +20,10 @@ Invariants:
 - **Session monotonic reads**: `read_root` never returns a version older
   than one this storage has returned or committed.
 - Wrong token: `AuthenticationError` at once, never retried.
+- **Atoms are cached** (they never change): a root read brings the atoms
+  of the root's batch along when the node has them, so a transaction that
+  starts after another client's commit rarely waits for a fetch. Atoms are
+  verified by their checksum when the object layer reads them.
 
 The HTTP client (aiohttp) runs on an event loop in a thread of its own, so
 the storage can be called from any number of application threads.
@@ -33,6 +37,7 @@ import json
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +55,7 @@ from .interfaces import CommitBatch, RebaseRequest, RootRef
 from .partitioning import partition_for
 
 DEFAULT_SPACE = "default"
+DEFAULT_CACHE_BYTES = 32 << 20
 GET_ATOMS_CHUNK = 2048
 """Pointers per atoms request."""
 ATTEMPT_SECONDS = 2.0
@@ -71,6 +77,8 @@ class ClusterFileStorage:
         space: which object space of the cluster to use.
         timeout: seconds a request keeps being retried before
             `ClusterUnavailableError`.
+        cache_bytes: bytes of atoms kept (atoms never change, so the cache
+            is never invalidated; root reads bring the root's batch along).
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class ClusterFileStorage:
         *,
         space: str = DEFAULT_SPACE,
         timeout: float = 30.0,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         if isinstance(urls, str):
             urls = [urls]
@@ -102,6 +111,7 @@ class ClusterFileStorage:
         self._timeout = timeout
         self._meta_url: str | None = None
         self._rotation = itertools.count(random.randrange(1 << 16))
+        self._atoms = _AtomCache(cache_bytes)
         self._suspect: dict[str, float] = {}
         """URL -> until when it is tried last (it did not answer)."""
         self._seen_lock = threading.Lock()
@@ -228,6 +238,10 @@ class ClusterFileStorage:
             floor = self._seen.version
         answer = self._request("/v1/root/read", {"space": self._space}, meta=True)
         ref = _root_ref(answer["root"], answer["version"])
+        atoms = answer.get("atoms")
+        if ref.pointer is not None and type(atoms) is list:
+            # The root's batch: what the next transaction reads first.
+            self._atoms.put_batch(ref.pointer.transaction_id, atoms)
         with self._seen_lock:
             # Only what was seen before this read started bounds it: a commit
             # answered meanwhile may be newer than the root this read found.
@@ -243,14 +257,18 @@ class ClusterFileStorage:
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
         if self._closed:
             raise StorageError("this ClusterFileStorage is closed")
-        found: list[bytes] = []
-        for start in range(0, len(pointers), GET_ATOMS_CHUNK):
-            part = pointers[start : start + GET_ATOMS_CHUNK]
+        found: list[bytes | None] = [self._atoms.get(p) for p in pointers]
+        missing = [i for i, atom in enumerate(found) if atom is None]
+        for start in range(0, len(missing), GET_ATOMS_CHUNK):
+            part = missing[start : start + GET_ATOMS_CHUNK]
             answer = self._request(
-                "/v1/atoms/get", {"pointers": [[p.transaction_id, p.index] for p in part]}
+                "/v1/atoms/get",
+                {"pointers": [[pointers[i].transaction_id, pointers[i].index] for i in part]},
             )
-            found.extend(answer["atoms"])
-        return found
+            for i, atom in zip(part, answer["atoms"], strict=True):
+                found[i] = atom
+                self._atoms.put(pointers[i], atom)
+        return found  # type: ignore[return-value]
 
     def put_batch(self, batch: CommitBatch) -> None:
         self._request(
@@ -348,6 +366,39 @@ class ClusterFileStorage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _AtomCache:
+    """A thread-safe LRU of atoms (framed bytes, as stored) bounded in bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._size = 0
+        self._entries: OrderedDict[AtomPointer, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, pointer: AtomPointer) -> bytes | None:
+        with self._lock:
+            atom = self._entries.get(pointer)
+            if atom is not None:
+                self._entries.move_to_end(pointer)
+            return atom
+
+    def put(self, pointer: AtomPointer, atom: bytes) -> None:
+        if type(atom) is not bytes or len(atom) > self._capacity:
+            return
+        with self._lock:
+            if pointer in self._entries:
+                return
+            self._entries[pointer] = atom
+            self._size += len(atom)
+            while self._size > self._capacity:
+                _, evicted = self._entries.popitem(last=False)
+                self._size -= len(evicted)
+
+    def put_batch(self, transaction_id: bytes, atoms: list[Any]) -> None:
+        for index, atom in enumerate(atoms):
+            self.put(AtomPointer(transaction_id, index), atom)
 
 
 def _wire_links(batch: CommitBatch) -> list[list[list[Any]]] | None:
