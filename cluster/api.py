@@ -24,7 +24,8 @@ unavailable (``"kind": "outcome_unknown"`` when a write may have happened).
 
 Open routes: ``GET /health`` (200 while serving), ``GET /ready`` (200 once
 every group placed here has a leader, else 503 with the reason),
-``GET /status.json``, ``GET /status`` (HTML).
+``GET /status.json``, ``GET /status`` (HTML), ``GET /metrics`` (Prometheus
+text format; see `cluster.metrics`). They show no stored data.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ from protobase.atoms import AtomPointer
 from protobase.errors import AtomNotFoundError, RootConflict, StorageError
 from protobase.storage.interfaces import DatabaseReads
 
+from .metrics import CONTENT_TYPE
 from .node import FORWARDED, ClusterNode, CommitConflict, Unavailable, UnknownOutcome
 from .partitions import META_GROUP
 from .raft.errors import NotLeader
 from .raft.node import NodeStopped
 
-OPEN_ROUTES = frozenset({"/health", "/ready", "/status", "/status.json"})
+OPEN_ROUTES = frozenset({"/health", "/ready", "/status", "/status.json", "/metrics"})
 MAX_SPACE_NAME = 256
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -135,12 +137,14 @@ class NodeAPI:
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.node.settings.max_body_bytes, middlewares=[self._guard]
+            client_max_size=self.node.settings.max_body_bytes,
+            middlewares=[self._count, self._guard],
         )
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/status.json", self.status_json)
         app.router.add_get("/status", self.status_html)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/cluster", self.cluster)
         app.router.add_post("/v1/root/read", self.read_root)
         app.router.add_post("/v1/batch/put", self.put_batch)
@@ -148,6 +152,19 @@ class NodeAPI:
         app.router.add_post("/v1/commit", self.commit)
         app.router.add_post("/v1/commit/outcome", self.commit_outcome)
         return app
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count every answer by route (its pattern, never the raw path) and status."""
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self.node.metrics.http.labels(name, str(exc.status)).inc()
+            raise
+        self.node.metrics.http.labels(name, str(response.status)).inc()
+        return response
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -207,6 +224,12 @@ class NodeAPI:
 
     async def status_json(self, request: web.Request) -> web.Response:
         return web.json_response(self.node.status())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.node.metrics.render(),
+            headers={"Content-Type": CONTENT_TYPE},
+        )
 
     async def status_html(self, request: web.Request) -> web.Response:
         status = self.node.status()

@@ -56,6 +56,7 @@ from protobase.transaction import Snapshot
 
 from .config import ConfigError, NodeSettings
 from .meta import MetaMachine, cas_entry
+from .metrics import NodeMetrics
 from .partition_store import PartitionMachine, chunks
 from .partitions import META_GROUP, group_of_partition, partition_for, placement
 from .raft.errors import NotLeader, ProposalDropped
@@ -129,6 +130,7 @@ class ClusterNode:
         self._running: dict[bytes, asyncio.Future[RootRef]] = {}
         """Commits in progress here, by the client's transaction id."""
         self._meta_reads = SharedBarrier(self.raft, META_GROUP)
+        self.metrics = NodeMetrics(lambda: self.status()["groups"])
         self._barrier_term = -1
         """The meta leader term whose read barrier has passed here."""
         self.started = time.time()
@@ -387,6 +389,7 @@ class ClusterNode:
             return await asyncio.shield(running)
         future: asyncio.Future[RootRef] = asyncio.get_running_loop().create_future()
         self._running[transaction_id] = future
+        started = time.perf_counter()
         try:
             ref = await self._commit_once(
                 space, base_version, new_root, transaction_id, reads, rebase, stored
@@ -394,9 +397,13 @@ class ClusterNode:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a repeat may never come
+            outcome = "conflict" if isinstance(exc, CommitConflict | RootConflict) else "failed"
+            self.metrics.commits.labels(outcome).inc()
             raise
         else:
             future.set_result(ref)
+            self.metrics.commits.labels("committed").inc()
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
             return ref
         finally:
             del self._running[transaction_id]
@@ -437,6 +444,7 @@ class ClusterNode:
             )
         except RootConflict:
             pass
+        self.metrics.rebases.inc()
         for _ in range(SPECULATION_ATTEMPTS):
             try:
                 return await asyncio.to_thread(
@@ -511,6 +519,7 @@ class ClusterNode:
         for group in sorted(self.raft.groups):
             state = self.raft.status(group)
             state["name"] = "meta" if group == META_GROUP else f"partition-{group - 1}"
+            state["leader_changes"] = self.raft.groups[group].leader_changes
             groups.append(state)
         return {
             "cluster": self.settings.cluster,

@@ -1,0 +1,90 @@
+"""A node's Prometheus metrics (`GET /metrics`), in Prometheus's conventions.
+
+Counters end in ``_total``, durations are histograms in seconds, and every
+name starts with ``protobase_``. Each node has its own registry. The Raft
+figures are read when Prometheus scrapes, so they are never stale:
+
+- ``protobase_commits_total{outcome}``: commit requests this node answered
+  as meta leader (``committed``, ``conflict``, ``failed``);
+- ``protobase_commit_seconds``: their latency, as the node saw it;
+- ``protobase_rebases_total``: commits that were rebased here;
+- ``protobase_http_requests_total{route,status}``;
+- ``protobase_raft_term``, ``protobase_raft_commit_index``,
+  ``protobase_raft_applied_index``, ``protobase_raft_is_leader``,
+  ``protobase_raft_leader_changes_total``, per ``group``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _RaftCollector(Collector):
+    """Reads every group's status when scraped."""
+
+    def __init__(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Any]:
+        term = GaugeMetricFamily("protobase_raft_term", "Current Raft term", labels=["group"])
+        commit = GaugeMetricFamily(
+            "protobase_raft_commit_index", "Highest log index known committed", labels=["group"]
+        )
+        applied = GaugeMetricFamily(
+            "protobase_raft_applied_index", "Highest log index applied here", labels=["group"]
+        )
+        leader = GaugeMetricFamily(
+            "protobase_raft_is_leader", "1 when this node leads the group", labels=["group"]
+        )
+        changes = CounterMetricFamily(
+            "protobase_raft_leader_changes",
+            "Leader changes this node has seen",
+            labels=["group"],
+        )
+        for status in self._statuses():
+            group = [status["name"]]
+            term.add_metric(group, status["term"])
+            commit.add_metric(group, status["commit"])
+            applied.add_metric(group, status["applied"])
+            leader.add_metric(group, 1 if status["role"] == "leader" else 0)
+            changes.add_metric(group, status.get("leader_changes", 0))
+        yield from (term, commit, applied, leader, changes)
+
+
+class NodeMetrics:
+    """The metrics of one node; see the module docstring."""
+
+    def __init__(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
+        self.registry = CollectorRegistry()
+        self.commits = Counter(
+            "protobase_commits",
+            "Commit requests answered as meta leader",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "protobase_commit_seconds",
+            "Commit latency at the meta leader",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.rebases = Counter(
+            "protobase_rebases", "Commits rebased on this node", registry=self.registry
+        )
+        self.http = Counter(
+            "protobase_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_RaftCollector(statuses))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
