@@ -7,7 +7,8 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
                               "meta_leader": url | None}
     /v1/root/read       {"space"} -> {"root": pointer | None, "version",
                                    "atoms": [bytes] of the root's batch, when at hand}
-    /v1/batch/put       {"txid", "atoms": [bytes], "links": [[pointer]] | None} -> {}
+    /v1/batch/put       {"txid", "atoms": [bytes], "links": [[pointer]] | None,
+                         optional "first", "total": a part of a larger batch} -> {}
     /v1/atoms/get       {"pointers": [pointer]} -> {"atoms": [bytes]}
     /v1/commit          {"space", "txid", "base", "root": pointer, "mode": "rebase" | "cas",
                          "reads": {db: [[root name], [object id]]},
@@ -281,8 +282,24 @@ class NodeAPI:
         body = await self._body(request)
         transaction_id = _txid(body.get("txid"))
         atoms, links = _batch(body)
+        first, total = body.get("first", 0), body.get("total")
+        if total is None:
+            total = len(atoms)
+        if (
+            type(first) is not int
+            or type(total) is not int
+            or not 0 <= first <= first + len(atoms) <= total
+            or (not atoms and total)
+        ):
+            raise BadRequest("first and total must place the atoms inside the batch")
         await self.node.put_batch(
-            transaction_id, atoms, links, data, forwarded=FORWARDED in request.headers
+            transaction_id,
+            atoms,
+            links,
+            data,
+            forwarded=FORWARDED in request.headers,
+            first=first,
+            total=total,
         )
         return _pack({})
 

@@ -226,22 +226,36 @@ class ClusterNode:
         links: list[Any] | None,
         body: bytes | None,
         forwarded: bool = False,
+        first: int = 0,
+        total: int | None = None,
     ) -> None:
+        """Store atoms `first` .. of batch `transaction_id` (of `total`; default:
+        `atoms` is the whole batch). A client sends a batch too large for one
+        request in parts; the batch is readable once every part is applied."""
         group = group_of_partition(partition_for(transaction_id, self.settings.partitions))
         if not self.is_leader(group):
             if body is None:
-                body = msgpack.packb({"txid": transaction_id, "atoms": atoms, "links": links})
+                body = msgpack.packb(
+                    {
+                        "txid": transaction_id,
+                        "atoms": atoms,
+                        "links": links,
+                        "first": first,
+                        "total": total,
+                    }
+                )
             await self.forward(group, "/v1/batch/put", body, forwarded)
             return
         machine = self.partitions[group]
-        if machine.has(transaction_id):
-            if machine.batch_atoms(transaction_id) != atoms:
+        stored = machine.part_atoms(transaction_id, first, len(atoms))
+        if stored is not None:
+            if stored != atoms:
                 raise StorageError(
                     f"transaction id {transaction_id.hex()} is already stored with "
                     "different atoms; every commit needs a fresh transaction id"
                 )
             return
-        for entry in chunks(transaction_id, atoms, links):
+        for entry in chunks(transaction_id, atoms, links, offset=first, total=total):
             await self.propose(group, entry)
 
     async def get_atoms(

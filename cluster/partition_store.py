@@ -59,21 +59,27 @@ def chunks(
     atoms: Sequence[bytes],
     links: Sequence[Sequence[Any]] | None,
     limit: int = BATCH_CHUNK_BYTES,
+    offset: int = 0,
+    total: int | None = None,
 ) -> Iterator[bytes]:
-    """The entries of one batch, each holding at most about `limit` atom bytes."""
-    total = len(atoms)
-    first = 0
+    """The entries of `atoms`, each holding at most about `limit` atom bytes.
+
+    `atoms` are the batch's atoms from index `offset` on (a part a client
+    sent alone), of `total` in the whole batch (default: all of them).
+    """
+    total = len(atoms) if total is None else total
+    start = 0
     while True:
-        size, end = 0, first
-        while end < total and (end == first or size + len(atoms[end]) <= limit):
+        size, end = 0, start
+        while end < len(atoms) and (end == start or size + len(atoms[end]) <= limit):
             size += len(atoms[end])
             end += 1
-        part_links = None if links is None else [list(x) for x in links[first:end]]
+        part_links = None if links is None else [list(x) for x in links[start:end]]
         yield msgpack.packb(
-            ["batch", transaction_id, first, list(atoms[first:end]), part_links, total]
+            ["batch", transaction_id, offset + start, list(atoms[start:end]), part_links, total]
         )
-        first = end
-        if first >= total:
+        start = end
+        if start >= len(atoms):
             return
 
 
@@ -133,6 +139,20 @@ class PartitionMachine:
             if chunk.first <= index < chunk.first + chunk.count:
                 return self._atoms_at(chunk.log_index)[index - chunk.first]
         return None
+
+    def part_atoms(self, transaction_id: bytes, first: int, count: int) -> list[bytes] | None:
+        """Atoms `first` .. `first + count` when every chunk holding them is applied."""
+        batch = self.batches.get(transaction_id)
+        if batch is None:
+            return None
+        found: list[bytes] = []
+        for chunk in batch.chunks:
+            end = chunk.first + chunk.count
+            if end <= first or chunk.first >= first + count:
+                continue
+            atoms = self._atoms_at(chunk.log_index)
+            found.extend(atoms[max(first, chunk.first) - chunk.first : first + count - chunk.first])
+        return found if len(found) == count else None
 
     def batch_atoms(self, transaction_id: bytes) -> list[bytes] | None:
         batch = self.batches.get(transaction_id)

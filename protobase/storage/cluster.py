@@ -65,6 +65,8 @@ gets one more second per MiB of body."""
 SUSPECT_SECONDS = 5.0
 """How long a node that did not answer is tried only when no other is left."""
 INLINE_BATCH_BYTES = 1 << 20
+PART_BYTES = 8 << 20
+"""Atom bytes per put request of a large batch (well under a node's body limit)."""
 """A commit whose batch is at most this large sends it with the commit request."""
 
 
@@ -137,6 +139,11 @@ class ClusterFileStorage:
         self._led: tuple[int, ...] = ()
         """Partitions the meta leader led at its last answer: a batch there is
         put and rooted by one node, with no hop between nodes."""
+
+    @property
+    def space(self) -> str:
+        """The name of the cluster's object space this storage reads and writes."""
+        return self._space
 
     async def _open_session(self) -> Any:
         return self._aiohttp.ClientSession(
@@ -271,10 +278,27 @@ class ClusterFileStorage:
         return found  # type: ignore[return-value]
 
     def put_batch(self, batch: CommitBatch) -> None:
-        self._request(
-            "/v1/batch/put",
-            {"txid": batch.transaction_id, "atoms": list(batch.atoms), "links": _wire_links(batch)},
-        )
+        """One request, or parts of at most `PART_BYTES` for a large batch."""
+        atoms, links = list(batch.atoms), _wire_links(batch)
+        start = 0
+        while True:
+            size, end = 0, start
+            while end < len(atoms) and (end == start or size + len(atoms[end]) <= PART_BYTES):
+                size += len(atoms[end])
+                end += 1
+            self._request(
+                "/v1/batch/put",
+                {
+                    "txid": batch.transaction_id,
+                    "atoms": atoms[start:end],
+                    "links": None if links is None else links[start:end],
+                    "first": start,
+                    "total": len(atoms),
+                },
+            )
+            start = end
+            if start >= len(atoms):
+                return
 
     def set_root(
         self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
