@@ -247,6 +247,12 @@ class ClusterNode:
             await self.forward(group, "/v1/batch/put", body, forwarded)
             return
         machine = self.partitions[group]
+        known = machine.batches.get(transaction_id)
+        if known is not None and known.total != (len(atoms) if total is None else total):
+            raise StorageError(
+                f"transaction id {transaction_id.hex()} is already stored with {known.total} "
+                "atoms; every commit needs a fresh transaction id"
+            )
         stored = machine.part_atoms(transaction_id, first, len(atoms))
         if stored is not None:
             if stored != atoms:

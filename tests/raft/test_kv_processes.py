@@ -594,6 +594,13 @@ def test_a_dialer_with_the_wrong_secret_gets_no_answer(cluster: Cluster) -> None
     assert "does not know the cluster secret" in node3.log()
     # The control: the same dialer with the right secret gets the server's proof
     # (and its verdict: node 3 knows another incarnation of node 2, so a refusal).
+    # Node 3 must have met node 2 first, or it would learn this dialer's made-up
+    # incarnation as node 2's (trust on first use) and then refuse the real one.
+    known = node3.data / "PEER_INCARNATIONS"
+    deadline = time.monotonic() + 20
+    while not (known.exists() and '"2"' in known.read_text()):
+        assert time.monotonic() < deadline, "node 3 never met node 2"
+        time.sleep(0.05)
     _, answer = raft_handshake(node3.raft_port, cluster.secret.encode(), 2, 3)
     (size,) = struct.unpack(">I", answer[:4])
     inc_a, verdict_a, mac_a = msgpack.unpackb(answer[4 : 4 + size])
