@@ -43,6 +43,11 @@ class SpaceRoot:
     version: int
 
 
+DONE_KEPT = 200_000
+"""Root change ids remembered (oldest forgotten first): a repeated request is
+recognised while its change is among the last this many. Clients repeat
+within their timeout, seconds after the first attempt."""
+
 RECENT_ROOTS = 4096
 """Roots kept per space by version, so that a node can rebase a commit built
 on any of them (an older base is refused as too old, and retried)."""
@@ -131,9 +136,12 @@ class MetaMachine:
         recent = self.state.recent.setdefault(space, {})
         recent[version] = root
         recent.pop(version - RECENT_ROOTS, None)
-        self.state.done[change_id] = (space, version, root)
+        done = self.state.done
+        done[change_id] = (space, version, root)
         if alias is not None:
-            self.state.done[alias] = (space, version, root)
+            done[alias] = (space, version, root)
+        while len(done) > DONE_KEPT:
+            del done[next(iter(done))]  # insertion order: the oldest first
         return ["ok", version]
 
     def snapshot(self, sink: BinaryIO) -> None:

@@ -1,0 +1,63 @@
+"""The meta group's state machine, without processes: compare-and-set, repeats, pruning."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from cluster import meta
+from cluster.meta import MetaMachine, cas_entry
+
+
+def pointer() -> tuple[bytes, int]:
+    return os.urandom(16), 0
+
+
+def test_cas_moves_the_root_once_per_change_id_and_checks_the_expected_pointer() -> None:
+    machine = MetaMachine()
+    first, second = pointer(), pointer()
+    change = os.urandom(16)
+    assert machine.apply(1, cas_entry("s", 0, None, first, change, None, 0.0)) == ["ok", 1]
+    again = machine.apply(2, cas_entry("s", 0, None, first, change, None, 0.0))
+    assert again == ["dup", 1, list(first)]
+    # Built on the right version but another root: refused.
+    assert machine.apply(3, cas_entry("s", 1, second, second, os.urandom(16), None, 0.0)) == [
+        "conflict",
+        1,
+    ]
+    alias = os.urandom(16)
+    assert machine.apply(4, cas_entry("s", 1, first, second, os.urandom(16), alias, 0.0)) == [
+        "ok",
+        2,
+    ]
+    assert machine.outcome(alias) == ("s", 2, second)
+    assert machine.root_at("s", 1) == first
+
+
+def test_snapshot_restores_the_same_state() -> None:
+    machine = MetaMachine()
+    for version in range(5):
+        machine.apply(
+            version + 1, cas_entry("s", version, None, pointer(), os.urandom(16), None, 0)
+        )
+    sink = io.BytesIO()
+    machine.snapshot(sink)
+    copy = MetaMachine()
+    copy.restore(io.BytesIO(sink.getvalue()))
+    assert copy.state == machine.state
+
+
+def test_old_change_ids_are_forgotten_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(meta, "DONE_KEPT", 3)
+    machine = MetaMachine()
+    ids = [os.urandom(16) for _ in range(5)]
+    for version, change in enumerate(ids):
+        machine.apply(version + 1, cas_entry("s", version, None, pointer(), change, None, 0))
+    assert [machine.outcome(c) is not None for c in ids] == [False, False, True, True, True]
+
+
+def test_a_malformed_entry_is_refused() -> None:
+    with pytest.raises(meta.MetaEntryError):
+        MetaMachine().apply(1, b"\xc1")
