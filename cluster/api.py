@@ -9,7 +9,9 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
                                    "atoms": [bytes] of the root's batch, when at hand}
     /v1/batch/put       {"txid", "atoms": [bytes], "links": [[pointer]] | None,
                          optional "first", "total": a part of a larger batch} -> {}
-    /v1/atoms/get       {"pointers": [pointer]} -> {"atoms": [bytes]}
+    /v1/atoms/get       {"pointers": [pointer], optional "prefetch": bytes}
+                        -> {"atoms": [bytes], "batches": {transaction id: [bytes]}}
+                        (whole batches of the atoms read, up to "prefetch" bytes)
     /v1/commit          {"space", "txid", "base", "root": pointer, "mode": "rebase" | "cas",
                          "reads": {db: [[root name], [object id]]},
                          optional "atoms", "links": the batch, put first (one request)}
@@ -309,10 +311,13 @@ class NodeAPI:
         if type(raw) is not list:
             raise BadRequest("pointers must be a list")
         pointers = [_pointer(p, "a pointer") for p in raw]
-        atoms = await self.node.get_atoms(
-            [(p.transaction_id, p.index) for p in pointers], FORWARDED in request.headers
+        prefetch = body.get("prefetch", 0)
+        if type(prefetch) is not int or prefetch < 0:
+            raise BadRequest("prefetch must be a byte count >= 0")
+        atoms, batches = await self.node.get_atoms_and_batches(
+            [(p.transaction_id, p.index) for p in pointers], FORWARDED in request.headers, prefetch
         )
-        return _pack({"atoms": atoms})
+        return _pack({"atoms": atoms, "batches": batches})
 
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._body(request)

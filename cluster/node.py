@@ -65,6 +65,8 @@ from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
 log = logging.getLogger("protobase.node")
 
 FORWARDED = "X-ProtoBase-Forwarded"
+MAX_PREFETCH_BYTES = 8 << 20
+"""Most bytes of whole batches one atom read brings along."""
 RECENT_BATCHES = 256
 RECENT_BATCH_BYTES = 256 << 10
 """Root batches kept to answer root reads with (count, and bytes of one batch)."""
@@ -267,7 +269,17 @@ class ClusterNode:
     async def get_atoms(
         self, pointers: Sequence[tuple[bytes, int]], forwarded: bool
     ) -> list[bytes]:
+        return (await self.get_atoms_and_batches(pointers, forwarded, 0))[0]
+
+    async def get_atoms_and_batches(
+        self, pointers: Sequence[tuple[bytes, int]], forwarded: bool, prefetch: int
+    ) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
+        """The atoms of `pointers`, and whole batches they belong to, at most
+        `prefetch` bytes of them (atoms of one commit are mostly read together:
+        a cold client then needs one request per batch, not one per tree level)."""
         found: list[bytes | None] = [None] * len(pointers)
+        batches: dict[bytes, list[bytes]] = {}
+        budget = min(prefetch, MAX_PREFETCH_BYTES)
         remote: dict[int, list[int]] = {}
         for position, (transaction_id, index) in enumerate(pointers):
             group = group_of_partition(partition_for(transaction_id, self.settings.partitions))
@@ -275,6 +287,13 @@ class ClusterNode:
             atom = machine.atom(transaction_id, index) if machine is not None else None
             if atom is not None:
                 found[position] = atom
+                if budget > 0 and transaction_id not in batches and machine is not None:
+                    size = machine.batch_bytes(transaction_id)
+                    if size <= budget:
+                        whole = machine.batch_atoms(transaction_id)
+                        if whole is not None:
+                            batches[transaction_id] = whole
+                            budget -= size
             elif self.is_leader(group):
                 raise AtomNotFoundError(
                     f"no atom at ({transaction_id.hex()}, {index}) in partition group {group}"
@@ -282,11 +301,16 @@ class ClusterNode:
             else:
                 remote.setdefault(group, []).append(position)
         for group, positions in remote.items():
-            body = msgpack.packb({"pointers": [list(pointers[p]) for p in positions]})
+            body = msgpack.packb(
+                {"pointers": [list(pointers[p]) for p in positions], "prefetch": budget}
+            )
             answer = msgpack.unpackb(await self.forward(group, "/v1/atoms/get", body, forwarded))
             for position, atom in zip(positions, answer["atoms"], strict=True):
                 found[position] = atom
-        return found  # type: ignore[return-value]
+            for transaction_id, atoms in answer.get("batches", {}).items():
+                batches[transaction_id] = atoms
+                budget -= sum(len(a) for a in atoms)
+        return found, batches  # type: ignore[return-value]
 
     # -- roots ---------------------------------------------------------------------
 

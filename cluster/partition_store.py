@@ -48,6 +48,8 @@ class Chunk:
 class BatchIndex:
     total: int
     chunks: list[Chunk] = field(default_factory=list)
+    size: int | None = None
+    """Atom bytes, once measured (not in snapshots)."""
 
     @property
     def complete(self) -> bool:
@@ -153,6 +155,15 @@ class PartitionMachine:
             atoms = self._atoms_at(chunk.log_index)
             found.extend(atoms[max(first, chunk.first) - chunk.first : first + count - chunk.first])
         return found if len(found) == count else None
+
+    def batch_bytes(self, transaction_id: bytes) -> int:
+        """The atom bytes of a complete batch (read from the log when first asked)."""
+        batch = self.batches.get(transaction_id)
+        if batch is None or not batch.complete:
+            return 0
+        if batch.size is None:
+            batch.size = sum(len(a) for c in batch.chunks for a in self._atoms_at(c.log_index))
+        return batch.size
 
     def batch_atoms(self, transaction_id: bytes) -> list[bytes] | None:
         batch = self.batches.get(transaction_id)

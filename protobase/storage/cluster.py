@@ -66,6 +66,9 @@ SUSPECT_SECONDS = 5.0
 """How long a node that did not answer is tried only when no other is left."""
 INLINE_BATCH_BYTES = 1 << 20
 PART_BYTES = 8 << 20
+PREFETCH_BYTES = 4 << 20
+"""Bytes of whole batches an atom read may bring along (the rest of a commit's
+atoms, which are mostly read together)."""
 """Atom bytes per put request of a large batch (well under a node's body limit)."""
 """A commit whose batch is at most this large sends it with the commit request."""
 
@@ -270,11 +273,16 @@ class ClusterFileStorage:
             part = missing[start : start + GET_ATOMS_CHUNK]
             answer = self._request(
                 "/v1/atoms/get",
-                {"pointers": [[pointers[i].transaction_id, pointers[i].index] for i in part]},
+                {
+                    "pointers": [[pointers[i].transaction_id, pointers[i].index] for i in part],
+                    "prefetch": PREFETCH_BYTES,
+                },
             )
             for i, atom in zip(part, answer["atoms"], strict=True):
                 found[i] = atom
                 self._atoms.put(pointers[i], atom)
+            for transaction_id, atoms in answer.get("batches", {}).items():
+                self._atoms.put_batch(transaction_id, atoms)
         return found  # type: ignore[return-value]
 
     def put_batch(self, batch: CommitBatch) -> None:
