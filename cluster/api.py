@@ -18,6 +18,8 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
                         -> {"version", "root", "led": [partitions the meta leader leads]}
                         ("cas" answers 409 root_conflict instead of rebasing)
     /v1/commit/outcome  {"txid"} -> {"committed": bool, "version", "root"}
+    /v1/history         {"space"} -> {"commits": [[version, time, size, change id, root]]}
+                        (the recent roots the meta group keeps, oldest first)
 
 A pointer is ``[transaction id (16 bytes), index]``. Errors are JSON
 ``{"error": message, "kind": ...}``: 400 malformed (nothing changed), 401
@@ -154,6 +156,7 @@ class NodeAPI:
         app.router.add_post("/v1/atoms/get", self.get_atoms)
         app.router.add_post("/v1/commit", self.commit)
         app.router.add_post("/v1/commit/outcome", self.commit_outcome)
+        app.router.add_post("/v1/history", self.history)
         return app
 
     @web.middleware
@@ -343,11 +346,29 @@ class NodeAPI:
                 self.node.object_space(space).cache_batch(transaction_id, atoms)
             self.node.remember_batch(transaction_id, atoms)
         ref = await self.node.commit(
-            space, base, root, transaction_id, reads, rebase=mode == "rebase", stored=inline
+            space,
+            base,
+            root,
+            transaction_id,
+            reads,
+            rebase=mode == "rebase",
+            stored=inline,
+            size=sum(len(atom) for atom in atoms) if inline else 0,
         )
         assert ref.pointer is not None
         return _pack(
             {"version": ref.version, "root": list(ref.pointer), "led": self.node.led_partitions()}
+        )
+
+    async def history(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        commits = await self.node.history(_space(body.get("space")))
+        return _pack(
+            {
+                "commits": [
+                    [c.version, c.time, c.size, c.transaction_id, list(c.root)] for c in commits
+                ]
+            }
         )
 
     async def commit_outcome(self, request: web.Request) -> web.Response:

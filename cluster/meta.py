@@ -8,7 +8,7 @@ State (msgpack in snapshots)::
 A root pointer is ``[transaction id, index]``. Entries are msgpack lists:
 
     ["cas", space, expected version, expected root pointer | None,
-     root pointer, change id, alias | None, time]
+     root pointer, change id, alias | None, time, batch bytes]
 
 `apply` is deterministic: a compare-and-set moves the root of `space` to the
 pointer when its version is `expected` (and its pointer the expected one,
@@ -53,11 +53,22 @@ RECENT_ROOTS = 4096
 on any of them (an older base is refused as too old, and retried)."""
 
 
+@dataclass(frozen=True)
+class RecentRoot:
+    """A root of the history: what `history` and `root_at` answer."""
+
+    pointer: Pointer
+    change_id: bytes
+    time: float
+    size: int
+    """Bytes of the batch the root change named, when the proposer knew them (else 0)."""
+
+
 @dataclass
 class MetaState:
     spaces: dict[str, SpaceRoot] = field(default_factory=dict)
     done: dict[bytes, tuple[str, int, Pointer]] = field(default_factory=dict)
-    recent: dict[str, dict[int, Pointer]] = field(default_factory=dict)
+    recent: dict[str, dict[int, RecentRoot]] = field(default_factory=dict)
 
 
 def cas_entry(
@@ -68,10 +79,11 @@ def cas_entry(
     change_id: bytes,
     alias: bytes | None,
     time: float,
+    size: int = 0,
 ) -> bytes:
     wire_expected = None if expected_root is None else list(expected_root)
     return msgpack.packb(
-        ["cas", space, expected, wire_expected, list(root), change_id, alias, time]
+        ["cas", space, expected, wire_expected, list(root), change_id, alias, time, size]
     )
 
 
@@ -88,20 +100,24 @@ def _pointer(raw: Any) -> Pointer:
     return raw[0], raw[1]
 
 
-def parse_entry(data: bytes) -> tuple[str, int, Pointer | None, Pointer, bytes, bytes | None]:
+def parse_entry(
+    data: bytes,
+) -> tuple[str, int, Pointer | None, Pointer, bytes, bytes | None, float, int]:
     try:
         raw = msgpack.unpackb(data, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise MetaEntryError(f"meta entry is not msgpack: {exc}") from exc
-    if type(raw) is not list or len(raw) != 8 or raw[0] != "cas":
+    if type(raw) is not list or len(raw) != 9 or raw[0] != "cas":
         raise MetaEntryError(f"unknown meta entry {raw!r:.80}")
-    _, space, expected, expected_root, root, change_id, alias, _ = raw
+    _, space, expected, expected_root, root, change_id, alias, time, size = raw
+    if type(time) not in (int, float) or type(size) is not int:
+        raise MetaEntryError("malformed cas time or size")
     if type(space) is not str or type(expected) is not int or type(change_id) is not bytes:
         raise MetaEntryError("malformed cas entry")
     if alias is not None and type(alias) is not bytes:
         raise MetaEntryError("malformed cas alias")
     expected_pointer = None if expected_root is None else _pointer(expected_root)
-    return space, expected, expected_pointer, _pointer(root), change_id, alias
+    return space, expected, expected_pointer, _pointer(root), change_id, alias, float(time), size
 
 
 class MetaMachine:
@@ -115,13 +131,18 @@ class MetaMachine:
 
     def root_at(self, space: str, version: int) -> Pointer | None:
         """The root `space` had at `version`, while it is among the recent ones."""
-        return self.state.recent.get(space, {}).get(version)
+        found = self.state.recent.get(space, {}).get(version)
+        return None if found is None else found.pointer
+
+    def history(self, space: str) -> list[tuple[int, RecentRoot]]:
+        """The recent roots of `space` by version, oldest first."""
+        return sorted(self.state.recent.get(space, {}).items())
 
     def outcome(self, change_id: bytes) -> tuple[str, int, Pointer] | None:
         return self.state.done.get(change_id)
 
     def apply(self, index: int, data: bytes) -> list[Any]:
-        space, expected, expected_root, root, change_id, alias = parse_entry(data)
+        space, expected, expected_root, root, change_id, alias, time, size = parse_entry(data)
         for key in (change_id, alias):
             if key is not None and key in self.state.done:
                 _, version, pointer = self.state.done[key]
@@ -134,7 +155,7 @@ class MetaMachine:
         version = current.version + 1
         self.state.spaces[space] = SpaceRoot(root, version)
         recent = self.state.recent.setdefault(space, {})
-        recent[version] = root
+        recent[version] = RecentRoot(root, change_id, time, size)
         recent.pop(version - RECENT_ROOTS, None)
         done = self.state.done
         done[change_id] = (space, version, root)
@@ -159,7 +180,9 @@ class MetaMachine:
                 },
                 "done": {k: [s, v, list(p)] for k, (s, v, p) in self.state.done.items()},
                 "recent": {
-                    name: {v: list(p) for v, p in roots.items()}
+                    name: {
+                        v: [list(r.pointer), r.change_id, r.time, r.size] for v, r in roots.items()
+                    }
                     for name, roots in self.state.recent.items()
                 },
             }
@@ -177,4 +200,6 @@ class MetaMachine:
         for key, (space, version, pointer) in raw["done"].items():
             self.state.done[key] = (space, version, _pointer(pointer))
         for name, roots in raw["recent"].items():
-            self.state.recent[name] = {v: _pointer(p) for v, p in roots.items()}
+            self.state.recent[name] = {
+                v: RecentRoot(_pointer(p), c, t, n) for v, (p, c, t, n) in roots.items()
+            }

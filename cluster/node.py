@@ -51,7 +51,7 @@ from protobase.errors import (
     StorageError,
 )
 from protobase.space import ObjectSpace
-from protobase.storage.interfaces import CommitBatch, DatabaseReads, RootRef
+from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads, RootRef
 from protobase.transaction import Snapshot
 
 from .config import ConfigError, NodeSettings
@@ -347,6 +347,7 @@ class ClusterNode:
         change_id: bytes,
         alias: bytes | None = None,
         expected_root: AtomPointer | None = None,
+        size: int = 0,
     ) -> RootRef:
         """Compare-and-set the root of `space` (meta leader only); with
         `expected_root`, the current root must be that pointer as well."""
@@ -362,6 +363,7 @@ class ClusterNode:
             change_id,
             alias,
             time.time(),
+            size,
         )
         # No timeout: while this node lives, a root change's future ends only
         # when its entry is applied or overwritten, so its outcome is never
@@ -398,6 +400,14 @@ class ClusterNode:
             except AtomNotFoundError as exc:
                 raise StorageError(f"new root {root} is not a stored atom") from exc
 
+    async def history(self, space: str) -> list[CommitInfo]:
+        """The recent commits of `space` (the last `RECENT_ROOTS`), oldest first."""
+        await self.read_root(space)
+        return [
+            CommitInfo(version, r.time, r.size, r.change_id, AtomPointer(*r.pointer))
+            for version, r in self.meta.history(space)
+        ]
+
     async def commit_outcome(self, change_id: bytes) -> RootRef | None:
         self.check_meta_leader()
         await self.raft.read_barrier(META_GROUP)
@@ -415,9 +425,11 @@ class ClusterNode:
         reads: dict[str, DatabaseReads],
         rebase: bool = True,
         stored: bool = False,
+        size: int = 0,
     ) -> RootRef:
-        """Set the root to the client's `new_root`, rebasing it when its base is stale
-        (or raising `RootConflict`, when `rebase` is False).
+        """Set the root to the client's `new_root` (in a batch of `size` bytes, when
+        known), rebasing it when its base is stale (or raising `RootConflict`, when
+        `rebase` is False).
 
         Exactly once per transaction id: a repeated request waits for the
         first one still running here, and finds the outcome of one that ran
@@ -436,7 +448,7 @@ class ClusterNode:
         started = time.perf_counter()
         try:
             ref = await self._commit_once(
-                space, base_version, new_root, transaction_id, reads, rebase, stored
+                space, base_version, new_root, transaction_id, reads, rebase, stored, size
             )
         except BaseException as exc:
             future.set_exception(exc)
@@ -461,6 +473,7 @@ class ClusterNode:
         reads: dict[str, DatabaseReads],
         rebase: bool,
         stored: bool,
+        size: int,
     ) -> RootRef:
         term = self.raft.group(META_GROUP).term
         if self._barrier_term != term:
@@ -473,7 +486,7 @@ class ClusterNode:
             # The new root must be stored before any root names it.
             await self.get_atoms([(new_root.transaction_id, new_root.index)], False)
         if not rebase:
-            return await self.set_root(space, base_version, new_root, transaction_id)
+            return await self.set_root(space, base_version, new_root, transaction_id, size=size)
         base_pointer = self.meta.root_at(space, base_version) if base_version else None
         if base_version and base_pointer is None:
             raise CommitConflict(
@@ -484,7 +497,9 @@ class ClusterNode:
         try:
             # Built on the newest root: set it, after the changes already queued.
             return await asyncio.wrap_future(
-                self._pipeline(space).start(CommitBatch(transaction_id, []), base, new_root, None)
+                self._pipeline(space).start(
+                    CommitBatch(transaction_id, []), base, new_root, None, size
+                )
             )
         except RootConflict:
             pass
@@ -669,7 +684,12 @@ class RootPipeline:
             return self._proposed if self._pending else None
 
     def start(
-        self, batch: CommitBatch, expected: RootRef, root: AtomPointer, alias: bytes | None
+        self,
+        batch: CommitBatch,
+        expected: RootRef,
+        root: AtomPointer,
+        alias: bytes | None,
+        size: int | None = None,
     ) -> concurrent.futures.Future[RootRef]:
         """Queue a root change after the pending ones; its future resolves when applied.
 
@@ -690,12 +710,19 @@ class RootPipeline:
             self._proposed = RootRef(root, expected.version + 1)
             self._pending += 1
         assert self.node.loop is not None
+        if size is None:
+            size = sum(len(atom) for atom in batch.atoms)
         return asyncio.run_coroutine_threadsafe(
-            self._run(batch, expected, root, alias), self.node.loop
+            self._run(batch, expected, root, alias, size), self.node.loop
         )
 
     async def _run(
-        self, batch: CommitBatch, expected: RootRef, root: AtomPointer, alias: bytes | None
+        self,
+        batch: CommitBatch,
+        expected: RootRef,
+        root: AtomPointer,
+        alias: bytes | None,
+        size: int,
     ) -> RootRef:
         previous = self._last_proposed
         proposed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -717,6 +744,7 @@ class RootPipeline:
                     batch.transaction_id,
                     alias,
                     expected.pointer,
+                    size,
                 )
             )
             # The task runs up to its first suspension (its entry is appended

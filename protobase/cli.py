@@ -52,8 +52,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _read_token(path: str | None) -> str:
     token = os.environ.get("PROTOBASE_TOKEN", "")
     if path:
-        with open(path) as handle:
-            token = handle.read().strip()
+        try:
+            with open(path) as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"protobase: cannot read the token file {path}: {exc.strerror}; "
+                "it is client.token in the directory `protobase cluster up` made"
+            ) from exc
     if not token:
         raise SystemExit("give the client token with --token-file FILE or PROTOBASE_TOKEN")
     return token

@@ -131,8 +131,17 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def cluster_status(url: str) -> int:
-    with urllib.request.urlopen(url.rstrip("/") + "/status.json", timeout=5) as response:
-        status: dict[str, Any] = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status.json", timeout=5) as response:
+            status: dict[str, Any] = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"protobase cluster status: no ProtoBase node answered at {url} ({reason}); "
+            "give the client URL of a running member (http://HOST:PORT)",
+            file=sys.stderr,
+        )
+        return 1
     members = status["members"]
     print(
         f"cluster {status['cluster']!r}: {len(members)} members, {status['partitions']} partitions"

@@ -51,7 +51,7 @@ from ..errors import (
     StorageError,
     ValidationError,
 )
-from .interfaces import CommitBatch, RebaseRequest, RootRef
+from .interfaces import CommitBatch, CommitInfo, RebaseRequest, RootRef
 from .partitioning import partition_for
 
 DEFAULT_SPACE = "default"
@@ -312,6 +312,29 @@ class ClusterFileStorage:
         self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
     ) -> RootRef:
         return self._commit(expected_root_version, new_root, transaction_id, "cas", {})
+
+    def history(self) -> list[CommitInfo]:
+        """The recent commits the cluster keeps (`HistoryStorage`), oldest first.
+
+        The meta group keeps the last few thousand roots of each space;
+        older versions are not readable with ``at_version`` (their atoms
+        are, until pack).
+        """
+        answer = self._request("/v1/history", {"space": self._space}, meta=True)
+        return [
+            CommitInfo(version, when, size, change_id, AtomPointer(root[0], root[1]))
+            for version, when, size, change_id, root in answer["commits"]
+        ]
+
+    def root_at(self, version: int) -> RootRef:
+        """The root as of commit `version` (`HistoryStorage`)."""
+        for commit in self.history():
+            if commit.version == version:
+                return RootRef(commit.root, version)
+        raise StorageError(
+            f"version {version} is not among the recent roots the cluster keeps for space "
+            f"{self._space!r}"
+        )
 
     def committed_root(self, transaction_id: bytes) -> RootRef | None:
         answer = self._request("/v1/commit/outcome", {"txid": transaction_id}, meta=True)

@@ -61,3 +61,16 @@ def test_old_change_ids_are_forgotten_oldest_first(monkeypatch: pytest.MonkeyPat
 def test_a_malformed_entry_is_refused() -> None:
     with pytest.raises(meta.MetaEntryError):
         MetaMachine().apply(1, b"\xc1")
+
+
+def test_history_keeps_the_recent_roots_with_their_change_time_and_size() -> None:
+    machine = MetaMachine()
+    roots = [pointer() for _ in range(3)]
+    for version, root in enumerate(roots):
+        machine.apply(
+            version + 1, cas_entry("s", version, None, root, os.urandom(16), None, 5.0, 7)
+        )
+    history = machine.history("s")
+    assert [version for version, _ in history] == [1, 2, 3]
+    assert [r.pointer for _, r in history] == roots
+    assert history[0][1].time == 5.0 and history[0][1].size == 7
