@@ -1,0 +1,353 @@
+"""The cluster commands as a user runs them (real subprocesses): `protobase cluster
+up` along the README path, `protobase cluster status`, and `protobase demo
+--cluster`.
+
+`protobase node --config` with a missing file is covered by
+test_faults.py::test_node_refuses_to_start_with_a_bad_config ("no config file").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import free_port_base
+
+UP_SECONDS = 60.0
+STOP_SECONDS = 15.0
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    # A token in the environment would hide what --token-file does.
+    env = {k: v for k, v in os.environ.items() if k != "PROTOBASE_TOKEN"}
+    return subprocess.run(
+        [sys.executable, "-m", "protobase.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _default_sigint() -> None:
+    # A user's Ctrl-C reaches a process whose SIGINT is not ignored; a pytest
+    # started in the background of a non-interactive shell would pass SIG_IGN on.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class ClusterUp:
+    """One `protobase cluster up DIR` process, its stdout read by a thread."""
+
+    def __init__(self, directory: Path, base_port: int) -> None:
+        self.directory = directory
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "protobase.cli",
+                "cluster",
+                "up",
+                str(directory),
+                "--nodes",
+                "3",
+                "--base-port",
+                str(base_port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.node_pids: set[int] = set()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_printed(self, last_line: str = "Ctrl-C stops every node.") -> str:
+        """The output up to `last_line`, which must come within UP_SECONDS."""
+        deadline = time.monotonic() + UP_SECONDS
+        while last_line not in self.lines:
+            if self.process.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(
+                    f"cluster up exited with {self.process.returncode}:\n{self.output}\n"
+                    f"{self.logs()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cluster up printed no snippet:\n{self.output}")
+            time.sleep(0.05)
+        self.node_pids |= set(node_processes(self.directory))
+        return self.output
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+            for log in sorted(self.directory.glob("node*.log"))
+        )
+
+    def interrupt(self) -> int:
+        """Ctrl-C: the exit status, which must come within STOP_SECONDS."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"cluster up still runs {STOP_SECONDS} s after SIGINT:\n{self.output}"
+            ) from None
+
+    def stop(self) -> None:
+        """Whatever happened: the `up` process and every node it started, by PID."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in self.node_pids | set(node_processes(self.directory)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._reader.join(5)
+
+
+def node_processes(directory: Path) -> dict[int, str]:
+    """PID -> command line of every running `protobase node` with a config in `directory`."""
+    found = {}
+    configs = {str(directory / f"node{k}.toml") for k in range(1, 4)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and "node" in args and configs & set(args):
+            found[int(entry.name)] = " ".join(args)
+    return found
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/status.json", timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def snippet_of(output: str) -> str:
+    """The Python lines `cluster up` printed after "connect from Python:"."""
+    after = output.split("connect from Python:\n", 1)[1]
+    code = after.split("Ctrl-C stops every node.", 1)[0]
+    return textwrap.dedent(code).strip() + "\n"
+
+
+@pytest.fixture
+def started() -> Iterator[list[ClusterUp]]:
+    """Every ClusterUp a test starts is stopped at its end, however it ends."""
+    ups: list[ClusterUp] = []
+    try:
+        yield ups
+    finally:
+        for up in ups:
+            up.stop()
+
+
+# -- 1. the README path ---------------------------------------------------------------
+
+
+def check_config(directory: Path, k: int, base: int) -> dict[str, Any]:
+    config = tomllib.loads((directory / f"node{k}.toml").read_text())
+    assert config["cluster"] == directory.name
+    assert config["node_id"] == k
+    assert config["data_dir"] == f"n{k}"
+    assert config["listen"] == f"127.0.0.1:{base + k}"
+    assert config["peer_listen"] == f"127.0.0.1:{base + 100 + k}"
+    assert config["partitions"] == 8
+    # Relative paths are relative to the config's folder.
+    assert (directory / config["secret_file"]).resolve() == (directory / "cluster.secret")
+    assert (directory / config["token_file"]).resolve() == (directory / "client.token")
+    assert (directory / config["data_dir"]).is_dir()
+    assert config["members"] == [
+        {"id": m, "peer": f"127.0.0.1:{base + 100 + m}", "client": f"http://127.0.0.1:{base + m}"}
+        for m in range(1, 4)
+    ]
+    return config
+
+
+COMMIT_AND_READ = """
+db = space.new_database("readme")
+with db.transaction() as tr:
+    tr.set_root_object("greeting", "hello, cluster")
+with db.transaction() as tr:
+    print("read back:", tr.get_root_object("greeting"))
+space.close()
+"""
+
+READ_ONLY = """
+print("databases:", sorted(space.list_databases()))
+with space.open_database("readme").transaction() as tr:
+    print("read back:", tr.get_root_object("greeting"))
+space.close()
+"""
+
+
+def test_cluster_up_as_the_readme_says_then_ctrl_c_then_up_again(
+    tmp_path: Path, started: list[ClusterUp]
+) -> None:
+    directory = (tmp_path / "cluster-data").resolve()
+    base = free_port_base(3)
+    urls = [f"http://127.0.0.1:{base + k}" for k in range(1, 4)]
+
+    up = ClusterUp(directory, base)
+    started.append(up)
+    output = up.wait_printed()
+    assert "cluster of 3 nodes is up:" in output
+    assert re.findall(r"^\s+(http://\S+)\s+\(status: \S+/status\)$", output, re.M) == urls
+    snippet = snippet_of(output)
+    assert "ClusterFileStorage" in snippet and str(directory / "client.token") in snippet
+    assert len(up.node_pids) == 3, node_processes(directory)
+
+    for name in ("cluster.secret", "client.token"):
+        path = directory / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+        assert len(path.read_text().strip()) >= 32, name
+    for k in range(1, 4):
+        check_config(directory, k, base)
+    token = (directory / "client.token").read_text()
+    configs = [(directory / f"node{k}.toml").read_text() for k in range(1, 4)]
+
+    wrote = run_python(snippet + COMMIT_AND_READ)
+    assert wrote.returncode == 0, wrote.stderr
+    assert "read back: hello, cluster" in wrote.stdout
+
+    assert up.interrupt() == 0, up.output
+    assert node_processes(directory) == {}, "cluster up left nodes running"
+    assert not any(reachable(url) for url in urls)
+
+    # A second `up` reuses the configs, the token and the data.
+    again = ClusterUp(directory, base)
+    started.append(again)
+    output = again.wait_printed()
+    assert snippet_of(output) == snippet
+    assert (directory / "client.token").read_text() == token
+    assert [(directory / f"node{k}.toml").read_text() for k in range(1, 4)] == configs
+    read = run_python(snippet + READ_ONLY)
+    assert read.returncode == 0, read.stderr
+    assert "databases: ['readme']" in read.stdout
+    assert "read back: hello, cluster" in read.stdout
+    assert again.interrupt() == 0, again.output
+    assert node_processes(directory) == {}
+
+
+# -- 2. cluster status ------------------------------------------------------------
+
+
+COLUMNS = ["node", "url", "group", "role", "leader", "term", "commit", "applied", "lag"]
+
+
+def test_cluster_status_lists_every_member_and_group(local_cluster: Any) -> None:
+    result = run_cli("cluster", "status", local_cluster.urls[0])
+    assert result.returncode == 0, result.stderr
+    first, header, *lines = result.stdout.splitlines()
+    partitions = local_cluster.status(1)["partitions"]
+    assert first == (
+        f"cluster {local_cluster.directory.name!r}: 3 members, {partitions} partitions"
+    )
+    assert header.split() == COLUMNS
+    rows = [dict(zip(COLUMNS, line.split(), strict=True)) for line in lines]
+    groups = ["meta"] + [f"partition-{p}" for p in range(partitions)]
+    expected = {(str(k), url, g) for k, url in enumerate(local_cluster.urls, 1) for g in groups}
+    assert {(r["node"], r["url"], r["group"]) for r in rows} == expected
+    assert len(rows) == len(expected)
+    for row in rows:
+        assert row["role"] in ("leader", "follower"), row
+        for column in ("leader", "term", "commit", "applied", "lag"):
+            assert row[column].isdigit(), row
+    meta_leaders = [r for r in rows if r["group"] == "meta" and r["role"] == "leader"]
+    assert meta_leaders, rows
+    assert all(r["leader"] == meta_leaders[0]["node"] for r in rows if r["group"] == "meta")
+
+
+def test_cluster_status_of_a_url_where_nothing_listens_says_so() -> None:
+    url = f"http://127.0.0.1:{free_port_base(1) + 1}"
+    result = run_cli("cluster", "status", url)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert url in result.stderr and "no ProtoBase node answered" in result.stderr, result.stderr
+
+
+# -- 3. the demo on a cluster -----------------------------------------------------
+
+
+def earlier_runs(output: str) -> int:
+    if "created database 'shop'" in output:
+        return 0
+    found = re.search(r"found the data of (\d+) earlier run\(s\)", output)
+    assert found, output
+    return int(found.group(1))
+
+
+def test_demo_on_the_cluster_twice_finds_the_first_run(local_cluster: Any) -> None:
+    url, token_file = local_cluster.urls[0], str(local_cluster.directory / "client.token")
+    first = run_cli("demo", "--cluster", url, "--token-file", token_file)
+    assert first.returncode == 0, first.stderr
+    assert "ClusterFileStorage" in first.stdout and "cluster root version" in first.stdout
+    assert "after 2 attempts" in first.stdout
+    assert first.stdout.rstrip().endswith("done")
+    before = earlier_runs(first.stdout)
+
+    second = run_cli("demo", "--cluster", url, "--token-file", token_file)
+    assert second.returncode == 0, second.stderr
+    assert f"found the data of {before + 1} earlier run(s)" in second.stdout
+    assert f"{3 * (before + 1)} orders so far" in second.stdout
+    assert second.stdout.rstrip().endswith("done")
+
+
+def test_demo_with_a_wrong_token_says_so(local_cluster: Any, tmp_path: Path) -> None:
+    token_file = tmp_path / "wrong.token"
+    token_file.write_text("not-the-token\n")
+    result = run_cli("demo", "--cluster", local_cluster.urls[0], "--token-file", str(token_file))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "refused the token" in result.stderr and "client.token" in result.stderr
+
+
+def test_demo_with_a_missing_token_file_says_so(local_cluster: Any, tmp_path: Path) -> None:
+    token_file = str(tmp_path / "absent.token")
+    result = run_cli("demo", "--cluster", local_cluster.urls[0], "--token-file", token_file)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert token_file in result.stderr and "cannot read" in result.stderr, result.stderr
