@@ -4,7 +4,8 @@
 ``nodeK.toml`` per member into DIR (ports from `--base-port`), starts the
 members as local processes (``protobase node --config ...``), waits until
 every node is ready, prints the URLs and a Python snippet that connects,
-and stops them all on Ctrl-C (SIGTERM, then SIGKILL after 10 s).
+and stops them all on Ctrl-C, SIGTERM or SIGHUP (each node gets SIGTERM,
+then SIGKILL after 10 s).
 A second `up` on the same DIR reuses its configs and data.
 """
 
@@ -86,6 +87,10 @@ def cluster_up(directory: str, nodes: int, base_port: int, partitions: int) -> i
     root = Path(directory)
     configs = write_configs(root, nodes, base_port, partitions)
     urls = [f"http://127.0.0.1:{base_port + k}" for k in range(1, nodes + 1)]
+    # SIGTERM and SIGHUP (a closed terminal) stop the nodes as Ctrl-C does:
+    # they run in sessions of their own and would outlive this process.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     processes = [start_node(c, root / f"node{k}.log") for k, c in enumerate(configs, 1)]
     try:
         try:
@@ -115,6 +120,10 @@ def cluster_up(directory: str, nodes: int, base_port: int, partitions: int) -> i
         return 0
     finally:
         stop_processes(processes)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:

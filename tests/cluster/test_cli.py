@@ -272,6 +272,20 @@ def test_cluster_up_as_the_readme_says_then_ctrl_c_then_up_again(
     assert node_processes(directory) == {}
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_cluster_up_stops_its_nodes_on_sigterm_and_sighup(
+    tmp_path: Path, started: list[ClusterUp], sig: int
+) -> None:
+    directory = (tmp_path / "cluster-data").resolve()
+    up = ClusterUp(directory, free_port_base(3))
+    started.append(up)
+    up.wait_printed()
+    assert len(node_processes(directory)) == 3
+    up.process.send_signal(sig)
+    assert up.process.wait(STOP_SECONDS) == 0, up.output
+    assert node_processes(directory) == {}, "cluster up left nodes running"
+
+
 # -- 2. cluster status ------------------------------------------------------------
 
 
