@@ -53,6 +53,7 @@ from .node import FORWARDED, ClusterNode, CommitConflict, Unavailable, UnknownOu
 from .partitions import META_GROUP
 from .raft.errors import NotLeader
 from .raft.node import NodeStopped
+from .wire import wire_pointer
 
 OPEN_ROUTES = frozenset({"/health", "/ready", "/status", "/status.json", "/metrics"})
 MAX_SPACE_NAME = 256
@@ -73,16 +74,10 @@ def _pack(value: Any) -> web.Response:
 
 
 def _pointer(raw: Any, what: str) -> AtomPointer:
-    if (
-        type(raw) is not list
-        or len(raw) != 2
-        or type(raw[0]) is not bytes
-        or len(raw[0]) != 16
-        or type(raw[1]) is not int
-        or raw[1] < 0
-    ):
+    pointer = wire_pointer(raw)
+    if pointer is None:
         raise BadRequest(f"{what} must be [16-byte transaction id, index >= 0]")
-    return AtomPointer(raw[0], raw[1])
+    return AtomPointer(*pointer)
 
 
 def _txid(raw: Any) -> bytes:

@@ -26,9 +26,11 @@ Results: ``["ok", version]``, ``["dup", version, root]`` or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgpack
+
+from .wire import BytesSnapshots, wire_pointer
 
 Pointer = tuple[bytes, int]
 
@@ -88,16 +90,10 @@ def cas_entry(
 
 
 def _pointer(raw: Any) -> Pointer:
-    if (
-        type(raw) is not list
-        or len(raw) != 2
-        or type(raw[0]) is not bytes
-        or len(raw[0]) != 16
-        or type(raw[1]) is not int
-        or raw[1] < 0
-    ):
-        raise MetaEntryError(f"not a pointer: {raw!r}")
-    return raw[0], raw[1]
+    pointer = wire_pointer(raw)
+    if pointer is None:
+        raise MetaEntryError(f"not a pointer: {raw!r:.80}")
+    return pointer
 
 
 def parse_entry(
@@ -120,7 +116,7 @@ def parse_entry(
     return space, expected, expected_pointer, _pointer(root), change_id, alias, float(time), size
 
 
-class MetaMachine:
+class MetaMachine(BytesSnapshots):
     """Applies meta entries in log order (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -164,12 +160,6 @@ class MetaMachine:
         while len(done) > DONE_KEPT:
             del done[next(iter(done))]  # insertion order: the oldest first
         return ["ok", version]
-
-    def snapshot(self, sink: BinaryIO) -> None:
-        sink.write(self.snapshot_bytes())
-
-    def restore(self, source: BinaryIO) -> None:
-        self.restore_bytes(source.read())
 
     def snapshot_bytes(self) -> bytes:
         return msgpack.packb(

@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgpack
+
+from .wire import BytesSnapshots
 
 BATCH_CHUNK_BYTES = 8 << 20
 """Atom bytes per entry, well under the Raft library's largest entry."""
@@ -105,7 +107,7 @@ def parse_entry(data: bytes) -> tuple[bytes, int, list[bytes], int]:
     return transaction_id, first, atoms, total
 
 
-class PartitionMachine:
+class PartitionMachine(BytesSnapshots):
     """The index of one partition's batches (see the module docstring)."""
 
     def __init__(self, read_entry: Callable[[int], bytes] | None = None) -> None:
@@ -186,12 +188,6 @@ class PartitionMachine:
         if len(self._decoded) > DECODED_CACHE_ENTRIES:
             self._decoded.popitem(last=False)
         return atoms
-
-    def snapshot(self, sink: BinaryIO) -> None:
-        sink.write(self.snapshot_bytes())
-
-    def restore(self, source: BinaryIO) -> None:
-        self.restore_bytes(source.read())
 
     def snapshot_bytes(self) -> bytes:
         return msgpack.packb(

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 from . import reachability
 from .atoms import AtomPointer, unframe_atom
+from .cache import AtomCache
 from .collections import Dictionary, HashDictionary
 from .committer import Committer, SpaceChange
 from .errors import ConflictError, DatabaseExistsError, StorageError, ValidationError
@@ -37,40 +36,6 @@ T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 MAX_CREATE_ATTEMPTS = 16
 """Attempts of `new_database` while other databases are created concurrently."""
-
-
-class AtomCache:
-    """A thread-safe LRU of verified atom payloads, bounded in bytes."""
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self._capacity = capacity_bytes
-        self._size = 0
-        self._entries: OrderedDict[AtomPointer, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, pointer: AtomPointer) -> bytes | None:
-        with self._lock:
-            payload = self._entries.get(pointer)
-            if payload is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(pointer)
-            self.hits += 1
-            return payload
-
-    def put(self, pointer: AtomPointer, payload: bytes) -> None:
-        if len(payload) > self._capacity:
-            return
-        with self._lock:
-            if pointer in self._entries:
-                return
-            self._entries[pointer] = payload
-            self._size += len(payload)
-            while self._size > self._capacity:
-                _, evicted = self._entries.popitem(last=False)
-                self._size -= len(evicted)
 
 
 class ObjectSpace:

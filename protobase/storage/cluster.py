@@ -37,11 +37,11 @@ import json
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from ..atoms import AtomPointer, new_transaction_id
+from ..cache import AtomCache
 from ..errors import (
     AtomNotFoundError,
     AuthenticationError,
@@ -116,7 +116,7 @@ class ClusterFileStorage:
         self._timeout = timeout
         self._meta_url: str | None = None
         self._rotation = itertools.count(random.randrange(1 << 16))
-        self._atoms = _AtomCache(cache_bytes)
+        self._atoms = AtomCache(cache_bytes)
         self._suspect: dict[str, float] = {}
         """URL -> until when it is tried last (it did not answer)."""
         self._seen_lock = threading.Lock()
@@ -421,39 +421,6 @@ class ClusterFileStorage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _AtomCache:
-    """A thread-safe LRU of atoms (framed bytes, as stored) bounded in bytes."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._size = 0
-        self._entries: OrderedDict[AtomPointer, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, pointer: AtomPointer) -> bytes | None:
-        with self._lock:
-            atom = self._entries.get(pointer)
-            if atom is not None:
-                self._entries.move_to_end(pointer)
-            return atom
-
-    def put(self, pointer: AtomPointer, atom: bytes) -> None:
-        if type(atom) is not bytes or len(atom) > self._capacity:
-            return
-        with self._lock:
-            if pointer in self._entries:
-                return
-            self._entries[pointer] = atom
-            self._size += len(atom)
-            while self._size > self._capacity:
-                _, evicted = self._entries.popitem(last=False)
-                self._size -= len(evicted)
-
-    def put_batch(self, transaction_id: bytes, atoms: list[Any]) -> None:
-        for index, atom in enumerate(atoms):
-            self.put(AtomPointer(transaction_id, index), atom)
 
 
 def _wire_links(batch: CommitBatch) -> list[list[list[Any]]] | None:
