@@ -3,7 +3,7 @@
 Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
 <token>`` required (compared in constant time; 401 when missing or wrong).
 
-    /v1/cluster         {} -> {"cluster", "partitions", "members": [{"id", "client"}],
+    /v1/cluster         {} -> {"cluster", "epoch", "partitions", "members": [{"id", "client"}],
                               "meta_leader": url | None}
     /v1/root/read       {"space"} -> {"root": pointer | None, "version",
                                    "atoms": [bytes] of the root's batch, when at hand}
@@ -21,7 +21,10 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
     /v1/history         {"space"} -> {"commits": [[version, time, size, change id, root]]}
                         (the recent roots the meta group keeps, oldest first)
 
-A pointer is ``[transaction id (16 bytes), index]``. Errors are JSON
+A pointer is ``[transaction id (16 bytes), index]``. Any body may carry
+``"epoch"``, the cluster map epoch the client knows; an older one than the
+node applied gets 421 ``"stale_map"`` with the current map, and the
+client learns it and repeats the request. Errors are JSON
 ``{"error": message, "kind": ...}``: 400 malformed (nothing changed), 401
 token, 404 atom not found, 409 conflict (nothing written), 413 body too
 large, 421 not the meta leader (``"leader_url"`` says where to go), 503
@@ -63,6 +66,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class BadRequest(Exception):
     """The request body is not what the route takes."""
+
+
+class StaleMap(Exception):
+    """The request names an older cluster map epoch than this node applied."""
 
 
 def _error(status: int, message: str, kind: str, **extra: Any) -> web.Response:
@@ -186,6 +193,8 @@ class NodeAPI:
             raise
         except BadRequest as exc:
             return _error(400, f"malformed request: {exc}; nothing was changed", "malformed")
+        except StaleMap as exc:
+            return _error(421, str(exc), "stale_map", map=self._map())
         except AtomNotFoundError as exc:
             return _error(404, str(exc), "atom_not_found")
         except CommitConflict as exc:
@@ -212,6 +221,15 @@ class NodeAPI:
             raise BadRequest(f"body is not msgpack ({exc})") from exc
         if type(body) is not dict:
             raise BadRequest("body must be a msgpack map")
+        epoch = body.get("epoch")
+        if epoch is not None:
+            if type(epoch) is not int:
+                raise BadRequest("epoch must be an integer")
+            if epoch < self.node.map_epoch:
+                raise StaleMap(
+                    f"the request names cluster map epoch {epoch}; it is at "
+                    f"{self.node.map_epoch}: learn the members again and retry"
+                )
         return body
 
     # -- open routes ---------------------------------------------------------------
@@ -254,15 +272,22 @@ class NodeAPI:
 
     # -- client API ----------------------------------------------------------------
 
+    def _map(self) -> dict[str, Any]:
+        """The cluster map as clients see it (the configured one before the first)."""
+        cluster_map = self.node.meta.state.cluster_map or self.node.configured_map()
+        return {
+            "epoch": self.node.map_epoch,
+            "partitions": cluster_map.partitions,
+            "members": [{"id": m[0], "client": m[2]} for m in cluster_map.members],
+        }
+
     async def cluster(self, request: web.Request) -> web.Response:
-        settings = self.node.settings
         leader = self.node.leader(META_GROUP)
         return _pack(
             {
-                "cluster": settings.cluster,
-                "partitions": settings.partitions,
-                "members": [{"id": m.id, "client": m.client} for m in settings.members],
-                "meta_leader": settings.client_url(leader) if leader else None,
+                "cluster": self.node.settings.cluster,
+                **self._map(),
+                "meta_leader": self.node.settings.client_url(leader) if leader else None,
             }
         )
 

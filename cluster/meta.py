@@ -1,14 +1,24 @@
-"""The meta group's state machine: each object space's root register.
+"""The meta group's state machine: the cluster map and each object space's root.
 
 State (msgpack in snapshots)::
 
-    {"spaces": {name: [root pointer | None, version]},
-     "done":   {root change id: [space, version, root pointer]}}
+    {"map":    [epoch, [[member id, peer, client URL], ...], partitions,
+                replication] | None,
+     "spaces": {name: [root pointer | None, version]},
+     "done":   {root change id: [space, version, root pointer]},
+     "recent": {name: {version: [root pointer, change id, time, size]}}}
 
 A root pointer is ``[transaction id, index]``. Entries are msgpack lists:
 
+    ["map", epoch, members, partitions, replication]
     ["cas", space, expected version, expected root pointer | None,
      root pointer, change id, alias | None, time, batch bytes]
+
+The **cluster map** is the members, the partition count and the
+replication factor, with an epoch that grows by one with every change. The
+first meta leader writes epoch 1 from its configuration; a map entry is
+applied only as the next epoch (or as a repeat of the current map).
+Requests that name an older epoch are answered with the current map.
 
 `apply` is deterministic: a compare-and-set moves the root of `space` to the
 pointer when its version is `expected` (and its pointer the expected one,
@@ -66,8 +76,56 @@ class RecentRoot:
     """Bytes of the batch the root change named, when the proposer knew them (else 0)."""
 
 
+@dataclass(frozen=True)
+class ClusterMap:
+    """Who the members are and how data is partitioned, as of `epoch`."""
+
+    epoch: int
+    members: tuple[tuple[int, str, str], ...]
+    """(member id, peer HOST:PORT, client URL), by id."""
+    partitions: int
+    replication: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.epoch, [list(m) for m in self.members], self.partitions, self.replication]
+
+    @staticmethod
+    def from_wire(raw: Any) -> ClusterMap:
+        if type(raw) is not list or len(raw) != 4:
+            raise MetaEntryError("a cluster map is [epoch, members, partitions, replication]")
+        epoch, members, partitions, replication = raw
+        if (
+            type(epoch) is not int
+            or epoch < 1
+            or type(members) is not list
+            or not members
+            or type(partitions) is not int
+            or partitions < 1
+            or type(replication) is not int
+            or replication < 1
+        ):
+            raise MetaEntryError("malformed cluster map")
+        parsed = []
+        for member in members:
+            if (
+                type(member) is not list
+                or len(member) != 3
+                or type(member[0]) is not int
+                or type(member[1]) is not str
+                or type(member[2]) is not str
+            ):
+                raise MetaEntryError("a member is [id, peer, client URL]")
+            parsed.append((member[0], member[1], member[2]))
+        return ClusterMap(epoch, tuple(sorted(parsed)), partitions, replication)
+
+
+def map_entry(cluster_map: ClusterMap) -> bytes:
+    return msgpack.packb(["map", *cluster_map.to_wire()])
+
+
 @dataclass
 class MetaState:
+    cluster_map: ClusterMap | None = None
     spaces: dict[str, SpaceRoot] = field(default_factory=dict)
     done: dict[bytes, tuple[str, int, Pointer]] = field(default_factory=dict)
     recent: dict[str, dict[int, RecentRoot]] = field(default_factory=dict)
@@ -96,14 +154,20 @@ def _pointer(raw: Any) -> Pointer:
     return pointer
 
 
-def parse_entry(
-    data: bytes,
-) -> tuple[str, int, Pointer | None, Pointer, bytes, bytes | None, float, int]:
+def unpack_entry(data: bytes) -> list[Any]:
     try:
         raw = msgpack.unpackb(data, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise MetaEntryError(f"meta entry is not msgpack: {exc}") from exc
-    if type(raw) is not list or len(raw) != 9 or raw[0] != "cas":
+    if type(raw) is not list or raw[:1] not in (["cas"], ["map"]):
+        raise MetaEntryError(f"unknown meta entry {raw!r:.80}")
+    return raw
+
+
+def parse_cas(
+    raw: list[Any],
+) -> tuple[str, int, Pointer | None, Pointer, bytes, bytes | None, float, int]:
+    if len(raw) != 9 or raw[0] != "cas":
         raise MetaEntryError(f"unknown meta entry {raw!r:.80}")
     _, space, expected, expected_root, root, change_id, alias, time, size = raw
     if type(time) not in (int, float) or type(size) is not int:
@@ -138,7 +202,10 @@ class MetaMachine(BytesSnapshots):
         return self.state.done.get(change_id)
 
     def apply(self, index: int, data: bytes) -> list[Any]:
-        space, expected, expected_root, root, change_id, alias, time, size = parse_entry(data)
+        raw = unpack_entry(data)
+        if raw[0] == "map":
+            return self._apply_map(raw)
+        space, expected, expected_root, root, change_id, alias, time, size = parse_cas(raw)
         for key in (change_id, alias):
             if key is not None and key in self.state.done:
                 _, version, pointer = self.state.done[key]
@@ -161,9 +228,21 @@ class MetaMachine(BytesSnapshots):
             del done[next(iter(done))]  # insertion order: the oldest first
         return ["ok", version]
 
+    def _apply_map(self, raw: list[Any]) -> list[Any]:
+        proposed = ClusterMap.from_wire(raw[1:])
+        current = self.state.cluster_map
+        if current == proposed:
+            return ["dup", proposed.epoch]
+        if proposed.epoch != (current.epoch + 1 if current is not None else 1):
+            return ["conflict", current.epoch if current is not None else 0]
+        self.state.cluster_map = proposed
+        return ["ok", proposed.epoch]
+
     def snapshot_bytes(self) -> bytes:
+        cluster_map = self.state.cluster_map
         return msgpack.packb(
             {
+                "map": None if cluster_map is None else cluster_map.to_wire(),
                 "spaces": {
                     name: [list(r.pointer) if r.pointer else None, r.version]
                     for name, r in self.state.spaces.items()
@@ -183,6 +262,8 @@ class MetaMachine(BytesSnapshots):
         if not data:
             return
         raw = msgpack.unpackb(data, strict_map_key=False)
+        if raw.get("map") is not None:
+            self.state.cluster_map = ClusterMap.from_wire(raw["map"])
         for name, (pointer, version) in raw["spaces"].items():
             self.state.spaces[name] = SpaceRoot(
                 _pointer(pointer) if pointer is not None else None, version

@@ -55,7 +55,7 @@ from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads,
 from protobase.transaction import Snapshot
 
 from .config import ConfigError, NodeSettings
-from .meta import MetaMachine, cas_entry
+from .meta import ClusterMap, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
 from .partition_store import PartitionMachine, chunks
 from .partitions import META_GROUP, group_of_partition, partition_for, placement
@@ -147,8 +147,45 @@ class ClusterNode:
             timeout=aiohttp.ClientTimeout(total=15),
         )
         await self.raft.start()
+        self._map_task = asyncio.ensure_future(self._publish_map())
+
+    async def _publish_map(self) -> None:
+        """The first meta leader writes the configured map as epoch 1; until the
+        meta group holds a map, this node is not ready."""
+        configured = self.configured_map()
+        while self.meta.state.cluster_map is None:
+            if self.is_leader(META_GROUP):
+                try:
+                    await self.propose(META_GROUP, map_entry(configured))
+                except (NotLeader, Unavailable) as exc:
+                    log.info("node %d: the cluster map is not written yet: %s", self.id, exc)
+            await asyncio.sleep(self.settings.tick_interval)
+        found = self.meta.state.cluster_map
+        if (found.partitions, found.members) != (configured.partitions, configured.members):
+            log.error(
+                "node %d: its config differs from the cluster map (epoch %d: %d partitions, "
+                "members %s); the map decides",
+                self.id,
+                found.epoch,
+                found.partitions,
+                [m[0] for m in found.members],
+            )
+
+    def configured_map(self) -> ClusterMap:
+        members = tuple((m.id, f"{m.peer[0]}:{m.peer[1]}", m.client) for m in self.settings.members)
+        return ClusterMap(1, members, self.settings.partitions, self.settings.replication)
+
+    @property
+    def map_epoch(self) -> int:
+        """The epoch of the cluster map this node has applied (0 before the first)."""
+        cluster_map = self.meta.state.cluster_map
+        return 0 if cluster_map is None else cluster_map.epoch
 
     async def stop(self) -> None:
+        task = getattr(self, "_map_task", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         for space in self._spaces.values():
             space.close()
         if self.session is not None:
@@ -174,11 +211,14 @@ class ClusterNode:
         return group in self.raft.groups and self.raft.leader(group) == self.id
 
     def ready(self) -> tuple[bool, str]:
-        """Whether every group placed here has a leader (the /ready answer)."""
+        """Whether every group placed here has a leader and the cluster map is
+        known here (the /ready answer)."""
         for group in self.raft.groups:
             if self.raft.leader(group) is None:
                 name = "meta group" if group == META_GROUP else f"partition group {group}"
                 return False, f"{name} has no leader yet"
+        if self.map_epoch == 0 and META_GROUP in self.raft.groups:
+            return False, "the cluster map is not written yet"
         return True, "ready"
 
     async def forward(self, group: int, route: str, body: bytes, forwarded: bool) -> bytes:
@@ -584,6 +624,7 @@ class ClusterNode:
             "cluster": self.settings.cluster,
             "node_id": self.id,
             "partitions": self.settings.partitions,
+            "epoch": self.map_epoch,
             "members": [
                 {"id": m.id, "peer": f"{m.peer[0]}:{m.peer[1]}", "client": m.client}
                 for m in self.settings.members

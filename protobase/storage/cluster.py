@@ -63,7 +63,9 @@ ATTEMPT_SECONDS = 2.0
 elsewhere (a paused node accepts connections and never answers); a request
 gets one more second per MiB of body."""
 SUSPECT_SECONDS = 5.0
-"""How long a node that did not answer is tried only when no other is left."""
+"""How long a node that did not answer is tried only when no other is left;
+doubled with every further failure in a row, up to `SUSPECT_MAX_SECONDS`."""
+SUSPECT_MAX_SECONDS = 60.0
 INLINE_BATCH_BYTES = 1 << 20
 PART_BYTES = 8 << 20
 PREFETCH_BYTES = 4 << 20
@@ -118,6 +120,8 @@ class ClusterFileStorage:
         self._rotation = itertools.count(random.randrange(1 << 16))
         self._atoms = AtomCache(cache_bytes)
         self._suspect: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        """URL -> failed attempts in a row: its suspicion doubles with each."""
         """URL -> until when it is tried last (it did not answer)."""
         self._seen_lock = threading.Lock()
         self._seen = RootRef(None, 0)
@@ -128,20 +132,27 @@ class ClusterFileStorage:
         )
         self._thread.start()
         self._session: Any = self._run(self._open_session())
+        self._epoch = 0
+        """The cluster map epoch this client knows; every request names it."""
         try:
             info = self._request("/v1/cluster", {})
         except BaseException:
             self.close()
             raise
-        for member in info["members"]:
-            url = member["client"].rstrip("/")
-            if url not in self._urls:
-                self._urls.append(url)
+        self._learn_map(info)
         self._meta_url = info.get("meta_leader")
-        self._partitions: int = info["partitions"]
         self._led: tuple[int, ...] = ()
         """Partitions the meta leader led at its last answer: a batch there is
         put and rooted by one node, with no hop between nodes."""
+
+    def _learn_map(self, cluster_map: dict[str, Any]) -> None:
+        """Take the members, partition count and epoch of a cluster map."""
+        for member in cluster_map["members"]:
+            url = member["client"].rstrip("/")
+            if url not in self._urls:
+                self._urls.append(url)
+        self._partitions: int = cluster_map["partitions"]
+        self._epoch = max(self._epoch, cluster_map.get("epoch", 0))
 
     @property
     def space(self) -> str:
@@ -167,7 +178,7 @@ class ClusterFileStorage:
     async def _request_async(self, route: str, body: dict[str, Any], meta: bool) -> Any:
         import msgpack
 
-        data = msgpack.packb(body)
+        data = msgpack.packb({**body, "epoch": self._epoch})
         attempt_seconds = ATTEMPT_SECONDS + len(data) / (1 << 20)
         deadline = time.monotonic() + self._timeout
         problems: list[str] = []
@@ -195,10 +206,15 @@ class ClusterFileStorage:
                 )
                 # A node that does not answer (dead, paused, cut off) is tried
                 # last for a while, so one bad node costs one attempt, not many.
-                self._suspect[url] = time.monotonic() + SUSPECT_SECONDS
+                failures = self._failures.get(url, 0)
+                self._failures[url] = failures + 1
+                self._suspect[url] = time.monotonic() + min(
+                    SUSPECT_SECONDS * 2**failures, SUSPECT_MAX_SECONDS
+                )
                 if meta:
                     self._meta_url = None
             else:
+                self._failures.pop(url, None)
                 if status == 200:
                     return msgpack.unpackb(payload)
                 error = _error_body(payload)
@@ -207,6 +223,10 @@ class ClusterFileStorage:
                     raise AuthenticationError(
                         f"{url} refused the token ({message}); use the cluster's client.token"
                     )
+                if status == 421 and error.get("kind") == "stale_map":
+                    self._learn_map(error["map"])
+                    data = msgpack.packb({**body, "epoch": self._epoch})
+                    continue
                 if status == 421 and error.get("leader_url"):
                     self._meta_url = error["leader_url"].rstrip("/")
                     continue

@@ -74,3 +74,22 @@ def test_history_keeps_the_recent_roots_with_their_change_time_and_size() -> Non
     assert [version for version, _ in history] == [1, 2, 3]
     assert [r.pointer for _, r in history] == roots
     assert history[0][1].time == 5.0 and history[0][1].size == 7
+
+
+def test_the_cluster_map_moves_one_epoch_at_a_time() -> None:
+    from cluster.meta import ClusterMap, map_entry
+
+    machine = MetaMachine()
+    members = ((1, "127.0.0.1:1", "http://127.0.0.1:2"),)
+    first = ClusterMap(1, members, 8, 3)
+    assert machine.apply(1, map_entry(ClusterMap(2, members, 8, 3))) == ["conflict", 0]
+    assert machine.apply(2, map_entry(first)) == ["ok", 1]
+    assert machine.apply(3, map_entry(first)) == ["dup", 1]
+    assert machine.apply(4, map_entry(ClusterMap(1, members, 4, 3))) == ["conflict", 1]
+    second = ClusterMap(2, (*members, (2, "127.0.0.1:3", "http://127.0.0.1:4")), 8, 3)
+    assert machine.apply(5, map_entry(second)) == ["ok", 2]
+    sink = io.BytesIO()
+    machine.snapshot(sink)
+    copy = MetaMachine()
+    copy.restore(io.BytesIO(sink.getvalue()))
+    assert copy.state.cluster_map == second
