@@ -1,0 +1,1 @@
+"""Checkers: pure functions from a chaos history to a verdict."""
