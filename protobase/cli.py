@@ -71,6 +71,33 @@ def _node(args: argparse.Namespace) -> int:
     return run_node(args.config)
 
 
+def _chaos_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from chaos.nemesis import KINDS
+    from chaos.runner import run_chaos
+
+    faults = [k for k in args.faults.split(",") if k] if args.faults != "all" else list(KINDS)
+    result = run_chaos(
+        Path(args.out), args.workload, faults, args.seed, args.seconds, clients=args.clients
+    )
+    for name, checker in result.checkers.items():
+        print(f"{name}: valid={checker.get('valid')} anomalies={len(checker.get('anomalies', []))}")
+    print(
+        f"{result.operations} operations, {result.faults} faults, {result.unknown} unknown "
+        f"outcomes; results in {result.directory}"
+    )
+    for error in result.errors:
+        print(f"ERROR: {error}")
+    if result.valid is not True:
+        print(
+            f"chaos run {'FAILED' if result.valid is False else 'UNDECIDED'}; replay with "
+            f"--seed {result.seed} --workload {args.workload} --faults {args.faults}"
+        )
+        return 1
+    return 0
+
+
 def _cluster_up(args: argparse.Namespace) -> int:
     from .cluster_cli import cluster_up
 
@@ -154,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_cluster_status)
     status.add_argument("url")
     status.add_argument("--token-file", help="(status pages need no token)")
+    chaos = commands.add_parser("chaos", help="Jepsen-style runs against a local cluster")
+    chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True)
+    chaos_run = chaos_commands.add_parser("run", help="one workload under one fault mix")
+    chaos_run.set_defaults(handler=_chaos_run)
+    chaos_run.add_argument(
+        "--workload", default="bank", choices=["register", "bank", "set", "list-append"]
+    )
+    chaos_run.add_argument(
+        "--faults", default="kill,pause,partition", help="comma-separated kinds, or all"
+    )
+    chaos_run.add_argument("--seed", type=int, default=1)
+    chaos_run.add_argument("--seconds", type=float, default=20.0)
+    chaos_run.add_argument("--clients", type=int, default=4)
+    chaos_run.add_argument("--out", default="chaos-runs/latest", help="the run directory")
     command("fsck", _fsck, "verify checksums and pointers (read-only)").add_argument("path")
     command("inspect", _inspect, "show commits, segments and sizes").add_argument("path")
     pack = command("pack", _pack, "remove unreachable data and old versions")

@@ -1,0 +1,32 @@
+"""The chaos smoke run inside `make test`: each workload, a few seconds under faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chaos.history import read_history
+from chaos.runner import run_chaos
+
+
+@pytest.mark.parametrize(
+    ("workload", "faults"),
+    [
+        ("bank", ["kill", "pause", "partition"]),
+        ("set", ["isolate-leader", "one-way", "kill"]),
+    ],
+)
+def test_a_short_run_under_faults_is_valid(
+    tmp_path: Path, workload: str, faults: list[str]
+) -> None:
+    result = run_chaos(tmp_path / "run", workload, faults, seed=11, seconds=6, clients=3)
+    assert result.errors == []
+    assert result.valid is True, json.dumps(result.checkers, indent=1)[:3000]
+    assert result.operations > 50 and result.faults >= 1
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["valid"] is True and results["seed"] == 11
+    history = list(read_history(tmp_path / "run" / "history.jsonl"))
+    assert any(op.process < 0 for op in history)  # the faults are in the history
+    assert sum(op.type == "ok" for op in history if op.process >= 0) > 20
