@@ -68,3 +68,8 @@ SEEDS ?= 5000
 FIRST ?= 0
 sim: $(STAMP)
 	$(BIN)/python tests/raft/raft_simulation.py --seeds $(SEEDS) --first $(FIRST) $(if $(FAULT),--fault $(FAULT))
+
+# A chaos campaign: every workload under every fault mix, MINUTES in all (at least 10).
+MINUTES ?= 10
+chaos: $(STAMP)
+	$(BIN)/protobase chaos campaign --minutes $(MINUTES) --out chaos-runs/campaign

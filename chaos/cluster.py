@@ -160,7 +160,8 @@ class ChaosCluster:
             return None
         try:
             with urllib.request.urlopen(self.url(node) + "/status.json", timeout=2) as response:
-                return json.loads(response.read())  # type: ignore[no-any-return]
+                found: dict[str, Any] = json.loads(response.read())
+                return found
         except (urllib.error.URLError, OSError, ValueError):
             return None
 

@@ -75,8 +75,9 @@ def check(workload: Workload, history: Sequence[Op]) -> dict[str, Any]:
 
 
 def _plain(result: Any) -> dict[str, Any]:
-    plain = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
-    return json.loads(json.dumps(plain, default=str))  # type: ignore[no-any-return]
+    plain = dataclasses.asdict(result)
+    found: dict[str, Any] = json.loads(json.dumps(plain, default=str))
+    return found
 
 
 def run_chaos(
@@ -162,3 +163,56 @@ def run_chaos(
         )
     )
     return result
+
+
+MIXES: dict[str, list[str]] = {
+    "crashes": ["kill", "kill-all"],
+    "pauses": ["pause", "kill"],
+    "partitions": ["partition", "isolate-leader", "bridge", "one-way"],
+    "slow": ["slow", "partition"],
+    "everything": [
+        "kill",
+        "kill-all",
+        "pause",
+        "partition",
+        "isolate-leader",
+        "bridge",
+        "one-way",
+        "slow",
+    ],
+}
+"""Named fault mixes a campaign runs every workload under."""
+
+
+def run_campaign(
+    directory: Path, minutes: float, seed: int, clients: int = 4
+) -> list[tuple[str, str, ChaosResult]]:
+    """Every workload under every mix, `minutes` in all; the results in order."""
+    runs = [(workload, mix) for workload in WORKLOADS for mix in MIXES]
+    seconds = max(5.0, minutes * 60 / len(runs))
+    results = []
+    for number, (workload, mix) in enumerate(runs):
+        result = run_chaos(
+            directory / f"{number:02d}-{workload}-{mix}",
+            workload,
+            MIXES[mix],
+            seed + number,
+            seconds,
+            clients=clients,
+        )
+        results.append((workload, mix, result))
+    summary = [
+        {
+            "workload": workload,
+            "mix": mix,
+            "seed": result.seed,
+            "valid": result.valid,
+            "operations": result.operations,
+            "faults": result.faults,
+            "unknown_outcomes": result.unknown,
+            "directory": str(result.directory),
+        }
+        for workload, mix, result in results
+    ]
+    (directory / "campaign.json").write_text(json.dumps(summary, indent=1))
+    return results

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protobase import (
-    ClusterFileStorage,
     ClusterUnavailableError,
     ConflictError,
     Database,
@@ -43,6 +42,7 @@ from protobase import (
     ObjectSpace,
     ProtoBaseException,
 )
+from protobase.storage.cluster import ClusterFileStorage
 
 from .history import FAIL, INFO, INVOKE, OK, Recorder
 

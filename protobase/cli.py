@@ -98,6 +98,26 @@ def _chaos_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos_campaign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from chaos.runner import run_campaign
+
+    results = run_campaign(Path(args.out), args.minutes, args.seed, clients=args.clients)
+    failed = 0
+    for workload, mix, result in results:
+        verdict = {True: "valid", False: "INVALID", None: "UNDECIDED"}[result.valid]
+        print(
+            f"{workload:12} {mix:11} seed {result.seed:5}: {verdict}; {result.operations} ops, "
+            f"{result.faults} faults, {result.unknown} unknown"
+        )
+        failed += result.valid is not True
+    total_ops = sum(r.operations for _, _, r in results)
+    total_faults = sum(r.faults for _, _, r in results)
+    print(f"{len(results)} runs, {total_ops} operations, {total_faults} faults, {failed} not valid")
+    return 1 if failed else 0
+
+
 def _cluster_up(args: argparse.Namespace) -> int:
     from .cluster_cli import cluster_up
 
@@ -195,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     chaos_run.add_argument("--seconds", type=float, default=20.0)
     chaos_run.add_argument("--clients", type=int, default=4)
     chaos_run.add_argument("--out", default="chaos-runs/latest", help="the run directory")
+    campaign = chaos_commands.add_parser("campaign", help="every workload under every fault mix")
+    campaign.set_defaults(handler=_chaos_campaign)
+    campaign.add_argument("--minutes", type=float, default=10.0)
+    campaign.add_argument("--seed", type=int, default=1)
+    campaign.add_argument("--clients", type=int, default=4)
+    campaign.add_argument("--out", default="chaos-runs/campaign")
     command("fsck", _fsck, "verify checksums and pointers (read-only)").add_argument("path")
     command("inspect", _inspect, "show commits, segments and sizes").add_argument("path")
     pack = command("pack", _pack, "remove unreachable data and old versions")
