@@ -26,13 +26,13 @@ cluster: $(STAMP)
 	$(BIN)/protobase cluster up cluster-data --nodes 3
 
 lint: $(STAMP)
-	$(BIN)/ruff check protobase cluster tests bench
-	$(BIN)/ruff format --check protobase cluster tests bench
+	$(BIN)/ruff check protobase cluster chaos tests bench
+	$(BIN)/ruff format --check protobase cluster chaos tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format protobase cluster tests bench
-	$(BIN)/ruff check --fix protobase cluster tests bench
+	$(BIN)/ruff format protobase cluster chaos tests bench
+	$(BIN)/ruff check --fix protobase cluster chaos tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
