@@ -17,6 +17,7 @@ from chaos.runner import run_chaos
         ("bank", ["kill", "pause", "partition"]),
         ("set", ["isolate-leader", "one-way", "kill"]),
         ("list-append", ["kill", "partition", "bridge", "slow"]),
+        ("register", ["kill", "pause", "isolate-leader"]),
     ],
 )
 def test_a_short_run_under_faults_is_valid(
