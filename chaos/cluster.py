@@ -46,8 +46,17 @@ def free_ports(count: int) -> list[int]:
 class ChaosCluster:
     """N members in `directory`; see the module docstring."""
 
-    def __init__(self, directory: Path, nodes: int = 3, partitions: int = 4, seed: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nodes: int = 3,
+        partitions: int = 4,
+        seed: int = 0,
+        failpoints: tuple[str, ...] = (),
+    ) -> None:
         self.directory = directory
+        self.failpoints = failpoints
+        """Deliberate bugs the nodes start with (`cluster.failpoints`): the mutation check."""
         self.nodes = list(range(1, nodes + 1))
         directory.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * nodes + nodes * (nodes - 1))
@@ -103,6 +112,9 @@ class ChaosCluster:
             running = self.processes.get(k)
             if running is not None and running.poll() is None:
                 continue
+            environment = dict(os.environ)
+            if self.failpoints:
+                environment["PROTOBASE_FAILPOINTS"] = ",".join(self.failpoints)
             with open(self.directory / f"node{k}.log", "ab") as log:
                 self.processes[k] = subprocess.Popen(
                     [
@@ -113,6 +125,7 @@ class ChaosCluster:
                         "--config",
                         str(self.configs[k]),
                     ],
+                    env=environment,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

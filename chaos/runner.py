@@ -89,11 +89,15 @@ def run_chaos(
     clients: int = 4,
     nodes: int = 3,
     partitions: int = 2,
+    failpoints: tuple[str, ...] = (),
 ) -> ChaosResult:
-    """Run once; see the module docstring."""
+    """Run once; see the module docstring. `failpoints` starts the nodes with
+    deliberate bugs (`cluster.failpoints`), for the mutation check."""
     workload = WORKLOADS[workload_name]()
     directory.mkdir(parents=True, exist_ok=True)
-    cluster = ChaosCluster(directory / "cluster", nodes=nodes, partitions=partitions, seed=seed)
+    cluster = ChaosCluster(
+        directory / "cluster", nodes=nodes, partitions=partitions, seed=seed, failpoints=failpoints
+    )
     run = Run(cluster.urls, cluster.token, seed)
     plan = schedule(seed, cluster.nodes, faults, seconds)
     try:
@@ -104,6 +108,9 @@ def run_chaos(
         run.started = time.monotonic()
         nemesis = Nemesis(cluster, plan, run.record)
         threads = [Client(k, run, workload) for k in range(clients)]
+        threads += [
+            Client(clients + k, run, workload, reader=True) for k in range(workload.readers)
+        ]
         for thread in threads:
             thread.start()
         nemesis.start()
@@ -150,6 +157,7 @@ def run_chaos(
                 "seed": seed,
                 "workload": workload_name,
                 "faults": list(faults),
+                "failpoints": list(failpoints),
                 "schedule": [dataclasses.asdict(f) for f in plan],
                 "seconds": seconds,
                 "operations": result.operations,

@@ -84,6 +84,8 @@ class Workload:
     """One kind of workload; see the module docstring."""
 
     name = ""
+    readers = 0
+    """Clients that only read (they reach whichever member they are given)."""
 
     def setup(self, db: Database) -> None:
         """Create the data the clients work on (before any fault)."""
@@ -100,9 +102,17 @@ class Workload:
         """An operation to run once after the faults (a final read), if any."""
         return None
 
+    def read_operation(self, rng: random.Random, run: Run) -> tuple[str, Any]:
+        """The next operation of a client that only reads."""
+        raise NotImplementedError
+
 
 class RegisterWorkload(Workload):
     name = "register"
+    readers = 2
+
+    def read_operation(self, rng: random.Random, run: Run) -> tuple[str, Any]:
+        return "read", [rng.randrange(REGISTER_KEYS), None]
 
     def setup(self, db: Database) -> None:
         """Registers start unset (None)."""
@@ -265,9 +275,10 @@ def classify(exc: BaseException) -> str:
 class Client(threading.Thread):
     """One client: operations until the run stops, as process after process."""
 
-    def __init__(self, number: int, run: Run, workload: Workload) -> None:
+    def __init__(self, number: int, run: Run, workload: Workload, reader: bool = False) -> None:
         super().__init__(name=f"chaos-client-{number}", daemon=True)
         self.number = number
+        self.reader = reader
         self.run_ = run
         self.workload = workload
         self.rng = random.Random(run.seed * 1000 + number)
@@ -282,7 +293,10 @@ class Client(threading.Thread):
                     space = self._connect()
                     if space is None:
                         continue
-                f, value = self.workload.operation(self.rng, run)
+                if self.reader:
+                    f, value = self.workload.read_operation(self.rng, run)
+                else:
+                    f, value = self.workload.operation(self.rng, run)
                 if perform(run, space, self.workload, process, f, value) == INFO:
                     process = next(run.processes)
                     space.close()

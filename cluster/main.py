@@ -18,13 +18,18 @@ from aiohttp import web
 
 from .api import NodeAPI
 from .config import ConfigError, NodeSettings, load_config
+from .failpoints import Failpoints
 from .node import ClusterNode
 
 log = logging.getLogger("protobase.node")
 
 
-async def serve(settings: NodeSettings) -> int:
-    node = ClusterNode(settings)
+async def serve(settings: NodeSettings, failpoints: Failpoints) -> int:
+    if failpoints.any:
+        log.warning(
+            "node %d runs with deliberate bugs switched on: %s", settings.node_id, failpoints
+        )
+    node = ClusterNode(settings, failpoints)
     await node.start()
     runner = web.AppRunner(NodeAPI(node).app(), access_log=None)
     await runner.setup()
@@ -51,7 +56,8 @@ async def serve(settings: NodeSettings) -> int:
 def run_node(config_path: str) -> int:
     try:
         settings = load_config(config_path)
-    except ConfigError as exc:
+        failpoints = Failpoints.from_environment()
+    except (ConfigError, ValueError) as exc:
         print(f"protobase node: {config_path}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -59,7 +65,7 @@ def run_node(config_path: str) -> int:
     # objects by stored name and attributes, and writes them back unchanged.
     warnings.filterwarnings("ignore", message="stored class .* cannot be imported")
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, failpoints))
     except ConfigError as exc:
         print(f"protobase node: {exc}", file=sys.stderr)
         return 2

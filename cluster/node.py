@@ -55,6 +55,7 @@ from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads,
 from protobase.transaction import Snapshot
 
 from .config import ConfigError, NodeSettings
+from .failpoints import Failpoints
 from .meta import ClusterMap, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
 from .partition_store import PartitionMachine, chunks
@@ -91,8 +92,10 @@ class CommitConflict(Exception):
 class ClusterNode:
     """See the module docstring."""
 
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, failpoints: Failpoints | None = None) -> None:
         self.settings = settings
+        self.failpoints = failpoints or Failpoints()
+        """Deliberate bugs for the chaos harness's mutation check (off in use)."""
         self.id = settings.node_id
         members = [m.id for m in settings.members]
         self.placement = placement(members, settings.partitions, settings.replication)
@@ -371,6 +374,9 @@ class ClusterNode:
             raise NotLeader(META_GROUP, self.leader(META_GROUP))
 
     async def read_root(self, space: str) -> RootRef:
+        if self.failpoints.stale_follower_reads and META_GROUP in self.raft.groups:
+            root = self.meta.root(space)  # the deliberate bug: no barrier, any member
+            return RootRef(AtomPointer(*root.pointer) if root.pointer else None, root.version)
         self.check_meta_leader()
         try:
             await self._meta_reads.barrier()
@@ -543,6 +549,18 @@ class ClusterNode:
             )
         except RootConflict:
             pass
+        if self.failpoints.overwrite_on_rebase:
+            # The deliberate bug: the client's root replaces the current one.
+            head = self._pipeline(space).head()
+            if head is None:
+                applied = self.meta.root(space)
+                pointer = AtomPointer(*applied.pointer) if applied.pointer else None
+                head = RootRef(pointer, applied.version)
+            return await asyncio.wrap_future(
+                self._pipeline(space).start(
+                    CommitBatch(transaction_id, []), head, new_root, None, size
+                )
+            )
         self.metrics.rebases.inc()
         for _ in range(SPECULATION_ATTEMPTS):
             try:

@@ -15,8 +15,10 @@ from chaos.runner import run_chaos
     ("workload", "faults"),
     [
         ("bank", ["kill", "pause", "partition"]),
+        ("set", ["kill", "pause", "partition"]),
         ("set", ["isolate-leader", "one-way", "kill"]),
         ("list-append", ["kill", "partition", "bridge", "slow"]),
+        ("register", ["partition", "isolate-leader"]),
         ("register", ["kill", "pause", "isolate-leader"]),
     ],
 )
