@@ -12,13 +12,16 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cluster,test,dev]'
+	$(BIN)/pip install --quiet -e '.[cluster,chaos,test,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/protobase demo
 
+# The chaos report test renders report.html in Debian's chromium (installed when missing).
 test: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(BIN)/python -m pytest -q
 
 # A local 3-node cluster in cluster-data/ (configs, secret, token, data); Ctrl-C stops it.

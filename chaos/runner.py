@@ -8,7 +8,8 @@ writes into the run directory:
 - ``history.jsonl``: every operation and fault (`chaos.history`);
 - ``results.json``: per checker, valid (true, false, or null when the
   checker could not decide), its counts and its anomalies with the
-  operations involved; plus the seed, the workload and the faults.
+  operations involved; plus the seed, the workload and the faults;
+- ``report.html``: the same for a person, with plots (`chaos.report`).
 
 `valid` is True only when every checker said valid. The seed replays the
 same fault schedule and the same client choices (not the same timing).
@@ -29,6 +30,7 @@ from protobase import ObjectSpace
 from .cluster import ChaosCluster
 from .history import Op, write_history
 from .nemesis import Nemesis, schedule
+from .report import write_report
 from .workloads import (
     ACCOUNTS,
     DATABASE,
@@ -150,26 +152,22 @@ def run_chaos(
         unknown=sum(1 for op in client_ops if op.type == "info"),
         errors=errors,
     )
-    (directory / "results.json").write_text(
-        json.dumps(
-            {
-                "valid": result.valid,
-                "seed": seed,
-                "workload": workload_name,
-                "faults": list(faults),
-                "failpoints": list(failpoints),
-                "schedule": [dataclasses.asdict(f) for f in plan],
-                "seconds": seconds,
-                "operations": result.operations,
-                "faults_injected": result.faults,
-                "unknown_outcomes": result.unknown,
-                "errors": errors,
-                "checkers": checkers,
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    summary = {
+        "valid": result.valid,
+        "seed": seed,
+        "workload": workload_name,
+        "faults": list(faults),
+        "failpoints": list(failpoints),
+        "schedule": [dataclasses.asdict(f) for f in plan],
+        "seconds": seconds,
+        "operations": result.operations,
+        "faults_injected": result.faults,
+        "unknown_outcomes": result.unknown,
+        "errors": errors,
+        "checkers": checkers,
+    }
+    (directory / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_report(directory, history, json.loads(json.dumps(summary, default=str)))
     return result
 
 
