@@ -153,6 +153,15 @@ class ChaosCluster:
             os.kill(self.processes[node].pid, signal.SIGCONT)
         self.paused.discard(node)
 
+    def fail_disk(self, node: int, error: str = "EIO") -> None:
+        """Make `node`'s syncs fail (it must run with the ``disk-faults`` failpoint)."""
+        if "disk-faults" not in self.failpoints:
+            raise RuntimeError("disk faults need the nodes started with the disk-faults failpoint")
+        (self.directory / f"n{node}" / "FAIL-DISK").write_text(error)
+
+    def heal_disk(self, node: int) -> None:
+        (self.directory / f"n{node}" / "FAIL-DISK").unlink(missing_ok=True)
+
     def wait_ready(self, nodes: list[int] | None = None, timeout: float = READY_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         for k in nodes or self.nodes:

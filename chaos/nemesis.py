@@ -16,7 +16,10 @@ Kinds:
 - ``partition``: a random majority/minority split; ``isolate-leader``: the
   meta leader alone; ``bridge``: two halves that both reach one member;
   ``one-way``: one member stops hearing another;
-- ``slow``: every peer link delayed (with jitter) and throttled.
+- ``slow``: every peer link delayed (with jitter) and throttled;
+- ``disk``: one member's disk fails (its syncs raise EIO or ENOSPC; the
+  cluster must run with the ``disk-faults`` failpoint): the member must
+  stop without acknowledging; it is restarted on a healthy disk at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ KINDS = (
     "bridge",
     "one-way",
     "slow",
+    "disk",
 )
 
 
@@ -73,7 +77,9 @@ def schedule(
         kind = rng.choice(list(kinds))
         duration = min(rng.uniform(*length), seconds - quiet - at)
         target: Any = None
-        if kind in ("kill", "pause"):
+        if kind == "disk":
+            target = (rng.choice(list(members)), rng.choice(["EIO", "ENOSPC"]))
+        elif kind in ("kill", "pause"):
             target = rng.choice([*members, "meta-leader", "partition-leader"])
         elif kind == "one-way":
             target = tuple(rng.sample(list(members), 2))
@@ -191,6 +197,17 @@ class Nemesis:
             self.record(NEMESIS, INFO, kind, [source, target])
             net.one_way(source, target)
             return net.heal
+        if kind == "disk":
+            node, error = fault.target
+            self.record(NEMESIS, INFO, kind, [node, error])
+            cluster.fail_disk(node, error)
+
+            def undo() -> None:
+                cluster.heal_disk(node)
+                cluster.kill(node)  # it stopped itself, or will never sync again
+                cluster.start(node)
+
+            return undo
         if kind == "slow":
             self.record(NEMESIS, INFO, kind, {"delay": 0.02, "jitter": 0.03})
             net.slow(0.02, 0.03, rate=2_000_000)

@@ -96,6 +96,8 @@ def run_chaos(
     """Run once; see the module docstring. `failpoints` starts the nodes with
     deliberate bugs (`cluster.failpoints`), for the mutation check."""
     workload = WORKLOADS[workload_name]()
+    if "disk" in faults and "disk-faults" not in failpoints:
+        failpoints = (*failpoints, "disk-faults")
     directory.mkdir(parents=True, exist_ok=True)
     cluster = ChaosCluster(
         directory / "cluster", nodes=nodes, partitions=partitions, seed=seed, failpoints=failpoints
@@ -176,6 +178,7 @@ MIXES: dict[str, list[str]] = {
     "pauses": ["pause", "kill"],
     "partitions": ["partition", "isolate-leader", "bridge", "one-way"],
     "slow": ["slow", "partition"],
+    "disks": ["disk", "kill"],
     "everything": [
         "kill",
         "kill-all",
@@ -185,6 +188,7 @@ MIXES: dict[str, list[str]] = {
         "bridge",
         "one-way",
         "slow",
+        "disk",
     ],
 }
 """Named fault mixes a campaign runs every workload under."""

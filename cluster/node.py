@@ -55,7 +55,7 @@ from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads,
 from protobase.transaction import Snapshot
 
 from .config import ConfigError, NodeSettings
-from .failpoints import Failpoints
+from .failpoints import Failpoints, failing_sync
 from .meta import ClusterMap, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
 from .partition_store import PartitionMachine, chunks
@@ -125,6 +125,10 @@ class ClusterNode:
             snapshot_every=settings.snapshot_every,
         )
         self.raft = RaftNode(config, groups)
+        if self.failpoints.disk_faults:
+            self.raft.store.sync = failing_sync(  # type: ignore[method-assign]
+                self.raft.store.sync, settings.data_dir
+            )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.session: aiohttp.ClientSession | None = None
         self._spaces: dict[str, ObjectSpace] = {}

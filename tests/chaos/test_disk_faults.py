@@ -1,0 +1,22 @@
+"""Disk faults: a member whose syncs fail stops, acknowledges nothing, and loses nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chaos.history import read_history
+from chaos.runner import run_chaos
+
+
+def test_failing_syncs_stop_the_member_and_the_checkers_stay_valid(tmp_path: Path) -> None:
+    result = run_chaos(tmp_path / "run", "set", ["disk"], seed=2, seconds=7, clients=3)
+    assert result.errors == []
+    assert result.valid is True, json.dumps(result.checkers, indent=1)[:2000]
+    faults = [op for op in read_history(tmp_path / "run" / "history.jsonl") if op.f == "disk"]
+    assert faults, "no disk fault was injected"
+    for fault in faults:
+        node, error = fault.value
+        log = (tmp_path / "run" / "cluster" / f"node{node}.log").read_text()
+        assert f"injected disk fault ({error})" in log
+        assert "the node stops" in log
