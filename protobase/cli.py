@@ -78,8 +78,15 @@ def _chaos_run(args: argparse.Namespace) -> int:
     from chaos.runner import run_chaos
 
     faults = [k for k in args.faults.split(",") if k] if args.faults != "all" else list(KINDS)
+    failpoints = tuple(f for f in args.failpoints.split(",") if f)
     result = run_chaos(
-        Path(args.out), args.workload, faults, args.seed, args.seconds, clients=args.clients
+        Path(args.out),
+        args.workload,
+        faults,
+        args.seed,
+        args.seconds,
+        clients=args.clients,
+        failpoints=failpoints,
     )
     for name, checker in result.checkers.items():
         print(f"{name}: valid={checker.get('valid')} anomalies={len(checker.get('anomalies', []))}")
@@ -215,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     chaos_run.add_argument("--seconds", type=float, default=20.0)
     chaos_run.add_argument("--clients", type=int, default=4)
     chaos_run.add_argument("--out", default="chaos-runs/latest", help="the run directory")
+    chaos_run.add_argument(
+        "--failpoints",
+        default="",
+        help="start the nodes with deliberate bugs (cluster/failpoints.py), to see a failure",
+    )
     campaign = chaos_commands.add_parser("campaign", help="every workload under every fault mix")
     campaign.set_defaults(handler=_chaos_campaign)
     campaign.add_argument("--minutes", type=float, default=10.0)

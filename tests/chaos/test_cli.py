@@ -1,0 +1,36 @@
+"""`protobase chaos run`: exit 0 when valid; exit 1 with the replay command when not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def chaos(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "protobase.cli", "chaos", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_failing_checker_exits_1_and_prints_the_seed_that_replays_it(tmp_path: Path) -> None:
+    broken = chaos(
+        "--workload", "set", "--faults", "kill,partition", "--seconds", "5", "--seed", "31",
+        "--clients", "3", "--failpoints", "overwrite-on-rebase", "--out", str(tmp_path / "bad"),
+    )  # fmt: skip
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "set: valid=False" in broken.stdout
+    assert "replay with --seed 31 --workload set --faults kill,partition" in broken.stdout
+    assert (tmp_path / "bad" / "report.html").exists()
+
+
+def test_a_valid_run_exits_0(tmp_path: Path) -> None:
+    good = chaos(
+        "--workload", "set", "--faults", "kill", "--seconds", "4", "--seed", "31",
+        "--clients", "2", "--out", str(tmp_path / "good"),
+    )  # fmt: skip
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "set: valid=True" in good.stdout
