@@ -29,7 +29,7 @@ from protobase import ObjectSpace
 
 from .cluster import ChaosCluster
 from .history import Op, write_history
-from .nemesis import Nemesis, schedule
+from .nemesis import KINDS, Nemesis, schedule
 from .report import write_report
 from .workloads import (
     ACCOUNTS,
@@ -179,17 +179,7 @@ MIXES: dict[str, list[str]] = {
     "partitions": ["partition", "isolate-leader", "bridge", "one-way"],
     "slow": ["slow", "partition"],
     "disks": ["disk", "kill"],
-    "everything": [
-        "kill",
-        "kill-all",
-        "pause",
-        "partition",
-        "isolate-leader",
-        "bridge",
-        "one-way",
-        "slow",
-        "disk",
-    ],
+    "everything": list(KINDS),
 }
 """Named fault mixes a campaign runs every workload under."""
 

@@ -41,6 +41,7 @@ from protobase import (
     List,
     ObjectSpace,
     ProtoBaseException,
+    Transaction,
 )
 from protobase.storage.cluster import ClusterFileStorage
 
@@ -96,6 +97,15 @@ class Workload:
 
     def perform(self, db: Database, f: str, value: Any) -> Any:
         """Do it in one transaction attempt; the ok value (raises on failure)."""
+        tr = db.new_transaction()
+        try:
+            return self.apply(tr, f, value)
+        finally:
+            if not tr.closed:
+                tr.abort()
+
+    def apply(self, tr: Transaction, f: str, value: Any) -> Any:
+        """The operation in `tr`, committing it when it writes; the ok value."""
         raise NotImplementedError
 
     def final(self) -> tuple[str, Any] | None:
@@ -126,26 +136,21 @@ class RegisterWorkload(Workload):
             return "write", [key, rng.randrange(5)]
         return "cas", [key, [rng.randrange(5), rng.randrange(5)]]
 
-    def perform(self, db: Database, f: str, value: Any) -> Any:
+    def apply(self, tr: Transaction, f: str, value: Any) -> Any:
         key = value[0]
         name = f"reg-{key}"
-        tr = db.new_transaction()
-        try:
-            if f == "read":
-                return [key, tr.get_root_object(name)]
-            if f == "write":
-                tr.set_root_object(name, value[1])
-            else:
-                expected, new = value[1]
-                tr.read_current(name)
-                if tr.get_root_object(name) != expected:
-                    raise _NotApplied(f"register {key} does not hold {expected}")
-                tr.set_root_object(name, new)
-            tr.commit()
-            return value
-        finally:
-            if not tr._closed:
-                tr.abort()
+        if f == "read":
+            return [key, tr.get_root_object(name)]
+        if f == "write":
+            tr.set_root_object(name, value[1])
+        else:
+            expected, new = value[1]
+            tr.read_current(name)
+            if tr.get_root_object(name) != expected:
+                raise _NotApplied(f"register {key} does not hold {expected}")
+            tr.set_root_object(name, new)
+        tr.commit()
+        return value
 
 
 class BankWorkload(Workload):
@@ -162,23 +167,18 @@ class BankWorkload(Workload):
         source, target = rng.sample(self.accounts, 2)
         return "transfer", {"from": source, "to": target, "amount": rng.randint(1, 5)}
 
-    def perform(self, db: Database, f: str, value: Any) -> Any:
-        tr = db.new_transaction()
-        try:
-            balances = tr.get_root_object("accounts")
-            if f in ("read", "final-read"):
-                return dict(balances.as_iterable())
-            source, target, amount = value["from"], value["to"], value["amount"]
-            if balances.get_at(source) < amount:
-                raise _NotApplied(f"{source} holds less than {amount}")
-            balances = balances.set_at(source, balances.get_at(source) - amount)
-            balances = balances.set_at(target, balances.get_at(target) + amount)
-            tr.set_root_object("accounts", balances)
-            tr.commit()
-            return value
-        finally:
-            if not tr._closed:
-                tr.abort()
+    def apply(self, tr: Transaction, f: str, value: Any) -> Any:
+        balances = tr.get_root_object("accounts")
+        if f in ("read", "final-read"):
+            return dict(balances.as_iterable())
+        source, target, amount = value["from"], value["to"], value["amount"]
+        if balances.get_at(source) < amount:
+            raise _NotApplied(f"{source} holds less than {amount}")
+        balances = balances.set_at(source, balances.get_at(source) - amount)
+        balances = balances.set_at(target, balances.get_at(target) + amount)
+        tr.set_root_object("accounts", balances)
+        tr.commit()
+        return value
 
     def final(self) -> tuple[str, Any] | None:
         return "final-read", None
@@ -196,18 +196,13 @@ class SetWorkload(Workload):
             return "read", None
         return "add", next(run.unique)
 
-    def perform(self, db: Database, f: str, value: Any) -> Any:
-        tr = db.new_transaction()
-        try:
-            elements = tr.get_root_object("set")
-            if f == "read":
-                return sorted(elements.keys())
-            tr.set_root_object("set", elements.set_at(value, True))
-            tr.commit()
-            return value
-        finally:
-            if not tr._closed:
-                tr.abort()
+    def apply(self, tr: Transaction, f: str, value: Any) -> Any:
+        elements = tr.get_root_object("set")
+        if f == "read":
+            return sorted(elements.keys())
+        tr.set_root_object("set", elements.set_at(value, True))
+        tr.commit()
+        return value
 
     def final(self) -> tuple[str, Any] | None:
         return "read", None
@@ -226,27 +221,22 @@ class ListAppendWorkload(Workload):
                 micro.append(["append", key, next(run.unique)])
         return "txn", micro
 
-    def perform(self, db: Database, f: str, value: Any) -> Any:
-        tr = db.new_transaction()
-        try:
-            done = []
-            wrote = False
-            for kind, key, element in value:
-                name = f"list-{key}"
-                current = tr.get_root_object(name)
-                if kind == "r":
-                    done.append(["r", key, [] if current is None else list(current.as_iterable())])
-                else:
-                    base = current if current is not None else List()
-                    tr.set_root_object(name, base.append_last(element))
-                    done.append(["append", key, element])
-                    wrote = True
-            if wrote:
-                tr.commit()
-            return done
-        finally:
-            if not tr._closed:
-                tr.abort()
+    def apply(self, tr: Transaction, f: str, value: Any) -> Any:
+        done = []
+        wrote = False
+        for kind, key, element in value:
+            name = f"list-{key}"
+            current = tr.get_root_object(name)
+            if kind == "r":
+                done.append(["r", key, [] if current is None else list(current.as_iterable())])
+            else:
+                base = current if current is not None else List()
+                tr.set_root_object(name, base.append_last(element))
+                done.append(["append", key, element])
+                wrote = True
+        if wrote:
+            tr.commit()
+        return done
 
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {

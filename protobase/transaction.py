@@ -72,6 +72,11 @@ class Snapshot:
         return self._space.origin
 
     @property
+    def closed(self) -> bool:
+        """True once the snapshot (or transaction) has ended."""
+        return self._closed
+
+    @property
     def ref(self) -> RootRef:
         """The root this snapshot reads."""
         return self._ref
