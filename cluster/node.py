@@ -573,9 +573,7 @@ class ClusterNode:
                 )
             except RootConflict:
                 # A root change proposed before this one failed, so this one,
-                # built on it, failed too: rebase again on what was applied
-                # (which is older than the head this space's committer saw).
-                self.object_space(space).committer.reset_floor()
+                # built on it, failed too: rebase again on what was applied.
                 earlier = self.meta.outcome(transaction_id)
                 if earlier is not None:
                     return RootRef(AtomPointer(*earlier[2]), earlier[1])
@@ -588,7 +586,8 @@ class ClusterNode:
         """The object space this node rebases commits of `name` in (its cache lives on)."""
         space = self._spaces.get(name)
         if space is None:
-            space = self._spaces[name] = ObjectSpace(NodeStorage(self, name))
+            # Its roots may go back: a withdrawn speculation (see RootPipeline).
+            space = self._spaces[name] = ObjectSpace(NodeStorage(self, name), monotonic_reads=False)
         return space
 
     def _pipeline(self, space: str) -> RootPipeline:

@@ -93,8 +93,12 @@ class SpaceChange:
 class Committer:
     """The commit protocol of one `ObjectSpace`; see the module docstring."""
 
-    def __init__(self, storage: Storage, cache: AtomCache, origin: object) -> None:
+    def __init__(
+        self, storage: Storage, cache: AtomCache, origin: object, monotonic_reads: bool = True
+    ) -> None:
         self.storage = storage
+        self._monotonic = monotonic_reads
+        """False only for a storage whose root may go back by design (see `ObjectSpace`)."""
         self._cache = cache
         self._origin = origin
         self._latest_lock = threading.Lock()
@@ -125,6 +129,9 @@ class Committer:
             seen = self._latest.version
         ref = self.storage.read_root()
         with self._latest_lock:
+            if not self._monotonic:
+                self._latest = ref
+                return ref
             if ref.version < seen:
                 raise StorageError(
                     f"storage went back to root version {ref.version} after this space saw "
@@ -133,16 +140,6 @@ class Committer:
             if ref.version > self._latest.version:
                 self._latest = ref
         return ref
-
-    def reset_floor(self) -> None:
-        """Forget the newest root seen, so that an older one may be read next.
-
-        For a storage that proposes roots speculatively (a cluster node's
-        `NodeStorage`): when a proposed root fails, its successors are
-        withdrawn and the applied root is older than the head seen before.
-        """
-        with self._latest_lock:
-            self._latest = RootRef(None, 0)
 
     def note_root(self, ref: RootRef) -> None:
         with self._latest_lock:

@@ -45,7 +45,21 @@ class ObjectSpace:
     `committer`, the one owner of the commit protocol.
     """
 
-    def __init__(self, storage: Storage, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        *,
+        monotonic_reads: bool = True,
+    ) -> None:
+        """Args:
+        storage: the backend.
+        cache_bytes: the atom cache's budget.
+        monotonic_reads: refuse a root older than one already seen
+            (session monotonic reads). Only a cluster node's own space,
+            whose storage proposes roots ahead of their outcome and
+            withdraws them when one fails, turns it off.
+        """
         if not isinstance(storage, Storage):
             raise ValidationError(
                 f"ObjectSpace needs a storage (MemoryStorage, StandaloneFileStorage, ...), "
@@ -55,7 +69,7 @@ class ObjectSpace:
         self.origin = object()
         """Nodes and literals stored through this space carry it."""
         self._cache = AtomCache(cache_bytes)
-        self.committer = Committer(storage, self._cache, self.origin)
+        self.committer = Committer(storage, self._cache, self.origin, monotonic_reads)
         self._closed = False
 
     @property

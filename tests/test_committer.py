@@ -38,6 +38,7 @@ from protobase import (
     RootRef,
     StandaloneFileStorage,
     Storage,
+    StorageError,
     Transaction,
 )
 from protobase import committer as committer_module
@@ -754,3 +755,28 @@ def test_rebased_stored_change_on_a_file_storage_survives_reopening(tmp_path: Pa
         db = space.open_database("d")
         assert root_names(db) == ["mine", "theirs"]
         assert root_value(db, "mine") == "m" * 300
+
+
+def test_reads_that_go_back_are_refused_unless_the_space_allows_them() -> None:
+    """A cluster node's own space reads roots its pipeline may withdraw (a failed
+    speculation); a client's space must never see a root older than one it saw."""
+
+    class GoesBack(MemoryStorage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.older: RootRef | None = None
+
+        def read_root(self) -> RootRef:
+            return self.older if self.older is not None else super().read_root()
+
+    for monotonic in (True, False):
+        storage = GoesBack()
+        space = ObjectSpace(storage, monotonic_reads=monotonic)
+        db = space.new_database("d")
+        db.run(lambda tr: tr.set_root_object("x", 1))
+        storage.older = RootRef(None, 0)
+        if monotonic:
+            with pytest.raises(StorageError, match="refusing a stale read"):
+                space.committer.read_root()
+        else:
+            assert space.committer.read_root() == RootRef(None, 0)
