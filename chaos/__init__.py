@@ -6,5 +6,5 @@ workloads through the public API, and checkers that can fail.
   registers, bank, set, list-append anomalies).
 
 `chaos/` drives the system only through its public API, its CLI and its
-processes (DESIGN.md section 1).
+processes, never through their internals.
 """

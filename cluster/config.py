@@ -1,4 +1,5 @@
-"""A node's configuration: the ``node.toml`` contract of `shared/API.md`.
+"""A node's configuration: the ``node.toml`` contract (public: tools outside
+the project start nodes with it).
 
 Example (relative paths are relative to the file's folder)::
 

@@ -5,7 +5,7 @@ with the concurrent ones: *base* is the snapshot, *mine* the transaction's
 version, *theirs* the current one. Pure functions over collection values;
 no storage and no clocks.
 
-Rules (DESIGN.md section 3):
+Rules (docs/architecture.md, "A commit, step by step"):
 
 - A key (root name, dictionary key, set element, object id) changed on one
   side only takes that side's value.

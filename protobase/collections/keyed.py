@@ -6,9 +6,8 @@ All four are keyed B+-trees (`btree`) that differ in the order of their keys:
   deterministically), so it offers range scans;
 - `HashDictionary`, `Set` and `CountedSet` order by `ordering.hash_key`
   (stable 64-bit hash, ties broken by value): hash-ordered, with nodes as wide
-  as a Dictionary's. (DESIGN.md calls HashDictionary a hash trie; a B+-tree
-  over the hash gives the same order with full-width nodes, see
-  docs/decisions.md.)
+  as a Dictionary's. (A hash trie was the first plan; a B+-tree over the hash gives the
+  same order with full-width nodes, see docs/decisions.md.)
 
 Keys equal in Python (``1``, ``1.0``, ``True``) are one key, as in a dict.
 """

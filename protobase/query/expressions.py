@@ -113,7 +113,7 @@ class Expression:
 
     @staticmethod
     def compile(spec: Any) -> Expression:
-        """An expression from prefix lists (API.md, "Queries").
+        """An expression from prefix lists (docs/queries.md).
 
         ``[field, op, value]`` with op one of ``== != > >= < <= in contains
         startswith``; ``[field, "between", lo, hi]``; ``[field, "is_null"]``;
