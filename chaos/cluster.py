@@ -10,7 +10,6 @@ stopped by PID (`stop`), whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -23,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from protobase.cluster_cli import stop_processes
 
 from .proxy import HOST, ProxyNet
 
@@ -204,16 +205,5 @@ class ChaosCluster:
 
     def stop(self) -> None:
         """Every process started here, by PID: SIGCONT, SIGTERM, then SIGKILL; the proxies."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                for sig in (signal.SIGCONT, signal.SIGTERM):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, sig)
-        deadline = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values())
         self.net.stop()

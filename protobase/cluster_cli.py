@@ -11,6 +11,7 @@ A second `up` on the same DIR reuses its configs and data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +128,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+def stop_processes(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGCONT (a paused node must hear the rest), SIGTERM, then SIGKILL after 10 s."""
+    processes = list(processes)
     for process in processes:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            for sig in (signal.SIGCONT, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(sig)
     deadline = time.monotonic() + 10
     for process in processes:
         try:

@@ -7,7 +7,6 @@ started by PID when the test ends, whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from protobase.cluster_cli import write_configs
+from protobase.cluster_cli import stop_processes, write_configs
 
 HOST = "127.0.0.1"
 READY_SECONDS = 60.0
@@ -204,18 +203,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGCONT, SIGTERM, then SIGKILL after 10 s: every process started here."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                for sig in (signal.SIGCONT, signal.SIGTERM):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, sig)
-        deadline = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values())
 
     def storage(
         self, space: str = "default", timeout: float = 30.0, urls: list[str] | None = None

@@ -4,24 +4,13 @@ ports, and waiting for a condition with a limit."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 
+from chaos.cluster import free_ports
+
+__all__ = ["HOST", "eventually", "free_ports"]
+
 HOST = "127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
