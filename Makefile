@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cluster,chaos,test,dev]'
+	$(BIN)/pip install --quiet -e '.[cluster,chaos,s3,test,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

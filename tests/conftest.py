@@ -120,3 +120,34 @@ def space(request: pytest.FixtureRequest) -> Iterator[ObjectSpace]:
         storage = MemoryStorage()
     with ObjectSpace(storage) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto_server for the session (tests/s3server.py); its credentials are in os.environ."""
+    import os
+
+    from s3server import S3Server, credentials_env
+
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    server.start()
+    saved = {name: os.environ.get(name) for name in credentials_env(server.endpoint)}
+    os.environ.update(credentials_env(server.endpoint))
+    atexit.register(server.stop)
+    try:
+        yield server
+    finally:
+        server.stop()
+        atexit.unregister(server.stop)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    name: str = s3_server.new_bucket()
+    return name

@@ -1,7 +1,7 @@
 """Storage backends: they store atoms as bytes and move one root atomically."""
 
-from .file import CommitInfo, StandaloneFileStorage
-from .interfaces import CommitBatch, RootRef, Storage
+from .file import StandaloneFileStorage
+from .interfaces import CommitBatch, CommitInfo, RootRef, Storage
 from .memory import MemoryStorage
 
 __all__ = [

@@ -29,19 +29,15 @@ import dataclasses
 import errno
 import fcntl
 import os
-import struct
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import xxhash
-
 from ..atoms import AtomPointer
-from ..errors import AtomNotFoundError, CorruptionError, RootConflict, StorageError
+from ..errors import CorruptionError, StorageError
 from . import wal
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
-from .interfaces import CommitBatch, CommitInfo, RootRef
+from .records import RecordLog, placed
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_CHECKPOINT_BYTES = 64 * 1024 * 1024
@@ -51,7 +47,7 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` by long operations."""
 
 
-class StandaloneFileStorage:
+class StandaloneFileStorage(RecordLog):
     """A durable storage in one directory; see the module docstring."""
 
     def __init__(
@@ -81,18 +77,11 @@ class StandaloneFileStorage:
                 f"{self.path} is not a ProtoBase database (no checkpoint, no WAL segments)"
             )
         self._lock_fd = self._take_lock()
-        self._mutex = threading.Lock()
+        self._init_index()
         self._synced = threading.Condition(self._mutex)
         self._fds: dict[int, int] = {}
-        self._records: dict[bytes, wal.RecordInfo] = {}
-        self._unrooted: set[bytes] = set()
-        """Batches put by this process that no root change has named yet:
-        pack keeps them whole (their root change may still come)."""
-        self._positions: dict[bytes, dict[int, int]] = {}
-        self._history: dict[int, wal.RecordInfo] = {}
         self._closed = False
         self._failed: BaseException | None = None
-        self._appended = 0
         self._durable = 0
         self._syncing = False
         try:
@@ -130,8 +119,7 @@ class StandaloneFileStorage:
         self._active = self._segments[-1]
         self._active_size = os.fstat(self._fds[self._active]).st_size
         os.lseek(self._fds[self._active], 0, os.SEEK_END)
-        latest = max(self._history) if self._history else 0
-        self._root = RootRef(self._history[latest].root, latest) if latest else RootRef(None, 0)
+        self._root = self._root_from_history()
         self._since_checkpoint = 0
         if recovery.fresh:
             self._checkpoint_locked()
@@ -146,21 +134,7 @@ class StandaloneFileStorage:
         if torn.offset < wal.SEGMENT_HEADER_SIZE:
             wal.fsync_directory(self.path)  # the segment may be new
 
-    def _index(self, record: wal.RecordInfo) -> None:
-        self._records[record.transaction_id] = record
-        if record.indexes is not None:
-            self._positions[record.transaction_id] = {
-                index: slot for slot, index in enumerate(record.indexes)
-            }
-        if record.kind == wal.KIND_COMMIT:
-            self._history[record.version] = record
-
-    # -- the storage contract ----------------------------------------------------
-
-    def read_root(self) -> RootRef:
-        with self._mutex:
-            self._check_usable()
-            return self._root
+    # -- the storage contract (the rest is `RecordLog`'s) ------------------------
 
     def get_atoms(self, pointers: Sequence[AtomPointer]) -> list[bytes]:
         # Reads hold the mutex: pack closes and replaces the segment files.
@@ -168,208 +142,31 @@ class StandaloneFileStorage:
             self._check_usable()
             found = []
             for pointer in pointers:
-                fd, table_at, data_at, slot = self._locate(pointer)
-                start, end = struct.unpack(">II", os.pread(fd, 8, table_at + 4 * slot))
-                atom = os.pread(fd, end - start, data_at + start)
-                if len(atom) != end - start:
-                    raise StorageError(f"{self.path}: short read of an atom at {data_at + start}")
+                record, slot = self._find(pointer)
+                atom = wal.read_atom(self._fds[record.segment], record, slot)
+                if atom is None:
+                    raise StorageError(f"{self.path}: short read of an atom of {pointer}")
                 found.append(atom)
             return found
 
-    def _locate(self, pointer: AtomPointer) -> tuple[int, int, int, int]:
-        record = self._records.get(pointer.transaction_id)
-        slot: int | None = pointer.index
-        if record is not None and record.indexes is not None:
-            slot = self._positions[record.transaction_id].get(pointer.index)
-        if record is None or slot is None or not 0 <= slot < record.atom_count:
-            raise AtomNotFoundError(f"no atom at {pointer} in {self.path}")
-        return self._fds[record.segment], record.table_offset, record.data_offset, slot
+    def _after_durable(self) -> None:
+        if self._since_checkpoint >= self._checkpoint_bytes:
+            self._checkpoint_locked()
 
-    def put_batch(self, batch: CommitBatch) -> None:
-        """Append the batch as a batch record (no root), readable at once.
-
-        It is not synced here: the root change that names it syncs the WAL,
-        which holds it earlier. A batch no root ever names is garbage that
-        pack removes.
-        """
-        atoms = [bytes(atom) for atom in batch.atoms]
-        with self._mutex:
-            self._check_usable()
-            earlier = self._records.get(batch.transaction_id)
-            if earlier is not None:
-                if self._stored_atoms(earlier) != atoms:
-                    raise StorageError(
-                        f"transaction id {batch.transaction_id.hex()} is already stored with "
-                        "different atoms; every commit needs a fresh transaction id"
-                    )
-                return
-            record_bytes = wal.encode_record(
-                wal.KIND_PACKED,
-                0,
-                _now_us(),
-                batch.transaction_id,
-                None,
-                atoms,
-                list(range(len(atoms))),
-            )
-            self._index(self._append(record_bytes))
-            self._appended += 1
-            self._unrooted.add(batch.transaction_id)
-
-    def set_root(
-        self, expected_root_version: int, new_root: AtomPointer, transaction_id: bytes
-    ) -> RootRef:
-        """Move the root with a commit record of no atoms.
-
-        When `transaction_id` names a put batch, the record is stored under
-        `root_change_id(transaction_id)` (a record id names one record).
-        """
-        with self._mutex:
-            self._check_usable()
-            earlier = self._root_change(transaction_id)
-            if earlier is not None:
-                if earlier.root != new_root:
-                    raise StorageError(
-                        f"transaction id {transaction_id.hex()} already moved the root to "
-                        f"{earlier.root}, not {new_root}; every commit needs a fresh id"
-                    )
-                self._wait_durable(self._appended)
-                return RootRef(new_root, earlier.version)
-            record_id = transaction_id
-            if transaction_id in self._records:
-                record_id = root_change_id(transaction_id)
-            self._unrooted.discard(transaction_id)
-        ref, wait_durable = self.commit_pipelined(
-            CommitBatch(record_id, []), expected_root_version, new_root
-        )
-        wait_durable()
-        return ref
-
-    def committed_root(self, transaction_id: bytes) -> RootRef | None:
-        """The root the root change `transaction_id` produced (None once pack forgot it)."""
-        with self._mutex:
-            self._check_usable()
-            record = self._root_change(transaction_id)
-            if record is None or record.root is None:
-                return None
-            self._wait_durable(self._appended)
-            return RootRef(record.root, record.version)
-
-    def _root_change(self, transaction_id: bytes) -> wal.RecordInfo | None:
-        for record_id in (transaction_id, root_change_id(transaction_id)):
-            record = self._records.get(record_id)
-            if record is not None and record.kind == wal.KIND_COMMIT:
-                return record
-        return None
-
-    def commit(
-        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
-    ) -> RootRef:
-        ref, wait_durable = self.commit_pipelined(batch, expected_root_version, new_root)
-        wait_durable()
-        return ref
-
-    def commit_pipelined(
-        self, batch: CommitBatch, expected_root_version: int, new_root: AtomPointer
-    ) -> tuple[RootRef, Callable[[], None]]:
-        """Append a commit and return at once, with a function that waits until it is durable.
-
-        The commit is visible when this returns; it is acknowledged only when
-        the returned function returns. See `PipelinedStorage`.
-        """
-        atoms = [bytes(atom) for atom in batch.atoms]
-        with self._mutex:
-            self._check_usable()
-            record_id = batch.transaction_id
-            earlier = self._records.get(record_id)
-            if earlier is not None and earlier.kind == wal.KIND_COMMIT:
-                return self._repeat_commit(earlier, atoms), self._wait_all
-            if earlier is not None:
-                # The batch was put first: the root change gets a record of its own.
-                if self._stored_atoms(earlier) != atoms:
-                    raise StorageError(
-                        f"transaction id {record_id.hex()} is already stored with different "
-                        "atoms; every commit needs a fresh transaction id"
-                    )
-                record_id, atoms = root_change_id(record_id), []
-                change = self._records.get(record_id)
-                if change is not None and change.root == new_root:
-                    return RootRef(new_root, change.version), self._wait_all
-                if change is not None:
-                    raise StorageError(
-                        f"transaction id {batch.transaction_id.hex()} already moved the root "
-                        f"to {change.root}; every commit needs a fresh transaction id"
-                    )
-            if self._root.version != expected_root_version:
-                raise RootConflict(
-                    f"root is at version {self._root.version}, "
-                    f"commit expected {expected_root_version}"
-                )
-            self._check_new_root(record_id, len(atoms), new_root)
-            self._unrooted.discard(batch.transaction_id)
-            version = self._root.version + 1
-            record_bytes = wal.encode_record(
-                wal.KIND_COMMIT, version, _now_us(), record_id, new_root, atoms
-            )
-            record = self._append(record_bytes)
-            self._index(record)
-            self._root = RootRef(new_root, version)
-            self._appended += 1
-            ticket = self._appended
-        return RootRef(new_root, version), lambda: self._wait_ticket(ticket)
-
-    def _wait_ticket(self, ticket: int) -> None:
-        with self._mutex:
-            self._wait_durable(ticket)
-            if self._since_checkpoint >= self._checkpoint_bytes:
-                self._checkpoint_locked()
-
-    def _wait_all(self) -> None:
-        with self._mutex:
-            self._wait_durable(self._appended)
-
-    def _stored_atoms(self, record: wal.RecordInfo) -> list[bytes]:
+    def _read_slots(self, record: wal.RecordInfo, slots: Sequence[int]) -> list[bytes]:
         fd = self._fds[record.segment]
         table = os.pread(fd, 4 * (record.atom_count + 1), record.table_offset)
         ends = wal.read_atom_spans(table, record.atom_count)
         return [
             os.pread(fd, ends[slot + 1] - ends[slot], record.data_offset + ends[slot])
-            for slot in range(record.atom_count)
+            for slot in slots
         ]
 
-    def _repeat_commit(self, earlier: wal.RecordInfo, atoms: list[bytes]) -> RootRef:
-        if earlier.kind != wal.KIND_COMMIT:
-            raise StorageError(
-                f"transaction id {earlier.transaction_id.hex()} is already stored; "
-                "every commit needs a fresh transaction id"
-            )
-        fd = self._fds[earlier.segment]
-        stored = os.pread(fd, earlier.size, earlier.offset)
-        expected = wal.encode_record(
-            wal.KIND_COMMIT,
-            earlier.version,
-            earlier.time_us,
-            earlier.transaction_id,
-            earlier.root,
-            atoms,
-        )
-        if stored != expected:
-            raise StorageError(
-                f"transaction id {earlier.transaction_id.hex()} was already committed "
-                "with different atoms; every commit needs a fresh transaction id"
-            )
-        assert earlier.root is not None
-        return RootRef(earlier.root, earlier.version)
+    def _record_bytes(self, record: wal.RecordInfo) -> bytes:
+        return os.pread(self._fds[record.segment], record.size, record.offset)
 
-    def _check_new_root(self, transaction_id: bytes, count: int, new_root: AtomPointer) -> None:
-        if new_root.transaction_id == transaction_id:
-            if not 0 <= new_root.index < count:
-                raise StorageError(f"new root {new_root} is not an atom of the batch")
-            return
-        try:
-            self._locate(new_root)
-        except AtomNotFoundError as exc:
-            raise StorageError(f"new root {new_root} is not a stored atom") from exc
+    def _describe(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         with self._mutex:
@@ -423,7 +220,7 @@ class StandaloneFileStorage:
             raise StorageError(f"writing the WAL of {self.path} failed: {exc}") from exc
         self._active_size += len(record_bytes)
         self._since_checkpoint += len(record_bytes)
-        return _placed(record_bytes, self._active, offset)
+        return placed(record_bytes, self._active, offset)
 
     def _roll_segment(self) -> None:
         try:
@@ -520,7 +317,9 @@ class StandaloneFileStorage:
             try:
                 done = 0
                 for record in records:
-                    self._repack_record(record, reachable, keep_from_version, writer)
+                    repacked = self._repacked(record, reachable, keep_from_version)
+                    if repacked is not None:
+                        writer.append(repacked)
                     done += record.size
                     if progress is not None:
                         progress(done, total)
@@ -543,54 +342,11 @@ class StandaloneFileStorage:
             self._generation = writer.generation
             self._segments = writer.segments
             self._fds = writer.fds
-            self._records.clear()
-            self._positions.clear()
-            self._history.clear()
-            for record in writer.records:
-                self._index(record)
+            self._reset_index(writer.records)
             self._active = self._segments[-1]
             self._active_size = writer.tail[1]
             os.lseek(self._fds[self._active], 0, os.SEEK_END)
             self._since_checkpoint = 0
-
-    def _repack_record(
-        self,
-        record: wal.RecordInfo,
-        reachable: set[AtomPointer],
-        keep_from_version: int,
-        writer: _GenerationWriter,
-    ) -> None:
-        fd = self._fds[record.segment]
-        if (
-            record.kind == wal.KIND_COMMIT and record.version >= keep_from_version
-        ) or record.transaction_id in self._unrooted:
-            writer.append(os.pread(fd, record.size, record.offset))
-            return
-        indexes = record.indexes if record.indexes is not None else range(record.atom_count)
-        kept = [
-            (slot, index)
-            for slot, index in enumerate(indexes)
-            if AtomPointer(record.transaction_id, index) in reachable
-        ]
-        if not kept:
-            return
-        table = os.pread(fd, 4 * (record.atom_count + 1), record.table_offset)
-        ends = wal.read_atom_spans(table, record.atom_count)
-        atoms = [
-            os.pread(fd, ends[slot + 1] - ends[slot], record.data_offset + ends[slot])
-            for slot, _ in kept
-        ]
-        writer.append(
-            wal.encode_record(
-                wal.KIND_PACKED,
-                0,
-                record.time_us,
-                record.transaction_id,
-                None,
-                atoms,
-                [index for _, index in kept],
-            )
-        )
 
     # -- verification -------------------------------------------------------------
 
@@ -625,37 +381,6 @@ class StandaloneFileStorage:
                 (wal.segment_name(self._generation, n), os.fstat(self._fds[n]).st_size)
                 for n in self._segments
             ]
-
-    # -- history ------------------------------------------------------------------
-
-    def history(self) -> list[CommitInfo]:
-        """Commits still readable with `root_at`, oldest first."""
-        with self._mutex:
-            self._check_usable()
-            # Only commit records enter the history, and each names its root.
-            return [
-                CommitInfo(r.version, r.time_us / 1e6, r.size, r.transaction_id, r.root)
-                for _, r in sorted(self._history.items())
-                if r.root is not None
-            ]
-
-    def root_at(self, version: int) -> RootRef:
-        """The root as of commit `version`.
-
-        Raises:
-            StorageError: the version was never committed or was packed away.
-        """
-        with self._mutex:
-            self._check_usable()
-            record = self._history.get(version)
-            if record is None or record.root is None:
-                oldest = min(self._history) if self._history else None
-                raise StorageError(
-                    f"version {version} is not in the history of {self.path} "
-                    f"(oldest kept: {oldest}, latest: {self._root.version}); "
-                    "pack removes versions older than its keep_history"
-                )
-            return RootRef(record.root, version)
 
 
 def lock_for_reading(path: Path) -> int | None:
@@ -904,7 +629,7 @@ class _GenerationWriter:
             self._start_segment()
         number = self.segments[-1]
         _write_all(self.fds[number], record_bytes)
-        self.records.append(_placed(record_bytes, number, self.size))
+        self.records.append(placed(record_bytes, number, self.size))
         self.size += len(record_bytes)
 
     def finish(self) -> None:
@@ -924,22 +649,6 @@ def _looks_like_database(path: Path) -> bool:
     if (path / CHECKPOINT_NAME).exists():
         return True
     return any(wal.parse_segment_name(entry) is not None for entry in os.listdir(path))
-
-
-def _placed(record_bytes: bytes, segment: int, offset: int) -> wal.RecordInfo:
-    """The index entry of a record this process encoded and wrote at `offset`."""
-    return dataclasses.replace(
-        wal.parse_record(record_bytes, 0, segment, verify=False), offset=offset
-    )
-
-
-def root_change_id(transaction_id: bytes) -> bytes:
-    """The record id of a root change named after a put batch (see `set_root`)."""
-    return xxhash.xxh3_128_digest(b"protobase root change " + transaction_id)
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,0 +1,97 @@
+"""A real S3-compatible server for the tests: moto's ``moto_server`` on 127.0.0.1.
+
+moto enforces S3's conditional writes (``IfNoneMatch="*"``, ``IfMatch``)
+and byte ranges, which is what ProtoBase's S3 code relies on. It keeps its
+objects in memory: stopping it loses them, so an S3 outage is simulated
+with a fault proxy in front of it (`chaos.proxy`), not by stopping it.
+
+`credentials_env()` is what a client (or a node process) needs in its
+environment: dummy keys, a region, and the endpoint. The session fixture
+`s3_server` (tests/conftest.py) puts it into this process's environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from chaos.cluster import free_ports
+
+HOST = "127.0.0.1"
+
+
+def credentials_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "protobase-test",
+        "AWS_SECRET_ACCESS_KEY": "protobase-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+
+
+def moto_server_command() -> list[str]:
+    """The command that runs moto_server in this interpreter's environment."""
+    beside = Path(sys.executable).with_name("moto_server")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("moto_server")
+    if found is None:
+        raise RuntimeError(
+            "moto_server is not installed; `make test` installs it (pip extra 'test': moto[server])"
+        )
+    return [found]
+
+
+class S3Server:
+    """One moto_server process on a free port of 127.0.0.1; `stop` ends it by PID."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.endpoint = f"http://{HOST}:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the process keeps it
+        self.process = subprocess.Popen(
+            [*moto_server_command(), "-H", HOST, "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"moto_server exited with {self.process.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-2000:]
+                )
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto_server did not answer on {self.endpoint} in {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def new_bucket(self) -> str:
+        """Create a bucket with a fresh name and return the name."""
+        from protobase.s3 import Bucket, S3Location
+
+        name = f"test-{uuid.uuid4().hex[:20]}"
+        Bucket.open(S3Location(name), self.endpoint).ensure_bucket()
+        return name
