@@ -49,7 +49,15 @@ from .query import (
     WherePlan,
 )
 from .space import Database, ObjectSpace
-from .storage import CommitBatch, CommitInfo, MemoryStorage, RootRef, StandaloneFileStorage, Storage
+from .storage import (
+    CloudFileStorage,
+    CommitBatch,
+    CommitInfo,
+    MemoryStorage,
+    RootRef,
+    StandaloneFileStorage,
+    Storage,
+)
 from .transaction import Transaction
 
 __version__ = "0.1.0"
@@ -68,6 +76,7 @@ __all__ = [
     "AtomNotFoundError",
     "AtomPointer",
     "AuthenticationError",
+    "CloudFileStorage",
     "ClusterFileStorage",
     "ClusterUnavailableError",
     "CommitBatch",

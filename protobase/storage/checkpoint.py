@@ -75,21 +75,37 @@ def _info(entry: tuple, indexes: tuple[int, ...] | None) -> RecordInfo:
     return RecordInfo(kind, version, time_us, txid, root, segment, offset, size, count, indexes)
 
 
-def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
-    """Replace the checkpoint atomically and durably."""
-    commits = b"".join(_entry(r) for r in checkpoint.records if r.kind == KIND_COMMIT)
+def pack_records(records: list[RecordInfo]) -> dict[str, object]:
+    """Index entries as msgpack-ready fields ``commits`` and ``packed`` (also used for S3)."""
+    commits = b"".join(_entry(r) for r in records if r.kind == KIND_COMMIT)
     packed = [
         [_entry(r), struct.pack(f">{len(r.indexes or ())}I", *(r.indexes or ()))]
-        for r in checkpoint.records
+        for r in records
         if r.kind == KIND_PACKED
     ]
+    return {"commits": commits, "packed": packed}
+
+
+def unpack_records(fields: dict[str, object]) -> list[RecordInfo]:
+    """The inverse of `pack_records` (raises KeyError, TypeError, struct.error on bad input)."""
+    commits, packed = fields["commits"], fields["packed"]
+    if not isinstance(commits, bytes) or not isinstance(packed, list):
+        raise TypeError("commits must be bytes and packed a list")
+    records = [_info(entry, None) for entry in _ENTRY.iter_unpack(commits)]
+    for entry_bytes, index_bytes in packed:
+        indexes = struct.unpack(f">{len(index_bytes) // 4}I", index_bytes)
+        records.append(_info(_ENTRY.unpack(entry_bytes), indexes))
+    return records
+
+
+def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
+    """Replace the checkpoint atomically and durably."""
     body = msgpack.packb(
         {
             "generation": checkpoint.generation,
             "segments": checkpoint.segments,
             "tail": list(checkpoint.tail),
-            "commits": commits,
-            "packed": packed,
+            **pack_records(checkpoint.records),
         },
         use_bin_type=True,
     )
@@ -130,11 +146,7 @@ def read_checkpoint(directory: Path) -> Checkpoint | None:
         )
     try:
         fields = msgpack.unpackb(body, raw=False)
-        commits = fields["commits"]
-        records = [_info(entry, None) for entry in _ENTRY.iter_unpack(commits)]
-        for entry_bytes, index_bytes in fields["packed"]:
-            indexes = struct.unpack(f">{len(index_bytes) // 4}I", index_bytes)
-            records.append(_info(_ENTRY.unpack(entry_bytes), indexes))
+        records = unpack_records(fields)
         segment, offset = fields["tail"]
         return Checkpoint(
             int(fields["generation"]),

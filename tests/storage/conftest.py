@@ -5,6 +5,9 @@ receives pytest's request (``request.getfixturevalue("tmp_path")`` is a
 fresh, empty directory for each test) and returns an open, empty `Storage`.
 The `storage` fixture closes it afterwards.
 
+"cloud" is a CloudFileStorage on a fresh bucket of the session's moto_server
+(`s3_server`, tests/conftest.py).
+
 "cluster" is a ClusterFileStorage on a fresh object space of the session's
 3-node `local_cluster` (tests/conftest.py).
 """
@@ -15,11 +18,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from protobase import MemoryStorage, StandaloneFileStorage, Storage
+from protobase import CloudFileStorage, MemoryStorage, StandaloneFileStorage, Storage
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Storage]] = {
     "memory": lambda request: MemoryStorage(),
     "file": lambda request: StandaloneFileStorage(request.getfixturevalue("tmp_path") / "db"),
+    "cloud": lambda request: CloudFileStorage(
+        bucket=request.getfixturevalue("s3_bucket"),
+        prefix="db",
+        cache_dir=request.getfixturevalue("tmp_path") / "cache",
+    ),
     "cluster": lambda request: request.getfixturevalue("new_cluster_storage")(),
 }
 
