@@ -19,7 +19,21 @@ Example (relative paths are relative to the file's folder)::
 
 Optional keys: ``tick_interval`` (seconds, 0.1), ``election_ticks`` (10),
 ``max_body_bytes`` (64 MiB), ``replication`` (3), ``snapshot_every``
-(entries between state machine snapshots, 10,000).
+(entries between state machine snapshots, 10,000), ``keep_entries``
+(entries a snapshot leaves in the log behind it for followers, 5,000),
+``log_segment_bytes`` (size at which a Raft log segment is sealed, 64 MiB).
+
+Optional ``[s3]`` table, the cold tier (`cluster.cold_tier`); credentials
+come from the usual AWS environment variables or profile::
+
+    [s3]
+    bucket = "protobase"             # required in the table
+    prefix = "demo"                  # key prefix ("" by default)
+    endpoint = "http://127.0.0.1:9000"   # default: AWS_ENDPOINT_URL, else AWS
+    upload_interval = 5.0            # seconds a committed entry may wait to be uploaded
+    object_bytes = 8388608           # target size of one uploaded object
+    disk_budget_bytes = 0            # > 0: evict uploaded partition log beyond this
+    meta_snapshot_interval = 30.0    # seconds between uploads of the meta state
 
 `load_config` checks everything a node needs before it touches its data
 directory; a problem raises `ConfigError` with a message naming the key and
@@ -46,6 +60,21 @@ class Member:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """The ``[s3]`` table: where the cold tier lives and how it behaves."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    upload_interval: float = 5.0
+    object_bytes: int = 8 << 20
+    disk_budget_bytes: int = 0
+    """0: keep the whole partition log on disk; otherwise evict uploaded
+    entries once a partition's log passes this many bytes."""
+    meta_snapshot_interval: float = 30.0
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     cluster: str
     node_id: int
@@ -61,6 +90,9 @@ class NodeSettings:
     max_body_bytes: int = 64 << 20
     replication: int = 3
     snapshot_every: int = 10_000
+    keep_entries: int = 5_000
+    log_segment_bytes: int = 64 << 20
+    s3: S3Settings | None = None
 
     @property
     def me(self) -> Member:
@@ -160,4 +192,48 @@ def load_config(path: str | Path) -> NodeSettings:
         max_body_bytes=_int(table, "max_body_bytes", 64 << 20, low=1024),
         replication=_int(table, "replication", 3),
         snapshot_every=_int(table, "snapshot_every", 10_000),
+        keep_entries=_int(table, "keep_entries", 5_000, low=0),
+        log_segment_bytes=_int(table, "log_segment_bytes", 64 << 20, low=4096),
+        s3=_s3_settings(table.get("s3")),
+    )
+
+
+def _seconds(table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if type(value) not in (int, float) or not 0.01 <= value <= 86_400:
+        raise ConfigError(f"s3.{key} must be seconds between 0.01 and 86400, not {value!r}")
+    return float(value)
+
+
+def _s3_settings(raw: Any) -> S3Settings | None:
+    if raw is None:
+        return None
+    if type(raw) is not dict:
+        raise ConfigError("[s3] must be a table")
+    known = set(S3Settings.__dataclass_fields__)
+    unknown = sorted(set(raw) - known - {"endpoint"})
+    if unknown:
+        raise ConfigError(f"[s3] has unknown keys {unknown}; known: {sorted(known)}")
+    bucket = raw.get("bucket")
+    if type(bucket) is not str or not bucket:
+        raise ConfigError("s3.bucket must be a non-empty string")
+    prefix = raw.get("prefix", "")
+    if type(prefix) is not str:
+        raise ConfigError("s3.prefix must be a string")
+    endpoint = raw.get("endpoint")
+    if endpoint is not None and (
+        type(endpoint) is not str or not endpoint.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(f"s3.endpoint must be an http(s) URL, not {endpoint!r}")
+    budget = raw.get("disk_budget_bytes", 0)
+    if type(budget) is not int or budget < 0:
+        raise ConfigError(f"s3.disk_budget_bytes must be an integer >= 0, not {budget!r}")
+    return S3Settings(
+        bucket=bucket,
+        prefix=prefix.strip("/"),
+        endpoint=endpoint,
+        upload_interval=_seconds(raw, "upload_interval", 5.0),
+        object_bytes=_int(raw, "object_bytes", 8 << 20, low=1024),
+        disk_budget_bytes=budget,
+        meta_snapshot_interval=_seconds(raw, "meta_snapshot_interval", 30.0),
     )

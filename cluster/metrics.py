@@ -11,7 +11,12 @@ figures are read when Prometheus scrapes, so they are never stale:
 - ``protobase_http_requests_total{route,status}``;
 - ``protobase_raft_term``, ``protobase_raft_commit_index``,
   ``protobase_raft_applied_index``, ``protobase_raft_is_leader``,
-  ``protobase_raft_leader_changes_total``, per ``group``.
+  ``protobase_raft_leader_changes_total``, per ``group``;
+- with an ``[s3]`` cold tier: ``protobase_s3_uploads_total{kind}``
+  (``entries``, ``meta``), ``protobase_s3_uploaded_bytes_total``,
+  ``protobase_s3_upload_failures_total``, ``protobase_s3_fetches_total``
+  (entry objects read back), ``protobase_s3_backlog_entries`` (applied
+  here, not yet uploaded), ``protobase_s3_uploaded_through{group}``.
 """
 
 from __future__ import annotations
@@ -58,10 +63,58 @@ class _RaftCollector(Collector):
         yield from (term, commit, applied, leader, changes)
 
 
+class _ColdTierCollector(Collector):
+    """Reads the cold tier's status when scraped."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        status = self._status()
+        uploads = CounterMetricFamily(
+            "protobase_s3_uploads", "Objects uploaded to the cold tier", labels=["kind"]
+        )
+        for kind, count in status["uploads"].items():
+            uploads.add_metric([kind], count)
+        yield uploads
+        yield CounterMetricFamily(
+            "protobase_s3_uploaded_bytes",
+            "Bytes uploaded to the cold tier",
+            value=status["uploaded_bytes"],
+        )
+        yield CounterMetricFamily(
+            "protobase_s3_upload_failures",
+            "Cold tier rounds that failed",
+            value=status["failures"],
+        )
+        yield CounterMetricFamily(
+            "protobase_s3_fetches",
+            "Entry objects read back from S3",
+            value=status["fetches"],
+        )
+        yield GaugeMetricFamily(
+            "protobase_s3_backlog_entries",
+            "Entries applied here and not yet in S3",
+            value=status["backlog_entries"],
+        )
+        through = GaugeMetricFamily(
+            "protobase_s3_uploaded_through",
+            "Every entry up to this index is in S3",
+            labels=["group"],
+        )
+        for group, state in status["groups"].items():
+            through.add_metric([f"partition-{int(group) - 1}"], state["uploaded_through"])
+        yield through
+
+
 class NodeMetrics:
     """The metrics of one node; see the module docstring."""
 
-    def __init__(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        statuses: Callable[[], list[dict[str, Any]]],
+        cold_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.commits = Counter(
             "protobase_commits",
@@ -85,6 +138,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.registry.register(_RaftCollector(statuses))
+        if cold_status is not None:
+            self.registry.register(_ColdTierCollector(cold_status))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,11 +54,12 @@ from protobase.space import ObjectSpace
 from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads, RootRef
 from protobase.transaction import Snapshot
 
+from .cold_tier import ColdTier
 from .config import ConfigError, NodeSettings
 from .failpoints import Failpoints, failing_sync
 from .meta import ClusterMap, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
-from .partition_store import PartitionMachine, chunks
+from .partition_store import EntryEvicted, PartitionMachine, chunks
 from .partitions import META_GROUP, group_of_partition, partition_for, placement
 from .raft.errors import NotLeader, ProposalDropped
 from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
@@ -123,6 +124,8 @@ class ClusterNode:
             # The meta group's log is compacted behind its snapshots; a
             # partition's is not (`first_needed_index`): its entries are its data.
             snapshot_every=settings.snapshot_every,
+            segment_bytes=settings.log_segment_bytes,
+            keep_entries=settings.keep_entries,
         )
         self.raft = RaftNode(config, groups)
         if self.failpoints.disk_faults:
@@ -139,13 +142,59 @@ class ClusterNode:
         self._running: dict[bytes, asyncio.Future[RootRef]] = {}
         """Commits in progress here, by the client's transaction id."""
         self._meta_reads = SharedBarrier(self.raft, META_GROUP)
-        self.metrics = NodeMetrics(lambda: self.status()["groups"])
+        self.cold: ColdTier | None = None
+        if settings.s3 is not None:
+            self.cold = ColdTier(
+                settings.s3,
+                self.raft,
+                self.partitions,
+                self._meta_snapshot,
+                config.data_dir,
+                self.is_leader,
+            )
+        self.metrics = NodeMetrics(
+            lambda: self.status()["groups"],
+            None if self.cold is None else self.cold.status,
+        )
         self._barrier_term = -1
         """The meta leader term whose read barrier has passed here."""
         self.started = time.time()
 
     def _entry_reader(self, group: int) -> Any:
         return lambda index: self.raft.read_entry(group, index)
+
+    def _meta_snapshot(self) -> tuple[int, bytes] | None:
+        """(applied index, state) of the meta group when this node leads it."""
+        if not self.is_leader(META_GROUP):
+            return None
+        return int(self.raft.status(META_GROUP)["applied"]), self.meta.snapshot_bytes()
+
+    async def _read_partition(self, group: int, read: Any) -> Any:
+        """`read()` of a partition machine, bringing evicted entries back from S3.
+
+        Returns None (the caller asks the leader) when an entry is neither
+        on this node's disk nor uploaded yet.
+        """
+        machine = self.partitions[group]
+        for _ in range(1000):
+            try:
+                return read()
+            except EntryEvicted as evicted:
+                if self.cold is None:
+                    raise StorageError(
+                        f"partition group {group}: log entry {evicted.log_index} was "
+                        "compacted on this node and no [s3] cold tier is configured"
+                    ) from evicted
+                data = await asyncio.to_thread(self.cold.fetch_entry, group, evicted.log_index)
+                if data is None:
+                    if self.is_leader(group):
+                        raise Unavailable(
+                            f"partition group {group}: entry {evicted.log_index} is not on "
+                            "this node and not in S3 yet; retry"
+                        ) from evicted
+                    return None
+                machine.remember(evicted.log_index, data)
+        raise StorageError(f"partition group {group}: a read kept finding evicted entries")
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -155,6 +204,8 @@ class ClusterNode:
         )
         await self.raft.start()
         self._map_task = asyncio.ensure_future(self._publish_map())
+        if self.cold is not None:
+            await self.cold.start()
 
     async def _publish_map(self) -> None:
         """The first meta leader writes the configured map as epoch 1; until the
@@ -189,6 +240,8 @@ class ClusterNode:
         return 0 if cluster_map is None else cluster_map.epoch
 
     async def stop(self) -> None:
+        if self.cold is not None:
+            await self.cold.stop()
         task = getattr(self, "_map_task", None)
         if task is not None:
             task.cancel()
@@ -302,7 +355,9 @@ class ClusterNode:
                 f"transaction id {transaction_id.hex()} is already stored with {known.total} "
                 "atoms; every commit needs a fresh transaction id"
             )
-        stored = machine.part_atoms(transaction_id, first, len(atoms))
+        stored = await self._read_partition(
+            group, lambda: machine.part_atoms(transaction_id, first, len(atoms))
+        )
         if stored is not None:
             if stored != atoms:
                 raise StorageError(
@@ -331,13 +386,21 @@ class ClusterNode:
         for position, (transaction_id, index) in enumerate(pointers):
             group = group_of_partition(partition_for(transaction_id, self.settings.partitions))
             machine = self.partitions.get(group)
-            atom = machine.atom(transaction_id, index) if machine is not None else None
+            atom = None
+            if machine is not None:
+                atom = await self._read_partition(
+                    group, lambda m=machine, t=transaction_id, i=index: m.atom(t, i)
+                )
             if atom is not None:
                 found[position] = atom
                 if budget > 0 and transaction_id not in batches and machine is not None:
-                    size = machine.batch_bytes(transaction_id)
-                    if size <= budget:
-                        whole = machine.batch_atoms(transaction_id)
+                    size = await self._read_partition(
+                        group, lambda m=machine, t=transaction_id: m.batch_bytes(t)
+                    )
+                    if size is not None and size <= budget:
+                        whole = await self._read_partition(
+                            group, lambda m=machine, t=transaction_id: m.batch_atoms(t)
+                        )
                         if whole is not None:
                             batches[transaction_id] = whole
                             budget -= size
@@ -654,6 +717,7 @@ class ClusterNode:
             "groups": groups,
             "ready": self.ready()[0],
             "uptime_seconds": round(time.time() - self.started, 1),
+            "s3": None if self.cold is None else self.cold.status(),
         }
 
 

@@ -16,6 +16,11 @@ first copy, and the result says "dup".
 
 Invariant: `apply` is deterministic and never reads the log; reads go
 through `read_entry`, which the node points at the group's log.
+
+With a cold tier (`cluster.cold_tier`), entries before `keep_from` may be
+compacted out of the local log once they are in S3. Reading an atom of
+such an entry raises `EntryEvicted`; the node fetches the entry from S3
+off the event loop, hands it over with `remember`, and reads again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 import msgpack
 
+from .raft.errors import LogUnavailableError
 from .wire import BytesSnapshots
 
 BATCH_CHUNK_BYTES = 8 << 20
@@ -37,6 +43,14 @@ DECODED_CACHE_ENTRIES = 64
 
 class PartitionEntryError(ValueError):
     """A partition entry is not one this program writes."""
+
+
+class EntryEvicted(Exception):
+    """The log entry holding the atoms asked for is no longer on this node's disk."""
+
+    def __init__(self, log_index: int) -> None:
+        super().__init__(f"log entry {log_index} was evicted to the cold tier")
+        self.log_index = log_index
 
 
 @dataclass
@@ -114,6 +128,9 @@ class PartitionMachine(BytesSnapshots):
         self.read_entry = read_entry
         self.batches: dict[bytes, BatchIndex] = {}
         self._decoded: OrderedDict[int, list[bytes]] = OrderedDict()
+        self.keep_from = 1
+        """The lowest log index kept on disk: the cold tier raises it for
+        entries it has uploaded, when the log is over its disk budget."""
 
     def apply(self, index: int, data: bytes) -> str:
         transaction_id, first, atoms, total = parse_entry(data)
@@ -127,8 +144,9 @@ class PartitionMachine(BytesSnapshots):
         return "ok"
 
     def first_needed_index(self) -> int:
-        """Every applied batch is read back from the log: no entry may be compacted."""
-        return 1
+        """Applied batches are read back from the log: nothing before `keep_from`
+        (1 unless the cold tier holds the entries before it) may be compacted."""
+        return self.keep_from
 
     def has(self, transaction_id: bytes) -> bool:
         batch = self.batches.get(transaction_id)
@@ -183,7 +201,15 @@ class PartitionMachine(BytesSnapshots):
             return atoms
         if self.read_entry is None:
             raise RuntimeError("this partition machine reads no log")
-        atoms = parse_entry(self.read_entry(log_index))[2]
+        try:
+            data = self.read_entry(log_index)
+        except LogUnavailableError as exc:
+            raise EntryEvicted(log_index) from exc
+        return self.remember(log_index, data)
+
+    def remember(self, log_index: int, data: bytes) -> list[bytes]:
+        """Keep the decoded atoms of entry `log_index` (read from the log or from S3)."""
+        atoms = parse_entry(data)[2]
         self._decoded[log_index] = atoms
         if len(self._decoded) > DECODED_CACHE_ENTRIES:
             self._decoded.popitem(last=False)

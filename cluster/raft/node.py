@@ -56,7 +56,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from .core import RaftConfig, RaftGroup, Role
 from .errors import LogUnavailableError, NotLeader, ProposalDropped, ProtocolError, RaftError
 from .incarnation import IncarnationRefused, PeerIncarnations, load_incarnation
-from .log import LogStore
+from .log import DEFAULT_SEGMENT_BYTES, LogStore
 from .transport import Transport
 from .types import (
     ConfChange,
@@ -140,6 +140,8 @@ class NodeConfig:
     max_inflight: int = 256
     max_message_bytes: int = 1 << 20
     rng_seed: int | None = None
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    """Size at which a log segment is sealed (compaction deletes whole segments)."""
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -176,7 +178,7 @@ class RaftNode:
     ) -> None:
         self.config = config
         self.id = config.node_id
-        self.store = LogStore(config.data_dir)
+        self.store = LogStore(config.data_dir, segment_bytes=config.segment_bytes)
         try:
             self.incarnation = load_incarnation(config.data_dir)
             """This data directory's incarnation (16 bytes), sent in every handshake."""

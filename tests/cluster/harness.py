@@ -55,10 +55,16 @@ class LocalCluster:
     """N members in `directory`; see the module docstring."""
 
     def __init__(
-        self, directory: Path, nodes: int = 3, partitions: int = 4, extra_config: str = ""
+        self,
+        directory: Path,
+        nodes: int = 3,
+        partitions: int = 4,
+        extra_config: str = "",
+        tables: str = "",
     ) -> None:
         """`extra_config`: top-level TOML lines added to every node's config
-        (optional keys such as ``max_body_bytes = 65536``)."""
+        (optional keys such as ``max_body_bytes = 65536``); `tables`: TOML
+        tables appended to it (such as an ``[s3]`` table)."""
         self.directory = directory
         self.nodes = nodes
         self.base = free_port_base(nodes)
@@ -66,6 +72,9 @@ class LocalCluster:
         if extra_config:
             for config in self.configs:
                 config.write_text(extra_config.rstrip("\n") + "\n" + config.read_text())
+        if tables:
+            for config in self.configs:
+                config.write_text(config.read_text() + "\n" + tables.rstrip("\n") + "\n")
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
         """Members held by SIGSTOP (asking them anything would hang)."""

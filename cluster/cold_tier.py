@@ -1,0 +1,397 @@
+"""The cold tier: a cluster's committed log entries and meta state, kept in S3.
+
+Configured by the ``[s3]`` table of ``node.toml`` (`config.S3Settings`).
+Under ``s3://bucket/prefix/``::
+
+    partitions/group-GGGG/FFFFFFFFFFFFFFFFFFFF-LLLLLLLLLLLLLLLLLLLL.pbe
+        committed entries F..L of partition group G
+    meta/IIIIIIIIIIIIIIIIIIII.pbs
+        the meta group's state as of its log index I
+
+Both are framed (magic, xxh3-64 of the body, msgpack body) and checked
+against their checksum whenever they are read.
+
+Invariants:
+
+- **Only committed entries go up, and they are the same everywhere.** Raft
+  commits one entry per index in every replica, so an object for the range
+  F..L has the same contents whoever writes it: uploads are idempotent
+  (written with ``IfNoneMatch``; "already there" is success), and two
+  objects whose ranges overlap agree where they overlap. The tier's
+  progress for a group is the highest L such that every index up to L is
+  in some object (`uploaded_through`), learned by listing the prefix.
+- **Asynchronous.** Commits never wait for S3. The leader of a group
+  uploads its committed entries once `object_bytes` of them wait, or the
+  oldest has waited `upload_interval`. A replica that is not the leader
+  uploads too when the group's progress has not moved for three intervals
+  while it holds the entries (its leader may have died with them not yet
+  uploaded). An S3 error is counted and retried on the next round; the
+  backlog (entries applied here and not yet uploaded) is in ``/status.json``
+  and in ``protobase_s3_backlog_entries``.
+- **Nothing is evicted before it is uploaded.** With ``disk_budget_bytes``
+  set, a partition whose local log passes the budget lets the Raft log
+  compact entries up to `uploaded_through` (`PartitionMachine.keep_from`);
+  the log deletes whole sealed segments at its next snapshot. An atom in
+  an evicted entry is read back from its object (`fetch_entry`, run off the
+  event loop) and kept in a small cache.
+- **Bootstrap from S3.** A replica far behind receives the group's snapshot
+  (the batch index only, no atoms) instead of the entries the leader
+  evicted, and reads those entries from S3 the same way. Entries newer
+  than `uploaded_through` that it lacks are read from the leader until
+  they are uploaded.
+- **Meta state.** The meta leader uploads the meta machine's snapshot every
+  `meta_snapshot_interval` seconds when it has changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import xxhash
+
+from protobase.s3 import Bucket, ObjectMissing, PreconditionFailed, S3Location
+
+from .config import S3Settings
+from .raft.errors import LogUnavailableError
+
+log = logging.getLogger("protobase.cluster.cold_tier")
+
+ENTRIES_MAGIC = b"PBENT\x00\x01\x00"
+META_MAGIC = b"PBMSN\x00\x01\x00"
+_HEADER = struct.Struct(">8sQ")
+FETCHED_OBJECTS = 16
+"""Decoded entry objects a node keeps in memory for reads of evicted entries."""
+LIST_EVERY = 5
+"""Rounds between listings of the prefix (a leader tracks its own uploads)."""
+
+
+class ColdTierError(Exception):
+    """An object of the cold tier is missing, damaged, or not ours."""
+
+
+def entries_key(group: int, first: int, last: int) -> str:
+    return f"partitions/group-{group:04d}/{first:020d}-{last:020d}.pbe"
+
+
+def parse_entries_key(name: str) -> tuple[int, int] | None:
+    """``(first, last)`` of an entries object's file name, or None."""
+    stem, dot, extension = name.partition(".")
+    first, dash, last = stem.partition("-")
+    well_formed = dot and extension == "pbe" and dash and len(first) == len(last) == 20
+    if well_formed and first.isdigit() and last.isdigit() and int(first) <= int(last):
+        return int(first), int(last)
+    return None
+
+
+def meta_key(index: int) -> str:
+    return f"meta/{index:020d}.pbs"
+
+
+def frame(fields: Any, magic: bytes) -> bytes:
+    body: bytes = msgpack.packb(fields, use_bin_type=True)
+    return _HEADER.pack(magic, xxhash.xxh3_64_intdigest(body)) + body
+
+
+def unframe(data: bytes, magic: bytes, where: str) -> Any:
+    """The msgpack value of a framed object; `ColdTierError` when it fails its checks."""
+    if len(data) < _HEADER.size:
+        raise ColdTierError(f"{where}: cut short ({len(data)} bytes)")
+    found, expected = _HEADER.unpack_from(data)
+    body = data[_HEADER.size :]
+    if found != magic:
+        raise ColdTierError(f"{where}: not a cold tier object of this kind")
+    if xxhash.xxh3_64_intdigest(body) != expected:
+        raise ColdTierError(f"{where}: fails its checksum; the object is damaged")
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ColdTierError(f"{where}: body is not msgpack: {exc}") from exc
+
+
+def decode_entries(data: bytes, where: str, first: int, last: int) -> dict[int, bytes]:
+    """Index -> data of an entries object, checked against the range its key names."""
+    raw = unframe(data, ENTRIES_MAGIC, where)
+    if type(raw) is not list or len(raw) != last - first + 1:
+        raise ColdTierError(f"{where}: does not hold entries {first}..{last}")
+    found: dict[int, bytes] = {}
+    for expected, item in enumerate(raw, start=first):
+        if type(item) is not list or len(item) != 3 or item[0] != expected:
+            raise ColdTierError(f"{where}: entry {expected} is malformed")
+        if type(item[2]) is not bytes:
+            raise ColdTierError(f"{where}: entry {expected} has no data bytes")
+        found[expected] = item[2]
+    return found
+
+
+def coverage(ranges: list[tuple[int, int]]) -> int:
+    """The highest L such that every index 1..L is in one of `ranges` (0 if none)."""
+    through = 0
+    for first, last in sorted(ranges):
+        if first > through + 1:
+            break
+        through = max(through, last)
+    return through
+
+
+@dataclass
+class GroupTier:
+    """What the tier knows of one group here."""
+
+    objects: list[tuple[int, int]] = field(default_factory=list)
+    uploaded_through: int = 0
+    progress_at: float = field(default_factory=time.monotonic)
+    """When `uploaded_through` last moved (or was first learned)."""
+    waiting_since: float | None = None
+    """When entries first waited here to be uploaded."""
+
+    def add(self, first: int, last: int) -> None:
+        if (first, last) not in self.objects:
+            bisect.insort(self.objects, (first, last))
+        through = coverage(self.objects)
+        if through != self.uploaded_through:
+            self.uploaded_through = through
+            self.progress_at = time.monotonic()
+
+    def find(self, index: int) -> tuple[int, int] | None:
+        at = bisect.bisect_right(self.objects, (index, 2**63)) - 1
+        while at >= 0:
+            first, last = self.objects[at]
+            if first <= index <= last:
+                return first, last
+            at -= 1
+        return None
+
+
+class ColdTier:
+    """One node's part of the cold tier; see the module docstring.
+
+    Args:
+        settings: the ``[s3]`` table.
+        raft: the node's RaftNode.
+        partitions: group id -> PartitionMachine, for the groups held here.
+        meta_snapshot: returns the meta machine's state (as its snapshot
+            bytes) when this node leads the meta group, else None.
+        log_dir: the Raft log's directory (``<data_dir>/raft``).
+    """
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        raft: Any,
+        partitions: dict[int, Any],
+        meta_snapshot: Callable[[], tuple[int, bytes] | None],
+        log_dir: Path,
+        is_leader: Callable[[int], bool],
+    ) -> None:
+        self.settings = settings
+        self.location = S3Location(settings.bucket, settings.prefix)
+        self.bucket = Bucket.open(self.location, settings.endpoint, timeout=5.0, attempts=2)
+        self.raft = raft
+        self.partitions = partitions
+        self.meta_snapshot = meta_snapshot
+        self.log_dir = log_dir
+        self.is_leader = is_leader
+        self.groups = {group: GroupTier() for group in partitions}
+        self.failures = 0
+        self.last_error: str | None = None
+        self.uploads = {"entries": 0, "meta": 0}
+        self.uploaded_bytes = 0
+        self.fetches = 0
+        self.meta_uploaded_index = 0
+        self._meta_uploaded_at = 0.0
+        self._fetched: OrderedDict[tuple[int, int, int], dict[int, bytes]] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._rounds = 0
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        pause = max(0.05, min(1.0, self.settings.upload_interval / 2))
+        while True:
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # counted, shown in /status.json, retried next round
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cold tier round failed (will retry): %s", self.last_error)
+            await asyncio.sleep(pause)
+
+    async def round(self) -> None:
+        """One pass: learn progress, upload what is due, mark what may be evicted."""
+        if self._rounds % LIST_EVERY == 0:
+            for group in self.groups:
+                await self._list(group)
+        self._rounds += 1
+        for group in self.groups:
+            await self._upload_due(group)
+        await self._upload_meta_due()
+        self._mark_evictable()
+
+    async def _list(self, group: int) -> None:
+        prefix = self.bucket.key(f"partitions/group-{group:04d}/")
+        listed = await asyncio.to_thread(lambda: list(self.bucket.list_objects(prefix)))
+        tier = self.groups[group]
+        for key, _ in listed:
+            found = parse_entries_key(key.rsplit("/", 1)[-1])
+            if found is not None:
+                tier.add(*found)
+
+    def _applied(self, group: int) -> int:
+        return int(self.raft.status(group)["applied"])
+
+    async def _upload_due(self, group: int) -> None:
+        tier = self.groups[group]
+        applied = self._applied(group)
+        if applied <= tier.uploaded_through:
+            tier.waiting_since = None
+            return
+        now = time.monotonic()
+        if tier.waiting_since is None:
+            tier.waiting_since = now
+        waiting_since = tier.waiting_since
+        interval = self.settings.upload_interval
+        if not self.is_leader(group) and now - tier.progress_at < 3 * interval:
+            return
+        while tier.uploaded_through < applied:
+            first = tier.uploaded_through + 1
+            try:
+                entries = self.raft.read_entries(
+                    group, first, applied + 1, self.settings.object_bytes
+                )
+            except LogUnavailableError:
+                return  # not here (installed from a snapshot): another replica uploads
+            size = sum(len(e.data) for e in entries)
+            full = size >= self.settings.object_bytes or entries[-1].index < applied
+            if not full and now - waiting_since < interval:
+                return
+            last = entries[-1].index
+            body = frame([[e.index, int(e.kind), e.data] for e in entries], ENTRIES_MAGIC)
+            key = self.bucket.key(entries_key(group, first, last))
+            await asyncio.to_thread(self._put_idempotent, key, body)
+            self.uploads["entries"] += 1
+            self.uploaded_bytes += len(body)
+            tier.add(first, last)
+            tier.waiting_since = time.monotonic() if last < applied else None
+
+    def _put_idempotent(self, key: str, body: bytes) -> None:
+        # PreconditionFailed: the same range, uploaded by another replica or an earlier try.
+        with contextlib.suppress(PreconditionFailed):
+            self.bucket.put(key, body, if_none_match=True)
+
+    async def _upload_meta_due(self) -> None:
+        if time.monotonic() - self._meta_uploaded_at < self.settings.meta_snapshot_interval:
+            return
+        taken = self.meta_snapshot()
+        if taken is None or taken[0] <= self.meta_uploaded_index:
+            return
+        index, state = taken
+        body = frame({"index": index, "time": time.time(), "state": state}, META_MAGIC)
+        await asyncio.to_thread(self._put_idempotent, self.bucket.key(meta_key(index)), body)
+        self.uploads["meta"] += 1
+        self.uploaded_bytes += len(body)
+        self.meta_uploaded_index = index
+        self._meta_uploaded_at = time.monotonic()
+
+    def _mark_evictable(self) -> None:
+        budget = self.settings.disk_budget_bytes
+        if budget <= 0:
+            return
+        for group, machine in self.partitions.items():
+            if self.log_bytes(group) > budget:
+                machine.keep_from = max(machine.keep_from, self.groups[group].uploaded_through + 1)
+
+    def log_bytes(self, group: int) -> int:
+        """Bytes of the group's Raft log segments on this node's disk."""
+        directory = self.log_dir / f"group-{group}"
+        try:
+            return sum(e.stat().st_size for e in os.scandir(directory) if e.name.endswith(".log"))
+        except FileNotFoundError:
+            return 0
+
+    # -- reads of evicted entries ----------------------------------------------------
+
+    def fetch_entry(self, group: int, index: int) -> bytes | None:
+        """The data of committed entry `index` of `group`, read from S3 (blocking).
+
+        Returns None when no uploaded object holds it yet.
+
+        Raises:
+            ColdTierError: the object holding it is damaged.
+            S3Unavailable: S3 did not answer.
+        """
+        tier = self.groups[group]
+        found = tier.find(index)
+        if found is None:
+            prefix = self.bucket.key(f"partitions/group-{group:04d}/")
+            for key, _ in self.bucket.list_objects(prefix):
+                parsed = parse_entries_key(key.rsplit("/", 1)[-1])
+                if parsed is not None:
+                    tier.add(*parsed)
+            found = tier.find(index)
+            if found is None:
+                return None
+        cached = self._fetched.get((group, *found))
+        if cached is None:
+            key = self.bucket.key(entries_key(group, *found))
+            try:
+                data = self.bucket.get(key)
+            except ObjectMissing as exc:
+                raise ColdTierError(f"s3://{self.bucket.name}/{key} is listed but gone") from exc
+            self.fetches += 1
+            cached = decode_entries(data, f"s3://{self.bucket.name}/{key}", *found)
+            self._fetched[(group, *found)] = cached
+            while len(self._fetched) > FETCHED_OBJECTS:
+                self._fetched.popitem(last=False)
+        else:
+            self._fetched.move_to_end((group, *found))
+        return cached[index]
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        groups = {}
+        backlog = 0
+        for group, tier in self.groups.items():
+            applied = self._applied(group)
+            waiting = max(0, applied - tier.uploaded_through)
+            backlog += waiting
+            groups[str(group)] = {
+                "uploaded_through": tier.uploaded_through,
+                "applied": applied,
+                "backlog_entries": waiting,
+                "keep_from": self.partitions[group].keep_from,
+                "log_bytes": self.log_bytes(group),
+            }
+        return {
+            "location": str(self.location),
+            "backlog_entries": backlog,
+            "groups": groups,
+            "uploads": dict(self.uploads),
+            "uploaded_bytes": self.uploaded_bytes,
+            "fetches": self.fetches,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "meta_uploaded_index": self.meta_uploaded_index,
+        }

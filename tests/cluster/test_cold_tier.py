@@ -1,0 +1,249 @@
+"""The cluster's S3 cold tier, on 3 real nodes and a real S3 server (moto_server).
+
+S3 is reached through a TCP proxy, so that an outage can be made (and
+ended) without losing moto's in-memory objects. The nodes seal small log
+segments, snapshot often and have a tiny disk budget, so that eviction and
+bootstrap from S3 happen within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import LocalCluster
+
+from cluster.cold_tier import (
+    ENTRIES_MAGIC,
+    META_MAGIC,
+    coverage,
+    decode_entries,
+    parse_entries_key,
+    unframe,
+)
+from cluster.meta import MetaMachine
+from protobase import DBObject, ObjectSpace
+from protobase.s3 import Bucket, S3Location
+
+PARTITION_GROUPS = (1, 2)
+
+
+class Blob(DBObject):
+    """One atom of its own, in the batch of the commit that made it."""
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def s3_proxy(s3_server: Any) -> Iterator[Any]:
+    from chaos.cluster import free_ports
+    from chaos.proxy import HOST, ProxyNet
+
+    net = ProxyNet({0: (HOST, s3_server.port), 1: (HOST, 1)}, {(1, 0): free_ports(1)[0]})
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture(scope="module")
+def tiered(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: Any, s3_proxy: Any
+) -> Iterator[tuple[LocalCluster, Bucket]]:
+    bucket_name = s3_server.new_bucket()
+    host, port = s3_proxy.address(1, 0)
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("tiered"),
+        nodes=3,
+        partitions=2,
+        extra_config="snapshot_every = 20\nkeep_entries = 5\nlog_segment_bytes = 16384\n",
+        tables=(
+            "[s3]\n"
+            f'bucket = "{bucket_name}"\n'
+            'prefix = "tier"\n'
+            f'endpoint = "http://{host}:{port}"\n'
+            "upload_interval = 0.3\n"
+            "object_bytes = 65536\n"
+            "disk_budget_bytes = 40000\n"
+            "meta_snapshot_interval = 0.5\n"
+        ),
+    )
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        yield cluster, Bucket.open(S3Location(bucket_name, "tier"), s3_server.endpoint)
+    finally:
+        cluster.stop()
+
+
+def write_objects(
+    cluster: LocalCluster, space: str, count: int, size: int, urls: Any = None
+) -> None:
+    storage = cluster.storage(space=space, urls=urls)
+    with ObjectSpace(storage) as opened:
+        db = (
+            opened.open_database("db")
+            if "db" in opened.list_databases()
+            else opened.new_database("db")
+        )
+        for i in range(count):
+            with db.transaction() as tr:
+                tr.set_root_object(f"k{i}", Blob(payload=f"{i}:" + "x" * size))
+
+
+def read_objects(cluster: LocalCluster, space: str, count: int, size: int, urls: Any) -> None:
+    storage = cluster.storage(space=space, urls=urls)
+    with ObjectSpace(storage) as opened, opened.open_database("db").transaction() as tr:
+        for i in range(count):
+            assert tr.get_root_object(f"k{i}").payload == f"{i}:" + "x" * size
+
+
+def uploaded_ranges(bucket: Bucket, group: int) -> list[tuple[int, int]]:
+    found = []
+    for key, _ in bucket.list_objects(bucket.key(f"partitions/group-{group:04d}/")):
+        parsed = parse_entries_key(key.rsplit("/", 1)[-1])
+        assert parsed is not None, f"an object that is not ours: {key}"
+        found.append(parsed)
+    return found
+
+
+def caught_up(cluster: LocalCluster, nodes: Any = (1, 2, 3)) -> bool:
+    for node in nodes:
+        state = cluster.status(node)["s3"]
+        if state["backlog_entries"] != 0:
+            return False
+    return True
+
+
+def test_committed_entries_and_meta_state_reach_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
+    cluster, bucket = tiered
+    write_objects(cluster, "uploads", 30, 100)
+    wait_for(lambda: caught_up(cluster), 30, "every node's backlog to reach 0")
+    for group in PARTITION_GROUPS:
+        ranges = uploaded_ranges(bucket, group)
+        applied = cluster.status(1)["s3"]["groups"][str(group)]["applied"]
+        assert coverage(ranges) >= applied
+        first, last = ranges[0]
+        key = bucket.key(f"partitions/group-{group:04d}/{first:020d}-{last:020d}.pbe")
+        entries = decode_entries(bucket.get(key), key, first, last)
+        assert sorted(entries) == list(range(first, last + 1))
+
+    def newest_meta_state() -> Any:
+        metas = [key for key, _ in bucket.list_objects(bucket.key("meta/"))]
+        if not metas:
+            return None
+        snapshot = unframe(bucket.get(metas[-1]), META_MAGIC, metas[-1])
+        machine = MetaMachine()
+        machine.restore_bytes(snapshot["state"])
+        return machine.state if "uploads" in machine.state.spaces else None
+
+    state = wait_for(newest_meta_state, 30, "a meta snapshot holding the new space")
+    assert state.spaces["uploads"].version >= 30
+    with urllib.request.urlopen(cluster.url(1) + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'protobase_s3_uploads_total{kind="entries"}' in text
+    assert "protobase_s3_backlog_entries 0.0" in text
+
+
+def test_a_damaged_entries_object_fails_its_checksum(tiered: tuple[LocalCluster, Bucket]) -> None:
+    cluster, bucket = tiered
+    write_objects(cluster, "damaged", 3, 10)
+    wait_for(lambda: caught_up(cluster), 30, "the backlog to reach 0")
+    first, last = uploaded_ranges(bucket, 1)[0]
+    key = bucket.key(f"partitions/group-0001/{first:020d}-{last:020d}.pbe")
+    data = bytearray(bucket.get(key))
+    data[-1] ^= 1
+    from cluster.cold_tier import ColdTierError
+
+    with pytest.raises(ColdTierError, match="checksum"):
+        unframe(bytes(data), ENTRIES_MAGIC, key)
+
+
+def test_an_s3_outage_never_blocks_commits_and_the_backlog_catches_up(
+    tiered: tuple[LocalCluster, Bucket], s3_proxy: Any
+) -> None:
+    cluster, _ = tiered
+    wait_for(lambda: caught_up(cluster), 30, "the backlog to reach 0")
+    s3_proxy.isolate(0)
+    try:
+        write_objects(cluster, "outage", 40, 200)  # commits go on while S3 is away
+        states = [cluster.status(node)["s3"] for node in (1, 2, 3)]
+        assert sum(state["backlog_entries"] for state in states) > 0
+        wait_for(
+            lambda: any(cluster.status(n)["s3"]["failures"] > 0 for n in (1, 2, 3)),
+            30,
+            "the failed uploads to show in /status.json",
+        )
+    finally:
+        s3_proxy.heal()
+    wait_for(lambda: caught_up(cluster), 60, "the backlog to catch up after S3 came back")
+    read_objects(cluster, "outage", 40, 200, cluster.urls)
+
+
+def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
+    cluster, bucket = tiered
+    write_objects(cluster, "evicted", 150, 2000)
+
+    def evicted() -> bool:
+        # Commits land in the partitions the meta leader leads (ClusterFileStorage
+        # picks such transaction ids), so one group may hold all of them.
+        groups = cluster.status(1)["s3"]["groups"]
+        return any(groups[str(g)]["keep_from"] > 1 for g in PARTITION_GROUPS)
+
+    wait_for(evicted, 60, "node 1 to evict uploaded entries")
+    # New snapshots compact the log up to keep_from; a few more commits bring them.
+    write_objects(cluster, "evicted-more", 60, 2000)
+
+    def uploaded_bytes(group: int) -> int:
+        prefix = bucket.key(f"partitions/group-{group:04d}/")
+        return sum(size for _, size in bucket.list_objects(prefix))
+
+    def small_logs() -> bool:
+        groups = cluster.status(1)["s3"]["groups"]
+        # A log over its budget keeps about one snapshot interval of entries.
+        return all(
+            groups[str(g)]["log_bytes"] < max(100_000, uploaded_bytes(g) / 2)
+            for g in PARTITION_GROUPS
+        )
+
+    wait_for(small_logs, 60, "node 1's partition logs to shrink")
+    read_objects(cluster, "evicted", 150, 2000, [cluster.url(1)])
+    assert cluster.status(1)["s3"]["fetches"] > 0
+
+
+def test_a_node_far_behind_starts_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
+    cluster, _ = tiered
+    cluster.kill(3)
+    cluster.wait_exit(3, 10)
+    write_objects(cluster, "behind", 200, 2000, cluster.urls[:2])
+    wait_for(lambda: caught_up(cluster, (1, 2)), 60, "the backlog to reach 0")
+    write_objects(cluster, "behind-more", 40, 2000, cluster.urls[:2])
+    wait_for(lambda: caught_up(cluster, (1, 2)), 60, "the backlog to reach 0")
+    cluster.start(3)
+    cluster.wait_ready([3])
+    wait_for(lambda: caught_up(cluster), 60, "node 3 to catch up")
+    raft_dir = cluster.directory / "n3" / "raft"
+    on_disk = sum(
+        os.path.getsize(Path(root) / name)
+        for root, _, names in os.walk(raft_dir)
+        for name in names
+        if name.endswith(".log")
+    )
+    # 240 commits of 2 kB went by while node 3 was down; it did not stream them all.
+    assert on_disk < 240 * 2000 / 2
+    read_objects(cluster, "behind", 200, 2000, [cluster.url(3)])
+    assert cluster.status(3)["s3"]["fetches"] > 0
