@@ -19,6 +19,9 @@ Client API: POST, msgpack bodies in and out, ``Authorization: Bearer
                         ("cas" answers 409 root_conflict instead of rebasing)
     /v1/commit/outcome  {"txid"} -> {"committed": bool, "version", "root"}
     /v1/history         {"space"} -> {"commits": [[version, time, size, change id, root]]}
+    /v1/admin/checkpoint  {} -> {"meta_index", "key", "location"}: the meta
+                        leader uploads the meta state to the cold tier now
+                        (the cut of a cluster backup; 400 without [s3])
                         (the recent roots the meta group keeps, oldest first)
 
 A pointer is ``[transaction id (16 bytes), index]``. Any body may carry
@@ -49,6 +52,7 @@ from aiohttp import web
 
 from protobase.atoms import AtomPointer
 from protobase.errors import AtomNotFoundError, RootConflict, StorageError
+from protobase.s3 import S3Unavailable
 from protobase.storage.interfaces import DatabaseReads
 
 from .metrics import CONTENT_TYPE
@@ -159,6 +163,7 @@ class NodeAPI:
         app.router.add_post("/v1/commit", self.commit)
         app.router.add_post("/v1/commit/outcome", self.commit_outcome)
         app.router.add_post("/v1/history", self.history)
+        app.router.add_post("/v1/admin/checkpoint", self.checkpoint)
         return app
 
     @web.middleware
@@ -208,7 +213,7 @@ class NodeAPI:
             return _error(421, str(exc), "not_leader", leader_url=url)
         except UnknownOutcome as exc:
             return _error(503, str(exc), "outcome_unknown")
-        except (Unavailable, NodeStopped) as exc:
+        except (Unavailable, NodeStopped, S3Unavailable) as exc:
             return _error(503, str(exc), "unavailable")
         except StorageError as exc:
             return _error(400, str(exc), "refused")
@@ -390,6 +395,10 @@ class NodeAPI:
                 ]
             }
         )
+
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        await self._body(request)
+        return _pack(await self.node.checkpoint())
 
     async def commit_outcome(self, request: web.Request) -> web.Response:
         body = await self._body(request)

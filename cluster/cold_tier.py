@@ -120,18 +120,22 @@ def unframe(data: bytes, magic: bytes, where: str) -> Any:
         raise ColdTierError(f"{where}: body is not msgpack: {exc}") from exc
 
 
-def decode_entries(data: bytes, where: str, first: int, last: int) -> dict[int, bytes]:
-    """Index -> data of an entries object, checked against the range its key names."""
+def decode_entries(data: bytes, where: str, first: int, last: int) -> dict[int, tuple[int, bytes]]:
+    """Index -> (kind, data) of an entries object, checked against the range its key names.
+
+    The kind is `cluster.raft.types.EntryKind`'s value: only NORMAL entries
+    carry a state machine's data.
+    """
     raw = unframe(data, ENTRIES_MAGIC, where)
     if type(raw) is not list or len(raw) != last - first + 1:
         raise ColdTierError(f"{where}: does not hold entries {first}..{last}")
-    found: dict[int, bytes] = {}
+    found: dict[int, tuple[int, bytes]] = {}
     for expected, item in enumerate(raw, start=first):
         if type(item) is not list or len(item) != 3 or item[0] != expected:
             raise ColdTierError(f"{where}: entry {expected} is malformed")
-        if type(item[2]) is not bytes:
-            raise ColdTierError(f"{where}: entry {expected} has no data bytes")
-        found[expected] = item[2]
+        if type(item[1]) is not int or type(item[2]) is not bytes:
+            raise ColdTierError(f"{where}: entry {expected} has no kind or no data bytes")
+        found[expected] = (item[1], item[2])
     return found
 
 
@@ -211,7 +215,9 @@ class ColdTier:
         self.fetches = 0
         self.meta_uploaded_index = 0
         self._meta_uploaded_at = 0.0
-        self._fetched: OrderedDict[tuple[int, int, int], dict[int, bytes]] = OrderedDict()
+        self._fetched: OrderedDict[tuple[int, int, int], dict[int, tuple[int, bytes]]] = (
+            OrderedDict()
+        )
         self._task: asyncio.Task[None] | None = None
         self._rounds = 0
 
@@ -306,12 +312,26 @@ class ColdTier:
         taken = self.meta_snapshot()
         if taken is None or taken[0] <= self.meta_uploaded_index:
             return
-        index, state = taken
+        await self._upload_meta(*taken)
+
+    async def upload_meta_now(self) -> tuple[int, str]:
+        """Upload the meta state as it is now (this node leads the meta group).
+
+        Returns:
+            Its log index and its key under the prefix.
+        """
+        taken = self.meta_snapshot()
+        if taken is None:
+            raise ColdTierError("this node does not lead the meta group")
+        await self._upload_meta(*taken)
+        return taken[0], meta_key(taken[0])
+
+    async def _upload_meta(self, index: int, state: bytes) -> None:
         body = frame({"index": index, "time": time.time(), "state": state}, META_MAGIC)
         await asyncio.to_thread(self._put_idempotent, self.bucket.key(meta_key(index)), body)
         self.uploads["meta"] += 1
         self.uploaded_bytes += len(body)
-        self.meta_uploaded_index = index
+        self.meta_uploaded_index = max(self.meta_uploaded_index, index)
         self._meta_uploaded_at = time.monotonic()
 
     def _mark_evictable(self) -> None:
@@ -366,7 +386,7 @@ class ColdTier:
                 self._fetched.popitem(last=False)
         else:
             self._fetched.move_to_end((group, *found))
-        return cached[index]
+        return cached[index][1]
 
     # -- status ----------------------------------------------------------------------
 

@@ -521,6 +521,27 @@ class ClusterNode:
             for version, r in self.meta.history(space)
         ]
 
+    async def checkpoint(self) -> dict[str, Any]:
+        """Upload the meta state to the cold tier now (meta leader only): a backup's cut.
+
+        Every batch a root of this state names was applied in its partition
+        before the root change was proposed, so once each partition's
+        uploads pass the commit index its replicas report after this call,
+        the cold tier holds everything this state reaches.
+        """
+        self.check_meta_leader()
+        if self.cold is None:
+            raise StorageError(
+                "this cluster has no cold tier; add an [s3] table to every node.toml "
+                "to back it up to S3"
+            )
+        try:
+            await self._meta_reads.barrier()
+        except (OutcomeUnknown, NodeStopped) as exc:
+            raise Unavailable(str(exc)) from exc
+        index, key = await self.cold.upload_meta_now()
+        return {"meta_index": index, "key": key, "location": str(self.cold.location)}
+
     async def commit_outcome(self, change_id: bytes) -> RootRef | None:
         self.check_meta_leader()
         await self.raft.read_barrier(META_GROUP)

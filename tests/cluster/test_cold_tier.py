@@ -247,3 +247,80 @@ def test_a_node_far_behind_starts_from_s3(tiered: tuple[LocalCluster, Bucket]) -
     assert on_disk < 240 * 2000 / 2
     read_objects(cluster, "behind", 200, 2000, [cluster.url(3)])
     assert cluster.status(3)["s3"]["fetches"] > 0
+
+
+def test_a_cluster_backup_restores_into_new_data_directories(
+    tiered: tuple[LocalCluster, Bucket], s3_server: Any, tmp_path: Path
+) -> None:
+    from harness import free_port_base
+
+    from cluster.backup import backup_cluster, restore_cluster, verify_cluster
+    from protobase.cluster_cli import start_node, stop_processes, wait_ready
+
+    cluster, _ = tiered
+    endpoint = s3_server.endpoint
+    destination = S3Location(s3_server.new_bucket(), "backups")
+    write_objects(cluster, "saved", 20, 300)
+    first = backup_cluster(cluster.url(2), cluster.token, destination, endpoint)
+    assert first.copied == first.objects > 0
+    assert first.spaces["saved"] >= 20
+    write_objects(cluster, "saved-later", 10, 300)
+    second = backup_cluster(cluster.url(1), cluster.token, destination, endpoint)
+    assert second.meta_index > first.meta_index
+    assert 0 < second.copied < second.objects  # incremental: what the first copied stays
+    verified = verify_cluster(destination, endpoint)
+    assert verified.clean, verified.problems
+    assert verified.atoms_checked > 0
+
+    def restored_cluster(directory: Path, at: int | None) -> list[str]:
+        base = free_port_base(3)
+        report = restore_cluster(
+            destination, directory, at_index=at, base_port=base, endpoint_url=endpoint
+        )
+        assert report.spaces["saved"] == first.spaces["saved"]
+        return [f"http://127.0.0.1:{base + k}" for k in (1, 2, 3)]
+
+    urls = restored_cluster(tmp_path / "latest", None)
+    processes = [
+        start_node(tmp_path / "latest" / f"node{k}.toml", tmp_path / f"again{k}.log")
+        for k in (1, 2, 3)
+    ]
+    try:
+        wait_ready(urls)
+        again = LocalCluster.__new__(LocalCluster)
+        again.token = (tmp_path / "latest" / "client.token").read_text().strip()
+        again.base = int(urls[0].rsplit(":", 1)[1]) - 1
+        again.nodes = 3
+        read_objects(again, "saved", 20, 300, urls)
+        read_objects(again, "saved-later", 10, 300, urls[2:])
+    finally:
+        stop_processes(processes)
+
+    # --at the first backup's meta index: the later space did not exist yet.
+    restore_at = restore_cluster(
+        destination,
+        tmp_path / "earlier",
+        at_index=first.meta_index,
+        base_port=free_port_base(3),
+        endpoint_url=endpoint,
+    )
+    assert "saved" in restore_at.spaces and "saved-later" not in restore_at.spaces
+
+
+def test_verify_finds_a_damaged_cluster_backup(
+    tiered: tuple[LocalCluster, Bucket], s3_server: Any
+) -> None:
+    from cluster.backup import backup_cluster, verify_cluster
+
+    cluster, _ = tiered
+    destination = S3Location(s3_server.new_bucket(), "backups")
+    write_objects(cluster, "to-damage", 5, 300)
+    backup_cluster(cluster.url(1), cluster.token, destination, s3_server.endpoint)
+    target = Bucket.open(destination, s3_server.endpoint)
+    key = next(k for k, _ in target.list_objects(target.key("partitions/")))
+    data = bytearray(target.get(key))
+    data[len(data) // 2] ^= 0x10
+    target.put(key, bytes(data))
+    verified = verify_cluster(destination, s3_server.endpoint)
+    assert not verified.clean
+    assert any("checksum" in problem for problem in verified.problems)
