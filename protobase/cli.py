@@ -176,6 +176,108 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    if args.source == "verify":
+        return _backup_verify(args)
+    if args.source.startswith(("http://", "https://")):
+        return _backup_cluster(args)
+    from .backup import backup
+
+    bar = ProgressBar("backup")
+    try:
+        report = backup(args.source, args.location, bar, endpoint_url=args.endpoint_url)
+    finally:
+        bar.close()
+    kind = "hot" if report.hot else "cold"
+    print(
+        f"backed up {args.source} to {report.location} ({kind}): versions "
+        f"{report.first_version} to {report.last_version} (committed "
+        f"{report.first_time.isoformat()} to {report.last_time.isoformat()}), WAL generation "
+        f"{report.generation}"
+    )
+    print(
+        f"{report.objects} objects, {report.bytes} bytes; uploaded {report.uploaded_objects} "
+        f"objects, {report.uploaded_bytes} bytes ({report.reused_objects} were in the bucket "
+        f"already); manifest {report.manifest}"
+    )
+    return 0
+
+
+def _backup_cluster(args: argparse.Namespace) -> int:
+    # The place for backing up a cluster (SOURCE is a node URL); not built yet.
+    print(
+        f"protobase backup: {args.source} is a cluster URL: cluster backup is not supported by "
+        "this command yet; SOURCE must be the directory of an embedded database",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _backup_verify(args: argparse.Namespace) -> int:
+    from .backup import verify
+
+    bar = ProgressBar("verify")
+    try:
+        report = verify(args.location, bar, endpoint_url=args.endpoint_url)
+    finally:
+        bar.close()
+    print(
+        f"{report.location}: {report.manifests} backup(s), {report.objects} objects "
+        f"({report.bytes} bytes) checked; {report.databases_checked} restore(s) checked by "
+        f"fsck: {report.versions_checked} versions, {report.atoms_checked} atoms"
+    )
+    for note in report.notes:
+        print(f"NOTE: {note}")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    if report.clean:
+        print("clean")
+        return 0
+    print(f"{len(report.problems)} problem(s) found; verify changed nothing")
+    return 1
+
+
+def _parse_at(text: str) -> int | dt.datetime:
+    """``--at``: a root version (an integer), or an ISO-8601 time (naive = local time)."""
+    if text.isdigit():
+        version = int(text)
+        if version < 1:
+            raise argparse.ArgumentTypeError("a root version is 1 or more")
+        return version
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a root version (an integer) nor an ISO-8601 time such as "
+            "2026-12-06T10:00:00+00:00 (without an offset it is local time)"
+        ) from exc
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .backup import restore
+    from .errors import CorruptionError
+
+    at_version = args.at if isinstance(args.at, int) else None
+    at_time = args.at if isinstance(args.at, dt.datetime) else None
+    bar = ProgressBar("restore")
+    try:
+        try:
+            report = restore(
+                args.location, args.dest, at_version, at_time, bar, endpoint_url=args.endpoint_url
+            )
+        finally:
+            bar.close()
+    except CorruptionError as exc:  # the backup is damaged: exit 1, as verify does
+        print(f"protobase restore: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {report.location} ({report.manifest}) into {report.destination}: version "
+        f"{report.version} (committed {report.time.isoformat()}), versions from "
+        f"{report.first_version} kept; {report.objects} objects, {report.bytes} bytes downloaded"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protobase", description="ProtoBase object database")
     parser.add_argument("--version", action="version", version=f"protobase {__version__}")
@@ -242,6 +344,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="keep versions younger than this many seconds (default 0)",
+    )
+    backup = command(
+        "backup",
+        _backup,
+        "back up a database directory to S3, or check the backups there (backup verify)",
+    )
+    backup.usage = (
+        "protobase backup [-h] [--endpoint-url URL] SOURCE LOCATION\n"
+        "       protobase backup [-h] [--endpoint-url URL] verify LOCATION"
+    )
+    backup.description = (
+        "Back up SOURCE (the directory of a database no process has open) to LOCATION "
+        "(s3://bucket/prefix), uploading only what is not there yet; or, with the word "
+        "verify, download and check every backup at LOCATION (exit 1 when it finds a "
+        "problem). To back up a directory named verify, write ./verify."
+    )
+    backup.add_argument("source", metavar="SOURCE", help="database directory, or the word verify")
+    backup.add_argument("location", metavar="LOCATION", help="s3://bucket/prefix")
+    backup.add_argument(
+        "--endpoint-url", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+    restore = command("restore", _restore, "restore a database from its backups in S3")
+    restore.add_argument("location", metavar="LOCATION", help="s3://bucket/prefix")
+    restore.add_argument("dest", metavar="DEST", help="a new or empty directory")
+    restore.add_argument(
+        "--at",
+        type=_parse_at,
+        metavar="VERSION|TIME",
+        help="restore the database as of this root version, or of the last commit at or "
+        "before this ISO-8601 time (without an offset: local time)",
+    )
+    restore.add_argument(
+        "--endpoint-url", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)"
     )
     return parser
 

@@ -20,6 +20,9 @@ Invariants, beyond those of `protobase.storage.interfaces`:
   `StorageError` until it is reopened (recovery then truncates the tail).
 - **One owner.** An exclusive `flock` on ``LOCK`` keeps a second process, or
   a second StandaloneFileStorage of this process, out.
+- **Held views.** While a `backup_view` is held, pack waits: the files and
+  byte ranges the view names stay as they are (segments are append-only, and
+  only pack rewrites or removes them).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..atoms import AtomPointer
@@ -84,6 +87,8 @@ class StandaloneFileStorage(RecordLog):
         self._failed: BaseException | None = None
         self._durable = 0
         self._syncing = False
+        self._views_held = 0
+        """`backup_view`s not yet released; pack waits for none."""
         try:
             self._recover()
         except BaseException:
@@ -301,16 +306,18 @@ class StandaloneFileStorage(RecordLog):
     ) -> None:
         """Rewrite the WAL as a new generation; see `PackableStorage.pack`.
 
-        Commits wait while the rewrite runs. The new generation's files are
-        written and synced first; writing its checkpoint is the switch; the
-        old generation's files are removed last. Recovery removes the files of
+        It first waits until no `backup_view` is held (commits go on
+        meanwhile). Commits wait while the rewrite runs. The new generation's
+        files are written and synced first; writing its checkpoint is the
+        switch; the old generation's files are removed last. Recovery removes the files of
         whichever generation the checkpoint does not name, so a crash at any
         point leaves one complete generation.
         """
         with self._mutex:
             self._check_usable()
-            while self._syncing:
+            while self._syncing or self._views_held:
                 self._synced.wait()
+            self._check_usable()
             records = sorted(self._records.values(), key=lambda r: (r.segment, r.offset))
             total = sum(r.size for r in records)
             writer = _GenerationWriter(self.path, self._generation + 1, self._segment_bytes)
@@ -373,6 +380,50 @@ class StandaloneFileStorage(RecordLog):
                 progress(done, total)
         return problems
 
+    @contextlib.contextmanager
+    def backup_view(self) -> Iterator[WalView]:
+        """A consistent, durable prefix of the live WAL, held for as long as the block runs.
+
+        The view is what every commit appended before this call leaves on
+        disk: the live generation, its segments, and for each the offset at
+        which its complete records end. Before it is handed out, everything
+        appended so far is made durable (one shared sync), so every byte the
+        view names is durable. While the block runs, pack waits (commits do
+        not), so the view's files keep its bytes: sealed segments do not
+        change, and the active one only grows past its `end`. Closing the
+        storage does not wait for the view; do not close it while a backup
+        reads, or another process could open and pack the directory.
+
+        Do not call `pack` of this storage from inside the block: it would
+        wait for the block forever.
+
+        Raises:
+            StorageError: the storage is closed or stopped after a failure
+                (also when the sync made here fails).
+        """
+        with self._mutex:
+            self._check_usable()
+            ticket = self._appended
+            ends = [(n, os.fstat(self._fds[n]).st_size) for n in self._segments[:-1]]
+            ends.append((self._active, self._active_size))
+            commits = list(self._history.values())
+            view = WalView(self.path, self._generation, tuple(ends), (), self._active)
+            self._views_held += 1
+            try:
+                self._wait_durable(ticket)
+            except BaseException:
+                self._views_held -= 1
+                self._synced.notify_all()
+                raise
+        commits.sort(key=lambda record: record.version)
+        view = dataclasses.replace(view, commits=tuple(commits))
+        try:
+            yield view
+        finally:
+            with self._mutex:
+                self._views_held -= 1
+                self._synced.notify_all()
+
     def segment_sizes(self) -> list[tuple[str, int]]:
         """``(file name, bytes)`` of each live segment."""
         with self._mutex:
@@ -381,6 +432,32 @@ class StandaloneFileStorage(RecordLog):
                 (wal.segment_name(self._generation, n), os.fstat(self._fds[n]).st_size)
                 for n in self._segments
             ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WalView:
+    """A consistent prefix of one WAL generation, as a backup copies it.
+
+    Made by `StandaloneFileStorage.backup_view` (an open storage) or by
+    `protobase.backup` from `plan_recovery` (a closed directory).
+
+    Invariants: `segments` are the generation's segments 1..k in order; bytes
+    ``[0, end)`` of each are the segment header followed by complete records
+    (no torn record); `commits` are exactly the commit records that lie in
+    those bytes, in version order (which is also log order).
+    """
+
+    directory: Path
+    generation: int
+    segments: tuple[tuple[int, int], ...]
+    """``(segment number, end)``: the view holds bytes ``[0, end)`` of each."""
+    commits: tuple[wal.RecordInfo, ...]
+    growing: int | None
+    """The segment whose file may grow past its `end` while the view is held
+    (the active segment of an open storage); None when no file changes."""
+
+    def segment_path(self, number: int) -> Path:
+        return self.directory / wal.segment_name(self.generation, number)
 
 
 def lock_for_reading(path: Path) -> int | None:
