@@ -403,6 +403,7 @@ class ColdTier:
                 "backlog_entries": waiting,
                 "keep_from": self.partitions[group].keep_from,
                 "log_bytes": self.log_bytes(group),
+                "log_first_index": self.raft.store.group(group).first_index(),
             }
         return {
             "location": str(self.location),

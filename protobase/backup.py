@@ -330,8 +330,8 @@ def backup(
             return job.run(progress, concurrency)
     if isinstance(source, str) and source.startswith(("http://", "https://")):
         raise BackupArgumentError(
-            f"{source} is a cluster URL: cluster backup is not supported by this command yet; "
-            "SOURCE must be the directory of an embedded database (StandaloneFileStorage)"
+            f"{source} is a cluster URL: this function backs up an embedded database; back a "
+            "cluster up with cluster.backup.backup_cluster (`protobase backup URL LOCATION`)"
         )
     directory = Path(source)
     if not directory.is_dir():

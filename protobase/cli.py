@@ -204,17 +204,39 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _backup_cluster(args: argparse.Namespace) -> int:
-    # The place for backing up a cluster (SOURCE is a node URL); not built yet.
+    """SOURCE is a node's URL: back the cluster up through its S3 cold tier."""
+    from cluster.backup import backup_cluster
+
+    bar = ProgressBar("backup")
+    try:
+        report = backup_cluster(
+            args.source, _read_token(args.token_file), args.location, args.endpoint_url, bar
+        )
+    finally:
+        bar.close()
+    spaces = ", ".join(f"{name} v{version}" for name, version in sorted(report.spaces.items()))
     print(
-        f"protobase backup: {args.source} is a cluster URL: cluster backup is not supported by "
-        "this command yet; SOURCE must be the directory of an embedded database",
-        file=sys.stderr,
+        f"backed up the cluster at {args.source} to {report.location} as of meta index "
+        f"{report.meta_index} ({spaces or 'no object spaces'}); {report.objects} objects, "
+        f"{report.copied} copied ({report.copied_bytes} bytes), the others were there already"
     )
-    return 2
+    return 0
+
+
+def _cluster_backups_at(location: str, endpoint_url: str | None) -> bool:
+    """Whether `location` holds cluster backups (else it is an embedded database's)."""
+    try:
+        from cluster.backup import has_cluster_backups
+    except ImportError:  # the cluster extra is not installed: no cluster backups here
+        return False
+    return has_cluster_backups(location, endpoint_url)
 
 
 def _backup_verify(args: argparse.Namespace) -> int:
     from .backup import verify
+
+    if _cluster_backups_at(args.location, args.endpoint_url):
+        return _backup_verify_cluster(args)
 
     bar = ProgressBar("verify")
     try:
@@ -228,6 +250,27 @@ def _backup_verify(args: argparse.Namespace) -> int:
     )
     for note in report.notes:
         print(f"NOTE: {note}")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    if report.clean:
+        print("clean")
+        return 0
+    print(f"{len(report.problems)} problem(s) found; verify changed nothing")
+    return 1
+
+
+def _backup_verify_cluster(args: argparse.Namespace) -> int:
+    from cluster.backup import verify_cluster
+
+    bar = ProgressBar("verify")
+    try:
+        report = verify_cluster(args.location, args.endpoint_url, bar)
+    finally:
+        bar.close()
+    print(
+        f"{report.location}: {report.backups} cluster backup(s), {report.objects_checked} "
+        f"objects and {report.atoms_checked} reachable atoms checked"
+    )
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     if report.clean:
@@ -259,6 +302,8 @@ def _restore(args: argparse.Namespace) -> int:
 
     at_version = args.at if isinstance(args.at, int) else None
     at_time = args.at if isinstance(args.at, dt.datetime) else None
+    if _cluster_backups_at(args.location, args.endpoint_url):
+        return _restore_cluster(args, at_version, at_time)
     bar = ProgressBar("restore")
     try:
         try:
@@ -274,6 +319,37 @@ def _restore(args: argparse.Namespace) -> int:
         f"restored {report.location} ({report.manifest}) into {report.destination}: version "
         f"{report.version} (committed {report.time.isoformat()}), versions from "
         f"{report.first_version} kept; {report.objects} objects, {report.bytes} bytes downloaded"
+    )
+    return 0
+
+
+def _restore_cluster(
+    args: argparse.Namespace, at_version: int | None, at_time: dt.datetime | None
+) -> int:
+    from cluster.backup import restore_cluster
+
+    bar = ProgressBar("restore")
+    try:
+        report = restore_cluster(
+            args.location,
+            args.dest,
+            at_index=at_version,
+            at_time=None if at_time is None else at_time.timestamp(),
+            nodes=args.nodes,
+            base_port=args.base_port,
+            endpoint_url=args.endpoint_url,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    spaces = ", ".join(
+        f"{name} (was v{version})" for name, version in sorted(report.spaces.items())
+    )
+    print(
+        f"restored the cluster backup {args.location} as of meta index {report.meta_index} "
+        f"into {report.directory}: {report.batches} batches, spaces {spaces or 'none'}; "
+        f"start it with: protobase cluster up {report.directory} --nodes {args.nodes} "
+        f"--base-port {args.base_port}"
     )
     return 0
 
@@ -348,22 +424,32 @@ def build_parser() -> argparse.ArgumentParser:
     backup = command(
         "backup",
         _backup,
-        "back up a database directory to S3, or check the backups there (backup verify)",
+        "back up a database directory or a cluster to S3, or check the backups there "
+        "(backup verify)",
     )
     backup.usage = (
-        "protobase backup [-h] [--endpoint-url URL] SOURCE LOCATION\n"
+        "protobase backup [-h] [--endpoint-url URL] [--token-file F] SOURCE LOCATION\n"
         "       protobase backup [-h] [--endpoint-url URL] verify LOCATION"
     )
     backup.description = (
-        "Back up SOURCE (the directory of a database no process has open) to LOCATION "
-        "(s3://bucket/prefix), uploading only what is not there yet; or, with the word "
-        "verify, download and check every backup at LOCATION (exit 1 when it finds a "
-        "problem). To back up a directory named verify, write ./verify."
+        "Back up SOURCE to LOCATION (s3://bucket/prefix), uploading only what is not there "
+        "yet. SOURCE is the directory of a database no process has open, or the URL of a "
+        "cluster node (the cluster needs an [s3] cold tier; give the client token with "
+        "--token-file or PROTOBASE_TOKEN). With the word verify, download and check every "
+        "backup at LOCATION (exit 1 when it finds a problem). To back up a directory named "
+        "verify, write ./verify."
     )
-    backup.add_argument("source", metavar="SOURCE", help="database directory, or the word verify")
+    backup.add_argument(
+        "source", metavar="SOURCE", help="database directory, node URL, or the word verify"
+    )
     backup.add_argument("location", metavar="LOCATION", help="s3://bucket/prefix")
     backup.add_argument(
         "--endpoint-url", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+    backup.add_argument(
+        "--token-file",
+        metavar="F",
+        help="the client token, when SOURCE is a cluster node's URL (or PROTOBASE_TOKEN)",
     )
     restore = command("restore", _restore, "restore a database from its backups in S3")
     restore.add_argument("location", metavar="LOCATION", help="s3://bucket/prefix")
@@ -377,6 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument(
         "--endpoint-url", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+    restore.add_argument(
+        "--nodes", type=int, default=3, help="members of a restored cluster (default 3)"
+    )
+    restore.add_argument(
+        "--base-port",
+        type=int,
+        default=7100,
+        help="a restored cluster's client ports are BASE+k, peer ports BASE+100+k (default 7100)",
     )
     return parser
 

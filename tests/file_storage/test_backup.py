@@ -584,7 +584,7 @@ def test_backup_refuses_sources_it_cannot_read(source: Path, location: str, tmp_
         backup(tmp_path / "empty", location)
     with pytest.raises(StorageError, match="does not exist"):
         backup(tmp_path / "missing", location)
-    with pytest.raises(BackupArgumentError, match="cluster backup is not supported"):
+    with pytest.raises(BackupArgumentError, match="backup_cluster"):
         backup("http://127.0.0.1:7101", location)
     assert objects(location, "") == {}
 
@@ -637,9 +637,10 @@ def test_cli_backup_restore_at_and_verify(source: Path, location: str, tmp_path:
 
 
 def test_cli_usage_errors_exit_2(source: Path, location: str, tmp_path: Path) -> None:
-    result = run_cli("backup", "http://127.0.0.1:7101", location)
+    # A node's URL is a cluster backup; one nobody answers at is a clear error.
+    result = run_cli("backup", "http://127.0.0.1:9", location, PROTOBASE_TOKEN="x")
     assert result.returncode == 2
-    assert "cluster backup is not supported by this command yet" in result.stderr
+    assert "http://127.0.0.1:9/status.json did not answer" in result.stderr
     result = run_cli("backup", source, "not-a-location")
     assert result.returncode == 2 and "s3://bucket/prefix" in result.stderr
     result = run_cli("restore", location, tmp_path / "dest")
