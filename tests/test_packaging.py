@@ -1,4 +1,4 @@
-"""The embedded install needs neither aiohttp nor the cluster packages."""
+"""The embedded install needs neither aiohttp, boto3 nor the cluster packages."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REFUSE = textwrap.dedent(
 
     class Refuse(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("aiohttp", "cluster"):
+            if name.split(".")[0] in ("aiohttp", "cluster", "boto3", "botocore"):
                 raise ImportError(f"{name} is not installed in this test")
             return None
 
@@ -30,7 +30,7 @@ def run(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_embedded_use_imports_neither_aiohttp_nor_cluster(tmp_path: object) -> None:
+def test_embedded_use_imports_neither_aiohttp_boto3_nor_cluster(tmp_path: object) -> None:
     result = run(
         f"""
         from protobase import ObjectSpace, StandaloneFileStorage
@@ -38,7 +38,9 @@ def test_embedded_use_imports_neither_aiohttp_nor_cluster(tmp_path: object) -> N
             db = space.new_database("d")
             with db.transaction() as tr:
                 tr.set_root_object("x", 1)
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("aiohttp", "cluster"))
+        loaded = sorted(
+            m for m in sys.modules if m.split(".")[0] in ("aiohttp", "cluster", "boto3", "botocore")
+        )
         print("loaded:", loaded)
         """
     )
@@ -58,3 +60,17 @@ def test_cluster_client_without_aiohttp_says_which_extra_to_install() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "protobase[cluster]" in result.stdout
+
+
+def test_cloud_storage_without_boto3_says_which_extra_to_install() -> None:
+    result = run(
+        """
+        from protobase import CloudFileStorage, StorageError
+        try:
+            CloudFileStorage(bucket="b", prefix="p")
+        except StorageError as exc:
+            print("refused:", exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "protobase[s3]" in result.stdout
