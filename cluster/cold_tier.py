@@ -23,7 +23,7 @@ Invariants:
 - **Asynchronous.** Commits never wait for S3. The leader of a group
   uploads its committed entries once `object_bytes` of them wait, or the
   oldest has waited `upload_interval`. A replica that is not the leader
-  uploads too when the group's progress has not moved for three intervals
+  uploads too when the group's progress has not moved for five intervals
   while it holds the entries (its leader may have died with them not yet
   uploaded). An S3 error is counted and retried on the next round; the
   backlog (entries applied here and not yet uploaded) is in ``/status.json``
@@ -73,8 +73,11 @@ META_MAGIC = b"PBMSN\x00\x01\x00"
 _HEADER = struct.Struct(">8sQ")
 FETCHED_OBJECTS = 16
 """Decoded entry objects a node keeps in memory for reads of evicted entries."""
-LIST_EVERY = 5
+LIST_EVERY = 4
 """Rounds between listings of the prefix (a leader tracks its own uploads)."""
+STALLED_INTERVALS = 5
+"""Upload intervals without progress after which a replica that is not the
+leader uploads too (two rounds pass between listings: 4 rounds of half an interval)."""
 
 
 class ColdTierError(Exception):
@@ -278,7 +281,7 @@ class ColdTier:
             tier.waiting_since = now
         waiting_since = tier.waiting_since
         interval = self.settings.upload_interval
-        if not self.is_leader(group) and now - tier.progress_at < 3 * interval:
+        if not self.is_leader(group) and now - tier.progress_at < STALLED_INTERVALS * interval:
             return
         while tier.uploaded_through < applied:
             first = tier.uploaded_through + 1
