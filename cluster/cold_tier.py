@@ -50,7 +50,6 @@ import bisect
 import contextlib
 import logging
 import os
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,10 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import xxhash
-
 from protobase.s3 import Bucket, ObjectMissing, PreconditionFailed, S3Location
+from protobase.storage.cloud import decode_framed, encode_framed
 
 from .config import S3Settings
 from .raft.errors import LogUnavailableError
@@ -70,7 +67,6 @@ log = logging.getLogger("protobase.cluster.cold_tier")
 
 ENTRIES_MAGIC = b"PBENT\x00\x01\x00"
 META_MAGIC = b"PBMSN\x00\x01\x00"
-_HEADER = struct.Struct(">8sQ")
 FETCHED_OBJECTS = 16
 """Decoded entry objects a node keeps in memory for reads of evicted entries."""
 LIST_EVERY = 4
@@ -102,25 +98,13 @@ def meta_key(index: int) -> str:
     return f"meta/{index:020d}.pbs"
 
 
-def frame(fields: Any, magic: bytes) -> bytes:
-    body: bytes = msgpack.packb(fields, use_bin_type=True)
-    return _HEADER.pack(magic, xxhash.xxh3_64_intdigest(body)) + body
+def frame(value: Any, magic: bytes) -> bytes:
+    return encode_framed(value, magic)
 
 
 def unframe(data: bytes, magic: bytes, where: str) -> Any:
     """The msgpack value of a framed object; `ColdTierError` when it fails its checks."""
-    if len(data) < _HEADER.size:
-        raise ColdTierError(f"{where}: cut short ({len(data)} bytes)")
-    found, expected = _HEADER.unpack_from(data)
-    body = data[_HEADER.size :]
-    if found != magic:
-        raise ColdTierError(f"{where}: not a cold tier object of this kind")
-    if xxhash.xxh3_64_intdigest(body) != expected:
-        raise ColdTierError(f"{where}: fails its checksum; the object is damaged")
-    try:
-        return msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ColdTierError(f"{where}: body is not msgpack: {exc}") from exc
+    return decode_framed(data, magic, where, ColdTierError)
 
 
 def decode_entries(data: bytes, where: str, first: int, last: int) -> dict[int, tuple[int, bytes]]:

@@ -18,7 +18,10 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from chaos.cluster import free_ports
 
@@ -95,3 +98,20 @@ class S3Server:
         name = f"test-{uuid.uuid4().hex[:20]}"
         Bucket.open(S3Location(name), self.endpoint).ensure_bucket()
         return name
+
+
+@contextmanager
+def fault_proxy(server: S3Server) -> Iterator[Any]:
+    """A TCP proxy in front of `server` that can cut S3 off and heal (`chaos.proxy`).
+
+    Yields the ProxyNet: its endpoint is ``"http://%s:%d" % net.address(1, 0)``;
+    ``net.isolate(0)`` makes an outage, ``net.slow(seconds)`` a slow S3,
+    ``net.heal()`` ends either.
+    """
+    from chaos.proxy import ProxyNet
+
+    net = ProxyNet({0: (HOST, server.port), 1: (HOST, 1)}, {(1, 0): free_ports(1)[0]})
+    try:
+        yield net
+    finally:
+        net.stop()

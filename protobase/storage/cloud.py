@@ -254,15 +254,6 @@ class CloudFileStorage(RecordLog):
     def _describe(self) -> str:
         return str(self.location)
 
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise StorageError(f"storage {self.location} is closed")
-        if self._failed is not None:
-            raise StorageError(
-                f"storage {self.location} stopped: {self._failed}; commits not acknowledged "
-                "before this were not stored. Reopen it to go on from its last manifest"
-            ) from self._failed
-
     def _append(self, record_bytes: bytes) -> wal.RecordInfo:
         group = self._open_group
         if group is None:
@@ -493,10 +484,10 @@ class CloudFileStorage(RecordLog):
 
     def _put_run(self, number: int, records: list[wal.RecordInfo]) -> None:
         key = self._bucket.key(_object_name("index", number, self._epochs))
-        self._put_once(key, _encode_framed(pack_records(records), RUN_MAGIC))
+        self._put_once(key, encode_framed(pack_records(records), RUN_MAGIC))
 
     def _manifest_body(self) -> bytes:
-        return _encode_framed(
+        return encode_framed(
             {
                 "format": FORMAT,
                 "epoch": self._epoch,
@@ -843,24 +834,32 @@ def _parse_object_name(name: str) -> int | None:
     return None
 
 
-def _encode_framed(fields: dict[str, Any], magic: bytes) -> bytes:
-    body: bytes = msgpack.packb(fields, use_bin_type=True)
+def encode_framed(value: Any, magic: bytes) -> bytes:
+    """An object of ours: 8 bytes of magic, the xxh3-64 of the body, a msgpack body."""
+    body: bytes = msgpack.packb(value, use_bin_type=True)
     return _HEADER.pack(magic, xxhash.xxh3_64_intdigest(body)) + body
 
 
-def _decode_framed(data: bytes, magic: bytes, where: str) -> dict[str, Any]:
+def decode_framed(
+    data: bytes, magic: bytes, where: str, error: type[Exception] = CorruptionError
+) -> Any:
+    """The value `encode_framed` wrote; `error` (naming `where`) when a check fails."""
     if len(data) < _HEADER.size:
-        raise CorruptionError(f"{where}: cut short ({len(data)} bytes)")
+        raise error(f"{where}: cut short ({len(data)} bytes)")
     found, expected = _HEADER.unpack_from(data)
     body = data[_HEADER.size :]
     if found != magic:
-        raise CorruptionError(f"{where}: not a ProtoBase object of this kind (magic {found!r})")
+        raise error(f"{where}: not a ProtoBase object of this kind (magic {found!r})")
     if xxhash.xxh3_64_intdigest(body) != expected:
-        raise CorruptionError(f"{where}: fails its checksum; restore the prefix from a backup")
+        raise error(f"{where}: fails its checksum; the object is damaged")
     try:
-        fields = msgpack.unpackb(body, raw=False)
+        return msgpack.unpackb(body, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise CorruptionError(f"{where}: body is not msgpack: {exc}") from exc
+        raise error(f"{where}: body is not msgpack: {exc}") from exc
+
+
+def _decode_framed(data: bytes, magic: bytes, where: str) -> dict[str, Any]:
+    fields = decode_framed(data, magic, where)
     if not isinstance(fields, dict):
         raise CorruptionError(f"{where}: body is not a map")
     return fields

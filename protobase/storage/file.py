@@ -201,15 +201,6 @@ class StandaloneFileStorage(RecordLog):
 
     # -- appending and group commit ------------------------------------------------
 
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise StorageError(f"storage {self.path} is closed")
-        if self._failed is not None:
-            raise StorageError(
-                f"storage {self.path} stopped after a failed write or sync "
-                f"({self._failed!r}); reopen it to recover"
-            ) from self._failed
-
     def _append(self, record_bytes: bytes) -> wal.RecordInfo:
         if (
             self._active_size + len(record_bytes) > self._segment_bytes

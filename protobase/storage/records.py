@@ -4,7 +4,7 @@ StandaloneFileStorage keeps its records in local segment files;
 CloudFileStorage keeps the same records (`protobase.storage.wal`'s format)
 in S3 objects. Both index them the same way and apply the contract of
 `protobase.storage.interfaces` the same way, so that logic lives here once,
-in `RecordLog`, over four primitives a subclass provides:
+in `RecordLog`, over the primitives a subclass provides:
 
 - ``_append(record_bytes) -> RecordInfo``: place a record (mutex held);
   it is visible at once and durable after ``_wait_durable``.
@@ -13,7 +13,8 @@ in `RecordLog`, over four primitives a subclass provides:
   while it waits).
 - ``_read_slots(record, slots)`` and ``_record_bytes(record)``: read a
   stored record's atoms, or its whole bytes (mutex held).
-- ``_check_usable()``: raise `StorageError` when closed or failed.
+- ``_closed`` and ``_failed``: set by the subclass when it closes or
+  stops (then every call raises `StorageError`).
 
 Index invariants (mutex held to read or change them):
 
@@ -46,6 +47,8 @@ class RecordLog:
     """The shared index and commit logic; see the module docstring."""
 
     _mutex: threading.Lock
+    _closed: bool
+    _failed: BaseException | None
 
     def _init_index(self) -> None:
         self._mutex = threading.Lock()
@@ -63,7 +66,14 @@ class RecordLog:
         raise NotImplementedError
 
     def _check_usable(self) -> None:
-        raise NotImplementedError
+        """Raise `StorageError` once the storage is closed, or stopped by a failure."""
+        if self._closed:
+            raise StorageError(f"storage {self._describe()} is closed")
+        if self._failed is not None:
+            raise StorageError(
+                f"storage {self._describe()} stopped: {self._failed}; what was not "
+                "acknowledged before it was not stored. Reopen it to recover"
+            ) from self._failed
 
     def _append(self, record_bytes: bytes) -> wal.RecordInfo:
         raise NotImplementedError

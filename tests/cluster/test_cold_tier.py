@@ -49,14 +49,11 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @pytest.fixture(scope="module")
 def s3_proxy(s3_server: Any) -> Iterator[Any]:
-    from chaos.cluster import free_ports
-    from chaos.proxy import HOST, ProxyNet
+    """A TCP proxy in front of moto_server that can cut S3 off (an outage) and heal."""
+    from s3server import fault_proxy
 
-    net = ProxyNet({0: (HOST, s3_server.port), 1: (HOST, 1)}, {(1, 0): free_ports(1)[0]})
-    try:
+    with fault_proxy(s3_server) as net:
         yield net
-    finally:
-        net.stop()
 
 
 @pytest.fixture(scope="module")

@@ -225,14 +225,10 @@ def test_pack_deletes_only_what_the_new_manifest_no_longer_names(
 @pytest.fixture
 def s3_proxy(s3_server: Any) -> Iterator[Any]:
     """A TCP proxy in front of moto_server that can cut S3 off (an outage) and heal."""
-    from chaos.cluster import free_ports
-    from chaos.proxy import HOST, ProxyNet
+    from s3server import fault_proxy
 
-    net = ProxyNet({0: (HOST, s3_server.port), 1: (HOST, 1)}, {(1, 0): free_ports(1)[0]})
-    try:
+    with fault_proxy(s3_server) as net:
         yield net
-    finally:
-        net.stop()
 
 
 def test_commits_wait_out_a_short_outage(bucket: str, tmp_path: Path, s3_proxy: Any) -> None:
