@@ -30,8 +30,10 @@ node applied gets 421 ``"stale_map"`` with the current map, and the
 client learns it and repeats the request. Errors are JSON
 ``{"error": message, "kind": ...}``: 400 malformed (nothing changed), 401
 token, 404 atom not found, 409 conflict (nothing written), 413 body too
-large, 421 not the meta leader (``"leader_url"`` says where to go), 503
-unavailable (``"kind": "outcome_unknown"`` when a write may have happened).
+large, 421 not the meta leader (``"leader_url"`` says where to go), 500
+``"corruption"`` (stored bytes, such as a cold tier object, failed their
+checks), 503 unavailable (``"kind": "outcome_unknown"`` when a write may
+have happened).
 
 Open routes: ``GET /health`` (200 while serving), ``GET /ready`` (200 once
 every group placed here has a leader, else 503 with the reason),
@@ -51,7 +53,7 @@ import msgpack
 from aiohttp import web
 
 from protobase.atoms import AtomPointer
-from protobase.errors import AtomNotFoundError, RootConflict, StorageError
+from protobase.errors import AtomNotFoundError, CorruptionError, RootConflict, StorageError
 from protobase.s3 import S3Unavailable
 from protobase.storage.interfaces import DatabaseReads
 
@@ -215,6 +217,8 @@ class NodeAPI:
             return _error(503, str(exc), "outcome_unknown")
         except (Unavailable, NodeStopped, S3Unavailable) as exc:
             return _error(503, str(exc), "unavailable")
+        except CorruptionError as exc:
+            return _error(500, str(exc), "corruption")
         except StorageError as exc:
             return _error(400, str(exc), "refused")
 

@@ -23,7 +23,8 @@ is the same), sets each object space's root to the one in the chosen meta
 state, and stops it; ``protobase cluster up DIR`` then serves the same
 objects. Each space starts its version count again at 1 there. ``--at``
 picks an older meta state of the same backup: VERSION is a meta log index,
-TIME a commit time.
+TIME the time a meta state was uploaded (at each backup, and every
+``meta_snapshot_interval`` in between).
 
 Verify checks every object's checksum and framing, that the entries of each
 group cover it without a gap, and that every atom reachable from every root
@@ -163,7 +164,7 @@ def backup_cluster(
         )
     cut = _http(url + "/v1/admin/checkpoint", token, {})
     tier_location = S3Location.parse(cut["location"])
-    targets = _applied_targets(status, token)
+    targets = _log_targets(status)
     tier = Bucket.open(tier_location, endpoint_url)
     deadline = time.monotonic() + timeout
     objects: dict[str, int] = {}
@@ -194,11 +195,7 @@ def backup_cluster(
     for done, (name, size) in enumerate(sorted(relative.items()), start=1):
         destination_key = target.key(name)
         if present.get(destination_key) != size:
-            tier.client.copy_object(
-                Bucket=target.name,
-                Key=destination_key,
-                CopySource={"Bucket": tier.name, "Key": tier.key(name)},
-            )
+            target.copy_from(tier, tier.key(name), destination_key)
             report.copied += 1
             report.copied_bytes += size
         if progress is not None:
@@ -225,23 +222,36 @@ def backup_cluster(
     return report
 
 
-def _applied_targets(status: dict[str, Any], token: str) -> dict[int, int]:
-    """Partition group -> the highest applied index any reachable replica reports now."""
-    targets: dict[int, int] = {}
-    answered = 0
+def _log_targets(status: dict[str, Any]) -> dict[int, int]:
+    """Partition group -> an index the tier must reach to hold everything committed now.
+
+    A committed entry is in the logs of a majority of its group's replicas,
+    and every majority shares a member with it: so the highest last log
+    index among a majority of the replicas, asked after the checkpoint, is
+    at or past every entry committed before it. (An entry in that range
+    that is never committed is replaced at its index by one that is, so the
+    tier reaches it either way.)
+    """
+    last: dict[int, dict[int, int]] = {}
     for member in status["members"]:
         try:
             state = _http(member["client"] + "/status.json", None, timeout=5)
         except ClusterBackupError:
             continue
-        answered += 1
-        for group, info in (state.get("s3") or {}).get("groups", {}).items():
-            targets[int(group)] = max(targets.get(int(group), 0), int(info["applied"]))
-    if answered * 2 <= len(status["members"]):
-        raise ClusterBackupError(
-            f"only {answered} of {len(status['members'])} members answered; a backup needs "
-            "a majority to know what is committed"
-        )
+        for group in state["groups"]:
+            last.setdefault(int(group["group"]), {})[member["id"]] = int(group["last_index"])
+    targets: dict[int, int] = {}
+    for group, replicas in status["placement"].items():
+        if int(group) == 0:
+            continue  # the meta group: its state is the checkpoint itself
+        answered = last.get(int(group), {})
+        if len(answered) * 2 <= len(replicas):
+            raise ClusterBackupError(
+                f"partition group {group}: only {len(answered)} of its {len(replicas)} "
+                "replicas answered; a backup needs a majority of each group to know what "
+                "is committed"
+            )
+        targets[int(group)] = max(answered.values())
     return targets
 
 
@@ -358,7 +368,8 @@ def _batches(
                 transaction_id, first, chunk, total = parse_entry(data)
             except (PartitionEntryError, ValueError) as exc:
                 raise ClusterBackupError(f"s3://{bucket.name}/{key}: {exc}") from exc
-            parts.setdefault(transaction_id, {})[first] = (chunk, raw[4])
+            # A chunk stored twice (a retried put) counts once: the first, as in the machine.
+            parts.setdefault(transaction_id, {}).setdefault(first, (chunk, raw[4]))
             totals[transaction_id] = total
         if progress is not None:
             progress(done, len(names))
@@ -413,6 +424,14 @@ def restore_cluster(
     machine = MetaMachine()
     machine.restore_bytes(fields["state"])
     batches = _batches(bucket, manifest, progress)
+    roots = [AtomPointer(*r.pointer) for r in machine.state.spaces.values() if r.pointer]
+    missing = reachability.walk(_payload_reader(batches), roots, None, collect_problems=True)
+    if missing.problems:
+        raise ClusterBackupError(
+            f"{location}: {len(missing.problems)} atom(s) reachable from the backed-up roots "
+            f"are not in the backup (first: {missing.problems[0]}); nothing was restored. "
+            "Run `protobase backup verify`"
+        )
     configs = write_configs(target, nodes, base_port, int(manifest["partitions"]))
     processes = [start_node(config, target / f"node{k}.log") for k, config in enumerate(configs, 1)]
     report = ClusterRestoreReport(target, int(fields["index"]))
@@ -454,6 +473,23 @@ def restore_cluster(
     return report
 
 
+def _payload_reader(
+    batches: dict[bytes, tuple[list[bytes], list[Any] | None]],
+) -> Callable[[Sequence[AtomPointer]], list[bytes]]:
+    """`reachability.walk`'s reader over the batches of a backup."""
+
+    def read_payloads(pointers: Sequence[AtomPointer]) -> list[bytes]:
+        found = []
+        for pointer in pointers:
+            batch = batches.get(pointer.transaction_id)
+            if batch is None or not 0 <= pointer.index < len(batch[0]):
+                raise AtomNotFoundError(f"no atom at {pointer} in the backup")
+            found.append(unframe_atom(batch[0][pointer.index]))
+        return found
+
+    return read_payloads
+
+
 # -- verify ---------------------------------------------------------------------------
 
 
@@ -490,15 +526,7 @@ def verify_cluster(
                 f"partition group {group}: entries reach {through}, the backup needs {target}"
             )
 
-    def read_payloads(pointers: Sequence[AtomPointer]) -> list[bytes]:
-        found = []
-        for pointer in pointers:
-            batch = batches.get(pointer.transaction_id)
-            if batch is None or not 0 <= pointer.index < len(batch[0]):
-                raise AtomNotFoundError(f"no atom at {pointer} in the backup")
-            found.append(unframe_atom(batch[0][pointer.index]))
-        return found
-
+    read_payloads = _payload_reader(batches)
     for name, _ in manifest["objects"]:
         if _meta_index(name) is None:
             continue

@@ -47,16 +47,18 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
+import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protobase.errors import CorruptionError
 from protobase.s3 import Bucket, ObjectMissing, PreconditionFailed, S3Location
 from protobase.storage.cloud import decode_framed, encode_framed
 
@@ -70,14 +72,19 @@ META_MAGIC = b"PBMSN\x00\x01\x00"
 FETCHED_OBJECTS = 16
 """Decoded entry objects a node keeps in memory for reads of evicted entries."""
 LIST_EVERY = 4
+RELIST_SECONDS = 2.0
+"""At most one listing of a group's whole prefix this often, for reads of entries not found."""
+FULL_ENTRIES = 256
+"""Entries waiting that make an upload due before `upload_interval` has passed."""
+OWNER_NAME = "cluster.json"
 """Rounds between listings of the prefix (a leader tracks its own uploads)."""
 STALLED_INTERVALS = 5
 """Upload intervals without progress after which a replica that is not the
 leader uploads too (two rounds pass between listings: 4 rounds of half an interval)."""
 
 
-class ColdTierError(Exception):
-    """An object of the cold tier is missing, damaged, or not ours."""
+class ColdTierError(CorruptionError):
+    """An object of the cold tier is missing, damaged, or not this cluster's."""
 
 
 def entries_key(group: int, first: int, last: int) -> str:
@@ -138,22 +145,34 @@ def coverage(ranges: list[tuple[int, int]]) -> int:
 
 @dataclass
 class GroupTier:
-    """What the tier knows of one group here."""
+    """What the tier knows of one group here (guarded by `ColdTier._lock`)."""
 
     objects: list[tuple[int, int]] = field(default_factory=list)
+    """(first, last) of every entries object known, sorted."""
+    known: set[tuple[int, int]] = field(default_factory=set)
     uploaded_through: int = 0
     progress_at: float = field(default_factory=time.monotonic)
     """When `uploaded_through` last moved (or was first learned)."""
     waiting_since: float | None = None
     """When entries first waited here to be uploaded."""
+    listed_at: float = 0.0
+    """When the whole prefix was last listed for a read."""
 
-    def add(self, first: int, last: int) -> None:
-        if (first, last) not in self.objects:
-            bisect.insort(self.objects, (first, last))
+    def add(self, ranges: Iterable[tuple[int, int]]) -> None:
+        new = set(ranges) - self.known
+        if not new:
+            return
+        self.known |= new
+        self.objects = sorted(self.known)
         through = coverage(self.objects)
         if through != self.uploaded_through:
             self.uploaded_through = through
             self.progress_at = time.monotonic()
+
+    def listing_start(self) -> tuple[int, int] | None:
+        """The object whose end is `uploaded_through`: a listing for progress starts after it."""
+        ends = [r for r in self.objects if r[1] == self.uploaded_through]
+        return max(ends) if ends else None
 
     def find(self, index: int) -> tuple[int, int] | None:
         at = bisect.bisect_right(self.objects, (index, 2**63)) - 1
@@ -185,8 +204,14 @@ class ColdTier:
         meta_snapshot: Callable[[], tuple[int, bytes] | None],
         log_dir: Path,
         is_leader: Callable[[int], bool],
+        cluster_name: str,
     ) -> None:
         self.settings = settings
+        self.cluster_name = cluster_name
+        self.refused: str | None = None
+        """Why this node leaves the prefix alone (another cluster's), when it does."""
+        self._lock = threading.Lock()
+        """Guards `groups` and `_fetched`: reads of evicted entries run in threads."""
         self.location = S3Location(settings.bucket, settings.prefix)
         self.bucket = Bucket.open(self.location, settings.endpoint, timeout=5.0, attempts=2)
         self.raft = raft
@@ -232,24 +257,79 @@ class ColdTier:
             await asyncio.sleep(pause)
 
     async def round(self) -> None:
-        """One pass: learn progress, upload what is due, mark what may be evicted."""
-        if self._rounds % LIST_EVERY == 0:
-            for group in self.groups:
-                await self._list(group)
+        """One pass: learn progress, upload what is due, mark what may be evicted.
+
+        A failure in one group is counted and does not keep the others,
+        the meta state or eviction from their turn.
+        """
+        if self._rounds == 0:
+            await self._claim_prefix()
+        if self.refused is not None:
+            return
+        listing = self._rounds % LIST_EVERY == 0
         self._rounds += 1
         for group in self.groups:
-            await self._upload_due(group)
-        await self._upload_meta_due()
+            await self._guarded(self._group_round(group, listing))
+        await self._guarded(self._upload_meta_due())
         self._mark_evictable()
 
-    async def _list(self, group: int) -> None:
+    async def _guarded(self, work: Any) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # counted, shown in /status.json, retried next round
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("cold tier: %s (will retry)", self.last_error)
+
+    async def _group_round(self, group: int, listing: bool) -> None:
+        if listing:
+            await self._list(group)
+        await self._upload_due(group)
+
+    async def _claim_prefix(self) -> None:
+        """Write (or check) the prefix's owner marker: a prefix belongs to one cluster.
+
+        A restored or new cluster pointed at another cluster's prefix would
+        otherwise take that cluster's objects for its own uploads.
+        """
+        key = self.bucket.key(OWNER_NAME)
+        mine = json.dumps({"cluster": self.cluster_name}).encode()
+
+        def claim() -> bytes:
+            try:
+                self.bucket.put(key, mine, if_none_match=True)
+            except PreconditionFailed:
+                return self.bucket.get(key)
+            return mine
+
+        found = await asyncio.to_thread(claim)
+        try:
+            owner = json.loads(found).get("cluster")
+        except (ValueError, AttributeError):
+            owner = None
+        if owner != self.cluster_name:
+            self.refused = (
+                f"{self.location} belongs to cluster {owner!r}, not {self.cluster_name!r}; "
+                "give this cluster an [s3] prefix of its own (nothing is uploaded or evicted)"
+            )
+            self.last_error = self.refused
+            log.error("cold tier: %s", self.refused)
+
+    async def _list(self, group: int, everything: bool = False) -> None:
         prefix = self.bucket.key(f"partitions/group-{group:04d}/")
-        listed = await asyncio.to_thread(lambda: list(self.bucket.list_objects(prefix)))
-        tier = self.groups[group]
-        for key, _ in listed:
-            found = parse_entries_key(key.rsplit("/", 1)[-1])
-            if found is not None:
-                tier.add(*found)
+        with self._lock:
+            start = None if everything else self.groups[group].listing_start()
+        after = None if start is None else self.bucket.key(entries_key(group, *start))
+        listed = await asyncio.to_thread(lambda: list(self.bucket.list_objects(prefix, after)))
+        ranges = [
+            found
+            for key, _ in listed
+            if (found := parse_entries_key(key.rsplit("/", 1)[-1])) is not None
+        ]
+        with self._lock:
+            self.groups[group].add(ranges)
 
     def _applied(self, group: int) -> int:
         return int(self.raft.status(group)["applied"])
@@ -267,6 +347,8 @@ class ColdTier:
         interval = self.settings.upload_interval
         if not self.is_leader(group) and now - tier.progress_at < STALLED_INTERVALS * interval:
             return
+        if now - waiting_since < interval and applied - tier.uploaded_through < FULL_ENTRIES:
+            return  # not due yet: do not read the log for nothing
         while tier.uploaded_through < applied:
             first = tier.uploaded_through + 1
             try:
@@ -285,13 +367,35 @@ class ColdTier:
             await asyncio.to_thread(self._put_idempotent, key, body)
             self.uploads["entries"] += 1
             self.uploaded_bytes += len(body)
-            tier.add(first, last)
+            with self._lock:
+                tier.add([(first, last)])
             tier.waiting_since = time.monotonic() if last < applied else None
 
-    def _put_idempotent(self, key: str, body: bytes) -> None:
-        # PreconditionFailed: the same range, uploaded by another replica or an earlier try.
-        with contextlib.suppress(PreconditionFailed):
+    def _put_meta(self, key: str, body: bytes, state: bytes) -> None:
+        """Write the meta state at an index; one already there must hold the same state
+        (its upload time may differ: an earlier upload of the same index)."""
+        try:
             self.bucket.put(key, body, if_none_match=True)
+        except PreconditionFailed:
+            where = f"s3://{self.bucket.name}/{key}"
+            existing = unframe(self.bucket.get(key), META_MAGIC, where)
+            if type(existing) is not dict or existing.get("state") != state:
+                raise ColdTierError(
+                    f"{where} holds another meta state at this index; is another cluster "
+                    "using this prefix?"
+                ) from None
+
+    def _put_idempotent(self, key: str, body: bytes) -> None:
+        """Write an object that has the same contents whoever writes it."""
+        try:
+            self.bucket.put(key, body, if_none_match=True)
+        except PreconditionFailed:
+            # Another replica, or an earlier try, wrote this range: it must be these bytes.
+            if self.bucket.get(key) != body:
+                raise ColdTierError(
+                    f"s3://{self.bucket.name}/{key} exists with other contents than this "
+                    "node's committed entries; is another cluster using this prefix?"
+                ) from None
 
     async def _upload_meta_due(self) -> None:
         if time.monotonic() - self._meta_uploaded_at < self.settings.meta_snapshot_interval:
@@ -315,7 +419,7 @@ class ColdTier:
 
     async def _upload_meta(self, index: int, state: bytes) -> None:
         body = frame({"index": index, "time": time.time(), "state": state}, META_MAGIC)
-        await asyncio.to_thread(self._put_idempotent, self.bucket.key(meta_key(index)), body)
+        await asyncio.to_thread(self._put_meta, self.bucket.key(meta_key(index)), body, state)
         self.uploads["meta"] += 1
         self.uploaded_bytes += len(body)
         self.meta_uploaded_index = max(self.meta_uploaded_index, index)
@@ -340,40 +444,49 @@ class ColdTier:
     # -- reads of evicted entries ----------------------------------------------------
 
     def fetch_entry(self, group: int, index: int) -> bytes | None:
-        """The data of committed entry `index` of `group`, read from S3 (blocking).
+        """The data of committed entry `index` of `group`, read from S3 (blocking; any thread).
 
         Returns None when no uploaded object holds it yet.
 
         Raises:
-            ColdTierError: the object holding it is damaged.
+            ColdTierError: the object holding it is damaged or gone.
             S3Unavailable: S3 did not answer.
         """
-        tier = self.groups[group]
-        found = tier.find(index)
-        if found is None:
-            prefix = self.bucket.key(f"partitions/group-{group:04d}/")
-            for key, _ in self.bucket.list_objects(prefix):
-                parsed = parse_entries_key(key.rsplit("/", 1)[-1])
-                if parsed is not None:
-                    tier.add(*parsed)
+        with self._lock:
+            tier = self.groups[group]
             found = tier.find(index)
-            if found is None:
-                return None
-        cached = self._fetched.get((group, *found))
-        if cached is None:
-            key = self.bucket.key(entries_key(group, *found))
-            try:
-                data = self.bucket.get(key)
-            except ObjectMissing as exc:
-                raise ColdTierError(f"s3://{self.bucket.name}/{key} is listed but gone") from exc
+            relist = found is None and time.monotonic() - tier.listed_at > RELIST_SECONDS
+            if relist:
+                tier.listed_at = time.monotonic()
+        if found is None and relist:
+            prefix = self.bucket.key(f"partitions/group-{group:04d}/")
+            ranges = [
+                parsed
+                for key, _ in self.bucket.list_objects(prefix)
+                if (parsed := parse_entries_key(key.rsplit("/", 1)[-1])) is not None
+            ]
+            with self._lock:
+                tier.add(ranges)
+                found = tier.find(index)
+        if found is None:
+            return None
+        with self._lock:
+            cached = self._fetched.get((group, *found))
+            if cached is not None:
+                self._fetched.move_to_end((group, *found))
+                return cached[index][1]
+        key = self.bucket.key(entries_key(group, *found))
+        try:
+            data = self.bucket.get(key)
+        except ObjectMissing as exc:
+            raise ColdTierError(f"s3://{self.bucket.name}/{key} is listed but gone") from exc
+        decoded = decode_entries(data, f"s3://{self.bucket.name}/{key}", *found)
+        with self._lock:
             self.fetches += 1
-            cached = decode_entries(data, f"s3://{self.bucket.name}/{key}", *found)
-            self._fetched[(group, *found)] = cached
+            self._fetched[(group, *found)] = decoded
             while len(self._fetched) > FETCHED_OBJECTS:
                 self._fetched.popitem(last=False)
-        else:
-            self._fetched.move_to_end((group, *found))
-        return cached[index][1]
+        return decoded[index][1]
 
     # -- status ----------------------------------------------------------------------
 
@@ -402,4 +515,5 @@ class ColdTier:
             "failures": self.failures,
             "last_error": self.last_error,
             "meta_uploaded_index": self.meta_uploaded_index,
+            "refused": self.refused,
         }

@@ -47,6 +47,7 @@ from protobase.committer import SpaceChange
 from protobase.errors import (
     AtomNotFoundError,
     CommitOutcomeUnknown,
+    CorruptionError,
     RootConflict,
     StorageError,
 )
@@ -59,7 +60,7 @@ from .config import ConfigError, NodeSettings
 from .failpoints import Failpoints, failing_sync
 from .meta import ClusterMap, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
-from .partition_store import EntryEvicted, PartitionMachine, chunks
+from .partition_store import EntryEvicted, PartitionEntryError, PartitionMachine, chunks
 from .partitions import META_GROUP, group_of_partition, partition_for, placement
 from .raft.errors import NotLeader, ProposalDropped
 from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
@@ -151,6 +152,7 @@ class ClusterNode:
                 self._meta_snapshot,
                 config.data_dir,
                 self.is_leader,
+                settings.cluster,
             )
         self.metrics = NodeMetrics(
             lambda: self.status()["groups"],
@@ -193,7 +195,13 @@ class ClusterNode:
                             "this node and not in S3 yet; retry"
                         ) from evicted
                     return None
-                machine.remember(evicted.log_index, data)
+                try:
+                    machine.remember(evicted.log_index, data, check=True)
+                except PartitionEntryError as exc:
+                    raise CorruptionError(
+                        f"partition group {group}: entry {evicted.log_index} in the cold tier "
+                        f"({self.cold.location}) is not this cluster's: {exc}"
+                    ) from exc
         raise StorageError(f"partition group {group}: a read kept finding evicted entries")
 
     async def start(self) -> None:

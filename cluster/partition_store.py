@@ -207,9 +207,25 @@ class PartitionMachine(BytesSnapshots):
             raise EntryEvicted(log_index) from exc
         return self.remember(log_index, data)
 
-    def remember(self, log_index: int, data: bytes) -> list[bytes]:
-        """Keep the decoded atoms of entry `log_index` (read from the log or from S3)."""
-        atoms = parse_entry(data)[2]
+    def remember(self, log_index: int, data: bytes, check: bool = False) -> list[bytes]:
+        """Keep the decoded atoms of entry `log_index` (read from the log or from S3).
+
+        With `check` (data that came from elsewhere than this node's log), the
+        entry must be the chunk this machine indexed at `log_index`.
+
+        Raises:
+            PartitionEntryError: the entry is malformed, or (checked) not that chunk.
+        """
+        transaction_id, first, atoms, _ = parse_entry(data)
+        if check:
+            batch = self.batches.get(transaction_id)
+            if batch is None or not any(
+                c.log_index == log_index and c.first == first and c.count == len(atoms)
+                for c in batch.chunks
+            ):
+                raise PartitionEntryError(
+                    f"entry {log_index} read back is not the chunk this partition indexed there"
+                )
         self._decoded[log_index] = atoms
         if len(self._decoded) > DECODED_CACHE_ENTRIES:
             self._decoded.popitem(last=False)

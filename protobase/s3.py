@@ -42,7 +42,12 @@ class ObjectMissing(StorageError):
 
 
 class PreconditionFailed(StorageError):
-    """A conditional write lost: the object exists, or changed since it was read."""
+    """A conditional write lost: the object exists, or changed since it was read
+    (or a concurrent conditional write to the same key won the race)."""
+
+
+class ShortObject(StorageError):
+    """An object is shorter than the byte range asked of it: not what ProtoBase wrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +178,7 @@ class Bucket:
             answer = self.client.get_object(**arguments)
             data: bytes = answer["Body"].read()
         if end is not None and len(data) != end - (start or 0):
-            raise S3Unavailable(
+            raise ShortObject(
                 f"{self._where(key)}: asked for bytes {start or 0}-{end - 1}, got {len(data)} "
                 "bytes; the object is shorter than ProtoBase wrote it"
             )
@@ -188,11 +193,17 @@ class Bucket:
             return None
         return int(answer["ContentLength"])
 
-    def list_objects(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """``(key, size)`` of every object whose key starts with `prefix`, in key order."""
+    def list_objects(
+        self, prefix: str, start_after: str | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """``(key, size)`` of every object whose key starts with `prefix`, in key order
+        (only keys after `start_after`, when given)."""
         paginator = self.client.get_paginator("list_objects_v2")
+        arguments: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+        if start_after is not None:
+            arguments["StartAfter"] = start_after
         with self._translated("LIST", prefix):
-            for page in paginator.paginate(Bucket=self.name, Prefix=prefix):
+            for page in paginator.paginate(**arguments):
                 for item in page.get("Contents", ()):
                     yield str(item["Key"]), int(item["Size"])
 
@@ -233,6 +244,13 @@ class Bucket:
     def download_file(self, key: str, path: str | os.PathLike[str]) -> None:
         with self._translated("download", key):
             self.client.download_file(self.name, key, os.fspath(path))
+
+    def copy_from(self, source: Bucket, source_key: str, key: str) -> None:
+        """Copy an object of `source` (same endpoint) to `key`, inside S3."""
+        with self._translated("COPY", key):
+            self.client.copy_object(
+                Bucket=self.name, Key=key, CopySource={"Bucket": source.name, "Key": source_key}
+            )
 
     def delete(self, keys: Iterable[str]) -> None:
         """Delete objects (1,000 per request); a key that is already gone is no error."""
@@ -293,6 +311,7 @@ class _Translate:
     ) -> None:
         if exc is None or isinstance(exc, StorageError):
             return
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         where = self.bucket._where(self.key)
@@ -306,7 +325,7 @@ class _Translate:
                 ) from exc
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissing(f"{where}: no such object ({code})") from exc
-            if code in ("PreconditionFailed", "412") or status == 412:
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status == 412:
                 raise PreconditionFailed(
                     f"{where}: conditional {self.operation} lost (the object exists or "
                     "changed since it was read)"
@@ -314,7 +333,7 @@ class _Translate:
             raise S3Unavailable(
                 f"{where}: {self.operation} failed: {code}: {error.get('Message', exc)}"
             ) from exc
-        if isinstance(exc, BotoCoreError | OSError):
+        if isinstance(exc, BotoCoreError | Boto3Error | OSError):
             raise S3Unavailable(
                 f"{where}: {self.operation} failed, S3 did not answer: {exc}; check that "
                 "the endpoint is up and reachable"

@@ -66,6 +66,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,7 +78,14 @@ import xxhash
 
 from ..atoms import AtomPointer
 from ..errors import CorruptionError, StorageError
-from ..s3 import Bucket, ObjectMissing, PreconditionFailed, S3Location, S3Unavailable
+from ..s3 import (
+    Bucket,
+    ObjectMissing,
+    PreconditionFailed,
+    S3Location,
+    S3Unavailable,
+    ShortObject,
+)
 from . import wal
 from .checkpoint import pack_records, unpack_records
 from .records import RecordLog, placed
@@ -93,6 +101,8 @@ TAIL_LIMIT = 256
 RUN_RATIO = 4
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_COMMIT_TIMEOUT = 30.0
+DATA_PUTS_IN_FLIGHT = 3
+"""Groups whose data objects are written at once; manifests still go one at a time."""
 FETCH_GAP = 1024 * 1024
 """Records of one object closer than this are fetched with one range read."""
 
@@ -101,12 +111,14 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class _Group:
-    """Records appended since the last flush started: the next data object."""
+    """Records appended since the last group was sealed: the next data object."""
 
     number: int
     buffer: bytearray = field(default_factory=bytearray)
     records: list[wal.RecordInfo] = field(default_factory=list)
     ticket: int = 0
+    uploaded: bool = False
+    """Its data object is written (the manifest may not name it yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +166,19 @@ class CloudFileStorage(RecordLog):
         self._failed: BaseException | None = None
         self._durable = 0
         self._open_group: _Group | None = None
+        self._sealed: deque[_Group] = deque()
+        """Groups whose data object is being or was written, oldest first; the
+        manifest names them in this order."""
         self._unflushed: dict[int, bytearray] = {}
         self._tail: list[wal.RecordInfo] = []
         self._runs: list[_Run] = []
-        self._reading = 0
+        self._read_generation = 0
+        self._readers: dict[int, int] = {}
+        """Reads in progress, by the index generation they resolved pointers in."""
         self._pack_lock = threading.Lock()
+        """Held by the flusher from its manifest change to marking the group
+        durable, and by pack's switch: each sees the other's work whole."""
+        self._packing = threading.Lock()
         self.requests = {"GET": 0, "PUT": 0}
         """S3 requests this storage made, by kind (for tests and benchmarks)."""
         self._cache = RecordCache(cache_dir, cache_bytes)
@@ -168,6 +188,9 @@ class CloudFileStorage(RecordLog):
             self._cache.close()
             raise
         self._fetcher = ThreadPoolExecutor(8, thread_name_prefix="protobase-s3-read")
+        self._uploader = ThreadPoolExecutor(
+            DATA_PUTS_IN_FLIGHT, thread_name_prefix="protobase-s3-put"
+        )
         self._flusher = threading.Thread(
             target=self._flush_loop, name="protobase-s3-flush", daemon=True
         )
@@ -255,6 +278,8 @@ class CloudFileStorage(RecordLog):
         return str(self.location)
 
     def _append(self, record_bytes: bytes) -> wal.RecordInfo:
+        if self._closing:
+            raise StorageError(f"storage {self.location} is closing; nothing was appended")
         group = self._open_group
         if group is None:
             group = self._open_group = _Group(self._next_object)
@@ -264,8 +289,37 @@ class CloudFileStorage(RecordLog):
         group.buffer += record_bytes
         group.records.append(record)
         group.ticket = self._appended + 1
-        self._work.notify_all()
+        self._seal_if_free()
         return record
+
+    def _seal_if_free(self) -> None:
+        """Start writing the open group's data object when a slot is free (mutex held).
+
+        Under load every slot is busy, so commits gather in the open group
+        and share its PUT; alone, a commit's group is written at once.
+        """
+        uploading = sum(1 for g in self._sealed if not g.uploaded)
+        if self._open_group is None or uploading >= DATA_PUTS_IN_FLIGHT or self._failed:
+            return
+        group, self._open_group = self._open_group, None
+        self._sealed.append(group)
+        self._uploader.submit(self._upload_group, group)
+
+    def _upload_group(self, group: _Group) -> None:
+        """Write a sealed group's data object (an uploader thread)."""
+        key = self._bucket.key(_object_name("data", group.number, self._epochs))
+        try:
+            deadline = time.monotonic() + self._commit_timeout
+            self._retrying(deadline, lambda: self._put_once(key, bytes(group.buffer)))
+        except BaseException as exc:
+            with self._mutex:
+                self._failed = self._failed or exc
+                self._work.notify_all()
+            return
+        with self._mutex:
+            group.uploaded = True
+            self._seal_if_free()
+            self._work.notify_all()
 
     def _wait_durable(self, ticket: int) -> None:
         while self._durable < ticket:
@@ -278,13 +332,8 @@ class CloudFileStorage(RecordLog):
             return _slots_in_memory(buffer, record, slots)
         found = self._cache.read_slots(record, slots)
         if found is None:
-            self._fetch([record])
-            found = self._cache.read_slots(record, slots)
-        if found is None:
-            raise StorageError(
-                f"{self.location}: record of {record.transaction_id.hex()} "
-                "was evicted from the cache as soon as it was read; "
-                "give the cache a larger budget"
+            found = _slots_in_bytes(
+                self._fetch([record])[(record.segment, record.offset)], record, slots
             )
         return found
 
@@ -294,10 +343,7 @@ class CloudFileStorage(RecordLog):
             return bytes(buffer[record.offset : record.offset + record.size])
         data = self._cache.read_record(record)
         if data is None:
-            self._fetch([record])
-            data = self._cache.read_record(record)
-        if data is None:
-            raise StorageError(f"{self.location}: the read cache is too small for one record")
+            data = self._fetch([record])[(record.segment, record.offset)]
         return data
 
     # -- reads -------------------------------------------------------------------
@@ -316,34 +362,34 @@ class CloudFileStorage(RecordLog):
                     remote.append((position, record, slot))
             if not remote:
                 return found  # type: ignore[return-value]
-            self._reading += 1
+            generation = self._read_generation
+            self._readers[generation] = self._readers.get(generation, 0) + 1
         try:
-            for _ in range(3):
-                missing = [r for _, r, _ in remote if not self._cache.has(r)]
-                if missing:
-                    self._fetch(missing)
-                left = []
-                for position, record, slot in remote:
-                    atom = self._cache.read_slots(record, [slot])
-                    if atom is None:
-                        left.append((position, record, slot))
-                    else:
-                        found[position] = atom[0]
-                if not left:
-                    return found  # type: ignore[return-value]
-                remote = left
-            raise StorageError(
-                f"{self.location}: the read cache ({self._cache.budget} bytes) is too small "
-                f"for one read of {len(pointers)} atoms; give it a larger cache_bytes"
-            )
+            missing = [r for _, r, _ in remote if not self._cache.has(r)]
+            fetched = self._fetch(missing) if missing else {}
+            for position, record, slot in remote:
+                atoms = self._cache.read_slots(record, [slot])
+                if atoms is None:  # evicted by a concurrent read: use the bytes fetched
+                    data = fetched.get((record.segment, record.offset))
+                    if data is None:
+                        data = self._fetch([record])[(record.segment, record.offset)]
+                    atoms = _slots_in_bytes(data, record, [slot])
+                found[position] = atoms[0]
+            return found  # type: ignore[return-value]
         finally:
             with self._mutex:
-                self._reading -= 1
-                if self._reading == 0:
+                self._readers[generation] -= 1
+                if not self._readers[generation]:
+                    del self._readers[generation]
                     self._work.notify_all()
 
-    def _fetch(self, records: Iterable[wal.RecordInfo]) -> None:
-        """Read records from S3 with byte ranges, verify them, and put them in the cache."""
+    def _fetch(self, records: Iterable[wal.RecordInfo]) -> dict[tuple[int, int], bytes]:
+        """Read records from S3 with byte ranges, verify them, and put them in the cache.
+
+        Returns:
+            (object number, offset) -> the bytes of each record, whether or not
+            the cache kept it.
+        """
         by_object: dict[int, list[wal.RecordInfo]] = {}
         for record in records:
             by_object.setdefault(record.segment, []).append(record)
@@ -358,13 +404,17 @@ class CloudFileStorage(RecordLog):
                     spans.append((number, current))
                     current = [record]
             spans.append((number, current))
+        fetched: dict[tuple[int, int], bytes] = {}
         if len(spans) == 1:
-            self._fetch_span(*spans[0])
+            fetched.update(self._fetch_span(*spans[0]))
         else:
             for done in [self._fetcher.submit(self._fetch_span, n, rs) for n, rs in spans]:
-                done.result()
+                fetched.update(done.result())
+        return fetched
 
-    def _fetch_span(self, number: int, records: list[wal.RecordInfo]) -> None:
+    def _fetch_span(
+        self, number: int, records: list[wal.RecordInfo]
+    ) -> dict[tuple[int, int], bytes]:
         key = self._bucket.key(_object_name("data", number, self._epochs))
         start = records[0].offset
         end = records[-1].offset + records[-1].size
@@ -376,10 +426,9 @@ class CloudFileStorage(RecordLog):
                 f"s3://{self._bucket.name}/{key}: data object is missing, but the manifest "
                 "names records in it; restore the prefix from a backup"
             ) from exc
-        except S3Unavailable as exc:
-            if "shorter than" in str(exc):
-                raise CorruptionError(str(exc)) from exc
-            raise
+        except ShortObject as exc:
+            raise CorruptionError(f"{exc}; restore the prefix from a backup") from exc
+        fetched = {}
         for record in records:
             try:
                 parsed = wal.parse_record(data, record.offset - start, number)
@@ -394,42 +443,50 @@ class CloudFileStorage(RecordLog):
                     f"s3://{self._bucket.name}/{key}: offset {record.offset}: holds a record "
                     f"other than the one the index names ({record.transaction_id.hex()})"
                 )
-        self._cache.add(number, start, data, records)
+            at = record.offset - start
+            fetched[(number, record.offset)] = data[at : at + record.size]
+            self._cache.add(number, record.offset, fetched[(number, record.offset)], [record])
+        return fetched
 
     # -- group commit ----------------------------------------------------------------
 
     def _flush_loop(self) -> None:
+        """The manifest stage: name uploaded groups, in order, then acknowledge them."""
         while True:
             with self._mutex:
-                while self._open_group is None and not self._closing:
+                while self._failed is None and not (self._sealed and self._sealed[0].uploaded):
+                    if self._closing and not self._sealed and self._open_group is None:
+                        return
                     self._work.wait()
-                group = self._open_group
-                if group is None:
+                if self._failed is not None:
                     return
-                self._open_group = None
+                groups = []
+                while self._sealed and self._sealed[0].uploaded:
+                    groups.append(self._sealed.popleft())
             try:
-                self._write_group(group)
+                self._name_groups(groups)
             except BaseException as exc:
                 with self._mutex:
-                    self._failed = exc
+                    self._failed = self._failed or exc
                     self._work.notify_all()
                 return
-            with self._mutex:
-                self._durable = group.ticket
-                del self._unflushed[group.number]
-                self._work.notify_all()
-            self._cache.add(group.number, 0, bytes(group.buffer), group.records)
+            for group in groups:
+                self._cache.add(group.number, 0, bytes(group.buffer), group.records)
 
-    def _write_group(self, group: _Group) -> None:
-        """Write one group's data object, then the manifest that names it (flusher only)."""
+    def _name_groups(self, groups: list[_Group]) -> None:
+        """Replace the manifest with one naming `groups`, then mark them durable."""
         deadline = time.monotonic() + self._commit_timeout
-        key = self._bucket.key(_object_name("data", group.number, self._epochs))
-        self._retrying(deadline, lambda: self._put_once(key, bytes(group.buffer)))
         with self._pack_lock:
-            self._tail.extend(group.records)
+            for group in groups:
+                self._tail.extend(group.records)
             if len(self._tail) >= self._tail_limit:
                 self._retrying(deadline, self._seal_tail)
-            self._retrying(deadline, lambda: self._replace_manifest())
+            self._replace_manifest(deadline)
+            with self._mutex:
+                self._durable = groups[-1].ticket
+                for group in groups:
+                    del self._unflushed[group.number]
+                self._work.notify_all()
 
     def _retrying(self, deadline: float, action: Callable[[], Any]) -> Any:
         """Run `action`, retrying while S3 is unavailable, until `deadline`."""
@@ -508,22 +565,38 @@ class CloudFileStorage(RecordLog):
             return self._bucket.put(key, self._manifest_body(), if_none_match=True)
         return self._bucket.put(key, self._manifest_body(), if_match=etag)
 
-    def _replace_manifest(self) -> None:
-        """Replace the manifest with this writer's next one; fenced when another owns it."""
+    def _replace_manifest(self, deadline: float) -> None:
+        """Replace the manifest with this writer's next one; fenced when another owns it.
+
+        The new manifest is encoded once: a retry after a lost answer sends
+        the same bytes, and a failed condition is recognised as our own
+        earlier attempt by the writer id and sequence number it carries.
+        """
         self._sequence += 1
-        try:
-            self._etag = self._put_manifest_bytes(self._etag)
-        except PreconditionFailed as exc:
-            fields, etag = self._get_manifest()
-            if fields.get("writer") == self._writer and fields.get("sequence") == self._sequence:
-                self._etag = etag  # our write landed; its answer was lost
-                return
-            raise StorageError(
-                f"{self.location}: fenced: another CloudFileStorage (writer epoch "
-                f"{fields.get('epoch')}) opened this database after this one (epoch "
-                f"{self._epoch}); this one can no longer commit, and nothing of it was "
-                "overwritten"
-            ) from exc
+        body = self._manifest_body()
+        key = self._bucket.key(MANIFEST_NAME)
+
+        def attempt() -> None:
+            self.requests["PUT"] += 1
+            try:
+                self._etag = self._bucket.put(key, body, if_match=self._etag)
+            except PreconditionFailed as exc:
+                fields, etag = self._get_manifest()
+                mine = fields.get("writer") == self._writer
+                if mine and fields.get("sequence") == self._sequence:
+                    self._etag = etag  # our write landed; its answer was lost
+                    return
+                raise self._fenced(fields) from exc
+
+        self._retrying(deadline, attempt)
+
+    def _fenced(self, fields: dict[str, Any]) -> StorageError:
+        return StorageError(
+            f"{self.location}: fenced: another CloudFileStorage (writer epoch "
+            f"{fields.get('epoch')}) opened this database after this one (epoch "
+            f"{self._epoch}); this one can no longer commit, and nothing of it was "
+            "overwritten"
+        )
 
     # -- closing ------------------------------------------------------------------
 
@@ -538,8 +611,12 @@ class CloudFileStorage(RecordLog):
             self._closing = True
             self._work.notify_all()
         self._flusher.join()
-        with self._mutex:
+        self._uploader.shutdown(wait=True)
+        with self._packing, self._mutex:
             self._closed = True
+            self._work.notify_all()
+            while self._readers:
+                self._work.wait()
         self._fetcher.shutdown(wait=True)
         self._cache.close()
 
@@ -562,6 +639,12 @@ class CloudFileStorage(RecordLog):
         Commits go on while the rewrite runs; the switch (one index run for
         everything and a new manifest) holds the flusher for its two PUTs.
         """
+        with self._packing:
+            self._pack(reachable, keep_from_version, progress)
+
+    def _pack(
+        self, reachable: set[AtomPointer], keep_from_version: int, progress: Progress | None
+    ) -> None:
         with self._mutex:
             self._check_usable()
             while self._open_group is not None or self._durable < self._appended:
@@ -577,19 +660,26 @@ class CloudFileStorage(RecordLog):
         for record in records:
             by_object.setdefault(record.segment, []).append(record)
         for chosen in by_object.values():
-            self._fetch([r for r in chosen if not self._cache.has(r)])
+            fetched = self._fetch([r for r in chosen if not self._cache.has(r)])
             with self._mutex:
-                repacked = [self._repacked(r, reachable, keep_from_version) for r in chosen]
+                repacked = [
+                    self._repacked(r, reachable, keep_from_version, fetched) for r in chosen
+                ]
             rewritten.extend(writer.append(data) for data in repacked if data is not None)
             done += sum(r.size for r in chosen)
             if progress is not None:
                 progress(done, total)
         writer.finish()
         with self._pack_lock:
+            # The flusher is held between groups: every group is either named by the
+            # manifest and marked durable, or neither (still in _unflushed).
             with self._mutex:
                 self._check_usable()
-                later = [r for r in self._records.values() if r.segment >= cut]
-                durable = [r for r in later if r.segment not in self._unflushed]
+                durable = [
+                    r
+                    for r in self._records.values()
+                    if r.segment >= cut and r.segment not in self._unflushed
+                ]
             everything = rewritten + durable
             number = self._take_number()
             deadline = time.monotonic() + self._commit_timeout
@@ -597,16 +687,23 @@ class CloudFileStorage(RecordLog):
             old_runs, old_tail = self._runs, self._tail
             self._runs, self._tail = [_Run(number, len(everything))], []
             try:
-                self._retrying(deadline, self._replace_manifest)
+                self._replace_manifest(deadline)
             except BaseException:
                 self._runs, self._tail = old_runs, old_tail
                 raise
             with self._mutex:
-                self._reset_index(rewritten + later)
-                while self._reading:
-                    self._work.wait()
-                keep = {r.segment for r in self._records.values()}
-            self._delete_unreferenced(keep | {number}, cut)
+                # Records appended since `durable` was taken are kept too.
+                self._reset_index(
+                    rewritten + [r for r in self._records.values() if r.segment >= cut]
+                )
+                keep = {r.segment for r in self._records.values()} | {number}
+                self._read_generation += 1
+                switched = self._read_generation
+        with self._mutex:
+            # Reads that resolved pointers in the old index may still read old objects.
+            while any(generation < switched for generation in self._readers):
+                self._work.wait()
+        self._delete_unreferenced(keep, cut)
 
     def _delete_unreferenced(self, keep: set[int], below: int) -> None:
         """Delete data objects and runs numbered below `below` that `keep` does not name.
@@ -727,7 +824,12 @@ class RecordCache:
             return (record.segment, record.offset) in self._where
 
     def add(self, number: int, start: int, data: bytes, records: Iterable[wal.RecordInfo]) -> None:
-        """Cache `records`, which `data` (bytes from `start` of object `number`) holds."""
+        """Cache `records`, which `data` (bytes from `start` of object `number`) holds.
+
+        Data over half the budget is not kept (the budget is a bound).
+        """
+        if len(data) > self.budget // 2:
+            return
         with self._lock:
             generation, fd = self._files[-1]
             if self._sizes[generation] + len(data) > self.budget // 2 and self._sizes[generation]:
@@ -809,6 +911,11 @@ def _slots_in_memory(
 ) -> list[bytes]:
     """Atoms of a record in a group not yet written (`buffer` is its data object)."""
     return _slots_from(lambda at, n: bytes(buffer[at : at + n]), record, record.offset, slots)
+
+
+def _slots_in_bytes(data: bytes, record: wal.RecordInfo, slots: Sequence[int]) -> list[bytes]:
+    """Atoms of a record whose bytes (from its header on) are `data`."""
+    return _slots_from(lambda at, n: data[at : at + n], record, 0, slots)
 
 
 def _pwrite_all(fd: int, data: bytes, position: int) -> None:

@@ -71,8 +71,9 @@ class RecordLog:
             raise StorageError(f"storage {self._describe()} is closed")
         if self._failed is not None:
             raise StorageError(
-                f"storage {self._describe()} stopped: {self._failed}; what was not "
-                "acknowledged before it was not stored. Reopen it to recover"
+                f"storage {self._describe()} stopped: {self._failed}; reopen it to recover "
+                "(commits that were waiting when it stopped may or may not be stored: "
+                "reopening tells)"
             ) from self._failed
 
     def _append(self, record_bytes: bytes) -> wal.RecordInfo:
@@ -192,10 +193,11 @@ class RecordLog:
             record_id = transaction_id
             if transaction_id in self._records:
                 record_id = root_change_id(transaction_id)
-            self._unrooted.discard(transaction_id)
         ref, wait_durable = self.commit_pipelined(
             CommitBatch(record_id, []), expected_root_version, new_root
         )
+        with self._mutex:  # only now is the batch rooted (a RootConflict leaves it unrooted)
+            self._unrooted.discard(transaction_id)
         wait_durable()
         return ref
 
@@ -304,18 +306,28 @@ class RecordLog:
     # -- pack -----------------------------------------------------------------------
 
     def _repacked(
-        self, record: wal.RecordInfo, reachable: set[AtomPointer], keep_from_version: int
+        self,
+        record: wal.RecordInfo,
+        reachable: set[AtomPointer],
+        keep_from_version: int,
+        fetched: dict[tuple[int, int], bytes] | None = None,
     ) -> bytes | None:
         """What pack writes for `record`: all of it, its reachable atoms, or nothing (None).
 
-        Commits from `keep_from_version` on, and batches no root named yet,
-        stay whole; of the others only the atoms in `reachable` stay, as a
-        packed batch (their root leaves the history).
+        Commits from `keep_from_version` on, batches no root named yet, and
+        batches a root change from `keep_from_version` on names (it may have
+        come after the caller walked `reachable`) stay whole; of the others
+        only the atoms in `reachable` stay, as a packed batch (their root
+        leaves the history). `fetched` holds record bytes already read.
         """
+        change = self._root_change(record.transaction_id)
         if (
-            record.kind == wal.KIND_COMMIT and record.version >= keep_from_version
-        ) or record.transaction_id in self._unrooted:
-            return self._record_bytes(record)
+            (record.kind == wal.KIND_COMMIT and record.version >= keep_from_version)
+            or record.transaction_id in self._unrooted
+            or (change is not None and change.version >= keep_from_version)
+        ):
+            known = None if fetched is None else fetched.get((record.segment, record.offset))
+            return known if known is not None else self._record_bytes(record)
         indexes = record.indexes if record.indexes is not None else range(record.atom_count)
         kept = [
             (slot, index)

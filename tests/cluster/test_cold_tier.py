@@ -192,15 +192,16 @@ def test_an_s3_outage_never_blocks_commits_and_the_backlog_catches_up(
 
 def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
     cluster, bucket = tiered
+    before = cluster.status(1)["s3"]["groups"]
     write_objects(cluster, "evicted", 150, 2000)
 
-    def evicted() -> bool:
+    def evicted() -> list[str]:
         # Commits land in the partitions the meta leader leads (ClusterFileStorage
         # picks such transaction ids), so one group may hold all of them.
         groups = cluster.status(1)["s3"]["groups"]
-        return any(groups[str(g)]["keep_from"] > 1 for g in PARTITION_GROUPS)
+        return [g for g in groups if groups[g]["keep_from"] > before[g]["keep_from"]]
 
-    wait_for(evicted, 60, "node 1 to evict uploaded entries")
+    evicting = wait_for(evicted, 60, "node 1 to evict uploaded entries")
     # New snapshots compact the log up to keep_from; a few more commits bring them.
     write_objects(cluster, "evicted-more", 60, 2000)
 
@@ -212,8 +213,7 @@ def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucke
         groups = cluster.status(1)["s3"]["groups"]
         # A log over its budget keeps about one snapshot interval of entries.
         return all(
-            groups[str(g)]["log_bytes"] < max(100_000, uploaded_bytes(g) / 2)
-            for g in PARTITION_GROUPS
+            groups[g]["log_bytes"] < max(100_000, uploaded_bytes(int(g)) / 2) for g in evicting
         )
 
     wait_for(small_logs, 60, "node 1's partition logs to shrink")
@@ -386,3 +386,22 @@ def test_sigkill_during_uploads_loses_nothing(
         applied = max(cluster.status(n)["s3"]["groups"][str(group)]["applied"] for n in (1, 2, 3))
         assert coverage(uploaded_ranges(bucket, group)) >= applied
     read_objects(cluster, "killed", 60, 500, cluster.urls)
+
+
+def test_a_prefix_of_another_cluster_is_left_alone(
+    tiered: tuple[LocalCluster, Bucket], s3_server: Any, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from cluster.cold_tier import ColdTier
+    from cluster.config import S3Settings
+
+    cluster, bucket = tiered
+    owner = cluster.directory.name  # `cluster up` names a cluster after its directory
+    settings = S3Settings(bucket.name, "tier", s3_server.endpoint)
+    stranger = ColdTier(settings, None, {}, lambda: None, tmp_path, lambda g: False, "stranger")
+    asyncio.run(stranger.round())
+    assert stranger.refused is not None
+    assert f"belongs to cluster {owner!r}, not 'stranger'" in stranger.refused
+    assert stranger.status()["refused"] == stranger.refused
+    assert all(cluster.status(n)["s3"]["refused"] is None for n in (1, 2, 3))

@@ -335,3 +335,47 @@ def test_sigkill_during_group_commits_loses_nothing_acknowledged(
         assert storage.read_root().version >= len(acknowledged)
     finally:
         storage.close()
+
+
+def test_a_manifest_write_whose_answer_was_lost_is_recognised_as_ours(
+    bucket: str, tmp_path: Path
+) -> None:
+    """The PUT lands, its answer is lost, the retry's condition fails: that was our own write."""
+    from protobase.s3 import S3Unavailable
+
+    storage = open_cloud(bucket, tmp_path)
+    try:
+        commit_payload(storage, b"before")
+        real_put = storage._bucket.put
+        lost = []
+
+        def put_losing_one_answer(key: str, body: bytes, **conditions: Any) -> str:
+            etag = real_put(key, body, **conditions)
+            if key.endswith(MANIFEST_NAME) and not lost:
+                lost.append(key)
+                raise S3Unavailable(f"{key}: the connection dropped before the answer came")
+            return etag
+
+        storage._bucket.put = put_losing_one_answer  # type: ignore[method-assign]
+        batch = commit_payload(storage, b"answer lost")
+        assert lost, "the fault was never injected"
+        commit_payload(storage, b"after")
+        assert storage.read_root().version == 3
+    finally:
+        storage.close()
+    reopened = open_cloud(bucket, tmp_path, "cache-2")
+    try:
+        assert reopened.read_root().version == 3
+        assert reopened.get_atoms([batch.pointer(0)]) == [frame_atom(b"answer lost")]
+    finally:
+        reopened.close()
+
+
+def test_close_refuses_new_commits_and_never_hangs(bucket: str, tmp_path: Path) -> None:
+    storage = open_cloud(bucket, tmp_path)
+    commit_payload(storage, b"one")
+    storage.close()
+    with pytest.raises(StorageError, match="closed"):
+        commit_payload(storage, b"after close")
+    with pytest.raises(StorageError, match="closed"):
+        storage.get_atoms([])
