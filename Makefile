@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench bench-queries bench-raft bench-cluster crash sim cluster
+.PHONY: demo test lint format clean bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-cluster: $(STAMP)
 	command -v etcd >/dev/null 2>&1 || apt-get install -y etcd-server || \
 		{ apt-get update && apt-get install -y etcd-server; }
 	$(BIN)/python bench/cluster.py
+
+# CloudFileStorage, backup and restore against their own moto_server (extra test: moto[server]).
+bench-s3: $(STAMP)
+	$(BIN)/python bench/s3.py
 
 # More SIGKILL crash runs than `make test` does: make crash N=500
 N ?= 500

@@ -16,18 +16,25 @@ that only grows. The manifest (magic, xxh3-64 of the body, msgpack body)
 holds: the writer epoch and the writer's random id, a sequence number,
 ``epochs`` (for each epoch, the first object number it used: an object's
 key is found from its number), ``next_object``, ``runs`` (index runs,
-oldest first, with their entry counts) and ``tail`` (index entries of the
-records that are in no run yet).
+oldest first, with their entry counts), ``tail`` (index entries of the
+records that are in no run yet) and ``inline`` (the *open object*: number
+and bytes of the data object being filled, not yet written on its own).
 
 Invariants:
 
-- **Acknowledged means in the manifest.** Committers append records to an
-  in-memory group; one flusher thread writes the group as one data object,
-  then replaces the manifest (``IfMatch`` its ETag) with one whose tail
-  names the group's records. Only then are the group's commits
-  acknowledged: many transactions share one PUT pair (group commit). A
-  crash at any point leaves the last manifest, which names only objects
-  written before it.
+- **Acknowledged means in the manifest.** Committers append records to the
+  open object in memory; one flusher thread replaces the manifest
+  (``IfMatch`` its ETag) with one that carries the open object's bytes
+  inline and names its new records in the tail. Only then are those
+  commits acknowledged: the transactions that arrived during the previous
+  manifest write share this one PUT (group commit). Once the open object
+  passes `SEAL_BYTES`, or its records would fill the tail, it is *sealed*:
+  written as a data object first, and the manifest names it instead of
+  carrying it. A crash at any point leaves the last manifest, which names
+  only objects written before it and carries the rest.
+- **The next writer writes the open object out.** Opening a manifest that
+  carries an open object writes those bytes as a data object of the new
+  epoch and moves its records there before the takeover manifest.
 - **One writer.** Opening a prefix takes it over: the manifest is replaced
   with a new epoch and writer id. A writer whose manifest write then fails
   its condition reads the manifest, and when another writer owns it, stops
@@ -42,23 +49,24 @@ Invariants:
   log4(records / TAIL_LIMIT) of them. No data object is read to open.
 - **Reads.** A record is read from S3 with a byte range, checked against
   its checksum (`CorruptionError` naming the key and offset when it fails),
-  and kept in a bounded local disk cache (`RecordCache`); records of groups
-  not yet written are read from memory.
+  and kept in a bounded local disk cache (`RecordCache`); records of the
+  open (or sealing) object are read from memory.
 - **Failure stops everything**, as in StandaloneFileStorage: when a group
   cannot be written within `commit_timeout` (S3 down) or the writer is
   fenced, every later call raises `StorageError` until the storage is
   reopened (which reads the last manifest).
-- **Pack** rewrites every record older than the switch into new data
-  objects (keeping what is reachable), writes one index run for everything,
-  and replaces the manifest; only then does it delete the objects no
-  manifest names any more (the old data objects and runs, and the orphans
-  of fenced writers).
+- **Pack** rewrites every record of the data objects older than the open
+  object into new data objects (keeping what is reachable), writes one
+  index run for everything, and replaces the manifest; only then does it
+  delete the objects no manifest names any more (the old data objects and
+  runs, and the orphans of fenced writers).
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -66,7 +74,6 @@ import struct
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,8 +108,9 @@ TAIL_LIMIT = 256
 RUN_RATIO = 4
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_COMMIT_TIMEOUT = 30.0
-DATA_PUTS_IN_FLIGHT = 3
-"""Groups whose data objects are written at once; manifests still go one at a time."""
+SEAL_BYTES = 64 * 1024
+"""The open object's bytes travel inside the manifest until they pass this; then
+the object is written as a data object of its own (and leaves the manifest)."""
 FETCH_GAP = 1024 * 1024
 """Records of one object closer than this are fetched with one range read."""
 
@@ -111,14 +119,18 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class _Group:
-    """Records appended since the last group was sealed: the next data object."""
+    """The open object: records appended since the last seal, the next data object.
+
+    Until it is sealed its bytes travel inline in the manifest; `named`
+    records of it are in the manifest that was last written.
+    """
 
     number: int
     buffer: bytearray = field(default_factory=bytearray)
     records: list[wal.RecordInfo] = field(default_factory=list)
     ticket: int = 0
-    uploaded: bool = False
-    """Its data object is written (the manifest may not name it yet)."""
+    """`RecordLog._appended` after its last record."""
+    named: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +178,8 @@ class CloudFileStorage(RecordLog):
         self._failed: BaseException | None = None
         self._durable = 0
         self._open_group: _Group | None = None
-        self._sealed: deque[_Group] = deque()
-        """Groups whose data object is being or was written, oldest first; the
-        manifest names them in this order."""
+        self._inline: tuple[int, bytes] | None = None
+        """(number, bytes) of the open object as the next manifest carries them."""
         self._unflushed: dict[int, bytearray] = {}
         self._tail: list[wal.RecordInfo] = []
         self._runs: list[_Run] = []
@@ -188,9 +199,6 @@ class CloudFileStorage(RecordLog):
             self._cache.close()
             raise
         self._fetcher = ThreadPoolExecutor(8, thread_name_prefix="protobase-s3-read")
-        self._uploader = ThreadPoolExecutor(
-            DATA_PUTS_IN_FLIGHT, thread_name_prefix="protobase-s3-put"
-        )
         self._flusher = threading.Thread(
             target=self._flush_loop, name="protobase-s3-flush", daemon=True
         )
@@ -223,6 +231,10 @@ class CloudFileStorage(RecordLog):
             self._epochs.append((self._next_object, self._epoch))
             self._runs = [_Run(int(n), int(c)) for n, c in fields["runs"]]
             self._tail = unpack_records(fields["tail"])
+            self._inline = None
+            inline = fields.get("inline")
+            if inline is not None:
+                records = self._rehome(inline, records)
             try:
                 self._etag = self._put_manifest_bytes(etag)
             except PreconditionFailed:
@@ -235,6 +247,30 @@ class CloudFileStorage(RecordLog):
             f"{self.location}: could not take the database over: other writers kept "
             "replacing its manifest; is another process opening it in a loop?"
         )
+
+    def _rehome(self, inline: Any, records: list[wal.RecordInfo]) -> list[wal.RecordInfo]:
+        """Write the previous writer's open object as a data object of this epoch.
+
+        Its records move to the new number (same offsets) in the tail and
+        in `records`; the takeover manifest then names the data object.
+        """
+        try:
+            old, data = int(inline[0]), bytes(inline[1])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise CorruptionError(
+                f"{self.location}: manifest's inline object is malformed"
+            ) from exc
+        number = self._next_object
+        self._next_object += 1
+        key = self._bucket.key(_object_name("data", number, self._epochs))
+        deadline = time.monotonic() + self._commit_timeout
+        self._retrying(deadline, lambda: self._put_once(key, data))
+
+        def moved(record: wal.RecordInfo) -> wal.RecordInfo:
+            return dataclasses.replace(record, segment=number) if record.segment == old else record
+
+        self._tail = [moved(r) for r in self._tail]
+        return [moved(r) for r in records]
 
     def _get_manifest(self) -> tuple[dict[str, Any], str]:
         key = self._bucket.key(MANIFEST_NAME)
@@ -289,37 +325,8 @@ class CloudFileStorage(RecordLog):
         group.buffer += record_bytes
         group.records.append(record)
         group.ticket = self._appended + 1
-        self._seal_if_free()
+        self._work.notify_all()
         return record
-
-    def _seal_if_free(self) -> None:
-        """Start writing the open group's data object when a slot is free (mutex held).
-
-        Under load every slot is busy, so commits gather in the open group
-        and share its PUT; alone, a commit's group is written at once.
-        """
-        uploading = sum(1 for g in self._sealed if not g.uploaded)
-        if self._open_group is None or uploading >= DATA_PUTS_IN_FLIGHT or self._failed:
-            return
-        group, self._open_group = self._open_group, None
-        self._sealed.append(group)
-        self._uploader.submit(self._upload_group, group)
-
-    def _upload_group(self, group: _Group) -> None:
-        """Write a sealed group's data object (an uploader thread)."""
-        key = self._bucket.key(_object_name("data", group.number, self._epochs))
-        try:
-            deadline = time.monotonic() + self._commit_timeout
-            self._retrying(deadline, lambda: self._put_once(key, bytes(group.buffer)))
-        except BaseException as exc:
-            with self._mutex:
-                self._failed = self._failed or exc
-                self._work.notify_all()
-            return
-        with self._mutex:
-            group.uploaded = True
-            self._seal_if_free()
-            self._work.notify_all()
 
     def _wait_durable(self, ticket: int) -> None:
         while self._durable < ticket:
@@ -451,42 +458,80 @@ class CloudFileStorage(RecordLog):
     # -- group commit ----------------------------------------------------------------
 
     def _flush_loop(self) -> None:
-        """The manifest stage: name uploaded groups, in order, then acknowledge them."""
+        """Name what was appended in the next manifest, then acknowledge it; repeat.
+
+        Usually that is one PUT: the manifest, carrying the open object's
+        bytes inline. When the open object passes `SEAL_BYTES`, or its
+        records would fill the tail, it is sealed first: written as a data
+        object, which the manifest then names instead.
+        """
         while True:
             with self._mutex:
-                while self._failed is None and not (self._sealed and self._sealed[0].uploaded):
-                    if self._closing and not self._sealed and self._open_group is None:
+                while self._failed is None and self._durable >= self._appended:
+                    if self._closing:
                         return
                     self._work.wait()
                 if self._failed is not None:
                     return
-                groups = []
-                while self._sealed and self._sealed[0].uploaded:
-                    groups.append(self._sealed.popleft())
+                group = self._open_group
+                assert group is not None  # something was appended since the last manifest
+                seal = (
+                    len(group.buffer) >= SEAL_BYTES
+                    or len(self._tail) + len(group.records) - group.named >= self._tail_limit
+                )
+                if seal:
+                    self._open_group = None  # what comes next goes to a new object
             try:
-                self._name_groups(groups)
+                with self._pack_lock:
+                    if seal:
+                        self._seal(group)
+                    else:
+                        self._name_open()
             except BaseException as exc:
                 with self._mutex:
                     self._failed = self._failed or exc
                     self._work.notify_all()
                 return
-            for group in groups:
-                self._cache.add(group.number, 0, bytes(group.buffer), group.records)
 
-    def _name_groups(self, groups: list[_Group]) -> None:
-        """Replace the manifest with one naming `groups`, then mark them durable."""
+    def _take_open(self) -> int:
+        """Move the open object's new records into the tail, its bytes into the next
+        manifest; returns the ticket that manifest makes durable (`_pack_lock` held)."""
+        with self._mutex:
+            group = self._open_group
+            if group is None:
+                self._inline = None
+                return self._durable
+            self._tail.extend(group.records[group.named :])
+            group.named = len(group.records)
+            self._inline = (group.number, bytes(group.buffer))
+            return group.ticket
+
+    def _name_open(self) -> None:
         deadline = time.monotonic() + self._commit_timeout
-        with self._pack_lock:
-            for group in groups:
-                self._tail.extend(group.records)
-            if len(self._tail) >= self._tail_limit:
-                self._retrying(deadline, self._seal_tail)
-            self._replace_manifest(deadline)
-            with self._mutex:
-                self._durable = groups[-1].ticket
-                for group in groups:
-                    del self._unflushed[group.number]
-                self._work.notify_all()
+        ticket = self._take_open()
+        self._replace_manifest(deadline)
+        self._acknowledge(ticket)
+
+    def _seal(self, group: _Group) -> None:
+        """Write the sealed `group` as a data object, then a manifest naming it."""
+        deadline = time.monotonic() + self._commit_timeout
+        key = self._bucket.key(_object_name("data", group.number, self._epochs))
+        data = bytes(group.buffer)
+        self._retrying(deadline, lambda: self._put_once(key, data))
+        self._tail.extend(group.records[group.named :])
+        if len(self._tail) >= self._tail_limit:
+            self._retrying(deadline, self._seal_tail)
+        ticket = max(group.ticket, self._take_open())
+        self._replace_manifest(deadline)
+        self._acknowledge(ticket, sealed=group)
+        self._cache.add(group.number, 0, data, group.records)
+
+    def _acknowledge(self, ticket: int, sealed: _Group | None = None) -> None:
+        with self._mutex:
+            self._durable = max(self._durable, ticket)
+            if sealed is not None:
+                del self._unflushed[sealed.number]
+            self._work.notify_all()
 
     def _retrying(self, deadline: float, action: Callable[[], Any]) -> Any:
         """Run `action`, retrying while S3 is unavailable, until `deadline`."""
@@ -554,6 +599,7 @@ class CloudFileStorage(RecordLog):
                 "next_object": self._next_object,
                 "runs": [[run.number, run.count] for run in self._runs],
                 "tail": pack_records(self._tail),
+                "inline": None if self._inline is None else list(self._inline),
             },
             MANIFEST_MAGIC,
         )
@@ -604,14 +650,11 @@ class CloudFileStorage(RecordLog):
         with self._mutex:
             if self._closed:
                 return
-            while self._failed is None and (
-                self._open_group is not None or self._durable < self._appended
-            ):
+            while self._failed is None and self._durable < self._appended:
                 self._work.wait()
             self._closing = True
             self._work.notify_all()
         self._flusher.join()
-        self._uploader.shutdown(wait=True)
         with self._packing, self._mutex:
             self._closed = True
             self._work.notify_all()
@@ -647,11 +690,16 @@ class CloudFileStorage(RecordLog):
     ) -> None:
         with self._mutex:
             self._check_usable()
-            while self._open_group is not None or self._durable < self._appended:
+            while self._durable < self._appended:
                 self._check_usable()
                 self._work.wait()
-            cut = self._next_object
-            records = sorted(self._records.values(), key=lambda r: (r.segment, r.offset))
+            # The open object (its bytes are in the manifest) and everything after it stay.
+            group = self._open_group
+            cut = group.number if group is not None else self._next_object
+            records = sorted(
+                (r for r in self._records.values() if r.segment < cut),
+                key=lambda r: (r.segment, r.offset),
+            )
         total = sum(r.size for r in records)
         done = 0
         rewritten: list[wal.RecordInfo] = []
@@ -685,7 +733,9 @@ class CloudFileStorage(RecordLog):
             deadline = time.monotonic() + self._commit_timeout
             self._retrying(deadline, lambda: self._put_run(number, everything))
             old_runs, old_tail = self._runs, self._tail
-            self._runs, self._tail = [_Run(number, len(everything))], []
+            with self._mutex:  # the open object's named records stay in the tail
+                inline = [r for r in self._tail if r.segment in self._unflushed]
+            self._runs, self._tail = [_Run(number, len(everything))], inline
             try:
                 self._replace_manifest(deadline)
             except BaseException:
