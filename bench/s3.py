@@ -750,7 +750,7 @@ def commit_breakdown(found: dict[str, Any], threads: int) -> list[str]:
         f"CPU and the client {client_ms:.2f} ms.",
         f"Row 3 ({threads} threads) | row 3a (1 thread), per commit unless said:",
         f"- S3 requests: {both(requests)}",
-        f"- group writes (a data PUT, then the manifest's): {both(groups)}",
+        f"- groups (one manifest PUT each, plus a data PUT when the open object is sealed): {both(groups)}",
         f"- PUTs in group writes, count x mean time (mean size): {both(group_puts)}",
         "- in the committing thread, begin + set_root_object, then commit until "
         f"acknowledged: {both(in_thread)}",
