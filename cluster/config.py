@@ -205,6 +205,13 @@ def _seconds(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _object_bytes(raw: dict[str, Any]) -> int:
+    value = _int(raw, "object_bytes", 8 << 20, low=1024)
+    if value > 64 << 20:
+        raise ConfigError(f"s3.object_bytes must be at most 64 MiB, not {value}")
+    return value
+
+
 def _s3_settings(raw: Any) -> S3Settings | None:
     if raw is None:
         return None
@@ -233,7 +240,7 @@ def _s3_settings(raw: Any) -> S3Settings | None:
         prefix=prefix.strip("/"),
         endpoint=endpoint,
         upload_interval=_seconds(raw, "upload_interval", 5.0),
-        object_bytes=_int(raw, "object_bytes", 8 << 20, low=1024),
+        object_bytes=_object_bytes(raw),
         disk_budget_bytes=budget,
         meta_snapshot_interval=_seconds(raw, "meta_snapshot_interval", 30.0),
     )

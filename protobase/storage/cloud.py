@@ -221,6 +221,7 @@ class CloudFileStorage(RecordLog):
                     self._etag = self._put_manifest_bytes(None)
                 except PreconditionFailed:
                     continue  # created meanwhile by another opener: take it over
+                self._check_conditional_writes()
                 self._root = self._root_from_history()
                 return
             records = self._read_index(fields)
@@ -246,6 +247,19 @@ class CloudFileStorage(RecordLog):
         raise StorageError(
             f"{self.location}: could not take the database over: other writers kept "
             "replacing its manifest; is another process opening it in a loop?"
+        )
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse an endpoint that ignores ``IfNoneMatch``: fencing would silently not work."""
+        try:
+            self._put_manifest_bytes(None)
+        except PreconditionFailed:
+            return
+        raise StorageError(
+            f"{self.location}: the endpoint {self._bucket.endpoint} accepted a second "
+            "create-only write of the manifest: it does not enforce S3's conditional "
+            "writes, which CloudFileStorage needs to keep a second writer from "
+            "overwriting the first. Use an endpoint that does"
         )
 
     def _rehome(self, inline: Any, records: list[wal.RecordInfo]) -> list[wal.RecordInfo]:

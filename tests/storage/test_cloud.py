@@ -384,3 +384,17 @@ def test_close_refuses_new_commits_and_never_hangs(bucket: str, tmp_path: Path) 
         commit_payload(storage, b"after close")
     with pytest.raises(StorageError, match="closed"):
         storage.get_atoms([])
+
+
+def test_an_endpoint_that_ignores_conditional_writes_is_refused(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fencing rests on IfNoneMatch/IfMatch; an endpoint that drops them is refused at once."""
+    real_put = Bucket.put
+
+    def unconditional_put(self: Bucket, key: str, body: bytes, **conditions: Any) -> str:
+        return real_put(self, key, body)  # what a store without conditional writes does
+
+    monkeypatch.setattr(Bucket, "put", unconditional_put)
+    with pytest.raises(StorageError, match="does not enforce S3's conditional writes"):
+        open_cloud(bucket, tmp_path)
