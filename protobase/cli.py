@@ -248,14 +248,19 @@ def _backup_verify(args: argparse.Namespace) -> int:
         f"({report.bytes} bytes) checked; {report.databases_checked} restore(s) checked by "
         f"fsck: {report.versions_checked} versions, {report.atoms_checked} atoms"
     )
-    for note in report.notes:
+    return _verdict(report.problems, report.notes)
+
+
+def _verdict(problems: list[str], notes: Sequence[str] = ()) -> int:
+    """Print what verify found; exit status 0 when clean, 1 otherwise."""
+    for note in notes:
         print(f"NOTE: {note}")
-    for problem in report.problems:
+    for problem in problems:
         print(f"PROBLEM: {problem}")
-    if report.clean:
+    if not problems:
         print("clean")
         return 0
-    print(f"{len(report.problems)} problem(s) found; verify changed nothing")
+    print(f"{len(problems)} problem(s) found; verify changed nothing")
     return 1
 
 
@@ -271,13 +276,7 @@ def _backup_verify_cluster(args: argparse.Namespace) -> int:
         f"{report.location}: {report.backups} cluster backup(s), {report.objects_checked} "
         f"objects and {report.atoms_checked} reachable atoms checked"
     )
-    for problem in report.problems:
-        print(f"PROBLEM: {problem}")
-    if report.clean:
-        print("clean")
-        return 0
-    print(f"{len(report.problems)} problem(s) found; verify changed nothing")
-    return 1
+    return _verdict(report.problems)
 
 
 def _parse_at(text: str) -> int | dt.datetime:
