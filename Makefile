@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/protobase demo
 
-# The chaos report test renders report.html in Debian's chromium (installed when missing).
+# The chaos report test renders report.html in Debian's chromium; the ops tests run
+# promtool from Debian's prometheus package (both installed when missing).
 test: $(STAMP)
 	command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
 	$(BIN)/python -m pytest -q
 
 # A local 3-node cluster in cluster-data/ (configs, secret, token, data); Ctrl-C stops it.

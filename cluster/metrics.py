@@ -11,7 +11,13 @@ figures are read when Prometheus scrapes, so they are never stale:
 - ``protobase_http_requests_total{route,status}``;
 - ``protobase_raft_term``, ``protobase_raft_commit_index``,
   ``protobase_raft_applied_index``, ``protobase_raft_is_leader``,
-  ``protobase_raft_leader_changes_total``, per ``group``;
+  ``protobase_raft_has_leader`` (0 while the group has no leader this node
+  knows of), ``protobase_raft_follower_lag_entries`` (on the leader: the
+  entries its furthest-behind voter lacks), ``protobase_raft_leader_changes_total``,
+  per ``group``;
+- ``protobase_fsync_seconds``: the Raft log's syncs (one per group commit);
+- ``protobase_disk_free_bytes``, ``protobase_disk_size_bytes``: the file
+  system of the data directory;
 - with an ``[s3]`` cold tier: ``protobase_s3_uploads_total{kind}``
   (``entries``, ``meta``), ``protobase_s3_uploaded_bytes_total``,
   ``protobase_s3_upload_failures_total``, ``protobase_s3_fetches_total``
@@ -21,7 +27,9 @@ figures are read when Prometheus scrapes, so they are never stale:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -53,6 +61,16 @@ class _RaftCollector(Collector):
             "Leader changes this node has seen",
             labels=["group"],
         )
+        has_leader = GaugeMetricFamily(
+            "protobase_raft_has_leader",
+            "1 when this node knows a leader of the group",
+            labels=["group"],
+        )
+        lag = GaugeMetricFamily(
+            "protobase_raft_follower_lag_entries",
+            "On the leader: entries its furthest-behind voter lacks",
+            labels=["group"],
+        )
         for status in self._statuses():
             group = [status["name"]]
             term.add_metric(group, status["term"])
@@ -60,7 +78,30 @@ class _RaftCollector(Collector):
             applied.add_metric(group, status["applied"])
             leader.add_metric(group, 1 if status["role"] == "leader" else 0)
             changes.add_metric(group, status.get("leader_changes", 0))
-        yield from (term, commit, applied, leader, changes)
+            has_leader.add_metric(group, 1 if status.get("leader") else 0)
+            if status.get("follower_lag") is not None:
+                lag.add_metric(group, status["follower_lag"])
+        yield from (term, commit, applied, leader, changes, has_leader, lag)
+
+
+class _DiskCollector(Collector):
+    """The data directory's file system, read when scraped."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterator[Any]:
+        stats = os.statvfs(self._directory)
+        yield GaugeMetricFamily(
+            "protobase_disk_free_bytes",
+            "Bytes available to this node on its data directory's file system",
+            value=stats.f_bavail * stats.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "protobase_disk_size_bytes",
+            "Size of the data directory's file system",
+            value=stats.f_blocks * stats.f_frsize,
+        )
 
 
 class _ColdTierCollector(Collector):
@@ -114,6 +155,7 @@ class NodeMetrics:
         self,
         statuses: Callable[[], list[dict[str, Any]]],
         cold_status: Callable[[], dict[str, Any]] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.commits = Counter(
@@ -137,7 +179,15 @@ class NodeMetrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.fsync_seconds = Histogram(
+            "protobase_fsync_seconds",
+            "Syncs of the Raft log (each makes a group of appends durable)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+            registry=self.registry,
+        )
         self.registry.register(_RaftCollector(statuses))
+        if data_dir is not None:
+            self.registry.register(_DiskCollector(data_dir))
         if cold_status is not None:
             self.registry.register(_ColdTierCollector(cold_status))
 

@@ -157,6 +157,10 @@ class ClusterNode:
         self.metrics = NodeMetrics(
             lambda: self.status()["groups"],
             None if self.cold is None else self.cold.status,
+            settings.data_dir,
+        )
+        self.raft.store.sync = timed_sync(  # type: ignore[method-assign]
+            self.raft.store.sync, self.metrics.fsync_seconds
         )
         self._barrier_term = -1
         """The meta leader term whose read barrier has passed here."""
@@ -748,6 +752,19 @@ class ClusterNode:
             "uptime_seconds": round(time.time() - self.started, 1),
             "s3": None if self.cold is None else self.cold.status(),
         }
+
+
+def timed_sync(sync: Callable[[], None], histogram: Any) -> Callable[[], None]:
+    """`sync`, each call's duration observed in `histogram`."""
+
+    def timed() -> None:
+        started = time.perf_counter()
+        try:
+            sync()
+        finally:
+            histogram.observe(time.perf_counter() - started)
+
+    return timed
 
 
 class SharedBarrier:

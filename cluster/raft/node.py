@@ -450,7 +450,21 @@ class RaftNode:
             "last_index": raft.log.last_index(),
             "voters": sorted(raft.conf.voters),
             "learners": sorted(raft.conf.learners),
+            "follower_lag": self._follower_lag(raft),
         }
+
+    @staticmethod
+    def _follower_lag(raft: RaftGroup) -> int | None:
+        """On a leader: how many entries its furthest-behind voter lacks (None elsewhere)."""
+        if raft.role is not Role.LEADER:
+            return None
+        last = raft.log.last_index()
+        lags = [
+            last - progress.match
+            for node, progress in raft.progress.items()
+            if node != raft.id and node in raft.conf.voters
+        ]
+        return max(lags, default=0)
 
     def _timeout(self, timeout: float | None) -> float:
         return self.config.proposal_timeout if timeout is None else timeout
