@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster
+.PHONY: demo test lint format clean compose-secrets bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ test: $(STAMP)
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
+	command -v docker-compose >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose; }
 	$(BIN)/python -m pytest -q
+
+# The secrets docker-compose.yml reads (random, written once, git-ignored).
+compose-secrets: | $(BIN)/python
+	$(BIN)/python ops/compose/make_secrets.py ops/compose/secrets
 
 # A local 3-node cluster in cluster-data/ (configs, secret, token, data); Ctrl-C stops it.
 cluster: $(STAMP)
