@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hmac
 import html
-import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -260,24 +260,7 @@ class NodeAPI:
         )
 
     async def status_html(self, request: web.Request) -> web.Response:
-        status = self.node.status()
-        rows = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(g.get(k)))}</td>"
-                for k in ("name", "role", "leader", "term", "commit", "applied", "voters")
-            )
-            + "</tr>"
-            for g in status["groups"]
-        )
-        page = (
-            f"<!doctype html><title>ProtoBase node {status['node_id']}</title>"
-            f"<h1>Cluster {html.escape(status['cluster'])}, node {status['node_id']}</h1>"
-            f"<p>ready: {status['ready']}</p><table border=1><tr><th>group</th><th>role</th>"
-            f"<th>leader</th><th>term</th><th>commit</th><th>applied</th><th>voters</th></tr>"
-            f"{rows}</table><pre>{html.escape(json.dumps(status['members'], indent=1))}</pre>"
-        )
-        return web.Response(text=page, content_type="text/html")
+        return web.Response(text=status_page(self.node), content_type="text/html")
 
     # -- client API ----------------------------------------------------------------
 
@@ -410,3 +393,79 @@ class NodeAPI:
         if ref is None or ref.pointer is None:
             return _pack({"committed": False})
         return _pack({"committed": True, "version": ref.version, "root": list(ref.pointer)})
+
+
+def status_page(node: ClusterNode) -> str:
+    """`GET /status`: what a person checks first, refreshed every 5 seconds.
+
+    Members, each group's leader (by node id and URL), term, commit and
+    applied indexes and follower lag, the S3 cold tier's backlog, and the
+    latest leader changes this node saw.
+    """
+    status = node.status()
+    clients = {m["id"]: m["client"] for m in status["members"]}
+
+    def cell(value: Any) -> str:
+        return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+    def leader(group: dict[str, Any]) -> str:
+        found = group.get("leader")
+        if found is None:
+            return "no leader"
+        return f"node {found} ({clients.get(found, '?')})"
+
+    groups = "".join(
+        "<tr>"
+        + cell(g["name"])
+        + cell(leader(g))
+        + "".join(cell(g.get(k)) for k in ("role", "term", "commit", "applied", "follower_lag"))
+        + cell(", ".join(str(v) for v in g.get("voters", ())))
+        + "</tr>"
+        for g in status["groups"]
+    )
+    members = "".join(
+        "<tr>" + cell(m["id"]) + cell(m["client"]) + cell(m["peer"]) + "</tr>"
+        for m in status["members"]
+    )
+    names = {g["group"]: g["name"] for g in status["groups"]}
+    changes = "".join(
+        "<tr>"
+        + cell(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)))
+        + cell(names.get(group, group))
+        + cell(term)
+        + cell("none" if new is None else f"node {new}")
+        + "</tr>"
+        for when, group, term, new in reversed(node.raft.leader_history)
+    )
+    s3 = status.get("s3")
+    tier = (
+        "<p>No S3 cold tier is configured on this node.</p>"
+        if s3 is None
+        else (
+            f"<p id=s3>{html.escape(s3['location'])}: backlog {s3['backlog_entries']} entries, "
+            f"{s3['uploads']['entries']} uploads, {s3['failures']} failed rounds"
+            + (f", last error: {html.escape(s3['last_error'])}" if s3["last_error"] else "")
+            + "</p>"
+        )
+    )
+    return (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        "<meta http-equiv=refresh content=5>"
+        f"<title>ProtoBase {html.escape(status['cluster'])}: node {status['node_id']}</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>"
+        "</head><body>"
+        f"<h1>Cluster {html.escape(status['cluster'])}: node {status['node_id']}</h1>"
+        f"<p id=ready>{'ready' if status['ready'] else 'not ready'}; map epoch "
+        f"{status['epoch']}, {status['partitions']} partitions, up "
+        f"{status['uptime_seconds']} s</p>"
+        "<h2>Groups</h2><table id=groups border=1><tr><th>group</th><th>leader</th>"
+        "<th>role here</th><th>term</th><th>commit</th><th>applied</th>"
+        "<th>follower lag</th><th>voters</th></tr>"
+        f"{groups}</table>"
+        "<h2>Members</h2><table id=members border=1><tr><th>id</th><th>client</th>"
+        f"<th>peer</th></tr>{members}</table>"
+        f"<h2>S3 cold tier</h2>{tier}"
+        "<h2>Recent leader changes</h2><table id=changes border=1><tr><th>time (UTC)</th>"
+        f"<th>group</th><th>term</th><th>new leader</th></tr>{changes}</table>"
+        "</body></html>"
+    )

@@ -44,10 +44,12 @@ restarts until it lets them go.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,9 @@ from .types import (
 )
 
 log = logging.getLogger("protobase.raft.node")
+
+LEADER_HISTORY = 50
+"""Leader changes kept for status pages."""
 
 
 class OutcomeUnknown(RaftError):
@@ -179,6 +184,10 @@ class RaftNode:
         self.config = config
         self.id = config.node_id
         self.store = LogStore(config.data_dir, segment_bytes=config.segment_bytes)
+        self.leader_history: collections.deque[tuple[float, int, int, int | None]] = (
+            collections.deque(maxlen=LEADER_HISTORY)
+        )
+        """The latest leader changes seen here: (time, group, term, new leader or None)."""
         try:
             self.incarnation = load_incarnation(config.data_dir)
             """This data directory's incarnation (16 bytes), sent in every handshake."""
@@ -662,6 +671,7 @@ class RaftNode:
         if raft.leader != group.last_leader:
             group.last_leader = raft.leader
             group.leader_changes += 1
+            self.leader_history.append((time.time(), raft.group, raft.term, raft.leader or None))
         if raft.role is not Role.LEADER:
             # Reads waiting for a quorum that this node no longer leads fail fast.
             for context, future in list(group.reads.items()):

@@ -198,7 +198,7 @@ def test_client_routes_need_the_token_and_open_routes_do_not(cluster: LocalClust
         assert status.status == 200 and status.json()["node_id"] == node
         page = request(url + "/status")
         assert page.status == 200 and page.content_type.startswith("text/html")
-        assert b"ProtoBase node" in page.body
+        assert f"node {node}</h1>".encode() in page.body
 
 
 def test_cluster_file_storage_with_a_wrong_token_raises_authentication_error(
