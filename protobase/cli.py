@@ -128,7 +128,7 @@ def _chaos_campaign(args: argparse.Namespace) -> int:
 def _cluster_up(args: argparse.Namespace) -> int:
     from .cluster_cli import cluster_up
 
-    return cluster_up(args.dir, args.nodes, args.base_port, args.partitions)
+    return cluster_up(args.dir, args.nodes, args.base_port, args.partitions, args.with_monitoring)
 
 
 def _cluster_status(args: argparse.Namespace) -> int:
@@ -381,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--base-port", type=int, default=7100, help="node K listens on base+K")
     up.add_argument("--partitions", type=int, default=8)
+    up.add_argument(
+        "--with-monitoring",
+        action="store_true",
+        help="also run an S3 server (moto_server, port base+90) for the cold tier and "
+        "Prometheus (port base+91) scraping every node with ops/alerts.yml",
+    )
     status = cluster_commands.add_parser("status", help="members, groups, leaders, terms, lag")
     status.set_defaults(handler=_cluster_status)
     status.add_argument("url")

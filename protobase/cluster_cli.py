@@ -7,6 +7,11 @@ every node is ready, prints the URLs and a Python snippet that connects,
 and stops them all on Ctrl-C, SIGTERM or SIGHUP (each node gets SIGTERM,
 then SIGKILL after 10 s).
 A second `up` on the same DIR reuses its configs and data.
+
+`--with-monitoring` runs what docker-compose.yml runs, as local processes:
+an S3 server (moto's ``moto_server``, on BASE+90) that the nodes' ``[s3]``
+cold tier uses, and Prometheus (Debian's ``prometheus``, on BASE+91) that
+scrapes every node with the repository's ``ops/alerts.yml``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +34,30 @@ from typing import Any
 READY_TIMEOUT = 60.0
 
 
-def write_configs(directory: Path, nodes: int, base_port: int, partitions: int) -> list[Path]:
-    """The configs of an N-member local cluster in `directory` (kept if present)."""
+S3_PORT_OFFSET = 90
+PROMETHEUS_PORT_OFFSET = 91
+OPS = Path(__file__).resolve().parents[1] / "ops"
+"""The repository's ops/ folder (alert rules), next to the package in a source checkout."""
+MONITORING_ENV = {
+    "AWS_ACCESS_KEY_ID": "protobase-local",
+    "AWS_SECRET_ACCESS_KEY": "protobase-local-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+"""moto accepts any keys: the local S3 server's credentials."""
+
+
+def write_configs(
+    directory: Path,
+    nodes: int,
+    base_port: int,
+    partitions: int,
+    s3_endpoint: str | None = None,
+) -> list[Path]:
+    """The configs of an N-member local cluster in `directory` (kept if present).
+
+    With `s3_endpoint`, new configs get an ``[s3]`` table for it (bucket
+    ``protobase``, the cluster's name as prefix).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("cluster.secret", "client.token"):
         path = directory / name
@@ -53,10 +81,19 @@ def write_configs(directory: Path, nodes: int, base_port: int, partitions: int) 
                 f'peer_listen = "127.0.0.1:{base_port + 100 + k}"\n'
                 f"partitions = {partitions}\n"
                 'secret_file = "cluster.secret"\n'
-                'token_file = "client.token"\n' + members
+                'token_file = "client.token"\n' + members + s3_table(directory, s3_endpoint)
             )
         configs.append(path)
     return configs
+
+
+def s3_table(directory: Path, endpoint: str | None) -> str:
+    if endpoint is None:
+        return ""
+    return (
+        f'\n[s3]\nbucket = "protobase"\nprefix = "{directory.resolve().name}"\n'
+        f'endpoint = "{endpoint}"\nupload_interval = 2.0\n'
+    )
 
 
 def start_node(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -85,20 +122,32 @@ def wait_ready(urls: list[str], timeout: float = READY_TIMEOUT) -> None:
         time.sleep(0.1)
 
 
-def cluster_up(directory: str, nodes: int, base_port: int, partitions: int) -> int:
+def cluster_up(
+    directory: str, nodes: int, base_port: int, partitions: int, monitoring: bool = False
+) -> int:
     root = Path(directory)
-    configs = write_configs(root, nodes, base_port, partitions)
     urls = [f"http://127.0.0.1:{base_port + k}" for k in range(1, nodes + 1)]
     # SIGTERM and SIGHUP (a closed terminal) stop the nodes as Ctrl-C does:
     # they run in sessions of their own and would outlive this process.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
-    processes = [start_node(c, root / f"node{k}.log") for k, c in enumerate(configs, 1)]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        s3_endpoint = None
+        if monitoring:
+            try:
+                s3_endpoint = start_s3(root, base_port + S3_PORT_OFFSET, processes)
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"protobase cluster up: {exc}", file=sys.stderr)
+                return 2
+        configs = write_configs(root, nodes, base_port, partitions, s3_endpoint)
+        processes += [start_node(c, root / f"node{k}.log") for k, c in enumerate(configs, 1)]
         try:
             wait_ready(urls)
-        except TimeoutError as exc:
-            print(f"protobase cluster up: {exc}; see {root}/node*.log", file=sys.stderr)
+            if monitoring:
+                prometheus = start_prometheus(root, base_port, urls, processes)
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"protobase cluster up: {exc}; see {root}/*.log", file=sys.stderr)
             return 1
         token_file = (root / "client.token").resolve()
         print(f"cluster of {nodes} nodes is up:")
@@ -111,7 +160,12 @@ def cluster_up(directory: str, nodes: int, base_port: int, partitions: int) -> i
             f"token=open({str(token_file)!r}).read().strip())"
         )
         print("    space = ObjectSpace(storage)\n")
-        print("Ctrl-C stops every node.", flush=True)
+        if monitoring:
+            print(
+                f"S3 (moto_server): {s3_endpoint}   bucket protobase, prefix {root.resolve().name}"
+            )
+            print(f"Prometheus: {prometheus}   (targets: {prometheus}/targets)\n")
+        print("Ctrl-C stops every process.", flush=True)
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
         dead = [k for k, p in enumerate(processes, 1) if p.poll() is not None]
@@ -122,6 +176,90 @@ def cluster_up(directory: str, nodes: int, base_port: int, partitions: int) -> i
         return 0
     finally:
         stop_processes(processes)
+
+
+def _executable(name: str, hint: str) -> str:
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"--with-monitoring needs {name}: {hint}")
+    return found
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not answer at {url} within {READY_TIMEOUT} s")
+        time.sleep(0.1)
+
+
+def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
+    try:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        log.close()
+
+
+def start_s3(root: Path, port: int, processes: list[subprocess.Popen[bytes]]) -> str:
+    """Start moto_server on 127.0.0.1:`port` with a ``protobase`` bucket; returns its URL.
+
+    The nodes started after it get its (dummy) credentials in their environment.
+    """
+    from .s3 import Bucket, S3Location
+
+    binary = _executable("moto_server", "pip install 'moto[server]' (make test installs it)")
+    root.mkdir(parents=True, exist_ok=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    process = _spawn([binary, "-H", "127.0.0.1", "-p", str(port)], root / "s3.log")
+    processes.append(process)
+    _wait_http(endpoint + "/moto-api/", process, "moto_server", root / "s3.log")
+    os.environ.update(MONITORING_ENV)
+    Bucket.open(S3Location("protobase"), endpoint).ensure_bucket()
+    return endpoint
+
+
+def start_prometheus(
+    root: Path, base_port: int, urls: list[str], processes: list[subprocess.Popen[bytes]]
+) -> str:
+    """Start Prometheus scraping every node, with ops/alerts.yml; returns its URL."""
+    binary = _executable("prometheus", "apt-get install prometheus (make test installs it)")
+    rules = OPS / "alerts.yml"
+    if not rules.exists():
+        raise RuntimeError(f"{rules} is missing: --with-monitoring runs from a source checkout")
+    folder = root / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = ", ".join(f'"{url.removeprefix("http://")}"' for url in urls)
+    config = folder / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n"
+        f"rule_files:\n  - {rules}\n"
+        "scrape_configs:\n  - job_name: protobase\n    static_configs:\n"
+        f"      - targets: [{targets}]\n"
+    )
+    address = f"127.0.0.1:{base_port + PROMETHEUS_PORT_OFFSET}"
+    process = _spawn(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address={address}",
+        ],
+        root / "prometheus.log",
+    )
+    processes.append(process)
+    _wait_http(f"http://{address}/-/ready", process, "prometheus", root / "prometheus.log")
+    return f"http://{address}"
 
 
 def _interrupt(signum: int, frame: object) -> None:

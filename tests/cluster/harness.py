@@ -26,8 +26,9 @@ HOST = "127.0.0.1"
 READY_SECONDS = 60.0
 
 
-def free_port_base(count: int) -> int:
-    """A base port B such that B+1..B+count and B+101..B+100+count were free."""
+def free_port_base(count: int, extra: tuple[int, ...] = ()) -> int:
+    """A base port B such that B+1..B+count, B+101..B+100+count and B+e for each
+    offset e in `extra` were free."""
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind((HOST, 0))
@@ -36,6 +37,7 @@ def free_port_base(count: int) -> int:
             continue
         wanted = [base + k for k in range(1, count + 1)]
         wanted += [base + 100 + k for k in range(1, count + 1)]
+        wanted += [base + offset for offset in extra]
         held = []
         try:
             for port in wanted:
