@@ -12,9 +12,7 @@ environment: dummy keys, a region, and the endpoint. The session fixture
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -22,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tools import require
 
 from chaos.cluster import free_ports
 
@@ -38,16 +38,8 @@ def credentials_env(endpoint: str) -> dict[str, str]:
 
 
 def moto_server_command() -> list[str]:
-    """The command that runs moto_server in this interpreter's environment."""
-    beside = Path(sys.executable).with_name("moto_server")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("moto_server")
-    if found is None:
-        raise RuntimeError(
-            "moto_server is not installed; `make test` installs it (pip extra 'test': moto[server])"
-        )
-    return [found]
+    """The command that runs moto_server (fails under CI, skips elsewhere, when missing)."""
+    return [require("moto_server")]
 
 
 class S3Server:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tools import require
 
 from chaos.history import FAIL, INFO, INVOKE, NEMESIS, OK, Recorder
 from chaos.report import fault_windows, write_report
 
 
 def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing; `make test` installs Debian's chromium")
-        pytest.skip("chromium is not installed (make test installs it)")
-    return found
+    return require("chromium", "chromium-browser")
 
 
 def sample_history() -> Recorder:

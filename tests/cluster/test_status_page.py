@@ -3,23 +3,16 @@ against the session's live 3-node cluster."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tools import require
 
 
 def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing; `make test` installs Debian's chromium")
-        pytest.skip("chromium is not installed (make test installs it)")
-    return found
+    return require("chromium", "chromium-browser")
 
 
 def rendered(url: str, profile: Path) -> str:

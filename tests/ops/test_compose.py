@@ -7,12 +7,10 @@ is missing, and under CI a missing one fails these tests.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tools import require
 
 from cluster.config import load_config
 
@@ -20,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    found = shutil.which("docker-compose")
-    if found is None:
-        message = "docker-compose is not installed; `make test` installs Debian's package"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    found = require("docker-compose")
     return subprocess.run(
         [found, "-f", "docker-compose.yml", *args],
         capture_output=True,

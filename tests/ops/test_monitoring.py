@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,18 +17,9 @@ from typing import Any
 
 import pytest
 from harness import free_port_base
+from tools import require
 
 from protobase.cluster_cli import PROMETHEUS_PORT_OFFSET, S3_PORT_OFFSET
-
-
-def need(binary: str) -> None:
-    beside = Path(sys.executable).with_name(binary)
-    if beside.exists() or shutil.which(binary):
-        return
-    message = f"{binary} is not installed; `make test` installs it"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def get_json(url: str) -> Any:
@@ -54,8 +43,8 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 
 def test_cluster_up_with_monitoring_is_scraped_by_a_real_prometheus(tmp_path: Path) -> None:
-    need("prometheus")
-    need("moto_server")
+    require("prometheus")
+    require("moto_server")
     base = free_port_base(3, extra=(S3_PORT_OFFSET, PROMETHEUS_PORT_OFFSET))
     process = subprocess.Popen(
         [

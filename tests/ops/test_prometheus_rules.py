@@ -9,25 +9,18 @@ part, the S3 tier included).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tools import require
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is not installed; `make test` installs Debian's prometheus package"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require("promtool")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
