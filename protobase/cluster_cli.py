@@ -165,7 +165,10 @@ def cluster_up(
                 f"S3 (moto_server): {s3_endpoint}   bucket protobase, prefix {root.resolve().name}"
             )
             print(f"Prometheus: {prometheus}   (targets: {prometheus}/targets)\n")
-        print("Ctrl-C stops every process.", flush=True)
+        if monitoring:
+            print("Ctrl-C stops every node, the S3 server and Prometheus.", flush=True)
+        else:
+            print("Ctrl-C stops every node.", flush=True)
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
         dead = [k for k, p in enumerate(processes, 1) if p.poll() is not None]

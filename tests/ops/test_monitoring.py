@@ -71,7 +71,8 @@ def test_cluster_up_with_monitoring_is_scraped_by_a_real_prometheus(tmp_path: Pa
     output: list[str] = []
     try:
         deadline = time.monotonic() + 120
-        while not any("Ctrl-C stops every process" in line for line in output):
+        last = "Ctrl-C stops every node, the S3 server and Prometheus."
+        while not any(last in line for line in output):
             assert process.poll() is None, "".join(output)
             assert time.monotonic() < deadline, "".join(output)
             with contextlib.suppress(queue.Empty):
