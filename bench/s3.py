@@ -79,7 +79,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +96,7 @@ from protobase import (
     register_class,
 )
 from protobase.backup import backup, restore
+from protobase.cluster_cli import start_moto
 from protobase.s3 import Bucket, S3Location, make_client
 
 HOST = "127.0.0.1"
@@ -143,39 +143,8 @@ class MotoServer:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    @staticmethod
-    def executable() -> str:
-        """moto_server beside this interpreter (the venv's), else on PATH."""
-        beside = Path(sys.executable).with_name("moto_server")
-        found = str(beside) if beside.exists() else shutil.which("moto_server")
-        if found is None:
-            sys.exit(
-                "moto_server is missing: install the test extra with "
-                "`.venv/bin/pip install -e '.[test]'` (it brings moto[server])"
-            )
-        return found
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.executable(), "-H", HOST, "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"moto_server exited with {self.process.returncode}:\n"
-                    + self.log_path.read_text(errors="replace")[-2000:]
-                )
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"moto_server did not answer on {self.endpoint} in {timeout:g} s")
+    def start(self) -> None:
+        self.process = start_moto(self.port, self.log_path)
 
     @property
     def pid(self) -> int | None:

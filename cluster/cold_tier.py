@@ -246,14 +246,7 @@ class ColdTier:
     async def _run(self) -> None:
         pause = max(0.05, min(1.0, self.settings.upload_interval / 2))
         while True:
-            try:
-                await self.round()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # counted, shown in /status.json, retried next round
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("cold tier round failed (will retry): %s", self.last_error)
+            await self._guarded(self.round())
             await asyncio.sleep(pause)
 
     async def round(self) -> None:
@@ -317,19 +310,25 @@ class ColdTier:
             self.last_error = self.refused
             log.error("cold tier: %s", self.refused)
 
-    async def _list(self, group: int, everything: bool = False) -> None:
-        prefix = self.bucket.key(f"partitions/group-{group:04d}/")
+    async def _list(self, group: int) -> None:
+        """Learn the group's progress from the objects after what is known covered."""
         with self._lock:
-            start = None if everything else self.groups[group].listing_start()
-        after = None if start is None else self.bucket.key(entries_key(group, *start))
-        listed = await asyncio.to_thread(lambda: list(self.bucket.list_objects(prefix, after)))
-        ranges = [
-            found
-            for key, _ in listed
-            if (found := parse_entries_key(key.rsplit("/", 1)[-1])) is not None
-        ]
+            start = self.groups[group].listing_start()
+        ranges = await asyncio.to_thread(self._listed_ranges, group, start)
         with self._lock:
             self.groups[group].add(ranges)
+
+    def _listed_ranges(
+        self, group: int, after: tuple[int, int] | None = None
+    ) -> list[tuple[int, int]]:
+        """(first, last) of the group's entries objects (those after `after`), blocking."""
+        prefix = self.bucket.key(f"partitions/group-{group:04d}/")
+        start = None if after is None else self.bucket.key(entries_key(group, *after))
+        return [
+            found
+            for key, _ in self.bucket.list_objects(prefix, start)
+            if (found := parse_entries_key(key.rsplit("/", 1)[-1])) is not None
+        ]
 
     def _applied(self, group: int) -> int:
         return int(self.raft.status(group)["applied"])
@@ -459,12 +458,7 @@ class ColdTier:
             if relist:
                 tier.listed_at = time.monotonic()
         if found is None and relist:
-            prefix = self.bucket.key(f"partitions/group-{group:04d}/")
-            ranges = [
-                parsed
-                for key, _ in self.bucket.list_objects(prefix)
-                if (parsed := parse_entries_key(key.rsplit("/", 1)[-1])) is not None
-            ]
+            ranges = self._listed_ranges(group)
             with self._lock:
                 tier.add(ranges)
                 found = tier.find(index)

@@ -97,29 +97,15 @@ def s3_table(directory: Path, endpoint: str | None) -> str:
 
 
 def start_node(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
-    return subprocess.Popen(
-        [sys.executable, "-m", "protobase.cli", "node", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    return _spawn(
+        [sys.executable, "-m", "protobase.cli", "node", "--config", str(config)], log_path
     )
 
 
 def wait_ready(urls: list[str], timeout: float = READY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
-    pending = list(urls)
-    while pending:
-        url = pending[0]
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=2):
-                pending.pop(0)
-                continue
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} was not ready within {timeout} s")
-        time.sleep(0.1)
+    for url in urls:
+        _wait_http(url + "/ready", None, url, deadline, f"{url} was not ready within {timeout} s")
 
 
 def cluster_up(
@@ -185,23 +171,43 @@ def _executable(name: str, hint: str) -> str:
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        raise RuntimeError(f"--with-monitoring needs {name}: {hint}")
+        raise RuntimeError(f"{name} is not installed: {hint}")
     return found
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
+def _wait_http(
+    url: str,
+    process: subprocess.Popen[bytes] | None,
+    what: str,
+    deadline: float,
+    late: str,
+) -> None:
+    """Poll `url` until it answers 2xx; TimeoutError(`late`) after `deadline`, and
+    RuntimeError when `process` (what serves it, if given) exits first."""
     while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not answer at {url} within {READY_TIMEOUT} s")
+            raise TimeoutError(late)
         time.sleep(0.1)
+
+
+def _wait_started(url: str, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    try:
+        _wait_http(
+            url,
+            process,
+            what,
+            time.monotonic() + READY_TIMEOUT,
+            f"{what} did not answer at {url} within {READY_TIMEOUT} s; see {log}",
+        )
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; see {log}") from exc
 
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -214,6 +220,23 @@ def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
+def start_moto(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """moto's S3 server on 127.0.0.1:`port`, answering when this returns (the caller stops it).
+
+    Raises:
+        RuntimeError: moto_server is not installed, or exited.
+        TimeoutError: it did not answer in time.
+    """
+    binary = _executable("moto_server", "pip install 'moto[server]' (make test installs it)")
+    process = _spawn([binary, "-H", "127.0.0.1", "-p", str(port)], log_path)
+    try:
+        _wait_started(f"http://127.0.0.1:{port}/moto-api/", process, "moto_server", log_path)
+    except BaseException:
+        stop_processes([process])
+        raise
+    return process
+
+
 def start_s3(root: Path, port: int, processes: list[subprocess.Popen[bytes]]) -> str:
     """Start moto_server on 127.0.0.1:`port` with a ``protobase`` bucket; returns its URL.
 
@@ -221,12 +244,9 @@ def start_s3(root: Path, port: int, processes: list[subprocess.Popen[bytes]]) ->
     """
     from .s3 import Bucket, S3Location
 
-    binary = _executable("moto_server", "pip install 'moto[server]' (make test installs it)")
     root.mkdir(parents=True, exist_ok=True)
     endpoint = f"http://127.0.0.1:{port}"
-    process = _spawn([binary, "-H", "127.0.0.1", "-p", str(port)], root / "s3.log")
-    processes.append(process)
-    _wait_http(endpoint + "/moto-api/", process, "moto_server", root / "s3.log")
+    processes.append(start_moto(port, root / "s3.log"))
     os.environ.update(MONITORING_ENV)
     Bucket.open(S3Location("protobase"), endpoint).ensure_bucket()
     return endpoint
@@ -261,7 +281,7 @@ def start_prometheus(
         root / "prometheus.log",
     )
     processes.append(process)
-    _wait_http(f"http://{address}/-/ready", process, "prometheus", root / "prometheus.log")
+    _wait_started(f"http://{address}/-/ready", process, "prometheus", root / "prometheus.log")
     return f"http://{address}"
 
 
