@@ -294,10 +294,35 @@ class ClusterNode:
         return True, "ready"
 
     async def forward(self, group: int, route: str, body: bytes, forwarded: bool) -> bytes:
-        """Send an operation to the leader of `group`; its answer's body."""
+        """Send an operation to the leader of `group`; its answer's body.
+
+        The wait ends early, with `Unavailable`, when this node sees the group's
+        leader change: a leader that stopped (SIGSTOP, a hung machine) accepts the
+        connection and never answers, and the caller should retry at the new leader
+        at once rather than wait out the HTTP timeout. Every forwarded operation is
+        idempotent by id, so the retry is safe whatever the old leader did.
+        """
         url = self.leader_url(group)
         if forwarded or url is None or url == self.settings.me.client:
             raise Unavailable(f"group {group} has no leader this node can reach; retry")
+        target = self.leader(group)
+        request = asyncio.ensure_future(self._post_to_leader(group, url, route, body))
+        try:
+            while True:
+                done, _ = await asyncio.wait({request}, timeout=self.settings.tick_interval)
+                if done:
+                    return request.result()
+                if target is not None and self.leader(group) != target:
+                    raise Unavailable(
+                        f"group {group}: its leader changed from node {target} while "
+                        "the operation was forwarded to it; retry"
+                    )
+        finally:
+            if not request.done():
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+
+    async def _post_to_leader(self, group: int, url: str, route: str, body: bytes) -> bytes:
         assert self.session is not None
         try:
             async with self.session.post(
