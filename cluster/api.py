@@ -170,15 +170,20 @@ class NodeAPI:
 
     @web.middleware
     async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Count every answer by route (its pattern, never the raw path) and status."""
+        """Count every answer by route (its pattern, never the raw path) and status,
+        and time it by route."""
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
+        metrics = self.node.metrics
+        started = time.perf_counter()
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            self.node.metrics.http.labels(name, str(exc.status)).inc()
+            metrics.http.labels(name, str(exc.status)).inc()
             raise
-        self.node.metrics.http.labels(name, str(response.status)).inc()
+        finally:
+            metrics.http_seconds.labels(name).observe(time.perf_counter() - started)
+        metrics.http.labels(name, str(response.status)).inc()
         return response
 
     @web.middleware

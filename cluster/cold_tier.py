@@ -225,6 +225,8 @@ class ColdTier:
         self.uploads = {"entries": 0, "meta": 0}
         self.uploaded_bytes = 0
         self.fetches = 0
+        self.evicted_entries = 0
+        """Entries released to compaction (uploaded, over the disk budget)."""
         self.meta_uploaded_index = 0
         self._meta_uploaded_at = 0.0
         self._fetched: OrderedDict[tuple[int, int, int], dict[int, tuple[int, bytes]]] = (
@@ -430,7 +432,9 @@ class ColdTier:
             return
         for group, machine in self.partitions.items():
             if self.log_bytes(group) > budget:
-                machine.keep_from = max(machine.keep_from, self.groups[group].uploaded_through + 1)
+                keep_from = max(machine.keep_from, self.groups[group].uploaded_through + 1)
+                self.evicted_entries += keep_from - machine.keep_from
+                machine.keep_from = keep_from
 
     def log_bytes(self, group: int) -> int:
         """Bytes of the group's Raft log segments on this node's disk."""
@@ -486,11 +490,14 @@ class ColdTier:
 
     def status(self) -> dict[str, Any]:
         groups = {}
-        backlog = 0
+        backlog = backlog_bytes = 0
         for group, tier in self.groups.items():
             applied = self._applied(group)
             waiting = max(0, applied - tier.uploaded_through)
             backlog += waiting
+            backlog_bytes += self.raft.store.group(group).data_bytes(
+                tier.uploaded_through + 1, applied + 1
+            )
             groups[str(group)] = {
                 "uploaded_through": tier.uploaded_through,
                 "applied": applied,
@@ -502,6 +509,8 @@ class ColdTier:
         return {
             "location": str(self.location),
             "backlog_entries": backlog,
+            "backlog_bytes": backlog_bytes,
+            "evicted_entries": self.evicted_entries,
             "groups": groups,
             "uploads": dict(self.uploads),
             "uploaded_bytes": self.uploaded_bytes,

@@ -156,11 +156,14 @@ class ClusterNode:
             )
         self.metrics = NodeMetrics(
             lambda: self.status()["groups"],
+            self._figures,
             None if self.cold is None else self.cold.status,
             settings.data_dir,
         )
         self.raft.store.sync = timed_sync(  # type: ignore[method-assign]
-            self.raft.store.sync, self.metrics.fsync_seconds
+            self.raft.store.sync,
+            self.metrics.fsync_seconds,
+            self.metrics.commit_phase_seconds.labels("fsync"),
         )
         self._barrier_term = -1
         """The meta leader term whose read barrier has passed here."""
@@ -402,8 +405,10 @@ class ClusterNode:
                     "different atoms; every commit needs a fresh transaction id"
                 )
             return
+        started = time.perf_counter()
         for entry in chunks(transaction_id, atoms, links, offset=first, total=total):
             await self.propose(group, entry)
+        self.metrics.commit_phase_seconds.labels("put_batch").observe(time.perf_counter() - started)
 
     async def get_atoms(
         self, pointers: Sequence[tuple[bytes, int]], forwarded: bool
@@ -518,7 +523,9 @@ class ClusterNode:
         # No timeout: while this node lives, a root change's future ends only
         # when its entry is applied or overwritten, so its outcome is never
         # left unknown here (a repeated request waits for it; see `commit`).
+        started = time.perf_counter()
         result = await self.propose(META_GROUP, entry, ROOT_CHANGE_TIMEOUT)
+        self.metrics.commit_phase_seconds.labels("cas").observe(time.perf_counter() - started)
         if result[0] == "ok":
             return RootRef(root, result[1])
         if result[0] == "dup":
@@ -689,7 +696,7 @@ class ClusterNode:
         self.metrics.rebases.inc()
         for _ in range(SPECULATION_ATTEMPTS):
             try:
-                return await asyncio.to_thread(
+                merged = await asyncio.to_thread(
                     self._rebase, space, base, new_root, transaction_id, reads
                 )
             except RootConflict:
@@ -698,6 +705,9 @@ class ClusterNode:
                 earlier = self.meta.outcome(transaction_id)
                 if earlier is not None:
                     return RootRef(AtomPointer(*earlier[2]), earlier[1])
+            else:
+                self.metrics.merges.inc()
+                return merged
         raise CommitConflict(
             f"the commit was rebased {SPECULATION_ATTEMPTS} times while earlier root changes "
             "kept failing; nothing was written. Run the transaction again."
@@ -755,6 +765,32 @@ class ClusterNode:
 
     # -- status --------------------------------------------------------------------
 
+    def _figures(self) -> dict[str, Any]:
+        """What the metrics read besides the groups' status (see `NodeMetrics`)."""
+        stats = self.raft.transport.stats
+        partitions = {}
+        for group, machine in self.partitions.items():
+            disk = self.raft.store.group(group).disk_bytes()
+            partitions[f"partition-{group - 1}"] = (machine.atoms, disk)
+        objects = [space.atom_cache for space in self._spaces.values()]
+        return {
+            "transport": {
+                "sent_bytes": stats.bytes_sent,
+                "received_bytes": stats.bytes_received,
+                "reconnects": stats.reconnects,
+                "auth_failures": stats.handshake_failures + stats.peers_refused,
+                "dropped_messages": stats.dropped,
+            },
+            "partitions": partitions,
+            "caches": {
+                "objects": (sum(c.hits for c in objects), sum(c.misses for c in objects)),
+                "entries": (
+                    sum(m.decoded_hits for m in self.partitions.values()),
+                    sum(m.decoded_misses for m in self.partitions.values()),
+                ),
+            },
+        }
+
     def status(self) -> dict[str, Any]:
         groups = []
         for group in sorted(self.raft.groups):
@@ -779,15 +815,17 @@ class ClusterNode:
         }
 
 
-def timed_sync(sync: Callable[[], None], histogram: Any) -> Callable[[], None]:
-    """`sync`, each call's duration observed in `histogram`."""
+def timed_sync(sync: Callable[[], None], *histograms: Any) -> Callable[[], None]:
+    """`sync`, each call's duration observed in every one of `histograms`."""
 
     def timed() -> None:
         started = time.perf_counter()
         try:
             sync()
         finally:
-            histogram.observe(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            for histogram in histograms:
+                histogram.observe(took)
 
     return timed
 

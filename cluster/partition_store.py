@@ -128,6 +128,11 @@ class PartitionMachine(BytesSnapshots):
         self.read_entry = read_entry
         self.batches: dict[bytes, BatchIndex] = {}
         self._decoded: OrderedDict[int, list[bytes]] = OrderedDict()
+        self.atoms = 0
+        """Atoms of the batches indexed here (complete or not)."""
+        self.decoded_hits = 0
+        self.decoded_misses = 0
+        """Reads of an entry's atoms found decoded in memory, or not."""
         self.keep_from = 1
         """The lowest log index kept on disk: the cold tier raises it for
         entries it has uploaded, when the log is over its disk budget."""
@@ -141,6 +146,7 @@ class PartitionMachine(BytesSnapshots):
             return "dup"
         batch.chunks.append(Chunk(first, len(atoms), index))
         batch.chunks.sort(key=lambda c: c.first)
+        self.atoms += len(atoms)
         return "ok"
 
     def first_needed_index(self) -> int:
@@ -198,7 +204,9 @@ class PartitionMachine(BytesSnapshots):
         atoms = self._decoded.get(log_index)
         if atoms is not None:
             self._decoded.move_to_end(log_index)
+            self.decoded_hits += 1
             return atoms
+        self.decoded_misses += 1
         if self.read_entry is None:
             raise RuntimeError("this partition machine reads no log")
         try:
@@ -241,8 +249,10 @@ class PartitionMachine(BytesSnapshots):
 
     def restore_bytes(self, data: bytes) -> None:
         self.batches = {}
+        self.atoms = 0
         self._decoded.clear()
         if not data:
             return
         for tid, (total, raw_chunks) in msgpack.unpackb(data).items():
             self.batches[tid] = BatchIndex(total, [Chunk(*c) for c in raw_chunks])
+        self.atoms = sum(c.count for b in self.batches.values() for c in b.chunks)

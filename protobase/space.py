@@ -76,6 +76,11 @@ class ObjectSpace:
     def storage(self) -> Storage:
         return self._storage
 
+    @property
+    def atom_cache(self) -> AtomCache:
+        """The space's atom cache (its `hits` and `misses` are read by metrics)."""
+        return self._cache
+
     # -- roots and atoms ---------------------------------------------------------
 
     def read_payloads(self, pointers: Sequence[AtomPointer]) -> list[bytes]:

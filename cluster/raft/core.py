@@ -241,6 +241,8 @@ class RaftGroup:
         self.transferee = NO_NODE
         self.pending_conf_index = 0
         self.uncommitted_bytes = 0
+        self.snapshot_sends = 0
+        """Snapshot transfers this node started as leader (each restart counts)."""
         self.pending_reads: deque[_PendingRead] = deque()
         self.read_tokens: dict[bytes, _PendingRead] = {}
         self.reads_waiting_for_commit: list[tuple[bytes, int]] = []
@@ -790,6 +792,8 @@ class RaftGroup:
         if meta.index != progress.snapshot_index:
             progress.become_snapshot(meta.index)  # a newer snapshot: start it over
         start = progress.snapshot_offset
+        if start == 0:
+            self.snapshot_sends += 1
         chunk = stable.read_snapshot(start, self.config.snapshot_chunk_bytes)
         progress.snapshot_sent_ticks = 0
         self._send(

@@ -675,6 +675,16 @@ class FileGroupLog:
             return self._cache[index - cache_lo]
         return self._read_from_segments(index, index + 1)[0]
 
+    def data_bytes(self, lo: int, hi: int) -> int:
+        """The data bytes of the entries [lo, hi) this log holds (others count 0)."""
+        start = max(lo, self._first) - self._first
+        end = min(hi, self.last_index() + 1) - self._first
+        return sum(self._sizes[start:end]) if end > start else 0
+
+    def disk_bytes(self) -> int:
+        """Bytes of this group's segment files and snapshot on disk."""
+        return sum(segment.size for segment in self._segments) + self.snapshot_size()
+
     def snapshot_size(self) -> int:
         """The length of the snapshot file (0 without a snapshot)."""
         return 0 if self._snapshot is None else self._snapshot.size

@@ -164,6 +164,8 @@ class _Group:
     applied_since_snapshot: int = 0
     leader_changes: int = 0
     last_leader: int = 0
+    proposals_dropped: int = 0
+    """Proposals made here that failed with `ProposalDropped` (refused or overwritten)."""
 
 
 class RaftNode:
@@ -328,7 +330,11 @@ class RaftNode:
             raise ValueError(
                 f"an entry of {len(data)} bytes is over the {self.max_entry_bytes}-byte limit"
             )
-        entry = group.raft.propose(data)
+        try:
+            entry = group.raft.propose(data)
+        except ProposalDropped:
+            group.proposals_dropped += 1
+            raise
         return await self._wait_entry(group, entry, timeout)
 
     async def change_membership(
@@ -460,6 +466,9 @@ class RaftNode:
             "voters": sorted(raft.conf.voters),
             "learners": sorted(raft.conf.learners),
             "follower_lag": self._follower_lag(raft),
+            "leader_changes": self.groups[group_id].leader_changes,
+            "proposals_dropped": self.groups[group_id].proposals_dropped,
+            "snapshot_sends": raft.snapshot_sends,
         }
 
     @staticmethod
@@ -643,6 +652,7 @@ class RaftNode:
                 if term == entry.term:
                     future.set_result(result)
                 else:
+                    group.proposals_dropped += 1
                     future.set_exception(
                         ProposalDropped(
                             f"group {group.raft.group}: entry {entry.index} was overwritten "

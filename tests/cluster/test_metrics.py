@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -64,3 +65,81 @@ def test_metrics_need_no_token_and_show_no_data(local_cluster: Any) -> None:
         text = response.read().decode()
     assert "protobase_raft_term" in text
     assert local_cluster.token not in text
+
+
+def family_total(samples: list[Any], name: str, **labels: str) -> float:
+    """The sum of `name` samples matching `labels` (0 when there are none)."""
+    return float(
+        sum(s.value for s in samples if s.name == name and s.labels.items() >= labels.items())
+    )
+
+
+def test_metrics_show_commit_phases_merges_transport_partitions_and_caches(
+    local_cluster: Any, new_cluster_storage: Callable[[], ClusterFileStorage]
+) -> None:
+    leader = local_cluster.leader_of(0)
+    urls = [local_cluster.url(n) for n in range(1, local_cluster.nodes + 1)]
+    before = scrape(local_cluster.url(leader))
+    puts_before = sum(
+        family_total(
+            scrape(url)["protobase_commit_phase_seconds"],
+            "protobase_commit_phase_seconds_count",
+            phase="put_batch",
+        )
+        for url in urls
+    )
+    name = f"phases-{uuid.uuid4().hex}"
+    with ObjectSpace(local_cluster.storage(space=name, urls=local_cluster.urls)) as first:
+        db = first.new_database("phases")
+        db.run(lambda tr: tr.set_root_object("a", 0))
+        with ObjectSpace(local_cluster.storage(space=name, urls=local_cluster.urls)) as second:
+            # Two clients on the same base, writing different roots: the second
+            # commit's base is stale, so the meta leader rebases and merges it.
+            stale = second.open_database("phases").new_transaction()
+            stale.set_root_object("b", 1)
+            db.run(lambda tr: tr.set_root_object("a", 1))
+            stale.commit()
+        tr = first.open_database("phases").new_read_only_transaction()
+        assert (tr.get_root_object("a"), tr.get_root_object("b")) == (1, 1)
+        tr.abort()
+    after = scrape(local_cluster.url(leader))
+
+    def grew(family: str, sample: str, **labels: str) -> float:
+        return family_total(after[family], sample, **labels) - family_total(
+            before[family], sample, **labels
+        )
+
+    phase = "protobase_commit_phase_seconds"
+    assert grew(phase, phase + "_count", phase="cas") >= 4
+    assert grew(phase, phase + "_count", phase="fsync") >= 1
+    puts_after = sum(
+        family_total(scrape(url)[phase], phase + "_count", phase="put_batch") for url in urls
+    )
+    assert puts_after >= puts_before + 4  # every commit puts its batch on a partition leader
+    assert grew("protobase_rebases", "protobase_rebases_total") >= 1
+    assert grew("protobase_merges", "protobase_merges_total") >= 1
+    assert (
+        grew(
+            "protobase_http_request_seconds",
+            "protobase_http_request_seconds_count",
+            route="/v1/commit",
+        )
+        >= 4
+    )
+    assert grew("protobase_transport_sent_bytes", "protobase_transport_sent_bytes_total") > 0
+    assert family_total(after["protobase_partition_atoms"], "protobase_partition_atoms") > 0
+    sizes = {s.labels["group"]: s.value for s in after["protobase_partition_bytes"]}
+    assert set(sizes) == {f"partition-{p}" for p in range(4)} and min(sizes.values()) > 0
+    caches = {s.labels["cache"] for s in after["protobase_atom_cache_hits"]}
+    assert caches == {"objects", "entries"}
+    # The rebase read the stale commit's base through the node's object space.
+    lookups = sum(
+        family_total(after[f"protobase_atom_cache_{kind}"], f"protobase_atom_cache_{kind}_total")
+        for kind in ("hits", "misses")
+    )
+    assert lookups > 0
+    for family in ("protobase_raft_proposals_dropped", "protobase_raft_snapshot_sends"):
+        assert {s.labels["group"] for s in after[family]} >= {"meta", "partition-0"}
+    for family in ("protobase_transport_reconnects", "protobase_transport_auth_failures"):
+        assert family in after
+    assert family_total(after["process_resident_memory_bytes"], "process_resident_memory_bytes") > 0
