@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean compose-secrets bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster
+.PHONY: demo test lint format clean compose-secrets bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster dashboard
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 # The secrets docker-compose.yml reads (random, written once, git-ignored).
 compose-secrets: | $(BIN)/python
 	$(BIN)/python ops/compose/make_secrets.py ops/compose/secrets
+
+# ops/grafana/protobase.json from ops/grafana/dashboard.py (a test fails when they differ).
+dashboard: $(STAMP)
+	$(BIN)/python ops/grafana/dashboard.py
 
 # A local 3-node cluster in cluster-data/ (configs, secret, token, data); Ctrl-C stops it.
 cluster: $(STAMP)

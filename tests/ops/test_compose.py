@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import yaml
 from tools import require
 
 from cluster.config import load_config
@@ -42,6 +44,35 @@ def test_the_compose_file_is_valid_and_has_every_service() -> None:
         "prometheus",
         "grafana",
     }
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts, container path -> host path, from `docker-compose config`
+    (short syntax as docker-compose 1 prints it, or long syntax)."""
+    found = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume["source"], volume["target"]
+        found[target] = Path(source)
+    return found
+
+
+def test_grafana_is_provisioned_with_the_generated_dashboard() -> None:
+    result = compose("config")
+    assert result.returncode == 0, result.stderr
+    grafana = yaml.safe_load(result.stdout)["services"]["grafana"]
+    mounted = mounts(grafana)
+    provisioning = ROOT / "ops" / "compose" / "grafana"
+    assert mounted["/etc/grafana/provisioning"] == provisioning
+    assert (provisioning / "datasources" / "prometheus.yml").exists()
+    provider = yaml.safe_load((provisioning / "dashboards" / "protobase.yml").read_text())
+    [dashboards] = provider["providers"]
+    assert dashboards["type"] == "file"
+    dashboard = dashboards["options"]["path"] + "/protobase.json"
+    assert mounted[dashboard] == ROOT / "ops" / "grafana" / "protobase.json"
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == dashboard
 
 
 def test_a_broken_compose_file_is_refused(tmp_path: Path) -> None:
