@@ -90,6 +90,32 @@ class SpaceChange:
     transaction_id: bytes | None = None
 
 
+@dataclass
+class CommitStats:
+    """Counters of one space's commits, read by `protobase.metrics`.
+
+    `observe`, when set, is called as ``observe(phase, seconds)`` after each
+    successful commit: ``"cas"`` (merge, encode, write the batch and move the
+    root), ``"fsync"`` (the wait for durability outside the commit lock, on
+    storages that share syncs) and ``"total"``.
+    """
+
+    committed: int = 0
+    conflicts: int = 0
+    """Commits that ended in ConflictError."""
+    failed: int = 0
+    """Commits that ended in any other error."""
+    merges: int = 0
+    """Changes merged onto a root newer than their base."""
+    observe: Callable[[str, float], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, name: str) -> None:
+        """Add one to counter `name` (threads commit concurrently: no count is lost)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+
 class Committer:
     """The commit protocol of one `ObjectSpace`; see the module docstring."""
 
@@ -115,6 +141,7 @@ class Committer:
         """Ids of the batches this committer writes: the storage's choice when it has one."""
         self.attempts_lost = 0
         """Compare-and-sets lost to another writer (a rebase followed)."""
+        self.stats = CommitStats()
 
     # -- roots ---------------------------------------------------------------------
 
@@ -207,22 +234,42 @@ class Committer:
             ConflictError: the change overlaps a concurrent one, or lost
                 `MAX_ATTEMPTS` compare-and-sets in a row; nothing was written.
         """
-        if self._rebasing:
-            ref = self._commit_remotely(change)
-        elif self._pipelined:
-            # Merge and append under the lock (no compare-and-set fails against
-            # another thread of this space, so no work is thrown away); wait
-            # for durability outside it, so that syncs are shared.
-            with self._commit_lock:
-                ref, wait_durable = self._attempts(
-                    change,
-                    snapshot,
-                    self.storage.commit_pipelined,  # type: ignore[attr-defined]
-                    lambda ref: (ref, _nothing),
-                )
-            wait_durable()
-        else:
-            ref = self._attempts(change, snapshot, self.storage.commit, lambda ref: ref)
+        stats = self.stats
+        started = time.perf_counter()
+        durable_from = 0.0
+        try:
+            if self._rebasing:
+                ref = self._commit_remotely(change)
+            elif self._pipelined:
+                # Merge and append under the lock (no compare-and-set fails against
+                # another thread of this space, so no work is thrown away); wait
+                # for durability outside it, so that syncs are shared.
+                with self._commit_lock:
+                    ref, wait_durable = self._attempts(
+                        change,
+                        snapshot,
+                        self.storage.commit_pipelined,  # type: ignore[attr-defined]
+                        lambda ref: (ref, _nothing),
+                    )
+                durable_from = time.perf_counter()
+                wait_durable()
+            else:
+                ref = self._attempts(change, snapshot, self.storage.commit, lambda ref: ref)
+        except ConflictError:
+            stats.count("conflicts")
+            raise
+        except BaseException:
+            stats.count("failed")
+            raise
+        stats.count("committed")
+        if stats.observe is not None:
+            ended = time.perf_counter()
+            if durable_from:
+                stats.observe("cas", durable_from - started)
+                stats.observe("fsync", ended - durable_from)
+            else:
+                stats.observe("cas", ended - started)
+            stats.observe("total", ended - started)
         self.note_root(ref)
         return ref
 
@@ -254,6 +301,7 @@ class Committer:
                     snapshot,
                     change.reads,
                 )
+                self.stats.count("merges")
             writer = AtomWriter(self._origin, self._new_id())
             pointer = writer.write_value({"format": SPACE_FORMAT, "databases": databases})
             try:

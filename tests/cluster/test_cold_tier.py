@@ -179,6 +179,8 @@ def test_an_s3_outage_never_blocks_commits_and_the_backlog_catches_up(
         write_objects(cluster, "outage", 40, 200)  # commits go on while S3 is away
         states = [cluster.status(node)["s3"] for node in (1, 2, 3)]
         assert sum(state["backlog_entries"] for state in states) > 0
+        # Each write is a batch of 200 bytes or more, none uploaded: their bytes show.
+        assert sum(state["backlog_bytes"] for state in states) >= 40 * 200, states
         wait_for(
             lambda: any(cluster.status(n)["s3"]["failures"] > 0 for n in (1, 2, 3)),
             30,
@@ -202,6 +204,7 @@ def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucke
         return [g for g in groups if groups[g]["keep_from"] > before[g]["keep_from"]]
 
     evicting = wait_for(evicted, 60, "node 1 to evict uploaded entries")
+    assert cluster.status(1)["s3"]["evicted_entries"] > 0
     # New snapshots compact the log up to keep_from; a few more commits bring them.
     write_objects(cluster, "evicted-more", 60, 2000)
 
