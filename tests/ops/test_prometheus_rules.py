@@ -2,9 +2,8 @@
 
 `make test` installs Debian's `prometheus` package (which brings promtool)
 when it is missing; under CI a missing promtool fails these tests instead of
-skipping them. The cross-check that every metric the rules name is exported
-by a live node is in tests/cluster/test_cold_tier.py (its nodes have every
-part, the S3 tier included).
+skipping them. The cross-check that every metric the rules (and the Grafana
+dashboard) name is exported by a live node is in tests/ops/test_dashboard.py.
 """
 
 from __future__ import annotations
