@@ -103,6 +103,7 @@ from typing import Any
 import aiohttp
 import raft
 from common import Target, filesystem_of, machine_info, progress
+from progress_bars import track
 
 from protobase import DBObject, Dictionary, ObjectSpace, StandaloneFileStorage, register_class
 from protobase.cluster_cli import wait_ready, write_configs
@@ -811,7 +812,7 @@ def run_protobase(
         progress(f"protobase: {len(keys):,} Items in one transaction, then cold reads")
         result.reads = cold_reads_cluster(nodes, keys)
         progress(f"protobase: {result.reads['rate']:,.0f} cold reads/s")
-        for repeat in range(sizes.failovers):
+        for repeat in track(range(sizes.failovers), "protobase: fail-overs", "fail-overs"):
             details = failover_once(nodes)
             result.failovers.append(details)
             progress(

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from common import Target, filesystem_of, machine_info, progress
+from progress_bars import track
 
 from protobase import DBObject, Dictionary, ObjectSpace, StandaloneFileStorage, register_class
 
@@ -416,7 +417,7 @@ def durable_commits(tmp: Path, rounds: int, seconds: float) -> dict[str, dict[in
     }
     runs: dict[str, dict[int, list]] = {s: {1: [], THREADS: []} for s in benches}
     try:
-        for _ in range(rounds):
+        for _ in track(range(rounds), "workloads 1-2: durable commits", "rounds"):
             for threads in (1, THREADS):
                 for system, bench in benches.items():
                     runs[system][threads].append(
@@ -942,7 +943,7 @@ def main_run(args: argparse.Namespace) -> None:
         for system, insert in inserts.items():  # warm-up: imports, first allocations
             insert(places[system], "warmup", range(10_000))
         times: dict[str, list[float]] = {s: [] for s in inserts}
-        for run in range(insert_runs):
+        for run in track(range(insert_runs), "workload 3: inserts", "runs"):
             for system, insert in inserts.items():
                 times[system].append(insert(places[system], f"items{run}", keys))
         pb3, sq3, zo3 = (ITEMS / statistics.median(times[s]) for s in inserts)
@@ -1020,10 +1021,14 @@ def main_run(args: argparse.Namespace) -> None:
             "sqlite": tmp / "big.sqlite",
             "zodb": tmp / "zodb-big",
         }
+        builders = {
+            "protobase": build_big_protobase,
+            "sqlite": build_big_sqlite,
+            "zodb": build_big_zodb,
+        }
         build = {
-            "protobase": build_big_protobase(big_places["protobase"], big_count),
-            "sqlite": build_big_sqlite(big_places["sqlite"], big_count),
-            "zodb": build_big_zodb(big_places["zodb"], big_count),
+            system: builders[system](big_places[system], big_count)
+            for system in track(builders, "workload 6: building", "databases")
         }
         progress(f"built in {', '.join(f'{s} {t:.1f} s' for s, t in build.items())}")
         progress(f"workload 6: opening the {big_count:,}-object databases (fresh processes)")

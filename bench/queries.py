@@ -131,6 +131,7 @@ from pathlib import Path
 from typing import Any
 
 from common import Target, machine_info, progress
+from progress_bars import track
 
 from protobase import (
     DBObject,
@@ -840,7 +841,7 @@ def main_run(args: argparse.Namespace) -> None:
     rows: list[Row] = []
     plans: dict[int, dict[str, Any]] = {}
     builds: dict[int, dict[str, Any]] = {}
-    for n in settings.sizes:
+    for n in track(settings.sizes, "query workloads", "sizes"):
         size_rows, plans[n], builds[n] = run_size(n, settings)
         rows.extend(size_rows)
         gc.collect()

@@ -89,6 +89,7 @@ from typing import Any
 
 import aiohttp
 from common import Target, filesystem_of, machine_info, progress
+from progress_bars import track
 
 ROOT = Path(__file__).resolve().parent.parent
 KV_MODULE = "cluster.raft.examples.kv"
@@ -658,7 +659,7 @@ async def measure_levels(
     noop = await run_load(session, leader, cluster.noop, 1, min(seconds, 2.0), warmup=warmup / 2)
     result.noop_p50_ms = _ms(noop.percentile(0.5))
     result.noop_p99_ms = _ms(noop.percentile(0.99))
-    for inflight in LEVELS:
+    for inflight in track(LEVELS, f"{cluster.system}: load levels", "levels"):
         progress(f"{cluster.system}: {inflight} write(s) in flight for {seconds:g} s")
 
         def probe() -> tuple[float, float, float]:
@@ -743,7 +744,7 @@ async def failover_once(cluster: Cluster, session: aiohttp.ClientSession) -> dic
 async def measure_failovers(
     cluster: Cluster, session: aiohttp.ClientSession, result: SystemResult, repeats: int
 ) -> None:
-    for repeat in range(repeats):
+    for repeat in track(range(repeats), f"{cluster.system}: fail-overs", "fail-overs"):
         details = await failover_once(cluster, session)
         result.failovers.append(details["seconds"])
         result.failover_details.append(details)

@@ -86,6 +86,7 @@ from types import FrameType
 from typing import Any
 
 from common import Target, filesystem_of, machine_info, progress
+from progress_bars import track
 
 from protobase import (
     CloudFileStorage,
@@ -270,7 +271,7 @@ def backup_and_restore(tmp: Path, endpoint: str, objects: int, rounds: int) -> d
     progress(f"backup: built in {built:.1f} s; {len(segments)} WAL segment(s), {size / MB:.1f} MB")
     bucket = Bucket.open(S3Location(BUCKET), endpoint)
     runs: list[dict[str, float]] = []
-    for number in range(1, rounds + 1):
+    for number in track(range(1, rounds + 1), "backup and restore", "rounds"):
         progress(f"backup: round {number} of {rounds}")
         run: dict[str, float] = {}
         key = f"baseline-{number}/one-file"

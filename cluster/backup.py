@@ -148,6 +148,9 @@ def backup_cluster(
 ) -> ClusterBackupReport:
     """Back the cluster at `url` up to `destination`; see the module docstring.
 
+    `progress` is called as ``progress(bytes, total)`` while objects are
+    copied (or found there already).
+
     Raises:
         ClusterBackupError: no cold tier, the token was refused, the tier did
             not catch up within `timeout`, or a node did not answer.
@@ -192,14 +195,16 @@ def backup_cluster(
     target = Bucket(destination, tier.client, tier.endpoint)
     present = dict(target.list_objects(target.key("")))
     relative = {key[len(tier.key("")) :]: size for key, size in objects.items()}
-    for done, (name, size) in enumerate(sorted(relative.items()), start=1):
+    done, total = 0, sum(relative.values())
+    for name, size in sorted(relative.items()):
         destination_key = target.key(name)
         if present.get(destination_key) != size:
             target.copy_from(tier, tier.key(name), destination_key)
             report.copied += 1
             report.copied_bytes += size
+        done += size
         if progress is not None:
-            progress(done, len(relative))
+            progress(done, total)
     meta_name = cut["key"]
     state = _meta_state(target, meta_name)
     report.spaces = {space: root.version for space, root in state.spaces.items()}
@@ -343,11 +348,15 @@ def _choose(
 def _batches(
     bucket: Bucket, manifest: dict[str, Any], progress: Progress | None
 ) -> dict[bytes, tuple[list[bytes], list[Any] | None]]:
-    """Transaction id -> (atoms, links) of every batch in the backup's entries."""
+    """Transaction id -> (atoms, links) of every batch in the backup's entries.
+
+    `progress` is called in bytes of entries objects read.
+    """
     parts: dict[bytes, dict[int, tuple[list[bytes], list[Any] | None]]] = {}
     totals: dict[bytes, int] = {}
     names = [(name, size) for name, size in manifest["objects"] if name.endswith(".pbe")]
-    for done, (name, _) in enumerate(names, start=1):
+    done, total_bytes = 0, sum(size for _, size in names)
+    for name, size in names:
         first_last = parse_entries_key(name.rsplit("/", 1)[-1])
         if first_last is None:
             raise ClusterBackupError(f"{name}: not an entries object name")
@@ -371,8 +380,9 @@ def _batches(
             # A chunk stored twice (a retried put) counts once: the first, as in the machine.
             parts.setdefault(transaction_id, {}).setdefault(first, (chunk, raw[4]))
             totals[transaction_id] = total
+        done += size
         if progress is not None:
-            progress(done, len(names))
+            progress(done, total_bytes)
     batches: dict[bytes, tuple[list[bytes], list[Any] | None]] = {}
     for transaction_id, chunks in parts.items():
         atoms: list[bytes] = []
@@ -405,6 +415,10 @@ def restore_cluster(
     progress: Progress | None = None,
 ) -> ClusterRestoreReport:
     """Restore a cluster backup into a new local cluster in `directory`.
+
+    `progress` is called in two phases: ``(bytes, total)`` while the
+    entries are read from the backup, then ``(batches, total)`` while they
+    are put into the new cluster.
 
     Raises:
         ClusterBackupError: no backup, no point at or before `at_*`, a
@@ -451,6 +465,8 @@ def restore_cluster(
                 )
                 loader.put_batch(CommitBatch(transaction_id, atoms, wire_links))
                 report.batches += 1
+                if progress is not None:
+                    progress(report.batches, len(batches))
         finally:
             loader.close()
         for space, root in machine.state.spaces.items():
@@ -496,7 +512,10 @@ def _payload_reader(
 def verify_cluster(
     location: S3Location | str, endpoint_url: str | None = None, progress: Progress | None = None
 ) -> ClusterVerifyReport:
-    """Check every cluster backup at `location`; see the module docstring."""
+    """Check every cluster backup at `location`; see the module docstring.
+
+    `progress` is called in bytes of entries objects read.
+    """
     if isinstance(location, str):
         location = S3Location.parse(location)
     bucket = Bucket.open(location, endpoint_url)

@@ -4,6 +4,9 @@ Exit status: 0 after SIGTERM/SIGINT, 2 for a configuration problem (the
 message says which key and what to do), 3 when the node stopped serving
 (a failed disk write, or its data directory was refused by the cluster as
 a wiped member: the message says how to replace it).
+
+Logging is the command's: `protobase --log-format json --log-level debug
+node ...` (see `protobase.logs`, which `protobase.cli.main` calls first).
 """
 
 from __future__ import annotations
@@ -54,13 +57,16 @@ async def serve(settings: NodeSettings, failpoints: Failpoints) -> int:
 
 
 def run_node(config_path: str) -> int:
+    """Serve the member `config_path` describes until SIGTERM/SIGINT; the exit status.
+
+    Records go wherever the root logger sends them (`protobase.logs.configure_logging`).
+    """
     try:
         settings = load_config(config_path)
         failpoints = Failpoints.from_environment()
     except (ConfigError, ValueError) as exc:
         print(f"protobase node: {config_path}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # A node merges commits without the application's classes: it compares
     # objects by stored name and attributes, and writes them back unchanged.
     warnings.filterwarnings("ignore", message="stored class .* cannot be imported")

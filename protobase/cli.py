@@ -8,32 +8,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
+from .logs import FORMATS, LEVELS, configure_logging
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-class ProgressBar:
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, label: str, enabled: bool | None = None) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        percent = min(100, done * 100 // total)
-        if percent == self._last:
-            return
-        self._last = percent
-        filled = percent // 4
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{' ' * (25 - filled)}] {percent:3d}%")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self._last >= 0:
-            sys.stderr.write("\n")
+    from .progress_bars import ProgressBars
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -63,6 +46,13 @@ def _read_token(path: str | None) -> str:
     if not token:
         raise SystemExit("give the client token with --token-file FILE or PROTOBASE_TOKEN")
     return token
+
+
+def _bars(args: argparse.Namespace) -> ProgressBars:
+    """Progress bars on stderr, drawn only when it is a terminal (see progress_bars)."""
+    from .progress_bars import ProgressBars
+
+    return ProgressBars(args.progress_console)
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -128,21 +118,33 @@ def _chaos_campaign(args: argparse.Namespace) -> int:
 def _cluster_up(args: argparse.Namespace) -> int:
     from .cluster_cli import cluster_up
 
-    return cluster_up(args.dir, args.nodes, args.base_port, args.partitions, args.with_monitoring)
+    return cluster_up(
+        args.dir,
+        args.nodes,
+        args.base_port,
+        args.partitions,
+        args.with_monitoring,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
 
 
 def _cluster_status(args: argparse.Namespace) -> int:
     from .cluster_cli import cluster_status
 
-    return cluster_status(args.url)
+    token = _read_token(args.token_file) if args.token_file else os.environ.get("PROTOBASE_TOKEN")
+    return cluster_status(args.url, token=token or None, raw_json=args.json)
 
 
 def _fsck(args: argparse.Namespace) -> int:
     from .maintenance import fsck
+    from .progress_bars import Phase
 
-    bar = ProgressBar("fsck")
-    report = fsck(args.path, bar)
-    bar.close()
+    with _bars(args) as bars:
+        progress = bars.callback(
+            Phase("fsck: WAL records", "bytes"), Phase("fsck: reachable atoms", "atoms")
+        )
+        report = fsck(args.path, progress)
     print(
         f"{report.path}: {report.versions_checked} versions, {report.atoms_checked} atoms checked"
     )
@@ -168,10 +170,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _pack(args: argparse.Namespace) -> int:
     from .maintenance import pack
+    from .progress_bars import Phase
 
-    bar = ProgressBar("pack")
-    before, after = pack(args.path, dt.timedelta(seconds=args.keep_seconds), bar)
-    bar.close()
+    with _bars(args) as bars:
+        progress = bars.callback(
+            Phase("pack: reachable atoms", "atoms"), Phase("pack: rewriting the WAL", "bytes")
+        )
+        before, after = pack(args.path, dt.timedelta(seconds=args.keep_seconds), progress)
     print(f"packed {args.path}: WAL {before} -> {after} bytes")
     return 0
 
@@ -182,12 +187,11 @@ def _backup(args: argparse.Namespace) -> int:
     if args.source.startswith(("http://", "https://")):
         return _backup_cluster(args)
     from .backup import backup
+    from .progress_bars import Phase
 
-    bar = ProgressBar("backup")
-    try:
-        report = backup(args.source, args.location, bar, endpoint_url=args.endpoint_url)
-    finally:
-        bar.close()
+    with _bars(args) as bars:
+        progress = bars.callback(Phase("backup: WAL segments", "bytes"))
+        report = backup(args.source, args.location, progress, endpoint_url=args.endpoint_url)
     kind = "hot" if report.hot else "cold"
     print(
         f"backed up {args.source} to {report.location} ({kind}): versions "
@@ -207,13 +211,12 @@ def _backup_cluster(args: argparse.Namespace) -> int:
     """SOURCE is a node's URL: back the cluster up through its S3 cold tier."""
     from cluster.backup import backup_cluster
 
-    bar = ProgressBar("backup")
-    try:
-        report = backup_cluster(
-            args.source, _read_token(args.token_file), args.location, args.endpoint_url, bar
-        )
-    finally:
-        bar.close()
+    from .progress_bars import Phase
+
+    token = _read_token(args.token_file)
+    with _bars(args) as bars:
+        progress = bars.callback(Phase("backup: cold tier objects", "bytes"))
+        report = backup_cluster(args.source, token, args.location, args.endpoint_url, progress)
     spaces = ", ".join(f"{name} v{version}" for name, version in sorted(report.spaces.items()))
     print(
         f"backed up the cluster at {args.source} to {report.location} as of meta index "
@@ -234,15 +237,14 @@ def _cluster_backups_at(location: str, endpoint_url: str | None) -> bool:
 
 def _backup_verify(args: argparse.Namespace) -> int:
     from .backup import verify
+    from .progress_bars import Phase
 
     if _cluster_backups_at(args.location, args.endpoint_url):
         return _backup_verify_cluster(args)
 
-    bar = ProgressBar("verify")
-    try:
-        report = verify(args.location, bar, endpoint_url=args.endpoint_url)
-    finally:
-        bar.close()
+    with _bars(args) as bars:
+        progress = bars.callback(Phase("verify: backup objects", "bytes"))
+        report = verify(args.location, progress, endpoint_url=args.endpoint_url)
     print(
         f"{report.location}: {report.manifests} backup(s), {report.objects} objects "
         f"({report.bytes} bytes) checked; {report.databases_checked} restore(s) checked by "
@@ -267,11 +269,11 @@ def _verdict(problems: list[str], notes: Sequence[str] = ()) -> int:
 def _backup_verify_cluster(args: argparse.Namespace) -> int:
     from cluster.backup import verify_cluster
 
-    bar = ProgressBar("verify")
-    try:
-        report = verify_cluster(args.location, args.endpoint_url, bar)
-    finally:
-        bar.close()
+    from .progress_bars import Phase
+
+    with _bars(args) as bars:
+        progress = bars.callback(Phase("verify: partition entries", "bytes"))
+        report = verify_cluster(args.location, args.endpoint_url, progress)
     print(
         f"{report.location}: {report.backups} cluster backup(s), {report.objects_checked} "
         f"objects and {report.atoms_checked} reachable atoms checked"
@@ -298,19 +300,23 @@ def _parse_at(text: str) -> int | dt.datetime:
 def _restore(args: argparse.Namespace) -> int:
     from .backup import restore
     from .errors import CorruptionError
+    from .progress_bars import Phase
 
     at_version = args.at if isinstance(args.at, int) else None
     at_time = args.at if isinstance(args.at, dt.datetime) else None
     if _cluster_backups_at(args.location, args.endpoint_url):
         return _restore_cluster(args, at_version, at_time)
-    bar = ProgressBar("restore")
     try:
-        try:
+        with _bars(args) as bars:
+            progress = bars.callback(Phase("restore: backup objects", "bytes"))
             report = restore(
-                args.location, args.dest, at_version, at_time, bar, endpoint_url=args.endpoint_url
+                args.location,
+                args.dest,
+                at_version,
+                at_time,
+                progress,
+                endpoint_url=args.endpoint_url,
             )
-        finally:
-            bar.close()
     except CorruptionError as exc:  # the backup is damaged: exit 1, as verify does
         print(f"protobase restore: {exc}", file=sys.stderr)
         return 1
@@ -327,8 +333,12 @@ def _restore_cluster(
 ) -> int:
     from cluster.backup import restore_cluster
 
-    bar = ProgressBar("restore")
-    try:
+    from .progress_bars import Phase
+
+    with _bars(args) as bars:
+        progress = bars.callback(
+            Phase("restore: partition entries", "bytes"), Phase("restore: loading", "batches")
+        )
         report = restore_cluster(
             args.location,
             args.dest,
@@ -337,10 +347,8 @@ def _restore_cluster(
             nodes=args.nodes,
             base_port=args.base_port,
             endpoint_url=args.endpoint_url,
-            progress=bar,
+            progress=progress,
         )
-    finally:
-        bar.close()
     spaces = ", ".join(
         f"{name} (was v{version})" for name, version in sorted(report.spaces.items())
     )
@@ -356,6 +364,20 @@ def _restore_cluster(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protobase", description="ProtoBase object database")
     parser.add_argument("--version", action="version", version=f"protobase {__version__}")
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        help="log lines on stderr as text (the default) or json, one object per line "
+        "(default: PROTOBASE_LOG_FORMAT, else text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=tuple(LEVELS),
+        help="the least severe records logged (default: PROTOBASE_LOG_LEVEL, else info for "
+        "`protobase node` and warning for the other commands)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(
@@ -389,8 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = cluster_commands.add_parser("status", help="members, groups, leaders, terms, lag")
     status.set_defaults(handler=_cluster_status)
-    status.add_argument("url")
-    status.add_argument("--token-file", help="(status pages need no token)")
+    status.add_argument("url", help="the client URL of any member (http://HOST:PORT)")
+    status.add_argument(
+        "--token-file",
+        metavar="F",
+        help="send this client token (or PROTOBASE_TOKEN); the status needs none today",
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print the node's /status.json as it is"
+    )
     chaos = commands.add_parser("chaos", help="Jepsen-style runs against a local cluster")
     chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True)
     chaos_run = chaos_commands.add_parser("run", help="one workload under one fault mix")
@@ -481,8 +510,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, progress_console: Console | None = None) -> int:
+    """Run the command `argv` (default: ``sys.argv[1:]``); returns the exit status.
+
+    Args:
+        progress_console: where progress bars are drawn (default: stderr,
+            and only when it is a terminal).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        configure_logging(
+            args.log_format,
+            args.log_level,
+            default_level="info" if args.command == "node" else "warning",
+        )
+    except ValueError as exc:  # a bad PROTOBASE_LOG_* value
+        parser.error(str(exc))
+    args.progress_console = progress_console
     try:
         return int(args.handler(args))
     except Exception as exc:

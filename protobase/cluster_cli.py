@@ -17,6 +17,7 @@ scrapes every node with the repository's ``ops/alerts.yml``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -27,9 +28,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 READY_TIMEOUT = 60.0
 
@@ -96,9 +100,13 @@ def s3_table(directory: Path, endpoint: str | None) -> str:
     )
 
 
-def start_node(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_node(
+    config: Path, log_path: Path, log_options: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``protobase [log_options] node --config CONFIG``, its output appended to `log_path`."""
     return _spawn(
-        [sys.executable, "-m", "protobase.cli", "node", "--config", str(config)], log_path
+        [sys.executable, "-m", "protobase.cli", *log_options, "node", "--config", str(config)],
+        log_path,
     )
 
 
@@ -109,9 +117,25 @@ def wait_ready(urls: list[str], timeout: float = READY_TIMEOUT) -> None:
 
 
 def cluster_up(
-    directory: str, nodes: int, base_port: int, partitions: int, monitoring: bool = False
+    directory: str,
+    nodes: int,
+    base_port: int,
+    partitions: int,
+    monitoring: bool = False,
+    log_format: str | None = None,
+    log_level: str | None = None,
 ) -> int:
+    """Run the cluster until Ctrl-C; see the module docstring.
+
+    `log_format` and `log_level`, when given, are passed on to every node
+    (``protobase --log-format ... --log-level ... node``); the nodes inherit
+    ``PROTOBASE_LOG_*`` from the environment either way.
+    """
     root = Path(directory)
+    log_options = [
+        *(["--log-format", log_format] if log_format is not None else []),
+        *(["--log-level", log_level] if log_level is not None else []),
+    ]
     urls = [f"http://127.0.0.1:{base_port + k}" for k in range(1, nodes + 1)]
     # SIGTERM and SIGHUP (a closed terminal) stop the nodes as Ctrl-C does:
     # they run in sessions of their own and would outlive this process.
@@ -127,7 +151,9 @@ def cluster_up(
                 print(f"protobase cluster up: {exc}", file=sys.stderr)
                 return 2
         configs = write_configs(root, nodes, base_port, partitions, s3_endpoint)
-        processes += [start_node(c, root / f"node{k}.log") for k, c in enumerate(configs, 1)]
+        processes += [
+            start_node(c, root / f"node{k}.log", log_options) for k, c in enumerate(configs, 1)
+        ]
         try:
             wait_ready(urls)
             if monitoring:
@@ -306,52 +332,192 @@ def stop_processes(processes: Iterable[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def cluster_status(url: str) -> int:
+class StatusUnavailable(Exception):
+    """A node's /status.json could not be read; the message says why and what to do."""
+
+
+def fetch_status(url: str, token: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    """The node at `url`'s ``GET /status.json`` (with `token` as a bearer token, if given).
+
+    Raises:
+        StatusUnavailable: nothing answered, the token was refused (401), or
+            what answered is not a ProtoBase node.
+    """
+    base = url.rstrip("/")
+    request = urllib.request.Request(base + "/status.json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status.json", timeout=5) as response:
-            status: dict[str, Any] = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise StatusUnavailable(
+                f"{base} refused the client token (401); give the cluster's token with "
+                "--token-file F (client.token in the directory `protobase cluster up` made) "
+                "or PROTOBASE_TOKEN"
+            ) from exc
+        raise StatusUnavailable(
+            f"{base}/status.json answered {exc.code} {exc.reason}; give the client URL of a "
+            "running member (http://HOST:PORT)"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(
-            f"protobase cluster status: no ProtoBase node answered at {url} ({reason}); "
-            "give the client URL of a running member (http://HOST:PORT)",
-            file=sys.stderr,
-        )
+        raise StatusUnavailable(
+            f"no ProtoBase node answered at {base} ({reason}); give the client URL of a "
+            "running member (http://HOST:PORT)"
+        ) from exc
+    except ValueError as exc:
+        raise StatusUnavailable(
+            f"{base}/status.json is not JSON ({exc}); is it a ProtoBase node?"
+        ) from exc
+    if not isinstance(status, dict) or not {"cluster", "groups", "members"} <= status.keys():
+        raise StatusUnavailable(f"{base}/status.json is not a ProtoBase node's status")
+    return status
+
+
+def cluster_status(
+    url: str,
+    token: str | None = None,
+    raw_json: bool = False,
+    console: Console | None = None,
+) -> int:
+    """`protobase cluster status URL`: what the node's ``/status`` page shows, as tables.
+
+    The node's groups (leader by node id and URL, role here, term, commit,
+    applied, follower lag, voters, leader changes seen), the members (each
+    asked for its own status: ready, not ready, or why it did not answer),
+    and the S3 cold tier. A follower lag is known to a group's leader only:
+    for the groups this node does not lead it comes from the leader's status.
+    (The HTML page also lists the latest leader changes; /status.json has
+    only their count per group, in the last column.) With `raw_json`, the
+    node's ``/status.json`` as it is.
+
+    Returns:
+        0, or 1 when the node at `url` did not answer as a ProtoBase node
+        (the reason is printed on stderr).
+    """
+    try:
+        status = fetch_status(url, token)
+    except StatusUnavailable as exc:
+        print(f"protobase cluster status: {exc}", file=sys.stderr)
         return 1
-    members = status["members"]
-    print(
-        f"cluster {status['cluster']!r}: {len(members)} members, {status['partitions']} partitions"
+    if raw_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    plain: io.StringIO | None = None
+    if console is None:
+        if not sys.stdout.isatty():
+            # Piped or redirected: no colour or cursor codes, no wrapping at 80
+            # columns, and (below) no spaces padding the lines.
+            plain = io.StringIO()
+        console = Console(
+            file=plain,
+            markup=False,
+            highlight=False,
+            emoji=False,
+            force_terminal=False if plain else None,
+            color_system=None if plain else "auto",
+            width=200 if plain else None,
+        )
+    here = status["node_id"]
+    others: dict[int, dict[str, Any] | str] = {}
+    for member in status["members"]:
+        if member["id"] != here:
+            try:
+                others[member["id"]] = fetch_status(member["client"], token, timeout=2.0)
+            except StatusUnavailable as exc:
+                others[member["id"]] = str(getattr(exc.__cause__, "reason", None) or exc)
+    clients = {m["id"]: m["client"] for m in status["members"]}
+
+    def text(value: Any) -> str:
+        return "" if value is None else str(value)
+
+    def follower_lag(group: dict[str, Any]) -> str:
+        leader = group.get("leader")
+        if leader == here or leader is None:
+            return text(group.get("follower_lag"))
+        view = others.get(leader)
+        if not isinstance(view, dict):
+            return "?"
+        for theirs in view["groups"]:
+            if theirs["group"] == group["group"] and theirs["role"] == "leader":
+                return text(theirs.get("follower_lag"))
+        return "?"
+
+    console.print(
+        f"Cluster {status['cluster']!r}: node {here}, "
+        f"{'ready' if status.get('ready') else 'not ready'}; map epoch {status.get('epoch')}, "
+        f"{status['partitions']} partitions, up {status.get('uptime_seconds')} s",
+        style="bold",
     )
-    leaders: dict[str, Any] = {}
-    rows = []
-    for member in members:
-        try:
-            with urllib.request.urlopen(member["client"] + "/status.json", timeout=2) as reply:
-                state = json.loads(reply.read())
-        except (urllib.error.URLError, OSError) as exc:
-            rows.append([str(member["id"]), member["client"], "DOWN", str(exc), "", "", "", ""])
-            continue
-        for group in state["groups"]:
-            if group["role"] == "leader":
-                leaders[group["name"]] = group
-            rows.append(
-                [
-                    str(member["id"]),
-                    member["client"],
-                    group["name"],
-                    group["role"],
-                    str(group["leader"]),
-                    str(group["term"]),
-                    str(group["commit"]),
-                    str(group["applied"]),
-                ]
-            )
-    for row in rows:
-        leader = leaders.get(row[2])
-        lag = "" if leader is None or not row[7].isdigit() else str(leader["commit"] - int(row[7]))
-        row.append(lag)
-    header = ["node", "url", "group", "role", "leader", "term", "commit", "applied", "lag"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    groups = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in (
+        "group",
+        "leader",
+        "role here",
+        "term",
+        "commit",
+        "applied",
+        "follower lag",
+        "voters",
+        "leader changes",
+    ):
+        groups.add_column(column, no_wrap=True)
+    for group in status["groups"]:
+        leader = group.get("leader")
+        groups.add_row(
+            group["name"],
+            "no leader" if leader is None else f"node {leader} ({clients.get(leader, '?')})",
+            text(group.get("role")),
+            text(group.get("term")),
+            text(group.get("commit")),
+            text(group.get("applied")),
+            follower_lag(group),
+            ", ".join(str(v) for v in group.get("voters", ())),
+            text(group.get("leader_changes")),
+        )
+    console.print("\nGroups", style="bold")
+    console.print(groups)
+    members = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("id", "client", "peer", "state"):
+        members.add_column(column, no_wrap=column != "state")
+    for member in status["members"]:
+        view = status if member["id"] == here else others[member["id"]]
+        if isinstance(view, dict):
+            state = "ready" if view.get("ready") else "not ready"
+        else:
+            state = f"DOWN: {view}"
+        if member["id"] == here:
+            state += " (this node)"
+        members.add_row(text(member["id"]), member["client"], member["peer"], state)
+    console.print("\nMembers", style="bold")
+    console.print(members)
+    console.print("\nS3 cold tier", style="bold")
+    s3 = status.get("s3")
+    if s3 is None:
+        console.print("No S3 cold tier is configured on this node.")
+    else:
+        tier = Table(box=box.SIMPLE_HEAD, show_edge=False, show_header=False)
+        tier.add_column("what", no_wrap=True)
+        tier.add_column("value")
+        tier.add_row("location", text(s3.get("location")))
+        tier.add_row(
+            "backlog",
+            f"{s3.get('backlog_entries')} entries, {s3.get('backlog_bytes')} bytes",
+        )
+        uploads = s3.get("uploads") or {}
+        tier.add_row(
+            "uploads",
+            f"{uploads.get('entries')} entries objects, {uploads.get('meta')} meta states",
+        )
+        tier.add_row("failed rounds", text(s3.get("failures")))
+        tier.add_row("last error", text(s3.get("last_error")) or "none")
+        console.print(tier)
+    if plain is not None:
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in plain.getvalue().splitlines()))
     return 0

@@ -1,6 +1,7 @@
 """The cluster commands as a user runs them (real subprocesses): `protobase cluster
-up` along the README path, `protobase cluster status`, and `protobase demo
---cluster`.
+up` along the README path, and `protobase demo --cluster`.
+
+`protobase cluster status` is in test_cluster_status_cli.py.
 
 `protobase node --config` with a missing file is covered by
 test_faults.py::test_node_refuses_to_start_with_a_bad_config ("no config file").
@@ -286,44 +287,7 @@ def test_cluster_up_stops_its_nodes_on_sigterm_and_sighup(
     assert node_processes(directory) == {}, "cluster up left nodes running"
 
 
-# -- 2. cluster status ------------------------------------------------------------
-
-
-COLUMNS = ["node", "url", "group", "role", "leader", "term", "commit", "applied", "lag"]
-
-
-def test_cluster_status_lists_every_member_and_group(local_cluster: Any) -> None:
-    result = run_cli("cluster", "status", local_cluster.urls[0])
-    assert result.returncode == 0, result.stderr
-    first, header, *lines = result.stdout.splitlines()
-    partitions = local_cluster.status(1)["partitions"]
-    assert first == (
-        f"cluster {local_cluster.directory.name!r}: 3 members, {partitions} partitions"
-    )
-    assert header.split() == COLUMNS
-    rows = [dict(zip(COLUMNS, line.split(), strict=True)) for line in lines]
-    groups = ["meta"] + [f"partition-{p}" for p in range(partitions)]
-    expected = {(str(k), url, g) for k, url in enumerate(local_cluster.urls, 1) for g in groups}
-    assert {(r["node"], r["url"], r["group"]) for r in rows} == expected
-    assert len(rows) == len(expected)
-    for row in rows:
-        assert row["role"] in ("leader", "follower"), row
-        for column in ("leader", "term", "commit", "applied", "lag"):
-            assert row[column].isdigit(), row
-    meta_leaders = [r for r in rows if r["group"] == "meta" and r["role"] == "leader"]
-    assert meta_leaders, rows
-    assert all(r["leader"] == meta_leaders[0]["node"] for r in rows if r["group"] == "meta")
-
-
-def test_cluster_status_of_a_url_where_nothing_listens_says_so() -> None:
-    url = f"http://127.0.0.1:{free_port_base(1) + 1}"
-    result = run_cli("cluster", "status", url)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr
-    assert url in result.stderr and "no ProtoBase node answered" in result.stderr, result.stderr
-
-
-# -- 3. the demo on a cluster -----------------------------------------------------
+# -- 2. the demo on a cluster -----------------------------------------------------
 
 
 def earlier_runs(output: str) -> int:
