@@ -432,15 +432,14 @@ def status_page(node: ClusterNode) -> str:
         "<tr>" + cell(m["id"]) + cell(m["client"]) + cell(m["peer"]) + "</tr>"
         for m in status["members"]
     )
-    names = {g["group"]: g["name"] for g in status["groups"]}
     changes = "".join(
         "<tr>"
-        + cell(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)))
-        + cell(names.get(group, group))
-        + cell(term)
-        + cell("none" if new is None else f"node {new}")
+        + cell(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(change["time"])))
+        + cell(change["group"])
+        + cell(change["term"])
+        + cell("none" if change["leader"] is None else f"node {change['leader']}")
         + "</tr>"
-        for when, group, term, new in reversed(node.raft.leader_history)
+        for change in status["leader_history"]
     )
     s3 = status.get("s3")
     tier = (

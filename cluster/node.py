@@ -812,6 +812,15 @@ class ClusterNode:
             "ready": self.ready()[0],
             "uptime_seconds": round(time.time() - self.started, 1),
             "s3": None if self.cold is None else self.cold.status(),
+            "leader_history": [
+                {
+                    "time": when,
+                    "group": "meta" if group == META_GROUP else f"partition-{group - 1}",
+                    "term": term,
+                    "leader": leader,
+                }
+                for when, group, term, leader in reversed(self.raft.leader_history)
+            ],
         }
 
 

@@ -389,9 +389,8 @@ def cluster_status(
     asked for its own status: ready, not ready, or why it did not answer),
     and the S3 cold tier. A follower lag is known to a group's leader only:
     for the groups this node does not lead it comes from the leader's status.
-    (The HTML page also lists the latest leader changes; /status.json has
-    only their count per group, in the last column.) With `raw_json`, the
-    node's ``/status.json`` as it is.
+    and the latest leader changes this node saw. With `raw_json`, the node's
+    ``/status.json`` as it is.
 
     Returns:
         0, or 1 when the node at `url` did not answer as a ProtoBase node
@@ -518,6 +517,23 @@ def cluster_status(
         tier.add_row("failed rounds", text(s3.get("failures")))
         tier.add_row("last error", text(s3.get("last_error")) or "none")
         console.print(tier)
+    console.print("\nRecent leader changes (newest first)", style="bold")
+    history = status.get("leader_history") or []
+    if not history:
+        console.print("None seen by this node.")
+    else:
+        changes = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        for column in ("time (UTC)", "group", "term", "new leader"):
+            changes.add_column(column, no_wrap=True)
+        for change in history:
+            leader = change["leader"]
+            changes.add_row(
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(change["time"])),
+                change["group"],
+                text(change["term"]),
+                "none" if leader is None else f"node {leader}",
+            )
+        console.print(changes)
     if plain is not None:
         sys.stdout.write("".join(line.rstrip() + "\n" for line in plain.getvalue().splitlines()))
     return 0

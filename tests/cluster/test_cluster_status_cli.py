@@ -57,6 +57,11 @@ def test_cluster_status_names_each_groups_leader(local_cluster: Any) -> None:
         (line,) = [line for line in output.splitlines() if f" {url} " in line]
         assert "ready" in line and "DOWN" not in line, output
     assert "Groups" in output and "Members" in output and "S3 cold tier" in output
+    # Node 1 saw each group's current leader elected (newest changes first).
+    changes = output.split("Recent leader changes (newest first)", 1)[1]
+    for group in expected["groups"]:
+        pattern = rf"^\s*\S+ \S+\s+{group['name']}\s+\d+\s+node {group['leader']}\s*$"
+        assert re.search(pattern, changes, re.MULTILINE), changes
 
 
 def test_cluster_status_json_prints_the_nodes_status_json(local_cluster: Any) -> None:
