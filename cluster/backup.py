@@ -37,7 +37,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,26 @@ def _choose(
 
 # -- reading the entries back ----------------------------------------------------------
 
+READERS = 8
+"""Objects read from S3 at once (one small GET is mostly waiting on the endpoint)."""
+
+
+def _read_objects(bucket: Bucket, keys: Sequence[str]) -> Iterator[bytes]:
+    """The objects at `keys`, in that order, read `READERS` at a time.
+
+    Raises:
+        ClusterBackupError: an object is missing.
+    """
+
+    def read(key: str) -> bytes:
+        try:
+            return bucket.get(key)
+        except ObjectMissing as exc:
+            raise ClusterBackupError(f"s3://{bucket.name}/{key} is missing") from exc
+
+    with ThreadPoolExecutor(READERS, thread_name_prefix="backup-read") as pool:
+        yield from pool.map(read, keys)
+
 
 def _batches(
     bucket: Bucket, manifest: dict[str, Any], progress: Progress | None
@@ -356,15 +377,16 @@ def _batches(
     totals: dict[bytes, int] = {}
     names = [(name, size) for name, size in manifest["objects"] if name.endswith(".pbe")]
     done, total_bytes = 0, sum(size for _, size in names)
-    for name, size in names:
+    ranges = []
+    for name, _ in names:
         first_last = parse_entries_key(name.rsplit("/", 1)[-1])
         if first_last is None:
             raise ClusterBackupError(f"{name}: not an entries object name")
-        key = bucket.key(name)
-        try:
-            data = bucket.get(key)
-        except ObjectMissing as exc:
-            raise ClusterBackupError(f"s3://{bucket.name}/{key} is missing") from exc
+        ranges.append(first_last)
+    keys = [bucket.key(name) for name, _ in names]
+    for key, (_, size), first_last, data in zip(
+        keys, names, ranges, _read_objects(bucket, keys), strict=True
+    ):
         try:
             entries = decode_entries(data, f"s3://{bucket.name}/{key}", *first_last)
         except ColdTierError as exc:
@@ -402,6 +424,9 @@ def _batches(
 
 
 # -- restore --------------------------------------------------------------------------
+
+LOADERS = 8
+"""Batches put into the new cluster at once."""
 
 
 def restore_cluster(
@@ -457,16 +482,21 @@ def restore_cluster(
         try:
             from protobase.storage.interfaces import CommitBatch
 
-            for transaction_id, (atoms, links) in batches.items():
+            def put(item: tuple[bytes, tuple[list[bytes], list[Any] | None]]) -> None:
+                transaction_id, (atoms, links) = item
                 wire_links = (
                     None
                     if links is None
                     else [[AtomPointer(bytes(p[0]), p[1]) for p in atom] for atom in links]
                 )
                 loader.put_batch(CommitBatch(transaction_id, atoms, wire_links))
-                report.batches += 1
-                if progress is not None:
-                    progress(report.batches, len(batches))
+
+            # Batches are independent: several in flight share the partitions' syncs.
+            with ThreadPoolExecutor(LOADERS, thread_name_prefix="restore-put") as pool:
+                for _ in pool.map(put, batches.items()):
+                    report.batches += 1
+                    if progress is not None:
+                        progress(report.batches, len(batches))
         finally:
             loader.close()
         for space, root in machine.state.spaces.items():
@@ -523,8 +553,9 @@ def verify_cluster(
     manifests = _manifests(bucket)
     report.backups = len(manifests)
     manifest = manifests[-1]  # every later backup names a superset of the objects
+    present = dict(bucket.list_objects(bucket.key("")))  # one listing, not a HEAD each
     for name, size in manifest["objects"]:
-        found = bucket.size(bucket.key(name))
+        found = present.get(bucket.key(name))
         if found != size:
             report.problems.append(f"{name}: {found} bytes in the bucket, {size} in the manifest")
         report.objects_checked += 1
@@ -545,7 +576,8 @@ def verify_cluster(
                 f"partition group {group}: entries reach {through}, the backup needs {target}"
             )
 
-    read_payloads = _payload_reader(batches)
+    # Every backed-up point's roots in one walk: the points share most of their atoms.
+    roots: dict[AtomPointer, None] = {}  # in order, each once
     for name, _ in manifest["objects"]:
         if _meta_index(name) is None:
             continue
@@ -555,8 +587,10 @@ def verify_cluster(
         except ClusterBackupError as exc:
             report.problems.append(str(exc))
             continue
-        roots = [AtomPointer(*r.pointer) for r in machine.state.spaces.values() if r.pointer]
-        walked = reachability.walk(read_payloads, roots, None, collect_problems=True)
-        report.problems.extend(f"{name}: {problem}" for problem in walked.problems)
-        report.atoms_checked += len(walked.reachable)
+        for space in machine.state.spaces.values():
+            if space.pointer:
+                roots[AtomPointer(*space.pointer)] = None
+    walked = reachability.walk(_payload_reader(batches), list(roots), None, collect_problems=True)
+    report.problems.extend(walked.problems)
+    report.atoms_checked += len(walked.reachable)
     return report
