@@ -1,4 +1,5 @@
-"""Outside programs the tests use (chromium, promtool, prometheus, docker-compose, moto_server).
+"""Outside programs the tests use (chromium, promtool, prometheus, docker-compose, moto_server),
+and scripts of the repository that are not in a package.
 
 `make test` installs each one when it is missing. Under CI (``CI=true``) a
 test whose program is missing fails; elsewhere it is skipped, and the skip
@@ -7,10 +8,12 @@ says which program and how to get it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -28,3 +31,12 @@ def require(*names: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The module of the script at `path` (a file that is not part of a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

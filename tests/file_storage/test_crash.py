@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.util
 import os
 import random
 import shutil
@@ -27,9 +26,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tools import load_script
 
 from protobase import ObjectSpace, Transaction
 from protobase.maintenance import fsck
@@ -42,15 +41,7 @@ KILLS_PER_DIRECTORY = 10
 WAIT_SECONDS = 30.0
 
 
-def _load_child() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crash_child", CHILD_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
+child = load_script(CHILD_SCRIPT, "crash_child")
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,19 @@ exports.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 from harness import LocalCluster
 from prometheus_client.parser import text_string_to_metric_families
+from tools import load_script
 
 from protobase import DBObject, ObjectSpace
 
@@ -33,16 +32,7 @@ GENERATOR = OPS / "grafana" / "dashboard.py"
 DATASOURCES = OPS / "compose" / "grafana" / "datasources" / "prometheus.yml"
 
 
-def load_generator() -> ModuleType:
-    """ops/grafana/dashboard.py, which is a script, not part of a package."""
-    spec = importlib.util.spec_from_file_location("ops_grafana_dashboard", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generator = load_generator()
+generator = load_script(GENERATOR, "ops_grafana_dashboard")
 
 METRIC = re.compile(r"\b(protobase_[a-z0-9_]+|process_[a-z0-9_]+|up)\b")
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
