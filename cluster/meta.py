@@ -35,6 +35,7 @@ Results: ``["ok", version]``, ``["dup", version, root]`` or
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,24 +77,84 @@ class RecentRoot:
     """Bytes of the batch the root change named, when the proposer knew them (else 0)."""
 
 
+MEMBER_STATES = ("active", "leaving", "dead")
+"""An active member may hold replicas; a leaving one is being decommissioned
+(its replicas move off, then it is forgotten); a dead one was declared gone
+for good by an operator (its replicas are replaced; it never gets one)."""
+
+
 @dataclass(frozen=True)
 class ClusterMap:
-    """Who the members are and how data is partitioned, as of `epoch`."""
+    """Who the members are, where each group's replicas are, and how data is
+    partitioned, as of `epoch`.
+
+    Invariants: member ids are unique and sorted; every replica named in
+    `groups` is a member; `states` and `zones` name members only. A map with
+    no `groups` is one written before placement became data: its placement
+    is the rotation of `cluster.partitions.placement` over all members.
+    """
 
     epoch: int
     members: tuple[tuple[int, str, str], ...]
     """(member id, peer HOST:PORT, client URL), by id."""
     partitions: int
     replication: int
+    groups: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    """(group id, its replicas), by group id: the placement, once it is data."""
+    states: tuple[tuple[int, str], ...] = ()
+    """(member id, "leaving" | "dead") for the members that are not active."""
+    zones: tuple[tuple[int, str], ...] = ()
+    """(member id, zone label) for the members that have one."""
+
+    def placement(self) -> dict[int, tuple[int, ...]]:
+        """Group id -> its replicas (the meta group is group 0)."""
+        if self.groups:
+            return dict(self.groups)
+        from .partitions import placement
+
+        return placement([m[0] for m in self.members], self.partitions, self.replication)
+
+    def member_ids(self) -> list[int]:
+        return [m[0] for m in self.members]
+
+    def state_of(self, member: int) -> str:
+        return dict(self.states).get(member, "active")
+
+    def zone_of(self, member: int) -> str | None:
+        return dict(self.zones).get(member)
+
+    def member(self, member: int) -> tuple[int, str, str] | None:
+        return next((m for m in self.members if m[0] == member), None)
+
+    def changed(self, **fields: Any) -> ClusterMap:
+        """This map with `fields` replaced, at the next epoch (normalized and checked)."""
+        changed = dataclasses.replace(self, epoch=self.epoch + 1, **fields)
+        return ClusterMap.from_wire(changed.to_wire())
 
     def to_wire(self) -> list[Any]:
-        return [self.epoch, [list(m) for m in self.members], self.partitions, self.replication]
+        wire: list[Any] = [
+            self.epoch,
+            [list(m) for m in self.members],
+            self.partitions,
+            self.replication,
+        ]
+        if self.groups or self.states or self.zones:
+            wire.append(
+                {
+                    "groups": [[g, list(r)] for g, r in self.groups],
+                    "states": [list(s) for s in self.states],
+                    "zones": [list(z) for z in self.zones],
+                }
+            )
+        return wire
 
     @staticmethod
     def from_wire(raw: Any) -> ClusterMap:
-        if type(raw) is not list or len(raw) != 4:
-            raise MetaEntryError("a cluster map is [epoch, members, partitions, replication]")
-        epoch, members, partitions, replication = raw
+        if type(raw) is not list or len(raw) not in (4, 5):
+            raise MetaEntryError(
+                "a cluster map is [epoch, members, partitions, replication, {placement}]"
+            )
+        epoch, members, partitions, replication = raw[:4]
         if (
             type(epoch) is not int
             or epoch < 1
@@ -111,12 +172,69 @@ class ClusterMap:
                 type(member) is not list
                 or len(member) != 3
                 or type(member[0]) is not int
+                or member[0] < 1
                 or type(member[1]) is not str
                 or type(member[2]) is not str
             ):
                 raise MetaEntryError("a member is [id, peer, client URL]")
             parsed.append((member[0], member[1], member[2]))
-        return ClusterMap(epoch, tuple(sorted(parsed)), partitions, replication)
+        ids = {m[0] for m in parsed}
+        if len(ids) != len(parsed):
+            raise MetaEntryError("a cluster map names a member id twice")
+        groups: list[tuple[int, tuple[int, ...]]] = []
+        states: list[tuple[int, str]] = []
+        zones: list[tuple[int, str]] = []
+        if len(raw) == 5:
+            extra = raw[4]
+            if type(extra) is not dict or set(extra) != {"groups", "states", "zones"}:
+                raise MetaEntryError("a cluster map's placement is {groups, states, zones}")
+            for item in extra["groups"]:
+                if (
+                    type(item) is not list
+                    or len(item) != 2
+                    or type(item[0]) is not int
+                    or not 0 <= item[0] <= partitions
+                    or type(item[1]) is not list
+                    or not all(type(r) is int and r in ids for r in item[1])
+                    or len(set(item[1])) != len(item[1])
+                ):
+                    raise MetaEntryError(f"malformed placement of a group: {item!r:.80}")
+                groups.append((item[0], tuple(sorted(item[1]))))
+            for item in extra["states"]:
+                if (
+                    type(item) is not list
+                    or len(item) != 2
+                    or item[0] not in ids
+                    or item[1] not in MEMBER_STATES[1:]
+                ):
+                    raise MetaEntryError(f"malformed member state: {item!r:.80}")
+                states.append((item[0], item[1]))
+            for item in extra["zones"]:
+                if (
+                    type(item) is not list
+                    or len(item) != 2
+                    or item[0] not in ids
+                    or type(item[1]) is not str
+                    or not item[1]
+                ):
+                    raise MetaEntryError(f"malformed member zone: {item!r:.80}")
+                zones.append((item[0], item[1]))
+            for name, pairs in (("state", states), ("zone", zones)):
+                if len({member for member, _ in pairs}) != len(pairs):
+                    raise MetaEntryError(f"a cluster map gives a member two {name}s")
+            if len({g for g, _ in groups}) != len(groups):
+                raise MetaEntryError("a cluster map places a group twice")
+            if groups and {g for g, _ in groups} != set(range(partitions + 1)):
+                raise MetaEntryError("a cluster map's placement must name every group")
+        return ClusterMap(
+            epoch,
+            tuple(sorted(parsed)),
+            partitions,
+            replication,
+            tuple(sorted(groups)),
+            tuple(sorted(states)),
+            tuple(sorted(zones)),
+        )
 
 
 def map_entry(cluster_map: ClusterMap) -> bytes:

@@ -93,3 +93,59 @@ def test_the_cluster_map_moves_one_epoch_at_a_time() -> None:
     copy = MetaMachine()
     copy.restore(io.BytesIO(sink.getvalue()))
     assert copy.state.cluster_map == second
+
+
+# -- the cluster map as data --------------------------------------------------------
+
+
+def three_members() -> meta.ClusterMap:
+    members = tuple((k, f"127.0.0.1:{7000 + k}", f"http://127.0.0.1:{7100 + k}") for k in (1, 2, 3))
+    return meta.ClusterMap(1, members, 4, 3)
+
+
+def test_a_map_written_before_placement_was_data_keeps_its_wire_form_and_placement() -> None:
+    old = three_members()
+    assert len(old.to_wire()) == 4  # what earlier versions wrote and read
+    assert meta.ClusterMap.from_wire(old.to_wire()) == old
+    assert old.placement() == {g: (1, 2, 3) for g in range(5)}
+    assert old.state_of(2) == "active" and old.zone_of(2) is None
+
+
+def test_a_changed_map_is_the_next_epoch_and_round_trips_with_its_placement() -> None:
+    old = three_members()
+    joined = old.changed(
+        members=(*old.members, (4, "127.0.0.1:7004", "http://127.0.0.1:7104")),
+        groups=tuple((g, (1, 2, 4) if g % 2 else (1, 2, 3)) for g in range(5)),
+        states=((3, "leaving"),),
+        zones=((1, "a"), (4, "b")),
+    )
+    assert joined.epoch == 2
+    assert meta.ClusterMap.from_wire(joined.to_wire()) == joined
+    assert joined.placement()[1] == (1, 2, 4) and joined.placement()[0] == (1, 2, 3)
+    assert joined.state_of(3) == "leaving" and joined.zone_of(4) == "b"
+    machine = MetaMachine()
+    assert machine.apply(1, meta.map_entry(old)) == ["ok", 1]
+    assert machine.apply(2, meta.map_entry(joined)) == ["ok", 2]
+    assert machine.apply(3, meta.map_entry(old.changed())) == ["conflict", 2]  # epoch 2 again
+    restored = MetaMachine()
+    sink = io.BytesIO()
+    machine.snapshot(sink)
+    restored.restore(io.BytesIO(sink.getvalue()))
+    assert restored.state.cluster_map == joined
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"groups": ((0, (1, 2, 9)),)}, "malformed placement"),
+        ({"groups": ((0, (1, 2, 3)),)}, "every group"),
+        ({"groups": tuple((g, (1, 1, 2)) for g in range(5))}, "malformed placement"),
+        ({"states": ((2, "asleep"),)}, "member state"),
+        ({"states": ((9, "dead"),)}, "member state"),
+        ({"zones": ((1, ""),)}, "member zone"),
+        ({"members": ((1, "a:1", "u"), (1, "b:2", "v"))}, "twice"),
+    ],
+)
+def test_a_malformed_map_is_refused_with_a_clear_error(fields: dict, message: str) -> None:
+    with pytest.raises(meta.MetaEntryError, match=message):
+        three_members().changed(**fields)
