@@ -271,11 +271,13 @@ class NodeAPI:
 
     def _map(self) -> dict[str, Any]:
         """The cluster map as clients see it (the configured one before the first)."""
-        cluster_map = self.node.meta.state.cluster_map or self.node.configured_map()
+        cluster_map = self.node.cluster_map
         return {
             "epoch": self.node.map_epoch,
             "partitions": cluster_map.partitions,
             "members": [{"id": m[0], "client": m[2]} for m in cluster_map.members],
+            # The whole map, for members that do not replicate the meta group.
+            "map": cluster_map.to_wire() if self.node.map_epoch else None,
         }
 
     async def cluster(self, request: web.Request) -> web.Response:
@@ -284,7 +286,7 @@ class NodeAPI:
             {
                 "cluster": self.node.settings.cluster,
                 **self._map(),
-                "meta_leader": self.node.settings.client_url(leader) if leader else None,
+                "meta_leader": self.node.client_url(leader) if leader else None,
             }
         )
 

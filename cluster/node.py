@@ -99,10 +99,12 @@ class ClusterNode:
         self.failpoints = failpoints or Failpoints()
         """Deliberate bugs for the chaos harness's mutation check (off in use)."""
         self.id = settings.node_id
-        members = [m.id for m in settings.members]
-        self.placement = placement(members, settings.partitions, settings.replication)
         _check_identity(settings)
         self.meta = MetaMachine()
+        self._fetched_map: ClusterMap | None = None
+        """The newest map learned from another member (a node outside the meta
+        group has no map of its own)."""
+        self._placement_cache: tuple[ClusterMap, dict[int, tuple[int, ...]]] | None = None
         self.partitions: dict[int, PartitionMachine] = {}
         groups: dict[int, Any] = {}
         for group, replicas in self.placement.items():
@@ -234,25 +236,73 @@ class ClusterNode:
                     log.info("node %d: the cluster map is not written yet: %s", self.id, exc)
             await asyncio.sleep(self.settings.tick_interval)
         found = self.meta.state.cluster_map
-        if (found.partitions, found.members) != (configured.partitions, configured.members):
+        if found.partitions != configured.partitions:
             log.error(
-                "node %d: its config differs from the cluster map (epoch %d: %d partitions, "
-                "members %s); the map decides",
+                "node %d: its config says %d partitions, the cluster map (epoch %d) %d; "
+                "the map decides",
                 self.id,
+                configured.partitions,
                 found.epoch,
                 found.partitions,
+            )
+        elif found.members != configured.members:
+            log.info(
+                "node %d: the cluster map (epoch %d) has members %s; the [[members]] of "
+                "node.toml only bootstrap a cluster",
+                self.id,
+                found.epoch,
                 [m[0] for m in found.members],
             )
 
     def configured_map(self) -> ClusterMap:
+        """Epoch 1 as the config describes it: the `[[members]]` that bootstrap
+        the cluster, with the placement written out as data."""
         members = tuple((m.id, f"{m.peer[0]}:{m.peer[1]}", m.client) for m in self.settings.members)
-        return ClusterMap(1, members, self.settings.partitions, self.settings.replication)
+        computed = placement(
+            [m.id for m in self.settings.members],
+            self.settings.partitions,
+            self.settings.replication,
+        )
+        return ClusterMap(
+            1,
+            members,
+            self.settings.partitions,
+            self.settings.replication,
+            groups=tuple(sorted(computed.items())),
+        )
+
+    @property
+    def cluster_map(self) -> ClusterMap:
+        """The newest cluster map this node knows: the meta group's as applied
+        here, or the newest learned from another member; before either, the
+        configured one."""
+        known = [m for m in (self.meta.state.cluster_map, self._fetched_map) if m is not None]
+        return max(known, key=lambda m: m.epoch) if known else self.configured_map()
+
+    def learn_map(self, cluster_map: ClusterMap) -> None:
+        """Remember a map learned from another member, if it is newer."""
+        if cluster_map.epoch > self.cluster_map.epoch:
+            self._fetched_map = cluster_map
+
+    @property
+    def placement(self) -> dict[int, tuple[int, ...]]:
+        """Group id -> its replicas, by the newest map known here."""
+        current = self.cluster_map
+        cached = self._placement_cache
+        if cached is None or cached[0] is not current:
+            cached = self._placement_cache = (current, current.placement())
+        return cached[1]
+
+    def client_url(self, node_id: int) -> str | None:
+        """Member `node_id`'s client URL, by the newest map known here."""
+        member = self.cluster_map.member(node_id)
+        return member[2] if member is not None else self.settings.client_url(node_id)
 
     @property
     def map_epoch(self) -> int:
-        """The epoch of the cluster map this node has applied (0 before the first)."""
-        cluster_map = self.meta.state.cluster_map
-        return 0 if cluster_map is None else cluster_map.epoch
+        """The epoch of the newest cluster map this node knows (0 before the first)."""
+        known = [m.epoch for m in (self.meta.state.cluster_map, self._fetched_map) if m]
+        return max(known, default=0)
 
     async def stop(self) -> None:
         if self.cold is not None:
@@ -278,9 +328,9 @@ class ClusterNode:
         leader = self.leader(group)
         if leader is None:
             # A group not replicated here: ask its first replica, which forwards.
-            replicas = self.placement[group]
-            return self.settings.client_url(replicas[0]) if replicas else None
-        return self.settings.client_url(leader)
+            replicas = self.placement.get(group, ())
+            return self.client_url(replicas[0]) if replicas else None
+        return self.client_url(leader)
 
     def is_leader(self, group: int) -> bool:
         return group in self.raft.groups and self.raft.leader(group) == self.id
@@ -798,14 +848,21 @@ class ClusterNode:
             state["name"] = "meta" if group == META_GROUP else f"partition-{group - 1}"
             state["leader_changes"] = self.raft.groups[group].leader_changes
             groups.append(state)
+        current = self.cluster_map
         return {
             "cluster": self.settings.cluster,
             "node_id": self.id,
             "partitions": self.settings.partitions,
             "epoch": self.map_epoch,
             "members": [
-                {"id": m.id, "peer": f"{m.peer[0]}:{m.peer[1]}", "client": m.client}
-                for m in self.settings.members
+                {
+                    "id": member,
+                    "peer": peer,
+                    "client": client,
+                    "state": current.state_of(member),
+                    "zone": current.zone_of(member),
+                }
+                for member, peer, client in current.members
             ],
             "placement": {str(g): list(r) for g, r in self.placement.items()},
             "groups": groups,
