@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "GroupAlreadyRunning",
+    "GroupRemoved",
     "LogCorruptionError",
     "LogError",
     "LogUnavailableError",
@@ -35,6 +37,16 @@ class NotLeader(RaftError):
         self.leader_hint = leader_hint
         hint = f"node {leader_hint}" if leader_hint is not None else "unknown"
         super().__init__(f"not the leader of group {group}; leader: {hint}; retry there")
+
+
+class GroupAlreadyRunning(RaftError):
+    """`RaftNode.add_group` was asked for a group this node already runs (or
+    is still removing: wait for `remove_group` to return)."""
+
+
+class GroupRemoved(RaftError):
+    """The group was removed from this node (`RaftNode.remove_group`) while
+    the call waited: ask a node that still runs it."""
 
 
 class ProposalDropped(RaftError):

@@ -8,6 +8,12 @@ Directory layout::
     <store>/group-<id>/seg-<seq:08d>.log           segments, replayed in seq order
     <store>/group-<id>/snapshot-<index:020d>.snap  the group's latest snapshot
     <store>/group-<id>/*.snap.tmp                  a snapshot being written or received
+    <store>/tombstone-group-<id>-<hex>/            a removed group being deleted
+
+Removing a group (`LogStore.remove_group`) closes its files, renames its
+directory to a tombstone (atomic), fsyncs the store directory, then deletes
+the tombstone. A crash leaves either the whole group (it was not removed) or
+a tombstone, which the next open deletes; a tombstone is never a group.
 
 Segments are named by sequence number, not by first index: a suffix truncation
 is written as new records at the end of the active segment, so a later segment
@@ -85,7 +91,9 @@ through a hashing sink (`save_snapshot`), fsync'd and renamed. Both are
 durable at once, independently of `sync()`, and are followed by a directory
 fsync. Version 1 files (data length in the header) are refused as corrupt.
 
-Recovery (`LogStore.__init__`), per group, first read-only, then repairs.
+Recovery (`LogStore.__init__`) first deletes the tombstones of removed
+groups (crash leftovers, by name), then, per group, first read-only, then
+repairs.
 The rule: recovery discards only bytes it can show this log wrote and never
 synced; anything it cannot explain raises `LogCorruptionError`, naming the
 file and the byte offset, and changes no file.
@@ -132,6 +140,7 @@ import fcntl
 import io
 import os
 import re
+import shutil
 import struct
 from array import array
 from collections.abc import Callable, Collection, Sequence
@@ -207,6 +216,7 @@ _MAX_READ_GAP = 64 << 10
 _SEGMENT_NAME = re.compile(r"seg-(\d{8,})\.log")
 _SNAPSHOT_NAME = re.compile(r"snapshot-(\d{20})\.snap")
 _GROUP_NAME = re.compile(r"group-(\d+)")
+_TOMBSTONE_NAME = re.compile(r"tombstone-group-\d+-[0-9a-f]+")
 
 _xxh3 = xxhash.xxh3_64_intdigest
 
@@ -238,6 +248,12 @@ def segment_name(seq: int) -> str:
 
 def snapshot_name(index: int) -> str:
     return f"snapshot-{index:020d}.snap"
+
+
+def tombstone_name(group_id: int) -> str:
+    """A fresh name for a removed group's directory, unique even if an
+    earlier tombstone of the same group could not be deleted."""
+    return f"tombstone-group-{group_id}-{os.urandom(4).hex()}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -579,6 +595,9 @@ class FileGroupLog:
         self._sizes: array[int] = array("I")
         self._cache: list[Entry] = []
         self._cache_used = 0
+        self._closed = False
+        """Set by `LogStore.close_group`/`remove_group`: the files are closed
+        (their descriptor numbers may belong to other files by now)."""
         try:
             self._recover()
         except BaseException:
@@ -695,7 +714,7 @@ class FileGroupLog:
         Raises:
             LogError: the store is closed.
         """
-        self._store._check_open()
+        self._check_open()
         snapshot = self._snapshot
         if snapshot is None or offset >= snapshot.size:
             return b""
@@ -704,7 +723,7 @@ class FileGroupLog:
     def open_snapshot(self) -> BinaryIO:
         """The snapshot's data as the state machine wrote it (empty without a
         snapshot), read in pieces from the file; the caller closes it."""
-        self._store._check_open()
+        self._check_open()
         snapshot = self._snapshot
         if snapshot is None:
             return io.BytesIO(b"")
@@ -724,7 +743,7 @@ class FileGroupLog:
         """
         if not entries:
             return
-        self._store._check_writable()
+        self._check_writable()
         first_new = entries[0].index
         last = self.last_index()
         if first_new <= self._snapshot_meta.index:
@@ -789,7 +808,7 @@ class FileGroupLog:
             LogError: the term or commit index would go backwards, or the vote
                 would change within a term.
         """
-        self._store._check_writable()
+        self._check_writable()
         old = self._hard_state
         if hard_state == old:
             return
@@ -817,7 +836,7 @@ class FileGroupLog:
             LogError: discarding the log would remove committed entries.
             Whatever `write` raises (the temporary file is removed).
         """
-        self._store._check_writable()
+        self._check_writable()
         if meta.index <= self._snapshot_meta.index:
             return
         keeps_log = self._check_snapshot_fits(meta)
@@ -854,7 +873,7 @@ class FileGroupLog:
         Raises:
             LogError: the chunk does not continue the file being received.
         """
-        self._store._check_writable()
+        self._check_writable()
         path = os.path.join(self.directory, INCOMING_SNAPSHOT)
         if chunk.offset == 0:
             self._drop_incoming()
@@ -881,7 +900,7 @@ class FileGroupLog:
             LogCorruptionError: the file fails its check (it arrived damaged,
                 or the leader's copy is); nothing is installed.
         """
-        self._store._check_writable()
+        self._check_writable()
         incoming = self._incoming
         if incoming is None or incoming.meta != meta or not incoming.done:
             raise LogError(
@@ -918,7 +937,7 @@ class FileGroupLog:
         Raises:
             LogError: `index` is beyond the snapshot index.
         """
-        self._store._check_writable()
+        self._check_writable()
         if index > self._snapshot_meta.index:
             raise LogError(
                 f"group {self.group_id}: cannot compact to {index}, beyond the snapshot "
@@ -1086,7 +1105,7 @@ class FileGroupLog:
 
     def _read_from_segments(self, lo: int, hi: int) -> list[Entry]:
         """Entries [lo, hi) read back from their segments, checksums verified."""
-        self._store._check_open()
+        self._check_open()
         found: list[Entry] = []
         first = self._first
         seqs, offsets, sizes = self._seqs, self._offsets, self._sizes
@@ -1128,6 +1147,23 @@ class FileGroupLog:
         if found_index != index or term != self._terms[position] or kind not in _KINDS:
             raise _corruption(seg.path, base + pos, f"entry {index} is not where the index says")
         return Entry(index, term, _KINDS[kind], buf[pos + ENTRY_OVERHEAD : record_end])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogError(
+                f"the log of group {self.group_id} was closed or removed "
+                "(LogStore.group() opens a closed one again)"
+            )
+        self._store._check_open()
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        self._store._check_writable()
+
+    def _close(self) -> None:
+        """Close the files for good: later calls raise LogError."""
+        self._closed = True
+        self._close_files()
 
     def _close_files(self) -> None:
         self._drop_incoming()
@@ -1393,6 +1429,7 @@ class LogStore:
                 raise LogError(
                     f"{self.directory} is in use by another LogStore; close it first"
                 ) from None
+            self._delete_tombstones()
             for name in sorted(os.listdir(self.directory)):
                 match = _GROUP_NAME.fullmatch(name)
                 path = os.path.join(self.directory, name)
@@ -1420,7 +1457,64 @@ class LogStore:
         return log
 
     def groups(self) -> list[int]:
+        """The groups open in this store: those found on disk when it opened
+        and those created since, less the removed and closed ones (never a
+        tombstone)."""
         return sorted(self._groups)
+
+    def close_group(self, group_id: int) -> None:
+        """Make the group's writes durable and close its files; its directory
+        stays, and the next `group(group_id)` opens (recovers) it again. The
+        closed `FileGroupLog` refuses writes and reads from disk (LogError).
+
+        Raises:
+            LogError: the store is closed or failed, or does not hold the group.
+            OSError: the sync failed (the store then refuses writes).
+        """
+        log = self._take_group(group_id)
+        try:
+            dirty = [seg for seg in log._segments if self._is_dirty(seg)]
+            if dirty:
+                self._sync_segments(dirty)
+        finally:
+            log._close()
+
+    def remove_group(self, group_id: int) -> None:
+        """Delete the group's log, durably: close its files (unsynced writes
+        are dropped), rename its directory to a tombstone (atomic), fsync the
+        store directory, delete the tombstone. From the rename on, the group
+        is gone even after a crash (a tombstone is deleted at the next open);
+        `group(group_id)` then creates a new, empty log.
+
+        Raises:
+            LogError: the store is closed or failed, or does not hold the group.
+            OSError: the rename or the deletion failed. The group is closed
+                either way; after a failed rename its directory is intact (the
+                next `group()` reopens it), after a failed deletion the
+                tombstone is deleted at the next open.
+        """
+        log = self._take_group(group_id)
+        log._close()
+        tombstone = os.path.join(self.directory, tombstone_name(group_id))
+        os.rename(log.directory, tombstone)
+        os.fsync(self._dir_fd)
+        shutil.rmtree(tombstone)
+
+    def _take_group(self, group_id: int) -> FileGroupLog:
+        """Forget the group's log (the caller closes it)."""
+        self._check_writable()
+        log = self._groups.pop(group_id, None)
+        if log is None:
+            raise LogError(f"the log store {self.directory} holds no group {group_id}")
+        return log
+
+    def _delete_tombstones(self) -> None:
+        """Finish removals a crash interrupted (see `remove_group`)."""
+        tombstones = [n for n in os.listdir(self.directory) if _TOMBSTONE_NAME.fullmatch(n)]
+        for name in tombstones:
+            shutil.rmtree(os.path.join(self.directory, name))
+        if tombstones:
+            os.fsync(self._dir_fd)
 
     def sync(self) -> None:
         """Make durable everything written to any group since the last sync.

@@ -39,6 +39,19 @@ behind it, but never past what the state machine still reads back
 (`RetainsEntries`): for an application whose data is the log, entries stay
 readable (`read_entry`, `read_entries`) behind every snapshot and across
 restarts until it lets them go.
+
+Groups come and go while the node runs. `add_group` opens a group's log
+(as it is on disk, or new and empty), restores its state machine from the
+snapshot and serves it like a group given to the constructor; with no
+voters and an empty log the node is a member-to-be that never campaigns and
+waits for the leader to add it (`add_voter`). `remove_group` stops serving a
+group: what waits on it fails (`GroupRemoved`; a proposal with
+`GroupRemovedOutcomeUnknown`, as its entry may still commit elsewhere), a
+Ready of it still in flight is neither applied nor acknowledged, and its log
+is closed, then (by default) deleted durably (`LogStore.remove_group`).
+Messages for a group this node does not run are dropped (the leader of a
+group the node is joining resends until the group runs here). `set_peers`
+changes the set of nodes this one talks to.
 """
 
 from __future__ import annotations
@@ -51,14 +64,22 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from .core import RaftConfig, RaftGroup, Role
-from .errors import LogUnavailableError, NotLeader, ProposalDropped, ProtocolError, RaftError
+from .errors import (
+    GroupAlreadyRunning,
+    GroupRemoved,
+    LogUnavailableError,
+    NotLeader,
+    ProposalDropped,
+    ProtocolError,
+    RaftError,
+)
 from .incarnation import IncarnationRefused, PeerIncarnations, load_incarnation
-from .log import DEFAULT_SEGMENT_BYTES, LogStore
+from .log import DEFAULT_SEGMENT_BYTES, FileGroupLog, LogStore
 from .transport import Transport
 from .types import (
     ConfChange,
@@ -84,6 +105,11 @@ class OutcomeUnknown(RaftError):
 class ProposalTimeout(OutcomeUnknown, TimeoutError):
     """The proposal or read did not complete in time; a proposal's outcome
     is unknown (it may still be applied)."""
+
+
+class GroupRemovedOutcomeUnknown(OutcomeUnknown, GroupRemoved):
+    """The group was removed from this node before the proposal's entry was
+    applied here; the entry may still commit on the group's other members."""
 
 
 class NodeStopped(RaftError):
@@ -157,6 +183,8 @@ class NodeConfig:
 class _Group:
     raft: RaftGroup
     machine: StateMachine
+    log: FileGroupLog
+    """The group's log, held here: `LogStore.group()` would create a removed group anew."""
     waiting: dict[int, tuple[int, asyncio.Future[Any]]] = field(default_factory=dict)
     """index -> (term, future) of proposals made here."""
     reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
@@ -175,7 +203,8 @@ class RaftNode:
         config: this node's identity, addresses, directory and secret.
         groups: group id -> (state machine, initial voters). The initial
             voters matter only when the group's log is empty; a node that
-            will be added to an existing group passes ().
+            will be added to an existing group passes (). More groups can be
+            added and removed later (`add_group`, `remove_group`).
     """
 
     def __init__(
@@ -199,8 +228,14 @@ class RaftNode:
             raise
         self.rng = random.Random(config.rng_seed)
         self.groups: dict[int, _Group] = {}
-        for group_id, (machine, voters) in sorted(groups.items()):
-            self.groups[group_id] = self._open_group(group_id, machine, voters)
+        try:
+            for group_id, (machine, voters) in sorted(groups.items()):
+                self.groups[group_id] = self._open_group(group_id, machine, voters)
+        except BaseException:
+            self.store.close()
+            raise
+        self._removing: set[int] = set()
+        """Groups whose `remove_group` has not returned yet."""
         self.transport = Transport(
             self.id,
             config.listen,
@@ -253,7 +288,7 @@ class RaftNode:
             max_message_bytes=self.config.max_message_bytes,
         )
         raft = RaftGroup(raft_config, group_log, random.Random(self.rng.random()), voters)
-        return _Group(raft, machine)
+        return _Group(raft, machine, group_log)
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -293,6 +328,111 @@ class RaftNode:
         self.store.close()
         self._closed.set()
 
+    def add_group(self, group_id: int, machine: StateMachine, voters: tuple[int, ...] = ()) -> None:
+        """Serve one more group, from now on exactly like a group given to
+        the constructor: open its log (as it is on disk, or new and empty),
+        restore `machine` from the log's snapshot, then tick it, step its
+        messages and apply its entries. Before or after `start`.
+
+        The log's recovery and the restore run here, on the event loop.
+
+        Args:
+            group_id: the group.
+            machine: its state machine; committed entries after the snapshot
+                are applied to it again.
+            voters: the initial voters, used only when the log is empty. With
+                () and an empty log this node is a member-to-be: it never
+                campaigns and waits for the group's leader to add it
+                (`add_voter` on the leader).
+
+        Raises:
+            GroupAlreadyRunning: the group runs here, or is being removed.
+            NodeStopped: the node is stopped.
+            LogError, LogCorruptionError: the group's log cannot be opened.
+        """
+        if self._stopped is not None:
+            raise NodeStopped(str(self._stopped)) from self._stopped.__cause__
+        if group_id in self.groups or group_id in self._removing:
+            state = "runs" if group_id in self.groups else "is still removing"
+            raise GroupAlreadyRunning(f"node {self.id} {state} group {group_id}")
+        self.groups[group_id] = self._open_group(group_id, machine, voters)
+        self._work.set()
+
+    async def remove_group(self, group_id: int, delete: bool = True) -> None:
+        """Stop serving a group. At once (before the first await): every
+        proposal waiting on it fails with `GroupRemovedOutcomeUnknown`, every
+        read with `GroupRemoved`, it leaves `self.groups`, and messages for it
+        are dropped from then on. A Ready of it in flight is neither applied
+        nor acknowledged. Once no sync is in flight, its log is closed and,
+        with `delete`, its directory deleted durably (`LogStore.remove_group`);
+        without, the directory stays and `add_group` reopens it.
+
+        Remove a group only once its membership no longer counts on this
+        node (the leader applied a change that removed it): deleting a
+        voter's log loses what it acknowledged, like a lost disk.
+
+        Raises:
+            RaftError: the node does not run the group.
+            NodeStopped: the node is stopped, or stopped before the log was
+                closed (the group's directory then stays on disk).
+            LogError, OSError: closing or deleting failed (see
+                `LogStore.remove_group`); the group is no longer served.
+        """
+        group = self._group(group_id)
+        del self.groups[group_id]
+        self._removing.add(group_id)
+        try:
+            self._fail_group(
+                group,
+                lambda: GroupRemovedOutcomeUnknown(
+                    f"group {group_id} was removed from node {self.id} before the entry "
+                    "was applied here; it may still commit on the group's other members"
+                ),
+                lambda: GroupRemoved(f"group {group_id} was removed from node {self.id}"),
+            )
+            # The sync in flight may cover the group's files: closing them
+            # under it would fail it (or sync a reused descriptor).
+            await self._no_sync_in_flight()
+            if self._stopped is not None:
+                raise NodeStopped(
+                    f"node {self.id} stopped while removing group {group_id}; "
+                    "its directory was left on disk"
+                ) from self._stopped.__cause__
+            if delete:
+                self.store.remove_group(group_id)
+            else:
+                self.store.close_group(group_id)
+        finally:
+            self._removing.discard(group_id)
+        log.info("node %d: group %d removed (files deleted: %s)", self.id, group_id, delete)
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
+        """Replace the nodes this one talks to (every node's Raft address,
+        this one's included, as in `NodeConfig.peers`, which it replaces):
+        connections to nodes no longer listed close, new ones are dialed.
+
+        Raises:
+            ValueError: a node id is not a positive integer.
+            NodeStopped: the node is stopped.
+        """
+        if self._stopped is not None:
+            raise NodeStopped(str(self._stopped)) from self._stopped.__cause__
+        self.transport.set_peers(peers)
+        self.config = replace(self.config, peers=dict(peers))
+
+    async def _no_sync_in_flight(self) -> None:
+        """Return once no `store.sync` runs; none starts before the caller's
+        next await (a round awaits nothing between its writes and its sync)."""
+        loop = asyncio.get_running_loop()
+        while (sync := self._sync) is not None and not sync.done():
+            finished = asyncio.Event()
+
+            def wake(_: object, finished: asyncio.Event = finished) -> None:
+                loop.call_soon_threadsafe(finished.set)
+
+            sync.add_done_callback(wake)
+            await finished.wait()
+
     async def wait_failed(self) -> BaseException | None:
         """Wait until the node serves no more: return the error that made it
         fail (`stop` still closes it), or None once `stop` ended it cleanly."""
@@ -310,6 +450,15 @@ class RaftNode:
             return self.groups[group_id]
         except KeyError:
             raise RaftError(f"node {self.id} does not run group {group_id}") from None
+
+    def group_log(self, group_id: int) -> FileGroupLog:
+        """The log of a group this node runs. Unlike `store.group`, never
+        creates one (which would bring a removed group's directory back).
+
+        Raises:
+            NodeStopped, RaftError: the node is stopped; no such group.
+        """
+        return self._group(group_id).log
 
     def leader(self, group_id: int) -> int | None:
         return self.group(group_id).leader or None
@@ -515,7 +664,16 @@ class RaftNode:
                 log.warning("node %d: dropped a message from node %d: %s", self.id, peer, exc)
                 continue
             group = self.groups.get(message.group)
-            if group is None or message.to != self.id or message.frm != peer or self._stopped:
+            if group is None:
+                # Not (or no longer, or not yet) run here: Raft resends what matters.
+                log.debug(
+                    "node %d: dropped a message for group %d from node %d: not run here",
+                    self.id,
+                    message.group,
+                    peer,
+                )
+                continue
+            if message.to != self.id or message.frm != peer or self._stopped:
                 continue
             try:
                 group.raft.step(message)
@@ -532,7 +690,7 @@ class RaftNode:
         self._fail(refusal, f"node {refusal.refused_by} refused its incarnation")
 
     def _on_peer_lost(self, peer: int) -> None:
-        for group in self.groups.values():
+        for group in list(self.groups.values()):
             group.raft.leader_unreachable(peer)
         self._work.set()
 
@@ -544,7 +702,7 @@ class RaftNode:
             next_tick += interval
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             try:
-                for group in self.groups.values():
+                for group in list(self.groups.values()):
                     group.raft.tick()
             except Exception as exc:
                 self._fail(exc, "a tick failed")
@@ -594,25 +752,32 @@ class RaftNode:
 
     async def _round(self) -> None:
         readies: list[tuple[_Group, Ready]] = []
-        for group in self.groups.values():
+        for group in list(self.groups.values()):
             if group.raft.has_ready():
                 readies.append((group, group.raft.ready()))
         if not readies:
             return
         early: dict[int, list[Message]] = {}
-        late: dict[int, list[Message]] = {}
         must_sync = False
         for group, ready in readies:
             for message in ready.messages:
-                target = early if sent_before_persist(message) else late
-                target.setdefault(message.to, []).append(message)
-            ready.write_to(self.store.group(group.raft.group))
+                if sent_before_persist(message):
+                    early.setdefault(message.to, []).append(message)
+            ready.write_to(group.log)
             must_sync = must_sync or ready.must_sync
         self._send(early)
         if must_sync:
             self._sync = self._syncer.submit(self.store.sync)
             await asyncio.wrap_future(self._sync)
             self.sync_rounds += 1
+            # A group removed during the sync is done with: its Ready is
+            # neither acknowledged nor applied.
+            readies = [(g, r) for g, r in readies if self.groups.get(g.raft.group) is g]
+        late: dict[int, list[Message]] = {}
+        for _, ready in readies:
+            for message in ready.messages:
+                if not sent_before_persist(message):
+                    late.setdefault(message.to, []).append(message)
         self._send(late)
         for group, ready in readies:
             self._apply(group, ready)
@@ -638,7 +803,7 @@ class RaftNode:
         applied = group.raft.log.applied
         if ready.snapshot is not None:
             applied = max(applied, ready.snapshot.index)
-            with self.store.group(group.raft.group).open_snapshot() as source:
+            with group.log.open_snapshot() as source:
                 group.machine.restore(source)
             group.applied_since_snapshot = 0
             self._fail_waiting_up_to(group, ready.snapshot.index)
@@ -694,7 +859,7 @@ class RaftNode:
     def _snapshot(self, group: _Group) -> None:
         raft = group.raft
         at_applied = raft.snapshot_meta_at_applied()
-        group_log = self.store.group(raft.group)
+        group_log = group.log
         if at_applied is None or at_applied[0] <= group_log.snapshot_meta().index:
             return
         index, term, conf = at_applied
@@ -718,13 +883,22 @@ class RaftNode:
 
     def _fail_everything(self, error: Callable[[], Exception]) -> None:
         """Fail every pending proposal and read, each with a new `error()`."""
-        for group in self.groups.values():
-            futures: list[asyncio.Future[Any]] = [f for _, f in group.waiting.values()]
-            futures += group.reads.values()
-            futures += [f for _, f in group.read_indexes]
-            group.waiting.clear()
-            group.reads.clear()
-            group.read_indexes.clear()
+        for group in list(self.groups.values()):
+            self._fail_group(group, error, error)
+
+    @staticmethod
+    def _fail_group(
+        group: _Group,
+        proposal_error: Callable[[], Exception],
+        read_error: Callable[[], Exception],
+    ) -> None:
+        """Fail a group's pending proposals and reads, each with a new error."""
+        proposals = [future for _, future in group.waiting.values()]
+        reads = [*group.reads.values(), *(future for _, future in group.read_indexes)]
+        group.waiting.clear()
+        group.reads.clear()
+        group.read_indexes.clear()
+        for futures, error in ((proposals, proposal_error), (reads, read_error)):
             for future in futures:
                 if not future.done():
                     future.set_exception(error())
