@@ -281,6 +281,13 @@ class NodeAPI:
         }
 
     async def cluster(self, request: web.Request) -> web.Response:
+        """The cluster map. With ``{"current": true}``, only the meta leader
+        answers (others: 421 with its URL), after a read barrier: every map
+        change committed before the request is in the answer."""
+        body = await self._body(request) if request.can_read_body else {}
+        if body.get("current") is True:
+            self.node.check_meta_leader()
+            await self.node.current_map()
         leader = self.node.leader(META_GROUP)
         return _pack(
             {

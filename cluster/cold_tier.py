@@ -263,10 +263,20 @@ class ColdTier:
             return
         listing = self._rounds % LIST_EVERY == 0
         self._rounds += 1
-        for group in self.groups:
-            await self._guarded(self._group_round(group, listing))
+        for group in list(self.groups):
+            if group in self.groups:  # not dropped while an earlier one uploaded
+                await self._guarded(self._group_round(group, listing))
         await self._guarded(self._upload_meta_due())
         self._mark_evictable()
+
+    def follow_groups(self) -> None:
+        """Track the partition groups this node runs now (replicas move between
+        nodes): a new one starts from what S3 holds, a dropped one is forgotten."""
+        with self._lock:
+            for group in self.partitions:
+                self.groups.setdefault(group, GroupTier())
+            for group in [g for g in self.groups if g not in self.partitions]:
+                del self.groups[group]
 
     async def _guarded(self, work: Any) -> None:
         try:
@@ -492,10 +502,12 @@ class ColdTier:
         groups = {}
         backlog = backlog_bytes = 0
         for group, tier in self.groups.items():
+            if group not in self.partitions or group not in self.raft.groups:
+                continue  # dropped a moment ago (`follow_groups` comes next)
             applied = self._applied(group)
             waiting = max(0, applied - tier.uploaded_through)
             backlog += waiting
-            backlog_bytes += self.raft.store.group(group).data_bytes(
+            backlog_bytes += self.raft.group_log(group).data_bytes(
                 tier.uploaded_through + 1, applied + 1
             )
             groups[str(group)] = {
@@ -504,7 +516,7 @@ class ColdTier:
                 "backlog_entries": waiting,
                 "keep_from": self.partitions[group].keep_from,
                 "log_bytes": self.log_bytes(group),
-                "log_first_index": self.raft.store.group(group).first_index(),
+                "log_first_index": self.raft.group_log(group).first_index(),
             }
         return {
             "location": str(self.location),

@@ -177,6 +177,11 @@ class ClusterMap:
                 or type(member[2]) is not str
             ):
                 raise MetaEntryError("a member is [id, peer, client URL]")
+            host, _, port = member[1].rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise MetaEntryError(
+                    f"member {member[0]}'s peer address {member[1]!r} is not HOST:PORT"
+                )
             parsed.append((member[0], member[1], member[2]))
         ids = {m[0] for m in parsed}
         if len(ids) != len(parsed):

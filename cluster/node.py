@@ -56,14 +56,14 @@ from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads,
 from protobase.transaction import Snapshot
 
 from .cold_tier import ColdTier
-from .config import ConfigError, NodeSettings
+from .config import ConfigError, NodeSettings, parse_address
 from .failpoints import Failpoints, failing_sync
-from .meta import ClusterMap, MetaMachine, cas_entry, map_entry
+from .meta import ClusterMap, MetaEntryError, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
 from .partition_store import EntryEvicted, PartitionEntryError, PartitionMachine, chunks
 from .partitions import META_GROUP, group_of_partition, partition_for, placement
 from .raft.errors import NotLeader, ProposalDropped
-from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, RaftNode
+from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, ProposalTimeout, RaftNode
 
 log = logging.getLogger("protobase.node")
 
@@ -76,6 +76,9 @@ RECENT_BATCH_BYTES = 256 << 10
 ROOT_CHANGE_TIMEOUT = 1e9
 """Seconds a root change waits to be applied: in effect, until it is."""
 SPECULATION_ATTEMPTS = 8
+MAP_POLL_SECONDS = 1.0
+"""How often a node outside the meta group asks for the map, and every node
+looks for members to dial."""
 """Rebases of one commit whose speculative root change failed, before ConflictError."""
 
 
@@ -105,17 +108,10 @@ class ClusterNode:
         """The newest map learned from another member (a node outside the meta
         group has no map of its own)."""
         self._placement_cache: tuple[ClusterMap, dict[int, tuple[int, ...]]] | None = None
+        self._peers_epoch = 0
+        """The map epoch whose members the transport dials (0: the configured ones)."""
         self.partitions: dict[int, PartitionMachine] = {}
-        groups: dict[int, Any] = {}
-        for group, replicas in self.placement.items():
-            if self.id not in replicas:
-                continue
-            if group == META_GROUP:
-                groups[group] = (self.meta, replicas)
-            else:
-                machine = PartitionMachine(self._entry_reader(group))
-                self.partitions[group] = machine
-                groups[group] = (machine, replicas)
+        self.cold: ColdTier | None = None
         config = NodeConfig(
             node_id=self.id,
             listen=settings.peer_listen,
@@ -130,7 +126,18 @@ class ClusterNode:
             segment_bytes=settings.log_segment_bytes,
             keep_entries=settings.keep_entries,
         )
-        self.raft = RaftNode(config, groups)
+        self.raft = RaftNode(config, {})
+        on_disk = self.raft.store.groups()
+        if on_disk:
+            # A restart: the groups this node had. The map, once read, may start
+            # more or drop some (`_follow_groups`).
+            for group in on_disk:
+                self._start_group(group)
+        else:
+            # The first start: the groups the configured members bootstrap.
+            for group, replicas in self.placement.items():
+                if self.id in replicas:
+                    self._start_group(group, replicas)
         if self.failpoints.disk_faults:
             self.raft.store.sync = failing_sync(  # type: ignore[method-assign]
                 self.raft.store.sync, settings.data_dir
@@ -145,7 +152,6 @@ class ClusterNode:
         self._running: dict[bytes, asyncio.Future[RootRef]] = {}
         """Commits in progress here, by the client's transaction id."""
         self._meta_reads = SharedBarrier(self.raft, META_GROUP)
-        self.cold: ColdTier | None = None
         if settings.s3 is not None:
             self.cold = ColdTier(
                 settings.s3,
@@ -221,8 +227,135 @@ class ClusterNode:
         )
         await self.raft.start()
         self._map_task = asyncio.ensure_future(self._publish_map())
+        self._follow_task = asyncio.ensure_future(self._follow_map())
         if self.cold is not None:
             await self.cold.start()
+
+    async def _follow_map(self) -> None:
+        """Keep up with the cluster map: once a second, read the current map
+        (linearizably: see `current_map`), dial the members it names and run
+        the groups it places here."""
+        failing = False
+        while True:
+            await asyncio.sleep(MAP_POLL_SECONDS)
+            if self.map_epoch == 0:
+                continue  # the first map is not written yet
+            try:
+                current = await self.current_map()
+            except Unavailable as exc:
+                if not failing:  # once per streak, not once a second
+                    log.warning("node %d: cannot read the cluster map: %s", self.id, exc)
+                failing = True
+                continue
+            failing = False
+            self.learn_map(current)
+            self._follow_members()
+            await self._follow_groups(current)
+
+    async def current_map(self) -> ClusterMap:
+        """The cluster map as of now: every map change committed before the call
+        is in it. The meta leader passes a read barrier; any other node asks
+        the meta leader.
+
+        Raises:
+            Unavailable: no meta leader answered.
+        """
+        if self.is_leader(META_GROUP):
+            try:
+                await self._meta_reads.barrier()
+            except (NotLeader, OutcomeUnknown, NodeStopped, ProposalTimeout) as exc:
+                raise Unavailable(f"the meta group's read barrier failed: {exc}") from exc
+            found = self.meta.state.cluster_map
+            if found is None:
+                raise Unavailable("the cluster map is not written yet")
+            return found
+        assert self.session is not None
+        url = self.leader_url(META_GROUP)
+        for _ in range(2):  # the leader named may have just changed: follow its hint once
+            if url is None or url == self.client_url(self.id):
+                raise Unavailable("the meta group has no leader this node knows of")
+            try:
+                async with self.session.post(
+                    url + "/v1/cluster",
+                    data=msgpack.packb({"current": True}),
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as response:
+                    answer = msgpack.unpackb(await response.read())
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise Unavailable(f"the meta leader at {url} did not answer: {exc!r}") from exc
+            if response.status == 421:
+                url = answer.get("leader_url")
+                continue
+            if response.status != 200 or answer.get("map") is None:
+                raise Unavailable(f"{url} answered {response.status}: {answer.get('error')}")
+            try:
+                return ClusterMap.from_wire(answer["map"])
+            except MetaEntryError as exc:
+                raise Unavailable(f"{url} sent a malformed map: {exc}") from exc
+        raise Unavailable("the meta leader kept moving")
+
+    async def _follow_groups(self, current: ClusterMap) -> None:
+        """Run exactly the groups `current` places here.
+
+        A group placed here and not running starts empty (its leader adds this
+        node as a learner and sends it the data). A group running here that
+        the current map no longer places here was left: the map drops a
+        replica only after the group's Raft configuration removed it, so its
+        log is deleted. The map is read linearizably, so a lagging view never
+        drops a replica that is still in use.
+        """
+        placement = current.placement()
+        for group, replicas in sorted(placement.items()):
+            if self.id in replicas and group not in self.raft.groups:
+                log.info(
+                    "node %d: starting group %d, placed here (epoch %d)",
+                    self.id,
+                    group,
+                    current.epoch,
+                )
+                self._start_group(group)
+        for group in sorted(self.raft.groups):
+            if self.id not in placement.get(group, ()):
+                log.info(
+                    "node %d: dropping group %d, moved away (epoch %d)",
+                    self.id,
+                    group,
+                    current.epoch,
+                )
+                await self._drop_group(group)
+
+    def _start_group(self, group: int, voters: tuple[int, ...] = ()) -> None:
+        """Run `group` here: with `voters` when it is new and bootstraps with
+        them, or with none (its log says who they are, or its leader will add
+        this node as a learner)."""
+        if group == META_GROUP:
+            self.raft.add_group(group, self.meta, voters)
+        else:
+            machine = PartitionMachine(self._entry_reader(group))
+            self.partitions[group] = machine
+            self.raft.add_group(group, machine, voters)
+        if self.cold is not None:
+            self.cold.follow_groups()
+
+    async def _drop_group(self, group: int) -> None:
+        # Readers of `partitions` (metrics, the cold tier) stop seeing it first.
+        self.partitions.pop(group, None)
+        if self.cold is not None:
+            self.cold.follow_groups()
+        await self.raft.remove_group(group)
+
+    def _follow_members(self) -> None:
+        """Dial the members the map names (a new member's address is learned here)."""
+        current = self.cluster_map
+        if current.epoch == self._peers_epoch:
+            return
+        peers = {
+            member: parse_address(peer, f"the peer address of member {member}")
+            for member, peer, _ in current.members
+            if member != self.id
+        }
+        self.raft.set_peers(peers)
+        self._peers_epoch = current.epoch
 
     async def _publish_map(self) -> None:
         """The first meta leader writes the configured map as epoch 1; until the
@@ -307,10 +440,11 @@ class ClusterNode:
     async def stop(self) -> None:
         if self.cold is not None:
             await self.cold.stop()
-        task = getattr(self, "_map_task", None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for name in ("_map_task", "_follow_task"):
+            task = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for space in self._spaces.values():
             space.close()
         if self.session is not None:
@@ -820,7 +954,9 @@ class ClusterNode:
         stats = self.raft.transport.stats
         partitions = {}
         for group, machine in self.partitions.items():
-            disk = self.raft.store.group(group).disk_bytes()
+            if group not in self.raft.groups:
+                continue
+            disk = self.raft.group_log(group).disk_bytes()
             partitions[f"partition-{group - 1}"] = (machine.atoms, disk)
         objects = [space.atom_cache for space in self._spaces.values()]
         return {
