@@ -57,6 +57,8 @@ from protobase.errors import AtomNotFoundError, CorruptionError, RootConflict, S
 from protobase.s3 import S3Unavailable
 from protobase.storage.interfaces import DatabaseReads
 
+from .membership import MembershipError
+from .meta import MEMBER_STATES, MetaEntryError
 from .metrics import CONTENT_TYPE
 from .node import FORWARDED, ClusterNode, CommitConflict, Unavailable, UnknownOutcome
 from .partitions import META_GROUP
@@ -166,6 +168,9 @@ class NodeAPI:
         app.router.add_post("/v1/commit/outcome", self.commit_outcome)
         app.router.add_post("/v1/history", self.history)
         app.router.add_post("/v1/admin/checkpoint", self.checkpoint)
+        app.router.add_post("/v1/admin/members/join", self.join_member)
+        app.router.add_post("/v1/admin/members/state", self.member_state)
+        app.router.add_post("/v1/admin/groups/{action}", self.group_action)
         return app
 
     @web.middleware
@@ -214,10 +219,13 @@ class NodeAPI:
         except RootConflict as exc:
             return _error(409, str(exc), "root_conflict")
         except NotLeader as exc:
-            url = self.node.leader_url(META_GROUP) if exc.leader_hint is not None else None
+            url = self.node.client_url(exc.leader_hint) if exc.leader_hint is not None else None
             if url is None:
-                return _error(503, "no meta leader is known yet; retry", "unavailable")
+                message = f"group {exc.group} has no leader known yet; retry"
+                return _error(503, message, "unavailable")
             return _error(421, str(exc), "not_leader", leader_url=url)
+        except (MembershipError, MetaEntryError) as exc:
+            return _error(409, str(exc), "membership")
         except UnknownOutcome as exc:
             return _error(503, str(exc), "outcome_unknown")
         except (Unavailable, NodeStopped, S3Unavailable) as exc:
@@ -400,6 +408,46 @@ class NodeAPI:
     async def checkpoint(self, request: web.Request) -> web.Response:
         await self._body(request)
         return _pack(await self.node.checkpoint())
+
+    async def join_member(self, request: web.Request) -> web.Response:
+        """Meta leader: add a member ``{member?, peer, client, zone?}``; answers its id
+        and the new map. Repeating a join with the same addresses is harmless."""
+        body = await self._body(request)
+        member = body.get("member")
+        if member is not None and (type(member) is not int or member < 1):
+            raise BadRequest("member must be a positive integer id")
+        peer, client, zone = body.get("peer"), body.get("client"), body.get("zone")
+        if type(peer) is not str or type(client) is not str:
+            raise BadRequest("peer (HOST:PORT) and client (URL) are required strings")
+        if zone is not None and (type(zone) is not str or not zone):
+            raise BadRequest("zone must be a non-empty string")
+        member_id, current = await self.node.join_member(member, peer, client, zone)
+        return _pack({"member": member_id, "epoch": current.epoch, "map": current.to_wire()})
+
+    async def member_state(self, request: web.Request) -> web.Response:
+        """Meta leader: ``{member, state}`` with state active, leaving or dead."""
+        body = await self._body(request)
+        member, state = body.get("member"), body.get("state")
+        if type(member) is not int or state not in MEMBER_STATES:
+            raise BadRequest(f"member (an id) and state (one of {MEMBER_STATES}) are required")
+        current = await self.node.set_member_state(member, state)
+        return _pack({"epoch": current.epoch, "map": current.to_wire()})
+
+    async def group_action(self, request: web.Request) -> web.Response:
+        """On a group's leader: ``add-voter``, ``remove`` or ``transfer`` with
+        ``{group, member, timeout?}``."""
+        body = await self._body(request)
+        group, member = body.get("group"), body.get("member")
+        timeout = body.get("timeout", 30.0)
+        if type(group) is not int or type(member) is not int:
+            raise BadRequest("group and member are required integers")
+        if type(timeout) not in (int, float) or not 0 < timeout <= 600:
+            raise BadRequest("timeout must be seconds, at most 600")
+        action = request.match_info["action"]
+        if action not in ("add-voter", "remove", "transfer"):
+            raise BadRequest(f"unknown group action {action!r}: add-voter, remove or transfer")
+        await self.node.group_admin(action, group, member, float(timeout))
+        return _pack({"done": True})
 
     async def commit_outcome(self, request: web.Request) -> web.Response:
         body = await self._body(request)

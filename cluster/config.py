@@ -21,7 +21,10 @@ Optional keys: ``tick_interval`` (seconds, 0.1), ``election_ticks`` (10),
 ``max_body_bytes`` (64 MiB), ``replication`` (3), ``snapshot_every``
 (entries between state machine snapshots, 10,000), ``keep_entries``
 (entries a snapshot leaves in the log behind it for followers, 5,000),
-``log_segment_bytes`` (size at which a Raft log segment is sealed, 64 MiB).
+``log_segment_bytes`` (size at which a Raft log segment is sealed, 64 MiB),
+``zone`` (a failure-domain label for placement), ``join`` (the URL of a member
+of a running cluster: this node joins it, and its ``[[members]]`` name only
+itself; ``protobase node --join URL`` sets it too).
 
 Optional ``[s3]`` table, the cold tier (`cluster.cold_tier`); credentials
 come from the usual AWS environment variables or profile::
@@ -93,6 +96,12 @@ class NodeSettings:
     keep_entries: int = 5_000
     log_segment_bytes: int = 64 << 20
     s3: S3Settings | None = None
+    join: str | None = None
+    """A member's URL: this node joins that running cluster instead of
+    bootstrapping one with its `[[members]]` (which then name only itself)."""
+    zone: str | None = None
+    """A failure-domain label: no two replicas of a group share one when the
+    zones allow it."""
 
     @property
     def me(self) -> Member:
@@ -174,6 +183,12 @@ def load_config(path: str | Path) -> NodeSettings:
         raise ConfigError(f"member ids must be unique: {ids}")
     if node_id not in ids:
         raise ConfigError(f"node_id {node_id} is not among the members {sorted(ids)}")
+    join = table.get("join")
+    if join is not None and (type(join) is not str or not join.startswith(("http://", "https://"))):
+        raise ConfigError(f"join must be the http(s) URL of a member, not {join!r}")
+    zone = table.get("zone")
+    if zone is not None and (type(zone) is not str or not zone):
+        raise ConfigError(f"zone must be a non-empty string, not {zone!r}")
     tick = table.get("tick_interval", 0.1)
     if type(tick) not in (int, float) or not 0.001 <= tick <= 10:
         raise ConfigError(f"tick_interval must be seconds between 0.001 and 10, not {tick!r}")
@@ -195,6 +210,8 @@ def load_config(path: str | Path) -> NodeSettings:
         keep_entries=_int(table, "keep_entries", 5_000, low=0),
         log_segment_bytes=_int(table, "log_segment_bytes", 64 << 20, low=4096),
         s3=_s3_settings(table.get("s3")),
+        join=join,
+        zone=zone,
     )
 
 

@@ -12,6 +12,7 @@ node ...` (see `protobase.logs`, which `protobase.cli.main` calls first).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -56,13 +57,17 @@ async def serve(settings: NodeSettings, failpoints: Failpoints) -> int:
     return 0
 
 
-def run_node(config_path: str) -> int:
+def run_node(config_path: str, join: str | None = None) -> int:
     """Serve the member `config_path` describes until SIGTERM/SIGINT; the exit status.
 
     Records go wherever the root logger sends them (`protobase.logs.configure_logging`).
     """
     try:
         settings = load_config(config_path)
+        if join is not None:
+            if not join.startswith(("http://", "https://")):
+                raise ConfigError(f"--join must be the http(s) URL of a member, not {join!r}")
+            settings = dataclasses.replace(settings, join=join)
         failpoints = Failpoints.from_environment()
     except (ConfigError, ValueError) as exc:
         print(f"protobase node: {config_path}: {exc}", file=sys.stderr)

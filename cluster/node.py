@@ -58,12 +58,14 @@ from protobase.transaction import Snapshot
 from .cold_tier import ColdTier
 from .config import ConfigError, NodeSettings, parse_address
 from .failpoints import Failpoints, failing_sync
+from .membership import MembershipError, Mover, joined, with_state
 from .meta import ClusterMap, MetaEntryError, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
 from .partition_store import EntryEvicted, PartitionEntryError, PartitionMachine, chunks
 from .partitions import META_GROUP, group_of_partition, partition_for, placement
 from .raft.errors import NotLeader, ProposalDropped
 from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, ProposalTimeout, RaftNode
+from .raft.types import ConfChange, ConfChangeKind
 
 log = logging.getLogger("protobase.node")
 
@@ -133,11 +135,13 @@ class ClusterNode:
             # more or drop some (`_follow_groups`).
             for group in on_disk:
                 self._start_group(group)
-        else:
-            # The first start: the groups the configured members bootstrap.
+        elif settings.join is None:
+            # The first start: the groups the configured members bootstrap. (A
+            # joining node starts none: the cluster places replicas on it.)
             for group, replicas in self.placement.items():
                 if self.id in replicas:
                     self._start_group(group, replicas)
+        self.mover = Mover(self)
         if self.failpoints.disk_faults:
             self.raft.store.sync = failing_sync(  # type: ignore[method-assign]
                 self.raft.store.sync, settings.data_dir
@@ -226,8 +230,12 @@ class ClusterNode:
             timeout=aiohttp.ClientTimeout(total=15),
         )
         await self.raft.start()
-        self._map_task = asyncio.ensure_future(self._publish_map())
+        if self.settings.join is not None and not self.raft.groups:
+            await self._join(self.settings.join)
+        else:
+            self._map_task = asyncio.ensure_future(self._publish_map())
         self._follow_task = asyncio.ensure_future(self._follow_map())
+        self._mover_task = asyncio.ensure_future(self.mover.run())
         if self.cold is not None:
             await self.cold.start()
 
@@ -280,14 +288,20 @@ class ClusterNode:
                     data=msgpack.packb({"current": True}),
                     timeout=aiohttp.ClientTimeout(total=5),
                 ) as response:
-                    answer = msgpack.unpackb(await response.read())
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    payload = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise Unavailable(f"the meta leader at {url} did not answer: {exc!r}") from exc
             if response.status == 421:
-                url = answer.get("leader_url")
+                url = _leader_hint(payload)
                 continue
-            if response.status != 200 or answer.get("map") is None:
-                raise Unavailable(f"{url} answered {response.status}: {answer.get('error')}")
+            if response.status != 200:
+                raise Unavailable(f"{url} answered {response.status}: {_error_text(payload)}")
+            try:
+                answer = msgpack.unpackb(payload)
+            except ValueError as exc:
+                raise Unavailable(f"{url} answered with a body that is not msgpack") from exc
+            if answer.get("map") is None:
+                raise Unavailable(f"{url} has no cluster map yet")
             try:
                 return ClusterMap.from_wire(answer["map"])
             except MetaEntryError as exc:
@@ -315,14 +329,18 @@ class ClusterNode:
                 )
                 self._start_group(group)
         for group in sorted(self.raft.groups):
-            if self.id not in placement.get(group, ()):
-                log.info(
-                    "node %d: dropping group %d, moved away (epoch %d)",
-                    self.id,
-                    group,
-                    current.epoch,
-                )
-                await self._drop_group(group)
+            if self.id in placement.get(group, ()):
+                continue
+            conf = await self.mover.conf(group, placement.get(group, ()))
+            if conf is None or self.id in conf.voters | conf.learners:
+                continue  # its configuration still counts this node: not yet
+            log.info(
+                "node %d: dropping group %d, moved away (epoch %d)",
+                self.id,
+                group,
+                current.epoch,
+            )
+            await self._drop_group(group)
 
     def _start_group(self, group: int, voters: tuple[int, ...] = ()) -> None:
         """Run `group` here: with `voters` when it is new and bootstraps with
@@ -440,7 +458,7 @@ class ClusterNode:
     async def stop(self) -> None:
         if self.cold is not None:
             await self.cold.stop()
-        for name in ("_map_task", "_follow_task"):
+        for name in ("_map_task", "_follow_task", "_mover_task"):
             task = getattr(self, name, None)
             if task is not None:
                 task.cancel()
@@ -947,6 +965,121 @@ class ClusterNode:
             storage.local.building = None
             snapshot.close()
 
+    # -- membership ----------------------------------------------------------------
+
+    async def _join(self, url: str) -> None:
+        """Become a member of the cluster `url` belongs to (retried until it answers)."""
+        me = self.settings.me
+        body = {
+            "member": self.id,
+            "peer": f"{me.peer[0]}:{me.peer[1]}",
+            "client": me.client,
+            "zone": self.settings.zone,
+        }
+        delay = 0.5
+        while True:
+            try:
+                answer = await self.post_admin(url, "/v1/admin/members/join", body, 15.0)
+            except MembershipError as exc:
+                log.warning("node %d: joining through %s: %s; retrying", self.id, url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.learn_map(ClusterMap.from_wire(answer["map"]))
+            self._follow_members()
+            log.info("node %d joined the cluster (map epoch %d)", self.id, self.map_epoch)
+            return
+
+    async def join_member(
+        self, member: int | None, peer: str, client: str, zone: str | None
+    ) -> tuple[int, ClusterMap]:
+        """Meta leader: add a member to the map; its id and the new map."""
+        self.check_meta_leader()
+        current = await self.current_map()
+        new_map, member_id = joined(current, member, peer, client, zone)
+        if new_map is not current:
+            await self._propose_map(new_map)
+        return member_id, self.cluster_map
+
+    async def set_member_state(self, member: int, state: str) -> ClusterMap:
+        """Meta leader: mark a member active, leaving or dead."""
+        self.check_meta_leader()
+        current = await self.current_map()
+        if current.state_of(member) != state or member not in current.member_ids():
+            await self._propose_map(with_state(current, member, state))
+        return self.cluster_map
+
+    async def _propose_map(self, new_map: ClusterMap) -> None:
+        result = await self.propose(META_GROUP, map_entry(new_map))
+        if result[0] not in ("ok", "dup"):
+            raise Unavailable(f"the cluster map changed meanwhile (epoch {result[1]}); retry")
+
+    async def group_admin(self, action: str, group: int, member: int, timeout: float) -> None:
+        """On the group's leader: add `member` (learner, catch up, promote), remove
+        it, or hand it the leadership.
+
+        Raises:
+            NotLeader: this node does not lead the group.
+            MembershipError: the action is unknown or cannot be done.
+        """
+        if group not in self.raft.groups or not self.is_leader(group):
+            raise NotLeader(group, self.leader(group))
+        try:
+            if action == "add-voter":
+                await self.raft.add_voter(group, member, timeout=timeout)
+            elif action == "remove":
+                if member == self.id:
+                    raise MembershipError("the leader cannot remove itself: move leadership first")
+                await self.raft.change_membership(
+                    group, ConfChange(ConfChangeKind.REMOVE_NODE, member), timeout
+                )
+            elif action == "transfer":
+                await self.raft.transfer_leadership(group, member)
+            else:
+                raise MembershipError(f"unknown group action {action!r}")
+        except (ProposalDropped, ProposalTimeout, OutcomeUnknown) as exc:
+            raise Unavailable(f"group {group}: {action} {member}: {exc}") from exc
+
+    async def fetch_json(self, url: str, timeout: float) -> dict[str, Any]:
+        """GET a member's JSON document (its /status.json)."""
+        assert self.session is not None
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                if r.status != 200:
+                    raise MembershipError(f"{url} answered {r.status}")
+                found: dict[str, Any] = await r.json()
+                return found
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise MembershipError(f"{url} did not answer: {exc!r}") from exc
+
+    async def post_admin(
+        self, url: str, route: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """POST an admin request to a member, following one redirect to a leader."""
+        assert self.session is not None
+        for _ in range(3):
+            try:
+                async with self.session.post(
+                    url.rstrip("/") + route,
+                    data=msgpack.packb(body),
+                    headers={"Content-Type": "application/msgpack"},
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as response:
+                    payload = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise MembershipError(f"{url}{route} did not answer: {exc!r}") from exc
+            if response.status == 200:
+                answer: dict[str, Any] = msgpack.unpackb(payload)
+                return answer
+            error = _error_text(payload)
+            if response.status == 421:
+                hint = _leader_hint(payload)
+                if hint:
+                    url = hint
+                    continue
+            raise MembershipError(f"{url}{route} answered {response.status}: {error}")
+        raise MembershipError(f"{route}: the leader kept moving")
+
     # -- status --------------------------------------------------------------------
 
     def _figures(self) -> dict[str, Any]:
@@ -1349,6 +1482,15 @@ def _check_identity(settings: NodeSettings) -> None:
 
         os.fsync(handle.fileno())
     tmp.rename(path)
+
+
+def _leader_hint(payload: bytes) -> str | None:
+    """The ``leader_url`` of a 421 answer, if it names one."""
+    try:
+        hint = json.loads(payload).get("leader_url")
+    except (ValueError, AttributeError):
+        return None
+    return hint if isinstance(hint, str) else None
 
 
 def _error_text(payload: bytes) -> str:

@@ -58,7 +58,7 @@ def _bars(args: argparse.Namespace) -> ProgressBars:
 def _node(args: argparse.Namespace) -> int:
     from cluster.main import run_node
 
-    return run_node(args.config)
+    return run_node(args.config, args.join)
 
 
 def _chaos_run(args: argparse.Namespace) -> int:
@@ -395,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--token-file", help="file holding the cluster's client token")
     node = command("node", _node, "run one cluster member in the foreground")
     node.add_argument("--config", required=True, help="the node's node.toml")
+    node.add_argument(
+        "--join",
+        metavar="URL",
+        help="join the running cluster this member URL belongs to (a new node)",
+    )
     cluster = commands.add_parser("cluster", help="local clusters: up, status")
     cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
     up = cluster_commands.add_parser("up", help="start a local cluster (Ctrl-C stops it)")
