@@ -171,6 +171,7 @@ class NodeAPI:
         app.router.add_post("/v1/admin/members/join", self.join_member)
         app.router.add_post("/v1/admin/members/state", self.member_state)
         app.router.add_post("/v1/admin/groups/{action}", self.group_action)
+        app.router.add_post("/v1/admin/rebalance", self.rebalance)
         return app
 
     @web.middleware
@@ -432,6 +433,12 @@ class NodeAPI:
             raise BadRequest(f"member (an id) and state (one of {MEMBER_STATES}) are required")
         current = await self.node.set_member_state(member, state)
         return _pack({"epoch": current.epoch, "map": current.to_wire()})
+
+    async def rebalance(self, request: web.Request) -> web.Response:
+        """Meta leader: spread the group leaders as well as the replicas."""
+        await self._body(request)
+        self.node.rebalance()
+        return _pack({"epoch": self.node.map_epoch})
 
     async def group_action(self, request: web.Request) -> web.Response:
         """On a group's leader: ``add-voter``, ``remove`` or ``transfer`` with

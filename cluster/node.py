@@ -367,8 +367,12 @@ class ClusterNode:
         current = self.cluster_map
         if current.epoch == self._peers_epoch:
             return
+        # node.toml's [[members]] say how this node reaches a member (a proxy
+        # may stand between them); the map gives the addresses of the others.
+        configured = {m.id: m.peer for m in self.settings.members}
         peers = {
-            member: parse_address(peer, f"the peer address of member {member}")
+            member: configured.get(member)
+            or parse_address(peer, f"the peer address of member {member}")
             for member, peer, _ in current.members
             if member != self.id
         }
@@ -445,9 +449,13 @@ class ClusterNode:
         return cached[1]
 
     def client_url(self, node_id: int) -> str | None:
-        """Member `node_id`'s client URL, by the newest map known here."""
+        """Member `node_id`'s client URL: as node.toml's `[[members]]` give it
+        (how this node reaches it), else as the newest map has it."""
+        configured = self.settings.client_url(node_id)
+        if configured is not None:
+            return configured
         member = self.cluster_map.member(node_id)
-        return member[2] if member is not None else self.settings.client_url(node_id)
+        return member[2] if member is not None else None
 
     @property
     def map_epoch(self) -> int:
@@ -1009,6 +1017,11 @@ class ClusterNode:
             await self._propose_map(with_state(current, member, state))
         return self.cluster_map
 
+    def rebalance(self) -> None:
+        """Meta leader: spread the group leaders too, and look for moves now."""
+        self.check_meta_leader()
+        self.mover.balance_leaders = True
+
     async def _propose_map(self, new_map: ClusterMap) -> None:
         result = await self.propose(META_GROUP, map_entry(new_map))
         if result[0] not in ("ok", "dup"):
@@ -1138,6 +1151,11 @@ class ClusterNode:
             "ready": self.ready()[0],
             "uptime_seconds": round(time.time() - self.started, 1),
             "s3": None if self.cold is None else self.cold.status(),
+            "membership": {
+                "last_step": self.mover.last_step,
+                "balancing_leaders": self.mover.balance_leaders,
+                "unreachable": {str(k): v for k, v in self.mover.unreachable.items()},
+            },
             "leader_history": [
                 {
                     "time": when,

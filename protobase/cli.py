@@ -129,6 +129,35 @@ def _cluster_up(args: argparse.Namespace) -> int:
     )
 
 
+def _membership(args: argparse.Namespace) -> int:
+    """`cluster add-node | remove-node | replace-node | rebalance`."""
+    from pathlib import Path
+
+    from . import membership_cli as m
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        if args.cluster_command == "add-node":
+            m.add_node(Path(args.dir), args.join, args.zone, args.timeout, out)
+            return 0
+        token = _read_token(args.token_file)
+        if args.cluster_command == "remove-node":
+            m.remove_node(args.url, args.member, token, args.timeout, out)
+        elif args.cluster_command == "replace-node":
+            m.replace_node(args.url, args.member, token, args.timeout, out)
+        else:
+            m.rebalance(args.url, token, args.timeout, out)
+    except m.MembershipCommandError as exc:
+        print(f"protobase cluster {args.cluster_command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the change goes on; run the command again to watch it", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _cluster_status(args: argparse.Namespace) -> int:
     from .cluster_cli import cluster_status
 
@@ -414,6 +443,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run an S3 server (moto_server, port base+90) for the cold tier and "
         "Prometheus (port base+91) scraping every node with ops/alerts.yml",
     )
+    add = cluster_commands.add_parser(
+        "add-node", help="start one more member of a local cluster and wait for its share"
+    )
+    add.set_defaults(handler=_membership)
+    add.add_argument("dir", help="the directory `protobase cluster up` made")
+    add.add_argument("--join", metavar="URL", help="a member to join through (default: node 1)")
+    add.add_argument("--zone", help="the new member's zone label")
+    add.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    for name, what in (
+        ("remove-node", "decommission a member: move its replicas off, then forget it"),
+        ("replace-node", "declare a member dead: rebuild its replicas elsewhere, forget it"),
+        ("rebalance", "spread replicas and group leaders evenly"),
+    ):
+        changer = cluster_commands.add_parser(name, help=what)
+        changer.set_defaults(handler=_membership)
+        changer.add_argument("url", help="the client URL of any member (http://HOST:PORT)")
+        if name != "rebalance":
+            changer.add_argument("member", type=int, help="the member's id")
+        changer.add_argument("--token-file", help="the client token (or PROTOBASE_TOKEN)")
+        changer.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
     status = cluster_commands.add_parser("status", help="members, groups, leaders, terms, lag")
     status.set_defaults(handler=_cluster_status)
     status.add_argument("url", help="the client URL of any member (http://HOST:PORT)")

@@ -1,0 +1,264 @@
+"""`protobase cluster add-node | remove-node | replace-node | rebalance`.
+
+Each command changes the cluster map through the meta leader's admin API
+and then watches the cluster carry the change out (the meta leader moves
+replicas one at a time; see `cluster.membership`), printing a line for
+every step. A command only states what the map should say, so it can be
+interrupted and run again: the second run finds the change made and goes
+on waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+POLL_SECONDS = 1.0
+
+
+class MembershipCommandError(Exception):
+    """A membership command cannot go on; the message says why and what to do."""
+
+
+def admin_post(url: str, route: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+    """POST a msgpack request to a member, following the meta leader's redirects.
+
+    Raises:
+        MembershipCommandError: no member answered, or the request was refused.
+    """
+    target = url.rstrip("/")
+    for _ in range(4):
+        request = urllib.request.Request(target + route, data=msgpack.packb(body), method="POST")
+        request.add_header("Authorization", f"Bearer {token}")
+        request.add_header("Content-Type", "application/msgpack")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer: dict[str, Any] = msgpack.unpackb(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())
+            except ValueError:
+                error = {"error": exc.reason}
+            if exc.code == 421 and error.get("leader_url"):
+                target = str(error["leader_url"]).rstrip("/")
+                continue
+            if exc.code == 401:
+                raise MembershipCommandError(
+                    f"{target} refused the client token (401); give it with --token-file"
+                ) from exc
+            raise MembershipCommandError(
+                f"{target}{route} answered {exc.code}: {error.get('error')}"
+            ) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise MembershipCommandError(
+                f"no ProtoBase node answered at {target} ({getattr(exc, 'reason', exc)}); "
+                "give the client URL of a running member"
+            ) from exc
+    raise MembershipCommandError(f"{route}: the meta leader kept moving; run the command again")
+
+
+def current_map(url: str, token: str) -> dict[str, Any]:
+    """The cluster map as the meta leader holds it now (and its URL, as ``leader``)."""
+    answer = admin_post(url, "/v1/cluster", {"current": True}, token)
+    found: dict[str, Any] = {
+        "epoch": answer["epoch"],
+        "members": {m[0]: {"peer": m[1], "client": m[2]} for m in answer["map"][1]},
+        "leader": answer.get("meta_leader") or url,
+    }
+    extra = answer["map"][4] if len(answer["map"]) > 4 else {"groups": [], "states": []}
+    found["placement"] = {g: tuple(r) for g, r in extra["groups"]}
+    found["states"] = dict((m, s) for m, s in extra["states"])
+    return found
+
+
+def _leader_step(leader_url: str) -> str:
+    """What the meta leader's last membership step did ("balanced": nothing
+    was left to do, leaders included when a rebalance asked for them)."""
+    try:
+        with urllib.request.urlopen(leader_url.rstrip("/") + "/status.json", timeout=5) as r:
+            status = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return "the meta leader did not answer; waiting"
+    membership = status.get("membership") or {}
+    if membership.get("balancing_leaders"):
+        return "spreading the group leaders"
+    return str(membership.get("last_step", "?"))
+
+
+def _watch(
+    url: str,
+    token: str,
+    done: Callable[[dict[str, Any]], bool],
+    describe: Callable[[dict[str, Any]], str],
+    timeout: float,
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    """Poll the map until `done(map)` and the meta leader has nothing left to do;
+    print a line whenever the map or the leader's last step changes."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        found = current_map(url, token)
+        step = _leader_step(found["leader"])
+        line = f"epoch {found['epoch']}: {describe(found)}; {step}"
+        if line != last:
+            out(line)
+            last = line
+        if done(found) and step == "balanced":
+            return found
+        if time.monotonic() > deadline:
+            raise MembershipCommandError(
+                f"not finished within {timeout:g} s (last: {line}); run the command again "
+                "to keep waiting"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def _held(found: dict[str, Any], member: int) -> int:
+    return sum(member in replicas for replicas in found["placement"].values())
+
+
+def remove_node(
+    url: str, member: int, token: str, timeout: float, out: Callable[[str], None]
+) -> None:
+    """Decommission `member`: its replicas move off, then it is forgotten."""
+    found = current_map(url, token)
+    if member not in found["members"]:
+        out(f"member {member} is not in the cluster (already removed)")
+        return
+    admin_post(url, "/v1/admin/members/state", {"member": member, "state": "leaving"}, token)
+    out(f"member {member} is leaving; its replicas move to the other members")
+    _watch(
+        url,
+        token,
+        lambda m: member not in m["members"],
+        lambda m: (
+            f"member {member} holds {_held(m, member)} replicas"
+            if member in m["members"]
+            else f"member {member} is removed"
+        ),
+        timeout,
+        out,
+    )
+    out(f"member {member} is out of the cluster; its process may be stopped")
+
+
+def replace_node(
+    url: str, dead: int, token: str, timeout: float, out: Callable[[str], None]
+) -> None:
+    """Declare `dead` gone for good: its replicas are rebuilt on the other members
+    (add a new node first, and they go to it), then it is forgotten."""
+    found = current_map(url, token)
+    if dead not in found["members"]:
+        out(f"member {dead} is not in the cluster (already replaced)")
+        return
+    admin_post(url, "/v1/admin/members/state", {"member": dead, "state": "dead"}, token)
+    out(f"member {dead} is declared dead; its replicas are rebuilt elsewhere")
+    _watch(
+        url,
+        token,
+        lambda m: dead not in m["members"],
+        lambda m: (
+            f"member {dead} still holds {_held(m, dead)} replicas"
+            if dead in m["members"]
+            else f"member {dead} is removed"
+        ),
+        timeout,
+        out,
+    )
+    out(f"member {dead} is replaced")
+
+
+def rebalance(url: str, token: str, timeout: float, out: Callable[[str], None]) -> None:
+    """Spread replicas and group leaders evenly."""
+    admin_post(url, "/v1/admin/rebalance", {}, token)
+    _watch(
+        url,
+        token,
+        lambda m: True,
+        lambda m: f"{len(m['members'])} members",
+        timeout,
+        out,
+    )
+    out("balanced")
+
+
+def add_node(
+    directory: Path,
+    join: str | None,
+    zone: str | None,
+    timeout: float,
+    out: Callable[[str], None],
+) -> int:
+    """Add a member to the local cluster in `directory` (made by `cluster up`):
+    write its node.toml (the next id, the ports `cluster up` would give it,
+    ``join`` set), start it in the background and wait until it holds its
+    share of the replicas. Returns the new member's id."""
+    token = _read(directory / "client.token")
+    configs = sorted(directory.glob("node*.toml"))
+    if not configs:
+        raise MembershipCommandError(
+            f"{directory} has no node*.toml; give the directory `protobase cluster up` made"
+        )
+    first = tomllib.loads(configs[0].read_text())
+    base = int(str(first["listen"]).rsplit(":", 1)[1]) - int(first["node_id"])
+    url = join or f"http://127.0.0.1:{base + int(first['node_id'])}"
+    found = current_map(url, token)
+    member = max([*found["members"], *(int(p.stem[4:]) for p in configs)]) + 1
+    config = directory / f"node{member}.toml"
+    zone_line = f'zone = "{zone}"\n' if zone else ""
+    config.write_text(
+        f'cluster = "{first["cluster"]}"\n'
+        f"node_id = {member}\n"
+        f'data_dir = "n{member}"\n'
+        f'listen = "127.0.0.1:{base + member}"\n'
+        f'peer_listen = "127.0.0.1:{base + 100 + member}"\n'
+        f"partitions = {first['partitions']}\n"
+        'secret_file = "cluster.secret"\n'
+        'token_file = "client.token"\n'
+        f'join = "{url}"\n' + zone_line + "\n[[members]]\n"
+        f"id = {member}\n"
+        f'peer = "127.0.0.1:{base + 100 + member}"\n'
+        f'client = "http://127.0.0.1:{base + member}"\n'
+    )
+    log_path = directory / f"node{member}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "protobase.cli", "node", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # it outlives this command
+        )
+    out(f"member {member} started (pid {process.pid}, log {log_path}); it joins through {url}")
+    _watch(
+        url,
+        token,
+        lambda m: member in m["members"] and _held(m, member) > 0,
+        lambda m: (
+            f"member {member} holds {_held(m, member)} replicas"
+            if member in m["members"]
+            else f"member {member} is joining"
+        ),
+        timeout,
+        out,
+    )
+    out(f"member {member} holds its share: http://127.0.0.1:{base + member}")
+    return member
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise MembershipCommandError(f"cannot read {path}: {exc.strerror}") from exc
