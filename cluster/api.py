@@ -62,7 +62,7 @@ from .meta import MEMBER_STATES, MetaEntryError
 from .metrics import CONTENT_TYPE
 from .node import FORWARDED, ClusterNode, CommitConflict, Unavailable, UnknownOutcome
 from .partitions import META_GROUP
-from .raft.errors import NotLeader
+from .raft.errors import GroupNotHere, GroupRemoved, NotLeader
 from .raft.node import NodeStopped
 from .wire import wire_pointer
 
@@ -229,7 +229,8 @@ class NodeAPI:
             return _error(409, str(exc), "membership")
         except UnknownOutcome as exc:
             return _error(503, str(exc), "outcome_unknown")
-        except (Unavailable, NodeStopped, S3Unavailable) as exc:
+        except (Unavailable, NodeStopped, S3Unavailable, GroupNotHere, GroupRemoved) as exc:
+            # A group moved away a moment ago counts as not served here now.
             return _error(503, str(exc), "unavailable")
         except CorruptionError as exc:
             return _error(500, str(exc), "corruption")

@@ -689,8 +689,14 @@ class ClusterNode:
         return [g - 1 for g in self.raft.groups if g != META_GROUP and self.is_leader(g)]
 
     def check_meta_leader(self) -> None:
+        """Raises NotLeader naming the meta leader, or (on a node outside the
+        meta group) a meta replica, which knows the leader."""
         if not self.is_leader(META_GROUP):
-            raise NotLeader(META_GROUP, self.leader(META_GROUP))
+            hint = self.leader(META_GROUP)
+            if META_GROUP not in self.raft.groups:
+                replicas = [r for r in self.placement.get(META_GROUP, ()) if r != self.id]
+                hint = replicas[0] if replicas else None
+            raise NotLeader(META_GROUP, hint)
 
     async def read_root(self, space: str) -> RootRef:
         if self.failpoints.stale_follower_reads and META_GROUP in self.raft.groups:

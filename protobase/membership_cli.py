@@ -30,6 +30,10 @@ class MembershipCommandError(Exception):
     """A membership command cannot go on; the message says why and what to do."""
 
 
+class ClusterBusy(MembershipCommandError):
+    """The cluster did not answer now (a 503, an election); waiting goes on."""
+
+
 def admin_post(url: str, route: str, body: dict[str, Any], token: str) -> dict[str, Any]:
     """POST a msgpack request to a member, following the meta leader's redirects.
 
@@ -57,11 +61,13 @@ def admin_post(url: str, route: str, body: dict[str, Any], token: str) -> dict[s
                 raise MembershipCommandError(
                     f"{target} refused the client token (401); give it with --token-file"
                 ) from exc
+            if exc.code == 503:
+                raise ClusterBusy(f"{target}{route}: {error.get('error')}") from exc
             raise MembershipCommandError(
                 f"{target}{route} answered {exc.code}: {error.get('error')}"
             ) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise MembershipCommandError(
+            raise ClusterBusy(
                 f"no ProtoBase node answered at {target} ({getattr(exc, 'reason', exc)}); "
                 "give the client URL of a running member"
             ) from exc
@@ -109,13 +115,18 @@ def _watch(
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        found = current_map(url, token)
-        step = _leader_step(found["leader"])
-        line = f"epoch {found['epoch']}: {describe(found)}; {step}"
+        found: dict[str, Any] | None = None
+        try:
+            found = current_map(url, token)
+        except ClusterBusy as exc:
+            line = f"waiting: {exc}"
+        else:
+            step = _leader_step(found["leader"])
+            line = f"epoch {found['epoch']}: {describe(found)}; {step}"
         if line != last:
             out(line)
             last = line
-        if done(found) and step == "balanced":
+        if found is not None and done(found) and step == "balanced":
             return found
         if time.monotonic() > deadline:
             raise MembershipCommandError(
@@ -127,6 +138,25 @@ def _watch(
 
 def _held(found: dict[str, Any], member: int) -> int:
     return sum(member in replicas for replicas in found["placement"].values())
+
+
+def wait_added(
+    url: str, token: str, member: int, timeout: float, out: Callable[[str], None]
+) -> None:
+    """Wait until the new `member` is in the map, holds replicas, and nothing is
+    left to move."""
+    _watch(
+        url,
+        token,
+        lambda m: member in m["members"] and _held(m, member) > 0,
+        lambda m: (
+            f"member {member} holds {_held(m, member)} replicas"
+            if member in m["members"]
+            else f"member {member} is joining"
+        ),
+        timeout,
+        out,
+    )
 
 
 def remove_node(
@@ -216,6 +246,28 @@ def add_node(
     url = join or f"http://127.0.0.1:{base + int(first['node_id'])}"
     found = current_map(url, token)
     member = max([*found["members"], *(int(p.stem[4:]) for p in configs)]) + 1
+    config = join_config(directory, member, base, configs[0], url, zone)
+    log_path = directory / f"node{member}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "protobase.cli", "node", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # it outlives this command
+        )
+    out(f"member {member} started (pid {process.pid}, log {log_path}); it joins through {url}")
+    wait_added(url, token, member, timeout, out)
+    out(f"member {member} holds its share: http://127.0.0.1:{base + member}")
+    return member
+
+
+def join_config(
+    directory: Path, member: int, base: int, like: Path, join: str, zone: str | None
+) -> Path:
+    """Write ``node<member>.toml`` for a member joining through `join`, on the
+    ports `cluster up` gives member `member` (client base+member, peer
+    base+100+member), with the cluster name and partitions of `like`."""
+    first = tomllib.loads(like.read_text())
     config = directory / f"node{member}.toml"
     zone_line = f'zone = "{zone}"\n' if zone else ""
     config.write_text(
@@ -227,34 +279,12 @@ def add_node(
         f"partitions = {first['partitions']}\n"
         'secret_file = "cluster.secret"\n'
         'token_file = "client.token"\n'
-        f'join = "{url}"\n' + zone_line + "\n[[members]]\n"
+        f'join = "{join}"\n' + zone_line + "\n[[members]]\n"
         f"id = {member}\n"
         f'peer = "127.0.0.1:{base + 100 + member}"\n'
         f'client = "http://127.0.0.1:{base + member}"\n'
     )
-    log_path = directory / f"node{member}.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "protobase.cli", "node", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # it outlives this command
-        )
-    out(f"member {member} started (pid {process.pid}, log {log_path}); it joins through {url}")
-    _watch(
-        url,
-        token,
-        lambda m: member in m["members"] and _held(m, member) > 0,
-        lambda m: (
-            f"member {member} holds {_held(m, member)} replicas"
-            if member in m["members"]
-            else f"member {member} is joining"
-        ),
-        timeout,
-        out,
-    )
-    out(f"member {member} holds its share: http://127.0.0.1:{base + member}")
-    return member
+    return config
 
 
 def _read(path: Path) -> str:

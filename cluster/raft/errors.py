@@ -44,6 +44,11 @@ class GroupAlreadyRunning(RaftError):
     is still removing: wait for `remove_group` to return)."""
 
 
+class GroupNotHere(RaftError):
+    """This node does not run the group (never did, or it was removed): ask a
+    node that runs it."""
+
+
 class GroupRemoved(RaftError):
     """The group was removed from this node (`RaftNode.remove_group`) while
     the call waited: ask a node that still runs it."""

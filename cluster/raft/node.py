@@ -71,6 +71,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from .core import RaftConfig, RaftGroup, Role
 from .errors import (
     GroupAlreadyRunning,
+    GroupNotHere,
     GroupRemoved,
     LogUnavailableError,
     NotLeader,
@@ -449,7 +450,7 @@ class RaftNode:
         try:
             return self.groups[group_id]
         except KeyError:
-            raise RaftError(f"node {self.id} does not run group {group_id}") from None
+            raise GroupNotHere(f"node {self.id} does not run group {group_id}") from None
 
     def group_log(self, group_id: int) -> FileGroupLog:
         """The log of a group this node runs. Unlike `store.group`, never

@@ -263,13 +263,14 @@ class Bank:
         with self.lock:
             return sorted(when for when, _ in self.acked if when > moment)[count - 1] - moment
 
-    def check_final(self) -> View:
-        """Every node's replica holds the same bank, with every acknowledged transfer."""
+    def check_final(self, nodes: Sequence[int] | None = None) -> View:
+        """Every node's replica (of `nodes`, default all) holds the same bank, with
+        every acknowledged transfer."""
         assert not self.errors, self.errors
         assert not self.violations, self.violations[:5]
         self.cluster.wait_converged()
         views = []
-        for node in range(1, self.cluster.nodes + 1):
+        for node in nodes or range(1, self.cluster.nodes + 1):
             storage = ReplicaStorage(self.cluster.url(node), self.cluster.urls, self.cluster.token)
             with ObjectSpace(storage) as space:
                 views.append(read_view(space, self.db_name, self.writers))

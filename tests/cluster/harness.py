@@ -63,13 +63,15 @@ class LocalCluster:
         partitions: int = 4,
         extra_config: str = "",
         tables: str = "",
+        spare: int = 0,
     ) -> None:
         """`extra_config`: top-level TOML lines added to every node's config
         (optional keys such as ``max_body_bytes = 65536``); `tables`: TOML
-        tables appended to it (such as an ``[s3]`` table)."""
+        tables appended to it (such as an ``[s3]`` table); `spare`: members
+        that may join later (`add_member`), whose ports are kept free too."""
         self.directory = directory
         self.nodes = nodes
-        self.base = free_port_base(nodes)
+        self.base = free_port_base(nodes + spare)
         self.configs = write_configs(directory, nodes, self.base, partitions)
         if extra_config:
             for config in self.configs:
@@ -81,6 +83,19 @@ class LocalCluster:
         self.paused: set[int] = set()
         """Members held by SIGSTOP (asking them anything would hang)."""
         self.token = (directory / "client.token").read_text().strip()
+
+    def add_member(self, join: int, zone: str | None = None) -> int:
+        """Start member N+1 with ``join`` set to member `join`'s URL; its id."""
+        from protobase.membership_cli import join_config
+
+        member = self.nodes + 1
+        config = join_config(
+            self.directory, member, self.base, self.configs[0], self.url(join), zone
+        )
+        self.configs.append(config)
+        self.nodes = member
+        self.start(member)
+        return member
 
     def url(self, node: int) -> str:
         return f"http://{HOST}:{self.base + node}"
