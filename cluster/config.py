@@ -22,7 +22,9 @@ Optional keys: ``tick_interval`` (seconds, 0.1), ``election_ticks`` (10),
 (entries between state machine snapshots, 10,000), ``keep_entries``
 (entries a snapshot leaves in the log behind it for followers, 5,000),
 ``log_segment_bytes`` (size at which a Raft log segment is sealed, 64 MiB),
-``zone`` (a failure-domain label for placement), ``join`` (the URL of a member
+``zone`` (a failure-domain label for placement), ``leader_balance_after``
+(seconds group leaders may stay unevenly spread before the meta leader moves
+some, 30; 0: only on ``protobase cluster rebalance``), ``join`` (the URL of a member
 of a running cluster: this node joins it, and its ``[[members]]`` name only
 itself; ``protobase node --join URL`` sets it too).
 
@@ -60,6 +62,7 @@ class Member:
     id: int
     peer: tuple[str, int]
     client: str
+    zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class NodeSettings:
     zone: str | None = None
     """A failure-domain label: no two replicas of a group share one when the
     zones allow it."""
+    leader_balance_after: float = 30.0
+    """Seconds group leaders may stay unevenly spread before the meta leader
+    moves some (0: only on `protobase cluster rebalance`)."""
 
     @property
     def me(self) -> Member:
@@ -175,8 +181,16 @@ def load_config(path: str | Path) -> NodeSettings:
         client = raw.get("client")
         if type(client) is not str or not client.startswith(("http://", "https://")):
             raise ConfigError(f"members[{position}].client must be an http(s) URL")
+        zone = raw.get("zone")
+        if zone is not None and (type(zone) is not str or not zone):
+            raise ConfigError(f"members[{position}].zone must be a non-empty string")
         members.append(
-            Member(member_id, parse_address(raw.get("peer"), f"members[{position}].peer"), client)
+            Member(
+                member_id,
+                parse_address(raw.get("peer"), f"members[{position}].peer"),
+                client,
+                zone,
+            )
         )
     ids = [m.id for m in members]
     if len(set(ids)) != len(ids):
@@ -212,6 +226,7 @@ def load_config(path: str | Path) -> NodeSettings:
         s3=_s3_settings(table.get("s3")),
         join=join,
         zone=zone,
+        leader_balance_after=_leader_balance_after(table),
     )
 
 
@@ -219,6 +234,16 @@ def _seconds(table: dict[str, Any], key: str, default: float) -> float:
     value = table.get(key, default)
     if type(value) not in (int, float) or not 0.01 <= value <= 86_400:
         raise ConfigError(f"s3.{key} must be seconds between 0.01 and 86400, not {value!r}")
+    return float(value)
+
+
+def _leader_balance_after(table: dict[str, Any]) -> float:
+    value = table.get("leader_balance_after", 30.0)
+    if type(value) not in (int, float) or not 0 <= value <= 86_400:
+        raise ConfigError(
+            f"leader_balance_after must be seconds between 0 (never by itself) and 86400, "
+            f"not {value!r}"
+        )
     return float(value)
 
 

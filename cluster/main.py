@@ -44,7 +44,11 @@ async def serve(settings: NodeSettings, failpoints: Failpoints) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    waits = {asyncio.create_task(stop.wait()), asyncio.create_task(node.raft.wait_failed())}
+    waits = {
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(node.raft.wait_failed()),
+        asyncio.create_task(node.left.wait()),  # removed from the cluster: done
+    }
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for wait in waits:
         wait.cancel()

@@ -55,6 +55,8 @@ from protobase.space import ObjectSpace
 from protobase.storage.interfaces import CommitBatch, CommitInfo, DatabaseReads, RootRef
 from protobase.transaction import Snapshot
 
+from .balance import Member as BalanceMember
+from .balance import goal_placement
 from .cold_tier import ColdTier
 from .config import ConfigError, NodeSettings, parse_address
 from .failpoints import Failpoints, failing_sync
@@ -62,7 +64,7 @@ from .membership import MembershipError, Mover, joined, with_state
 from .meta import ClusterMap, MetaEntryError, MetaMachine, cas_entry, map_entry
 from .metrics import NodeMetrics
 from .partition_store import EntryEvicted, PartitionEntryError, PartitionMachine, chunks
-from .partitions import META_GROUP, group_of_partition, partition_for, placement
+from .partitions import META_GROUP, group_of_partition, partition_for
 from .raft.errors import NotLeader, ProposalDropped
 from .raft.node import NodeConfig, NodeStopped, OutcomeUnknown, ProposalTimeout, RaftNode
 from .raft.types import ConfChange, ConfChangeKind
@@ -110,6 +112,8 @@ class ClusterNode:
         """The newest map learned from another member (a node outside the meta
         group has no map of its own)."""
         self._placement_cache: tuple[ClusterMap, dict[int, tuple[int, ...]]] | None = None
+        self.left = asyncio.Event()
+        """Set once the map no longer names this node and it holds no group."""
         self._peers_epoch = 0
         """The map epoch whose members the transport dials (0: the configured ones)."""
         self.partitions: dict[int, PartitionMachine] = {}
@@ -240,16 +244,21 @@ class ClusterNode:
             await self.cold.start()
 
     async def _follow_map(self) -> None:
-        """Keep up with the cluster map: once a second, read the current map
-        (linearizably: see `current_map`), dial the members it names and run
-        the groups it places here."""
+        """Keep up with the cluster map: once a second, dial the members it
+        names and run the groups it places here. The map this node has (its
+        meta replica's, or one a meta replica sent) serves, except before
+        dropping a group or leaving: those read it linearizably (`current_map`)."""
         failing = False
         while True:
             await asyncio.sleep(MAP_POLL_SECONDS)
             if self.map_epoch == 0:
                 continue  # the first map is not written yet
             try:
-                current = await self.current_map()
+                if META_GROUP not in self.raft.groups:
+                    await self._fetch_map()
+                current = self.cluster_map
+                if self._would_drop(current):
+                    current = await self.current_map()
             except Unavailable as exc:
                 if not failing:  # once per streak, not once a second
                     log.warning("node %d: cannot read the cluster map: %s", self.id, exc)
@@ -259,6 +268,53 @@ class ClusterNode:
             self.learn_map(current)
             self._follow_members()
             await self._follow_groups(current)
+            if self.id not in current.member_ids() and not self.raft.groups:
+                log.info(
+                    "node %d is no longer a member of the cluster (map epoch %d); stopping",
+                    self.id,
+                    current.epoch,
+                )
+                self.left.set()
+                return
+
+    def _would_drop(self, current: ClusterMap) -> bool:
+        """Whether `current` has this node drop a group or leave."""
+        placement = current.placement()
+        return self.id not in current.member_ids() or any(
+            self.id not in placement.get(group, ()) for group in self.raft.groups
+        )
+
+    async def _fetch_map(self) -> None:
+        """Learn the map from a meta replica (not linearizable: a replica may lag)."""
+        assert self.session is not None
+        errors = []
+        for replica in self.placement.get(META_GROUP, ()):
+            url = self.client_url(replica)
+            if url is None or replica == self.id:
+                continue
+            try:
+                async with self.session.post(
+                    url + "/v1/cluster",
+                    data=msgpack.packb({}),
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as response:
+                    payload = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"{url}: {exc!r}")
+                continue
+            if response.status != 200:
+                errors.append(f"{url}: {response.status} {_error_text(payload)}")
+                continue
+            try:
+                wire = msgpack.unpackb(payload).get("map")
+                if wire is not None:
+                    self.learn_map(ClusterMap.from_wire(wire))
+                    return
+            except (ValueError, MetaEntryError) as exc:
+                errors.append(f"{url}: a malformed map: {exc}")
+                continue
+            errors.append(f"{url}: no map yet")
+        raise Unavailable("no meta replica sent the map: " + "; ".join(errors))
 
     async def current_map(self) -> ClusterMap:
         """The cluster map as of now: every map change committed before the call
@@ -412,10 +468,12 @@ class ClusterNode:
     def configured_map(self) -> ClusterMap:
         """Epoch 1 as the config describes it: the `[[members]]` that bootstrap
         the cluster, with the placement written out as data."""
-        members = tuple((m.id, f"{m.peer[0]}:{m.peer[1]}", m.client) for m in self.settings.members)
-        computed = placement(
-            [m.id for m in self.settings.members],
-            self.settings.partitions,
+        configured = self.settings.members
+        members = tuple((m.id, f"{m.peer[0]}:{m.peer[1]}", m.client) for m in configured)
+        groups = range(self.settings.partitions + 1)
+        computed = goal_placement(
+            {group: () for group in groups},
+            [BalanceMember(m.id, m.zone) for m in configured],
             self.settings.replication,
         )
         return ClusterMap(
@@ -424,6 +482,7 @@ class ClusterNode:
             self.settings.partitions,
             self.settings.replication,
             groups=tuple(sorted(computed.items())),
+            zones=tuple((m.id, m.zone) for m in configured if m.zone),
         )
 
     @property

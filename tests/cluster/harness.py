@@ -73,6 +73,11 @@ class LocalCluster:
         self.nodes = nodes
         self.base = free_port_base(nodes + spare)
         self.configs = write_configs(directory, nodes, self.base, partitions)
+        if "leader_balance_after" not in extra_config:
+            # Tests that find "the leader" and then act on it want leaders to
+            # move only when they make them move.
+            extra_config = "leader_balance_after = 0\n" + extra_config
+        self.extra_config = extra_config
         if extra_config:
             for config in self.configs:
                 config.write_text(extra_config.rstrip("\n") + "\n" + config.read_text())
@@ -92,6 +97,7 @@ class LocalCluster:
         config = join_config(
             self.directory, member, self.base, self.configs[0], self.url(join), zone
         )
+        config.write_text(self.extra_config.rstrip("\n") + "\n" + config.read_text())
         self.configs.append(config)
         self.nodes = member
         self.start(member)
