@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -30,18 +31,36 @@ from .proxy import HOST, ProxyNet
 READY_SECONDS = 60.0
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets = []
+def listening_port_range() -> tuple[int, int]:
+    """Ports to listen on that the kernel never hands out as the local end of an
+    outgoing connection (its ephemeral range): a port picked from that range
+    can be taken by any client socket before the server binds it."""
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_low = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    if ephemeral_low > 12_000:
+        return 10_000, ephemeral_low - 1
+    return 61_000, 65_535  # an ephemeral range moved low: use the ports above it
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that were free on 127.0.0.1 a moment ago, outside
+    the ephemeral range (`listening_port_range`)."""
+    low, high = listening_port_range()
+    found: list[int] = []
+    while len(found) < count:
+        port = random.randint(low, high)
+        if port in found:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        found.append(port)
+    return found
 
 
 class ChaosCluster:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from chaos.cluster import listening_port_range
 from protobase.cluster_cli import stop_processes, write_configs
 
 HOST = "127.0.0.1"
@@ -29,12 +31,10 @@ READY_SECONDS = 60.0
 def free_port_base(count: int, extra: tuple[int, ...] = ()) -> int:
     """A base port B such that B+1..B+count, B+101..B+100+count and B+e for each
     offset e in `extra` were free."""
+    low, high = listening_port_range()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((HOST, 0))
-            base = probe.getsockname()[1] - 1
-        if base + 101 + count > 65535:
-            continue
+        # Outside the ephemeral range: no client socket takes a port meanwhile.
+        base = random.randint(low, high - 101 - max((count, *extra)))
         wanted = [base + k for k in range(1, count + 1)]
         wanted += [base + 100 + k for k in range(1, count + 1)]
         wanted += [base + offset for offset in extra]
