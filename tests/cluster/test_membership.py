@@ -28,7 +28,7 @@ TIMEOUT = 120.0
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     # Leaders spread again one second after they became uneven.
     local = LocalCluster(
-        tmp_path, nodes=3, partitions=4, spare=3, extra_config="leader_balance_after = 1"
+        tmp_path, nodes=3, partitions=2, spare=3, extra_config="leader_balance_after = 1"
     )
     try:
         local.start()
@@ -44,7 +44,7 @@ def check_placement(cluster: LocalCluster, members: set[int]) -> dict[int, tuple
     found = current_map(cluster.url(min(members)), cluster.token)
     assert set(found["members"]) == members, found["members"]
     placement: dict[int, tuple[int, ...]] = found["placement"]
-    assert set(placement) == set(range(5))  # the meta group and 4 partitions
+    assert set(placement) == set(range(3))  # the meta group and 2 partitions
     for group, replicas in placement.items():
         assert len(set(replicas)) == 3 and set(replicas) <= members, (group, replicas)
     loads = [sum(m in r for r in placement.values()) for m in members]
@@ -101,9 +101,9 @@ def test_grow_shrink_and_replace_while_a_bank_commits(cluster: LocalCluster) -> 
         # The leaders spread over the members that hold the groups now.
         deadline = time.monotonic() + 30
         while True:
-            leaders = [cluster.leader_of(group) for group in range(5)]
+            leaders = [cluster.leader_of(group) for group in range(3)]
             counts = sorted(leaders.count(m) for m in (3, 4, new))
-            if counts == [1, 2, 2]:
+            if counts == [1, 1, 1]:
                 break
             assert time.monotonic() < deadline, leaders
             time.sleep(0.5)
