@@ -163,12 +163,29 @@ def remove_node(
     url: str, member: int, token: str, timeout: float, out: Callable[[str], None]
 ) -> None:
     """Decommission `member`: its replicas move off, then it is forgotten."""
+    _take_out(url, member, "leaving", token, timeout, out)
+    out(f"member {member} is out of the cluster; its process stops by itself")
+
+
+def replace_node(
+    url: str, dead: int, token: str, timeout: float, out: Callable[[str], None]
+) -> None:
+    """Declare `dead` gone for good: its replicas are rebuilt on the other members
+    (add a new node first, and they go to it), then it is forgotten."""
+    _take_out(url, dead, "dead", token, timeout, out)
+    out(f"member {dead} is replaced")
+
+
+def _take_out(
+    url: str, member: int, state: str, token: str, timeout: float, out: Callable[[str], None]
+) -> None:
+    """Mark `member` leaving or dead, then watch until the map forgot it."""
     found = current_map(url, token)
     if member not in found["members"]:
-        out(f"member {member} is not in the cluster (already removed)")
+        out(f"member {member} is not in the cluster (already out)")
         return
-    admin_post(url, "/v1/admin/members/state", {"member": member, "state": "leaving"}, token)
-    out(f"member {member} is leaving; its replicas move to the other members")
+    admin_post(url, "/v1/admin/members/state", {"member": member, "state": state}, token)
+    out(f"member {member} is {state}; its replicas move to the other members")
     _watch(
         url,
         token,
@@ -181,33 +198,6 @@ def remove_node(
         timeout,
         out,
     )
-    out(f"member {member} is out of the cluster; its process may be stopped")
-
-
-def replace_node(
-    url: str, dead: int, token: str, timeout: float, out: Callable[[str], None]
-) -> None:
-    """Declare `dead` gone for good: its replicas are rebuilt on the other members
-    (add a new node first, and they go to it), then it is forgotten."""
-    found = current_map(url, token)
-    if dead not in found["members"]:
-        out(f"member {dead} is not in the cluster (already replaced)")
-        return
-    admin_post(url, "/v1/admin/members/state", {"member": dead, "state": "dead"}, token)
-    out(f"member {dead} is declared dead; its replicas are rebuilt elsewhere")
-    _watch(
-        url,
-        token,
-        lambda m: dead not in m["members"],
-        lambda m: (
-            f"member {dead} still holds {_held(m, dead)} replicas"
-            if dead in m["members"]
-            else f"member {dead} is removed"
-        ),
-        timeout,
-        out,
-    )
-    out(f"member {dead} is replaced")
 
 
 def rebalance(url: str, token: str, timeout: float, out: Callable[[str], None]) -> None:
