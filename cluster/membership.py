@@ -92,6 +92,8 @@ class Mover:
         """When the leaders were first seen uneven (None: they are even)."""
         self.unreachable: dict[int, str] = {}
         """Members whose status the last step could not read, and why."""
+        self.applied: dict[tuple[int, int], int] = {}
+        """(member, group) -> the index the member has applied, as last read."""
 
     async def run(self) -> None:
         quiet = 0.0
@@ -208,6 +210,11 @@ class Mover:
             group, source, target = transfers[0]
             conf = confs[group]
             assert conf is not None and conf.leader == source
+            leader_at = self.applied.get((source, group), 0)
+            if self.applied.get((target, group), -1) < leader_at:
+                # A transfer to a replica that is behind holds proposals back
+                # until it catches up (or the transfer gives up): wait for it.
+                return IDLE + f"group {group}: member {target} catches up before it leads"
             # Left alone, one transfer per round of patience: one that does not
             # take (the target fell behind) is not retried in a tight loop.
             self._uneven_since = now
@@ -238,6 +245,11 @@ class Mover:
         )
         self.unreachable = unreachable
         found: dict[int, GroupConf | None] = dict.fromkeys(current.placement())
+        self.applied = {
+            (member, status["group"]): int(status["applied"])
+            for member, statuses in reports.items()
+            for status in statuses
+        }
         for member, statuses in reports.items():
             for status in statuses:
                 if status.get("role") == "leader" and status["group"] in found:

@@ -546,8 +546,9 @@ class ClusterNode:
     def leader_url(self, group: int) -> str | None:
         leader = self.leader(group)
         if leader is None:
-            # A group not replicated here: ask its first replica, which forwards.
-            replicas = self.placement.get(group, ())
+            # A group not replicated here, or one this node joins and whose
+            # leader has not contacted it yet: ask another replica, which forwards.
+            replicas = [r for r in self.placement.get(group, ()) if r != self.id]
             return self.client_url(replicas[0]) if replicas else None
         return self.client_url(leader)
 
@@ -575,8 +576,15 @@ class ClusterNode:
         idempotent by id, so the retry is safe whatever the old leader did.
         """
         url = self.leader_url(group)
-        if forwarded or url is None or url == self.settings.me.client:
+        if url is None or url == self.settings.me.client:
             raise Unavailable(f"group {group} has no leader this node can reach; retry")
+        if forwarded:
+            # Forwarded once already: name the leader (421) rather than forward
+            # again, so requests never travel in circles.
+            leader = self.leader(group)
+            if leader is None:
+                raise Unavailable(f"group {group} has no leader this node knows; retry")
+            raise NotLeader(group, leader)
         target = self.leader(group)
         request = asyncio.ensure_future(self._post_to_leader(group, url, route, body))
         try:
@@ -595,28 +603,37 @@ class ClusterNode:
                 await asyncio.gather(request, return_exceptions=True)
 
     async def _post_to_leader(self, group: int, url: str, route: str, body: bytes) -> bytes:
+        """POST to the node at `url`; a replica that is not the leader names it
+        (421), and the request goes there once."""
         assert self.session is not None
-        try:
-            async with self.session.post(
-                url + route,
-                data=body,
-                headers={FORWARDED: str(self.id), "Content-Type": "application/msgpack"},
-            ) as response:
-                payload = await response.read()
-                if response.status == 200:
-                    return payload
-                error = _error_text(payload)
-                if response.status == 404:
-                    raise AtomNotFoundError(error)
-                if response.status == 409:
-                    raise CommitConflict(error)
-                if response.status in (421, 503):
-                    raise Unavailable(f"group {group}: {error}")
-                raise StorageError(f"node at {url} answered {response.status}: {error}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(
-                f"the leader of group {group} at {url} is unreachable: {exc}"
-            ) from exc
+        for _ in range(2):
+            try:
+                async with self.session.post(
+                    url + route,
+                    data=body,
+                    headers={FORWARDED: str(self.id), "Content-Type": "application/msgpack"},
+                ) as response:
+                    payload = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Unavailable(
+                    f"the leader of group {group} at {url} is unreachable: {exc}"
+                ) from exc
+            if status == 200:
+                return payload
+            error = _error_text(payload)
+            hint = _leader_hint(payload) if status == 421 else None
+            if hint is not None and hint.rstrip("/") != url:
+                url = hint.rstrip("/")
+                continue
+            if status == 404:
+                raise AtomNotFoundError(error)
+            if status == 409:
+                raise CommitConflict(error)
+            if status in (421, 503):
+                raise Unavailable(f"group {group}: {error}")
+            raise StorageError(f"node at {url} answered {status}: {error}")
+        raise Unavailable(f"group {group}: its leader moved while the request was forwarded")
 
     async def propose(self, group: int, entry: bytes, timeout: float | None = None) -> Any:
         try:

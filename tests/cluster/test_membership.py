@@ -19,6 +19,7 @@ import pytest
 from bank_workload import Bank
 from harness import LocalCluster
 
+from protobase import ObjectSpace
 from protobase.membership_cli import current_map, remove_node, replace_node, wait_added
 
 TIMEOUT = 120.0
@@ -26,9 +27,9 @@ TIMEOUT = 120.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    # Leaders spread again one second after they became uneven.
+    # Leaders spread again two seconds after they became uneven.
     local = LocalCluster(
-        tmp_path, nodes=3, partitions=2, spare=3, extra_config="leader_balance_after = 1"
+        tmp_path, nodes=3, partitions=2, spare=3, extra_config="leader_balance_after = 2"
     )
     try:
         local.start()
@@ -64,6 +65,11 @@ def test_grow_shrink_and_replace_while_a_bank_commits(cluster: LocalCluster) -> 
     out: list[str] = []
     bank = Bank(cluster, client_timeout=10.0)
     bank.create()
+    # A client that learned the map before the moves and stays idle through them.
+    idle = cluster.storage(space="idle", urls=cluster.urls)
+    idle_space = ObjectSpace(idle)
+    idle_space.new_database("d").run(lambda tr: tr.set_root_object("n", 1))
+    known_epoch = idle._epoch
     try:
         bank.start()
         bank.wait_acked_since(time.monotonic(), 10, timeout=30)
@@ -75,6 +81,14 @@ def test_grow_shrink_and_replace_while_a_bank_commits(cluster: LocalCluster) -> 
             bank.wait_acked_since(time.monotonic(), 5, timeout=30)
         placement = check_placement(cluster, {1, 2, 3, 4, 5})
         assert any(4 in r for r in placement.values()) and any(5 in r for r in placement.values())
+        # Its next request names the old epoch: it is redirected with the new map
+        # (never answered from the old one), learns it, and reads and writes on.
+        db = idle_space.open_database("d")
+        db.run(lambda tr: tr.set_root_object("n", tr.get_root_object("n") + 1))
+        reader = db.new_read_only_transaction()
+        assert reader.get_root_object("n") == 2
+        reader.abort()
+        assert idle._epoch > known_epoch
 
         # Shrink: 5 -> 3 (members 1 and 2 leave; their processes then stop).
         for member in (1, 2):
@@ -110,6 +124,7 @@ def test_grow_shrink_and_replace_while_a_bank_commits(cluster: LocalCluster) -> 
         bank.finish()
     finally:
         bank.close()
+        idle_space.close()
     bank.check_final(nodes=[3, 4, new])
     assert len(bank.acked) >= 30
     # The commands printed each step as it happened.
