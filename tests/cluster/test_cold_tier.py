@@ -226,7 +226,9 @@ def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucke
 
     wait_for(small_logs, 60, "node 1's partition logs to shrink")
     read_objects(cluster, "evicted", 150, 2000, [cluster.url(1)])
-    assert cluster.status(1)["s3"]["fetches"] > 0
+    # Node 1 reads an evicted entry back itself, or (when its listing of the
+    # tier is not fresh) asks the partition's leader, which reads it back.
+    assert sum(cluster.status(n)["s3"]["fetches"] for n in (1, 2, 3)) > 0
 
 
 def test_a_node_far_behind_starts_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
