@@ -237,6 +237,19 @@ class LocalCluster:
         """SIGCONT, SIGTERM, then SIGKILL after 10 s: every process started here."""
         stop_processes(self.processes.values())
 
+    def __enter__(self) -> LocalCluster:
+        """Start every member and wait until each is ready; `stop` on exit."""
+        try:
+            self.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def storage(
         self, space: str = "default", timeout: float = 30.0, urls: list[str] | None = None
     ) -> Any:

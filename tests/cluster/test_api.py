@@ -44,16 +44,11 @@ CLIENT_ROUTES = [
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(
+    with LocalCluster(
         tmp_path_factory.mktemp("api") / "api", extra_config=f"max_body_bytes = {MAX_BODY}"
-    )
-    try:
-        local.start()
-        local.wait_ready()
+    ) as local:
         fill(local, SPACE)
         yield local
-    finally:
-        local.stop()
 
 
 def fill(cluster: LocalCluster, space_name: str) -> None:

@@ -25,13 +25,8 @@ from protobase import ClusterFileStorage, ClusterUnavailableError, ObjectSpace
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path / "faults")
-    try:
-        local.start()
-        local.wait_ready()
+    with LocalCluster(tmp_path / "faults") as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture

@@ -28,15 +28,10 @@ TIMEOUT = 120.0
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     # Leaders spread again two seconds after they became uneven.
-    local = LocalCluster(
+    with LocalCluster(
         tmp_path, nodes=3, partitions=2, spare=3, extra_config="leader_balance_after = 2"
-    )
-    try:
-        local.start()
-        local.wait_ready()
+    ) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def check_placement(cluster: LocalCluster, members: set[int]) -> dict[int, tuple[int, ...]]:
