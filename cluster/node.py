@@ -286,35 +286,54 @@ class ClusterNode:
 
     async def _fetch_map(self) -> None:
         """Learn the map from a meta replica (not linearizable: a replica may lag)."""
-        assert self.session is not None
         errors = []
         for replica in self.placement.get(META_GROUP, ()):
             url = self.client_url(replica)
             if url is None or replica == self.id:
                 continue
             try:
-                async with self.session.post(
-                    url + "/v1/cluster",
-                    data=msgpack.packb({}),
-                    timeout=aiohttp.ClientTimeout(total=5),
-                ) as response:
-                    payload = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                errors.append(f"{url}: {exc!r}")
+                found = await self._map_from(url, current=False)
+            except Unavailable as exc:
+                errors.append(str(exc))
                 continue
-            if response.status != 200:
-                errors.append(f"{url}: {response.status} {_error_text(payload)}")
-                continue
-            try:
-                wire = msgpack.unpackb(payload).get("map")
-                if wire is not None:
-                    self.learn_map(ClusterMap.from_wire(wire))
-                    return
-            except (ValueError, MetaEntryError) as exc:
-                errors.append(f"{url}: a malformed map: {exc}")
-                continue
-            errors.append(f"{url}: no map yet")
+            assert isinstance(found, ClusterMap)
+            self.learn_map(found)
+            return
         raise Unavailable("no meta replica sent the map: " + "; ".join(errors))
+
+    async def _map_from(self, url: str, current: bool) -> ClusterMap | str:
+        """The map the member at `url` sends. With `current`, only the meta leader
+        answers (after its read barrier); another member names it, and its URL
+        is returned instead.
+
+        Raises:
+            Unavailable: no answer, an error, or no (well-formed) map.
+        """
+        assert self.session is not None
+        try:
+            async with self.session.post(
+                url + "/v1/cluster",
+                data=msgpack.packb({"current": True} if current else {}),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as response:
+                payload = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"{url} did not answer: {exc!r}") from exc
+        hint = _leader_hint(payload) if response.status == 421 and current else None
+        if hint is not None:
+            return hint
+        if response.status != 200:
+            raise Unavailable(f"{url} answered {response.status}: {_error_text(payload)}")
+        try:
+            wire = msgpack.unpackb(payload).get("map")
+        except ValueError as exc:
+            raise Unavailable(f"{url} answered with a body that is not msgpack") from exc
+        if wire is None:
+            raise Unavailable(f"{url} has no cluster map yet")
+        try:
+            return ClusterMap.from_wire(wire)
+        except MetaEntryError as exc:
+            raise Unavailable(f"{url} sent a malformed map: {exc}") from exc
 
     async def current_map(self) -> ClusterMap:
         """The cluster map as of now: every map change committed before the call
@@ -333,35 +352,14 @@ class ClusterNode:
             if found is None:
                 raise Unavailable("the cluster map is not written yet")
             return found
-        assert self.session is not None
         url = self.leader_url(META_GROUP)
         for _ in range(2):  # the leader named may have just changed: follow its hint once
             if url is None or url == self.client_url(self.id):
                 raise Unavailable("the meta group has no leader this node knows of")
-            try:
-                async with self.session.post(
-                    url + "/v1/cluster",
-                    data=msgpack.packb({"current": True}),
-                    timeout=aiohttp.ClientTimeout(total=5),
-                ) as response:
-                    payload = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise Unavailable(f"the meta leader at {url} did not answer: {exc!r}") from exc
-            if response.status == 421:
-                url = _leader_hint(payload)
-                continue
-            if response.status != 200:
-                raise Unavailable(f"{url} answered {response.status}: {_error_text(payload)}")
-            try:
-                answer = msgpack.unpackb(payload)
-            except ValueError as exc:
-                raise Unavailable(f"{url} answered with a body that is not msgpack") from exc
-            if answer.get("map") is None:
-                raise Unavailable(f"{url} has no cluster map yet")
-            try:
-                return ClusterMap.from_wire(answer["map"])
-            except MetaEntryError as exc:
-                raise Unavailable(f"{url} sent a malformed map: {exc}") from exc
+            answer = await self._map_from(url, current=True)
+            if isinstance(answer, ClusterMap):
+                return answer
+            url = answer
         raise Unavailable("the meta leader kept moving")
 
     async def _follow_groups(self, current: ClusterMap) -> None:
