@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .balance import Member, PlacementError, goal_placement, leader_transfers, next_moves
+from .errors import Unavailable
 from .meta import ClusterMap, map_entry
 from .partitions import META_GROUP
 
@@ -51,11 +52,13 @@ SETTLED_SECONDS = 10.0
 """How often the meta leader checks a cluster whose map has not changed since
 it last found every group as the map says."""
 
-ADD_TIMEOUT = 120.0
+ADD_WAIT = 10.0
+"""How long one step waits for a new replica to catch up; a replica that
+needs longer (or is down) is waited for again at the next step, so that a
+change of plan (the target declared dead, a new meta leader) is seen."""
 
 IDLE = "waiting: "
 """Steps that could do nothing start with it (the loop pauses after them)."""
-"""How long a new replica may take to catch up before the step is retried."""
 
 
 class MembershipError(Exception):
@@ -144,7 +147,12 @@ class Mover:
                     groups[group] = tuple(r for r in replicas if r != member)
                     await self._propose(current.changed(groups=tuple(sorted(groups.items()))))
                     return f"map: group {group} -{member} (an add it will not finish)"
-                await self._group_call(conf, "add-voter", group, member, ADD_TIMEOUT)
+                try:
+                    await self._group_call(conf, "add-voter", group, member, ADD_WAIT)
+                except (MembershipError, Unavailable) as exc:
+                    # Not caught up yet, or the leader could not be asked now:
+                    # the learner stays, and the next step looks again.
+                    return IDLE + f"group {group}: member {member} is catching up ({exc})"
                 return f"group {group}: added member {member}"
         # 2. Then removals: a voter the map no longer names.
         for group, replicas in sorted(placement.items()):
@@ -305,10 +313,12 @@ class Mover:
 
 
 def _without(current: ClusterMap, member: int) -> ClusterMap:
+    """The map with `member` forgotten, its id retired."""
     return current.changed(
         members=tuple(m for m in current.members if m[0] != member),
         states=tuple(s for s in current.states if s[0] != member),
         zones=tuple(z for z in current.zones if z[0] != member),
+        retired=tuple(sorted({*current.retired, member})),
     )
 
 
@@ -321,8 +331,15 @@ def joined(
     repeated after a lost answer); with other addresses it is.
 
     Raises:
-        MembershipError: the id or an address is taken by another member.
+        MembershipError: the id or an address is taken by another member, or
+            the id belonged to a member the cluster forgot.
     """
+    if member in current.retired:
+        raise MembershipError(
+            f"member id {member} belonged to a member that left this cluster; ids are "
+            "never used twice: give the new member another node_id (`protobase cluster "
+            "add-node` picks a free one) and an empty data_dir"
+        )
     for existing, their_peer, their_client in current.members:
         same = (their_peer, their_client) == (peer, client)
         if existing == member or (member is None and same):
@@ -336,7 +353,7 @@ def joined(
                 f"member {existing} already uses {their_peer} / {their_client}; "
                 "give the new member addresses of its own"
             )
-    new_id = member if member is not None else max(current.member_ids()) + 1
+    new_id = member if member is not None else max(*current.member_ids(), *current.retired) + 1
     zones = current.zones + (((new_id, zone),) if zone else ())
     return (
         current.changed(members=(*current.members, (new_id, peer, client)), zones=zones),

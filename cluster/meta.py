@@ -89,7 +89,8 @@ class ClusterMap:
     partitioned, as of `epoch`.
 
     Invariants: member ids are unique and sorted; every replica named in
-    `groups` is a member; `states` and `zones` name members only. A map with
+    `groups` is a member; `states` and `zones` name members only; no member
+    id is `retired`. A map with
     no `groups` is one written before placement became data: its placement
     is the rotation of `cluster.partitions.placement` over all members.
     """
@@ -105,6 +106,9 @@ class ClusterMap:
     """(member id, "leaving" | "dead") for the members that are not active."""
     zones: tuple[tuple[int, str], ...] = ()
     """(member id, zone label) for the members that have one."""
+    retired: tuple[int, ...] = ()
+    """Ids of members that were forgotten (left or replaced): never used again,
+    so that no Raft group can mistake a new member for an old one."""
 
     def placement(self) -> dict[int, tuple[int, ...]]:
         """Group id -> its replicas (the meta group is group 0)."""
@@ -138,14 +142,15 @@ class ClusterMap:
             self.partitions,
             self.replication,
         ]
-        if self.groups or self.states or self.zones:
-            wire.append(
-                {
-                    "groups": [[g, list(r)] for g, r in self.groups],
-                    "states": [list(s) for s in self.states],
-                    "zones": [list(z) for z in self.zones],
-                }
-            )
+        if self.groups or self.states or self.zones or self.retired:
+            extra: dict[str, Any] = {
+                "groups": [[g, list(r)] for g, r in self.groups],
+                "states": [list(s) for s in self.states],
+                "zones": [list(z) for z in self.zones],
+            }
+            if self.retired:  # maps that never forgot a member keep their older form
+                extra["retired"] = list(self.retired)
+            wire.append(extra)
         return wire
 
     @staticmethod
@@ -189,10 +194,24 @@ class ClusterMap:
         groups: list[tuple[int, tuple[int, ...]]] = []
         states: list[tuple[int, str]] = []
         zones: list[tuple[int, str]] = []
+        retired: list[int] = []
         if len(raw) == 5:
             extra = raw[4]
-            if type(extra) is not dict or set(extra) != {"groups", "states", "zones"}:
-                raise MetaEntryError("a cluster map's placement is {groups, states, zones}")
+            if type(extra) is not dict or set(extra) - {"retired"} != {"groups", "states", "zones"}:
+                raise MetaEntryError(
+                    "a cluster map's placement is {groups, states, zones[, retired]}"
+                )
+            raw_retired = extra.get("retired", [])
+            if (
+                type(raw_retired) is not list
+                or not all(type(m) is int and m > 0 for m in raw_retired)
+                or len(set(raw_retired)) != len(raw_retired)
+                or ids & set(raw_retired)
+            ):
+                raise MetaEntryError(
+                    "a cluster map's retired ids are distinct positive ids of no member"
+                )
+            retired = raw_retired
             for item in extra["groups"]:
                 if (
                     type(item) is not list
@@ -239,6 +258,7 @@ class ClusterMap:
             tuple(sorted(groups)),
             tuple(sorted(states)),
             tuple(sorted(zones)),
+            tuple(sorted(retired)),
         )
 
 

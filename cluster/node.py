@@ -32,11 +32,13 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -59,6 +61,7 @@ from .balance import Member as BalanceMember
 from .balance import goal_placement
 from .cold_tier import ColdTier
 from .config import ConfigError, NodeSettings, parse_address
+from .errors import CommitConflict, Unavailable, UnknownOutcome
 from .failpoints import Failpoints, failing_sync
 from .membership import MembershipError, Mover, joined, with_state
 from .meta import ClusterMap, MetaEntryError, MetaMachine, cas_entry, map_entry
@@ -84,18 +87,6 @@ MAP_POLL_SECONDS = 1.0
 """How often a node outside the meta group asks for the map, and every node
 looks for members to dial."""
 """Rebases of one commit whose speculative root change failed, before ConflictError."""
-
-
-class Unavailable(Exception):
-    """The operation cannot be served now (no leader, a timeout); retry."""
-
-
-class UnknownOutcome(Unavailable):
-    """The operation may or may not have taken effect."""
-
-
-class CommitConflict(Exception):
-    """The commit overlaps a concurrent one (the client sees ConflictError)."""
 
 
 class ClusterNode:
@@ -273,6 +264,10 @@ class ClusterNode:
                     "node %d is no longer a member of the cluster (map epoch %d); stopping",
                     self.id,
                     current.epoch,
+                )
+                _write_durably(
+                    self.settings.data_dir / LEFT_MARKER,
+                    json.dumps({"member": self.id, "epoch": current.epoch}),
                 )
                 self.left.set()
                 return
@@ -1555,9 +1550,24 @@ def _wire_links(batch: CommitBatch) -> list[Any] | None:
     return [[[p.transaction_id, p.index] for p in atom] for atom in batch.links]
 
 
+LEFT_MARKER = "LEFT.json"
+"""Written into the data directory when the cluster forgot this member: its
+id is retired, so the directory never serves again."""
+
+
 def _check_identity(settings: NodeSettings) -> None:
-    """A data directory belongs to one cluster with one partition count."""
+    """A data directory belongs to one cluster with one partition count, and
+    to a member the cluster has not forgotten."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    left = settings.data_dir / LEFT_MARKER
+    if left.exists():
+        raise ConfigError(
+            f"member {settings.node_id} left the cluster (removed or replaced; "
+            f"{left.read_text(errors='replace').strip()}), so {settings.data_dir} cannot "
+            "serve again. To bring this machine back, start it as a new member: "
+            "an empty data_dir, a node_id the cluster never used and `join` set "
+            "(`protobase cluster add-node` does this for a local cluster)"
+        )
     path = settings.data_dir / "CLUSTER.json"
     wanted = {"cluster": settings.cluster, "partitions": settings.partitions}
     if path.exists():
@@ -1573,11 +1583,14 @@ def _check_identity(settings: NodeSettings) -> None:
                 "fixed when a cluster is created: fix the config or use another data_dir"
             )
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(wanted))
-    with open(tmp, "rb+") as handle:
-        import os
+    _write_durably(path, json.dumps(wanted))
 
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write `path` whole (a temporary file, fsynced, renamed over it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     tmp.rename(path)
 

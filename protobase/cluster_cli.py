@@ -136,7 +136,6 @@ def cluster_up(
         *(["--log-format", log_format] if log_format is not None else []),
         *(["--log-level", log_level] if log_level is not None else []),
     ]
-    urls = [f"http://127.0.0.1:{base_port + k}" for k in range(1, nodes + 1)]
     # SIGTERM and SIGHUP (a closed terminal) stop the nodes as Ctrl-C does:
     # they run in sessions of their own and would outlive this process.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -150,10 +149,14 @@ def cluster_up(
             except (RuntimeError, TimeoutError) as exc:
                 print(f"protobase cluster up: {exc}", file=sys.stderr)
                 return 2
-        configs = write_configs(root, nodes, base_port, partitions, s3_endpoint)
-        processes += [
-            start_node(c, root / f"node{k}.log", log_options) for k, c in enumerate(configs, 1)
-        ]
+        write_configs(root, nodes, base_port, partitions, s3_endpoint)
+        members = member_configs(root)
+        urls = [url for _, url in members.values()]
+        running = {
+            k: start_node(config, root / f"node{k}.log", log_options)
+            for k, (config, _) in members.items()
+        }
+        processes += running.values()
         try:
             wait_ready(urls)
             if monitoring:
@@ -162,7 +165,7 @@ def cluster_up(
             print(f"protobase cluster up: {exc}; see {root}/*.log", file=sys.stderr)
             return 1
         token_file = (root / "client.token").resolve()
-        print(f"cluster of {nodes} nodes is up:")
+        print(f"cluster of {len(urls)} nodes is up:")
         for url in urls:
             print(f"  {url}   (status: {url}/status)")
         print("connect from Python:\n")
@@ -181,16 +184,90 @@ def cluster_up(
             print("Ctrl-C stops every node, the S3 server and Prometheus.", flush=True)
         else:
             print("Ctrl-C stops every node.", flush=True)
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        dead = [k for k, p in enumerate(processes, 1) if p.poll() is not None]
-        print(f"node(s) {dead} exited; see {root}/node*.log; stopping the others", file=sys.stderr)
-        return 1
+        return _watch_nodes(root, running)
     except KeyboardInterrupt:
         print("stopping...")
         return 0
     finally:
         stop_processes(processes)
+        stop_added_nodes(root)
+
+
+def _watch_nodes(root: Path, running: dict[int, subprocess.Popen[bytes]]) -> int:
+    """Wait while the nodes run. A node that exits 0 stopped on purpose (it left
+    the cluster, or was stopped with SIGTERM): the others go on. One that fails
+    stops the cluster (the exit status is 1)."""
+    while running:
+        time.sleep(0.5)
+        for k, process in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[k]
+            if process.returncode != 0:
+                print(
+                    f"node {k} exited with status {process.returncode}; see {root}/node{k}.log; "
+                    "stopping the others",
+                    file=sys.stderr,
+                )
+                return 1
+            why = "left the cluster" if left_cluster(root / f"node{k}.toml") else "stopped"
+            print(f"node {k} {why}; the others keep running", flush=True)
+    print("every node has stopped")
+    return 0
+
+
+def member_configs(directory: Path) -> dict[int, tuple[Path, str]]:
+    """Member id -> (its ``nodeK.toml``, its client URL) for every config in
+    `directory` (those `protobase cluster add-node` wrote included) whose node
+    has not left the cluster."""
+    import tomllib
+
+    found: dict[int, tuple[Path, str]] = {}
+    for config in directory.glob("node*.toml"):
+        if not config.stem[4:].isdigit() or left_cluster(config):
+            continue
+        settings = tomllib.loads(config.read_text())
+        found[int(settings["node_id"])] = (config, f"http://{settings['listen']}")
+    return dict(sorted(found.items()))
+
+
+def left_cluster(config: Path) -> bool:
+    """Whether the node of `config` left the cluster (its data directory says so)."""
+    import tomllib
+
+    from cluster.node import LEFT_MARKER
+
+    data_dir = config.parent / tomllib.loads(config.read_text())["data_dir"]
+    return (data_dir / LEFT_MARKER).exists()
+
+
+def pid_file(config: Path) -> Path:
+    """Where `protobase cluster add-node` notes the PID of the node it started."""
+    return config.with_suffix(".pid")
+
+
+def stop_added_nodes(directory: Path) -> None:
+    """Stop the nodes `protobase cluster add-node` started in `directory` (they
+    run in sessions of their own): SIGTERM, then SIGKILL after 10 s."""
+    pids = []
+    for path in directory.glob("node*.pid"):
+        try:
+            pid = int(path.read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # gone already
+        if str(path.with_suffix(".toml")).encode() in command:
+            pids.append(pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
 
 
 def _executable(name: str, hint: str) -> str:

@@ -23,6 +23,8 @@ from typing import Any
 
 import msgpack
 
+from .cluster_cli import pid_file
+
 POLL_SECONDS = 1.0
 
 
@@ -85,7 +87,23 @@ def current_map(url: str, token: str) -> dict[str, Any]:
     extra = answer["map"][4] if len(answer["map"]) > 4 else {"groups": [], "states": []}
     found["placement"] = {g: tuple(r) for g, r in extra["groups"]}
     found["states"] = dict((m, s) for m, s in extra["states"])
+    found["retired"] = set(extra.get("retired", ()))
     return found
+
+
+def _any_current_map(urls: list[str], token: str) -> dict[str, Any]:
+    """`current_map` from the first of `urls` that answers.
+
+    Raises:
+        ClusterBusy: none answered (the last one's reason).
+    """
+    for position, url in enumerate(urls):
+        try:
+            return current_map(url, token)
+        except ClusterBusy:
+            if position == len(urls) - 1:
+                raise
+    raise ClusterBusy("no member to ask")
 
 
 def _leader_step(leader_url: str) -> str:
@@ -114,13 +132,18 @@ def _watch(
     print a line whenever the map or the leader's last step changes."""
     deadline = time.monotonic() + timeout
     last = ""
+    urls = [url]
     while True:
         found: dict[str, Any] | None = None
         try:
-            found = current_map(url, token)
+            found = _any_current_map(urls, token)
         except ClusterBusy as exc:
             line = f"waiting: {exc}"
         else:
+            # The member asked first may leave (remove-node of itself): ask the
+            # others the map names, in turn, when it stops answering.
+            others = [m["client"] for m in found["members"].values()]
+            urls = [url, *(u for u in others if u.rstrip("/") != url.rstrip("/"))]
             step = _leader_step(found["leader"])
             line = f"epoch {found['epoch']}: {describe(found)}; {step}"
         if line != last:
@@ -235,7 +258,9 @@ def add_node(
     base = int(str(first["listen"]).rsplit(":", 1)[1]) - int(first["node_id"])
     url = join or f"http://127.0.0.1:{base + int(first['node_id'])}"
     found = current_map(url, token)
-    member = max([*found["members"], *(int(p.stem[4:]) for p in configs)]) + 1
+    # An id no member has, had or has a config for: ids are never used twice.
+    taken = [*found["members"], *found["retired"], *(int(p.stem[4:]) for p in configs)]
+    member = max(taken) + 1
     config = join_config(directory, member, base, configs[0], url, zone)
     log_path = directory / f"node{member}.log"
     with open(log_path, "ab") as log:
@@ -245,6 +270,8 @@ def add_node(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # it outlives this command
         )
+    # `cluster up` on this directory stops it with the others, and starts it next time.
+    pid_file(config).write_text(f"{process.pid}\n")
     out(f"member {member} started (pid {process.pid}, log {log_path}); it joins through {url}")
     wait_added(url, token, member, timeout, out)
     out(f"member {member} holds its share: http://127.0.0.1:{base + member}")

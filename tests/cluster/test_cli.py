@@ -61,7 +61,7 @@ def _default_sigint() -> None:
 class ClusterUp:
     """One `protobase cluster up DIR` process, its stdout read by a thread."""
 
-    def __init__(self, directory: Path, base_port: int) -> None:
+    def __init__(self, directory: Path, base_port: int, *options: str) -> None:
         self.directory = directory
         self.lines: list[str] = []
         self.process = subprocess.Popen(
@@ -76,6 +76,7 @@ class ClusterUp:
                 "3",
                 "--base-port",
                 str(base_port),
+                *options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -146,7 +147,7 @@ class ClusterUp:
 def node_processes(directory: Path) -> dict[int, str]:
     """PID -> command line of every running `protobase node` with a config in `directory`."""
     found = {}
-    configs = {str(directory / f"node{k}.toml") for k in range(1, 4)}
+    configs = {str(directory / f"node{k}.toml") for k in range(1, 10)}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -285,6 +286,100 @@ def test_cluster_up_stops_its_nodes_on_sigterm_and_sighup(
     up.process.send_signal(sig)
     assert up.process.wait(STOP_SECONDS) == 0, up.output
     assert node_processes(directory) == {}, "cluster up left nodes running"
+
+
+def test_a_cluster_up_cluster_grows_and_shrinks_by_the_documented_commands(
+    tmp_path: Path, started: list[ClusterUp]
+) -> None:
+    """docs/operations.md's path: `cluster up`, `cluster add-node DIR`,
+    `cluster remove-node URL ID`, while a client commits; then Ctrl-C stops
+    every node (the added one too) and `cluster up` again starts the members
+    that are left."""
+    from protobase import ClusterFileStorage, ClusterUnavailableError, Dictionary, ObjectSpace
+
+    directory = (tmp_path / "cluster-data").resolve()
+    base = free_port_base(5)
+    up = ClusterUp(directory, base, "--partitions", "2")
+    started.append(up)
+    up.wait_printed()
+    token_file = str(directory / "client.token")
+    token = (directory / "client.token").read_text().strip()
+    urls = [f"http://127.0.0.1:{base + k}" for k in range(1, 5)]
+
+    acked: list[int] = []
+    unknown: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def commit_in_a_loop() -> None:
+        try:
+            with ObjectSpace(ClusterFileStorage(urls, token=token, timeout=10)) as space:
+                db = space.new_database("grow")
+                db.run(lambda tr: tr.set_root_object("done", Dictionary()))
+                number = 0
+                while not stop.is_set():
+                    number += 1
+
+                    def add(tr: Any, n: int = number) -> None:
+                        tr.set_root_object("done", tr.get_root_object("done").set_at(n, n))
+
+                    try:
+                        db.run(add)
+                    except ClusterUnavailableError:
+                        unknown.append(number)  # it may or may not have happened
+                        continue
+                    acked.append(number)
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    client = threading.Thread(target=commit_in_a_loop, daemon=True)
+    client.start()
+    try:
+        added = run_cli("cluster", "add-node", str(directory), "--timeout", "120", timeout=150)
+        assert added.returncode == 0, added.stdout + added.stderr + up.logs()
+        assert "member 4 holds its share" in added.stdout, added.stdout
+        assert (directory / "node4.pid").exists()
+        before = len(acked)
+        removed = run_cli(
+            "cluster", "remove-node", urls[0], "1", "--token-file", token_file,
+            "--timeout", "120", timeout=150,
+        )  # fmt: skip
+        assert removed.returncode == 0, removed.stdout + removed.stderr + up.logs()
+        assert "member 1 is out of the cluster" in removed.stdout, removed.stdout
+        deadline = time.monotonic() + 30
+        while "node 1 left the cluster; the others keep running" not in up.lines:
+            assert time.monotonic() < deadline, up.output
+            assert up.process.poll() is None, up.output
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert len(acked) > before, "no commit after the node was added"
+    finally:
+        stop.set()
+        client.join(30)
+    assert not errors, errors
+    # Node 1's process is gone; the data dir says it left, and it refuses to serve.
+    assert (directory / "n1" / "LEFT.json").exists()
+    refused = run_cli("node", "--config", str(directory / "node1.toml"), timeout=30)
+    assert refused.returncode == 2 and "left the cluster" in refused.stderr, refused.stderr
+
+    assert up.interrupt() == 0, up.output
+    assert node_processes(directory) == {}, "cluster up left nodes running (node 4 included)"
+
+    again = ClusterUp(directory, base, "--partitions", "2")
+    started.append(again)
+    output = again.wait_printed()
+    assert "cluster of 3 nodes is up:" in output, output
+    assert re.findall(r"^\s+(http://\S+)\s+\(status: ", output, re.M) == urls[1:]
+    with ObjectSpace(ClusterFileStorage(urls[1:], token=token)) as space:
+        reader = space.open_database("grow").new_read_only_transaction()
+        done = reader.get_root_object("done")
+        kept = {n for n in range(1, max(acked + unknown, default=0) + 1) if done.has(n)}
+        reader.abort()
+    assert len(acked) >= 10, acked
+    assert set(acked) <= kept, sorted(set(acked) - kept)  # every acknowledged commit
+    assert kept <= set(acked) | set(unknown)  # and nothing that was never tried
+    assert again.interrupt() == 0, again.output
+    assert node_processes(directory) == {}
 
 
 # -- 2. the demo on a cluster -----------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.membership import MembershipError, joined, with_state
+from cluster.membership import MembershipError, _without, joined, with_state
 from cluster.meta import ClusterMap
 
 
@@ -58,3 +58,15 @@ def test_the_last_active_member_and_strangers_are_refused() -> None:
         with_state(alone, 1, "dead")
     with pytest.raises(MembershipError, match="not in the cluster"):
         with_state(three(), 7, "dead")
+
+
+def test_a_forgotten_member_s_id_is_retired_and_never_given_again() -> None:
+    four, _ = joined(three(), None, "127.0.0.1:7204", "http://127.0.0.1:7104", None)
+    forgotten = _without(with_state(four, 4, "dead"), 4)
+    assert forgotten.member_ids() == [1, 2, 3] and forgotten.retired == (4,)
+    assert ClusterMap.from_wire(forgotten.to_wire()) == forgotten
+    assert len(three().to_wire()[4]) == 3  # a map that never forgot anyone keeps its form
+    with pytest.raises(MembershipError, match="never used twice"):
+        joined(forgotten, 4, "127.0.0.1:7204", "http://127.0.0.1:7104", None)
+    _, new_id = joined(forgotten, None, "127.0.0.1:7205", "http://127.0.0.1:7105", None)
+    assert new_id == 5

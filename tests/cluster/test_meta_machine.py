@@ -144,6 +144,8 @@ def test_a_changed_map_is_the_next_epoch_and_round_trips_with_its_placement() ->
         ({"states": ((9, "dead"),)}, "member state"),
         ({"zones": ((1, ""),)}, "member zone"),
         ({"members": ((1, "a:1", "u"), (1, "b:2", "v"))}, "twice"),
+        ({"retired": (2,)}, "retired"),
+        ({"retired": (0,)}, "retired"),
     ],
 )
 def test_a_malformed_map_is_refused_with_a_clear_error(fields: dict, message: str) -> None:
