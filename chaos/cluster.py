@@ -6,6 +6,13 @@ in node k's file, every other member j's peer address is the `ProxyNet`
 link ``k -> j``, so the harness can cut, slow or one-way any link. Clients
 reach the nodes directly. Processes run in sessions of their own and are
 stopped by PID (`stop`), whatever happened.
+
+Spare members (``spares``) are configured from the start but not started:
+a spare joins the running cluster (``--join``) when the membership nemesis
+adds it (`join`), and its links are proxied like the others' (its peers
+reach it through their ``[peer_routes]``, it reaches them through its
+own). A member that left the cluster, or was killed for good to be
+replaced, is `retire`d: never started again.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -73,19 +81,29 @@ class ChaosCluster:
         partitions: int = 4,
         seed: int = 0,
         failpoints: tuple[str, ...] = (),
+        spares: int = 0,
     ) -> None:
         self.directory = directory
         self.failpoints = failpoints
         """Deliberate bugs the nodes start with (`cluster.failpoints`): the mutation check."""
-        self.nodes = list(range(1, nodes + 1))
+        self.initial = list(range(1, nodes + 1))
+        everyone = list(range(1, nodes + spares + 1))
+        self.nodes = list(self.initial)
+        """The members now: started ones that have not been retired."""
+        self.spares = everyone[nodes:]
+        """Members configured but not started yet (`join` starts them)."""
+        self.retired: list[int] = []
+        """Members that left the cluster or were killed for good."""
+        self._lock = threading.RLock()
         directory.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * nodes + nodes * (nodes - 1))
-        self.client_ports = {k: ports[k - 1] for k in self.nodes}
-        self.peer_ports = {k: ports[nodes + k - 1] for k in self.nodes}
-        links = [(a, b) for a in self.nodes for b in self.nodes if a != b]
+        count = len(everyone)
+        ports = free_ports(2 * count + count * (count - 1))
+        self.client_ports = {k: ports[k - 1] for k in everyone}
+        self.peer_ports = {k: ports[count + k - 1] for k in everyone}
+        links = [(a, b) for a in everyone for b in everyone if a != b]
         self.net = ProxyNet(
-            {k: (HOST, self.peer_ports[k]) for k in self.nodes},
-            dict(zip(links, ports[2 * nodes :], strict=True)),
+            {k: (HOST, self.peer_ports[k]) for k in everyone},
+            dict(zip(links, ports[2 * count :], strict=True)),
             seed=seed,
         )
         for name in ("cluster.secret", "client.token"):
@@ -94,27 +112,34 @@ class ChaosCluster:
                 path.write_text(secrets.token_hex(32) + "\n")
                 path.chmod(0o600)
         self.token = (directory / "client.token").read_text().strip()
-        self.configs = {k: self._write_config(k, partitions) for k in self.nodes}
+        self.configs = {k: self._write_config(k, partitions, everyone) for k in everyone}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
 
-    def _write_config(self, node: int, partitions: int) -> Path:
-        members = ""
-        for other in self.nodes:
+    def _write_config(self, node: int, partitions: int, everyone: list[int]) -> Path:
+        # A first member lists the first members; a spare lists only itself.
+        listed = self.initial if node in self.initial else [node]
+        members = routes = ""
+        for other in everyone:
             peer = (
                 (HOST, self.peer_ports[other]) if other == node else self.net.address(node, other)
             )
-            members += (
-                f'\n[[members]]\nid = {other}\npeer = "{peer[0]}:{peer[1]}"\n'
-                f'client = "{self.url(other)}"\n'
-            )
+            if other in listed:
+                members += (
+                    f'\n[[members]]\nid = {other}\npeer = "{peer[0]}:{peer[1]}"\n'
+                    f'client = "{self.url(other)}"\n'
+                )
+            else:
+                routes += f'{other} = "{peer[0]}:{peer[1]}"\n'
         path = self.directory / f"node{node}.toml"
         path.write_text(
             f'cluster = "chaos"\nnode_id = {node}\ndata_dir = "n{node}"\n'
             f'listen = "{HOST}:{self.client_ports[node]}"\n'
             f'peer_listen = "{HOST}:{self.peer_ports[node]}"\n'
             f"partitions = {partitions}\n"
-            'secret_file = "cluster.secret"\ntoken_file = "client.token"\n' + members
+            'secret_file = "cluster.secret"\ntoken_file = "client.token"\n'
+            + members
+            + ("\n[peer_routes]\n" + routes if routes else "")
         )
         return path
 
@@ -123,45 +148,87 @@ class ChaosCluster:
 
     @property
     def urls(self) -> list[str]:
-        return [self.url(k) for k in self.nodes]
+        """The first members' client URLs (clients learn the others from the map)."""
+        return [self.url(k) for k in self.initial]
+
+    def members(self) -> list[int]:
+        """The members now (a copy: the membership nemesis changes them)."""
+        with self._lock:
+            return list(self.nodes)
 
     # -- processes ---------------------------------------------------------------------
 
     def start(self, node: int | None = None) -> None:
-        for k in [node] if node is not None else self.nodes:
-            running = self.processes.get(k)
-            if running is not None and running.poll() is None:
-                continue
-            environment = dict(os.environ)
-            if self.failpoints:
-                environment["PROTOBASE_FAILPOINTS"] = ",".join(self.failpoints)
-            with open(self.directory / f"node{k}.log", "ab") as log:
-                self.processes[k] = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "protobase.cli",
-                        "node",
-                        "--config",
-                        str(self.configs[k]),
-                    ],
-                    env=environment,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.paused.discard(k)
+        """Start `node`, or every member, unless running or retired."""
+        with self._lock:
+            for k in [node] if node is not None else list(self.nodes):
+                running = self.processes.get(k)
+                if k in self.retired or (running is not None and running.poll() is None):
+                    continue
+                self._spawn(k)
+
+    def _spawn(self, k: int) -> None:
+        environment = dict(os.environ)
+        if self.failpoints:
+            environment["PROTOBASE_FAILPOINTS"] = ",".join(self.failpoints)
+        join: list[str] = []
+        if k not in self.initial:
+            # A member that joined later: joining again is harmless (the same
+            # id and addresses), and a node that holds groups ignores it.
+            through = next((m for m in self.nodes if m != k and self.running(m)), None)
+            if through is not None:
+                join = ["--join", self.url(through)]
+        with open(self.directory / f"node{k}.log", "ab") as log:
+            self.processes[k] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "protobase.cli",
+                    "node",
+                    "--config",
+                    str(self.configs[k]),
+                    *join,
+                ],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.paused.discard(k)
+
+    def join(self) -> int:
+        """Start the next spare; it joins the cluster. Returns its id.
+
+        Raises:
+            RuntimeError: no spare is left.
+        """
+        with self._lock:
+            if not self.spares:
+                raise RuntimeError("no spare member is left to join")
+            node = self.spares.pop(0)
+            self.nodes.append(node)
+            self._spawn(node)
+            return node
+
+    def retire(self, node: int) -> None:
+        """`node` is out for good: killed if it still runs, never started again."""
+        with self._lock:
+            if node in self.nodes:
+                self.nodes.remove(node)
+            self.retired.append(node)
+            self.kill(node)
 
     def running(self, node: int) -> bool:
         process = self.processes.get(node)
         return process is not None and process.poll() is None
 
     def kill(self, node: int) -> None:
-        process = self.processes.get(node)
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(10)
-        self.paused.discard(node)
+        with self._lock:
+            process = self.processes.get(node)
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(10)
+            self.paused.discard(node)
 
     def pause(self, node: int) -> None:
         if self.running(node):
@@ -184,7 +251,7 @@ class ChaosCluster:
 
     def wait_ready(self, nodes: list[int] | None = None, timeout: float = READY_SECONDS) -> None:
         deadline = time.monotonic() + timeout
-        for k in nodes or self.nodes:
+        for k in nodes or self.members():
             while True:
                 if not self.running(k):
                     raise RuntimeError(f"node {k} is not running:\n{self.log(k)}")
@@ -209,7 +276,7 @@ class ChaosCluster:
 
     def leader_of(self, group: int) -> int | None:
         """The member that reports leading `group` now, if any answers."""
-        for k in self.nodes:
+        for k in self.members():
             state = self.status(k)
             if state is None:
                 continue

@@ -144,7 +144,11 @@ class Nemesis:
         return self.stopping.wait(max(0.0, self._started + at - time.monotonic()))
 
     def _member(self, target: Any) -> int:
+        """The member `target` names now. A member the schedule named that is no
+        longer one (the membership nemesis retired it) stands for another,
+        chosen by its number, so the schedule stays a function of the seed."""
         cluster = self.cluster
+        members = cluster.members()
         if target == "meta-leader":
             found = cluster.leader_of(0)
         elif target == "partition-leader":
@@ -152,7 +156,9 @@ class Nemesis:
         else:
             found = target
         if found is None:
-            found = cluster.nodes[0]
+            found = members[0]
+        if found not in members:
+            found = members[int(found) % len(members)]
         return int(found)
 
     def _begin(self, fault: Fault) -> Callable[[], None]:
@@ -165,8 +171,9 @@ class Nemesis:
             cluster.kill(node)
             return lambda: cluster.start(node)
         if kind == "kill-all":
-            self.record(NEMESIS, INFO, kind, list(cluster.nodes))
-            for node in cluster.nodes:
+            members = cluster.members()
+            self.record(NEMESIS, INFO, kind, members)
+            for node in members:
                 cluster.kill(node)
             return lambda: cluster.start()
         if kind == "pause":
@@ -175,7 +182,7 @@ class Nemesis:
             cluster.pause(node)
             return lambda: cluster.resume(node)
         if kind == "partition":
-            members = list(cluster.nodes)
+            members = cluster.members()
             rng.shuffle(members)
             minority = set(members[: (len(members) - 1) // 2 or 1])
             groups = [minority, set(members) - minority]
@@ -188,17 +195,20 @@ class Nemesis:
             net.isolate(node)
             return net.heal
         if kind == "bridge":
-            node = rng.choice(list(cluster.nodes))
+            members = cluster.members()
+            node = rng.choice(members)
             self.record(NEMESIS, INFO, kind, node)
-            net.bridge(node)
+            net.bridge(node, members)
             return net.heal
         if kind == "one-way":
-            source, target = fault.target
+            source = self._member(fault.target[0])
+            others = [m for m in cluster.members() if m != source]
+            target = fault.target[1] if fault.target[1] in others else others[0]
             self.record(NEMESIS, INFO, kind, [source, target])
             net.one_way(source, target)
             return net.heal
         if kind == "disk":
-            node, error = fault.target
+            node, error = self._member(fault.target[0]), fault.target[1]
             self.record(NEMESIS, INFO, kind, [node, error])
             cluster.fail_disk(node, error)
 

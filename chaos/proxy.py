@@ -200,13 +200,22 @@ class ProxyNet:
         others = set(self.peers) - {node}
         self.partition([{node}, others])
 
-    def bridge(self, bridge: int) -> None:
-        """Two halves that both still reach `bridge` (Jepsen's bridge partition)."""
-        rest = sorted(set(self.peers) - {bridge})
+    def bridge(self, bridge: int, members: Iterable[int] | None = None) -> None:
+        """Two halves of `members` (every peer by default) that both still reach
+        `bridge` (Jepsen's bridge partition); links of others are left alone."""
+        rest = sorted(set(self.peers if members is None else members) - {bridge})
         half = len(rest) // 2
         side = {node: 0 for node in rest[:half]} | {node: 1 for node in rest[half:]}
         self._apply(
-            (link, LinkFaults(cut=bridge not in link and side[link[0]] != side[link[1]]))
+            (
+                link,
+                LinkFaults(
+                    cut=bridge not in link
+                    and link[0] in side
+                    and link[1] in side
+                    and side[link[0]] != side[link[1]]
+                ),
+            )
             for link in self.links
         )
 

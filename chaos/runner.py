@@ -29,6 +29,7 @@ from protobase import ObjectSpace
 
 from .cluster import ChaosCluster
 from .history import Op, write_history
+from .membership import MembershipNemesis
 from .nemesis import KINDS, Nemesis, schedule
 from .report import write_report
 from .workloads import (
@@ -55,6 +56,16 @@ class ChaosResult:
     faults: int
     unknown: int
     errors: list[str]
+    membership: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The membership changes made (kind, members, outcome, seconds)."""
+
+
+MEMBERSHIP = "membership"
+"""The fault kind that runs the membership nemesis (`chaos.membership`) beside
+the others: members added, removed and replaced during the run."""
+
+SPARES = 4
+"""Spare members a run with membership changes may add."""
 
 
 def check(workload: Workload, history: Sequence[Op]) -> dict[str, Any]:
@@ -99,11 +110,18 @@ def run_chaos(
     if "disk" in faults and "disk-faults" not in failpoints:
         failpoints = (*failpoints, "disk-faults")
     directory.mkdir(parents=True, exist_ok=True)
+    changes_members = MEMBERSHIP in faults
     cluster = ChaosCluster(
-        directory / "cluster", nodes=nodes, partitions=partitions, seed=seed, failpoints=failpoints
+        directory / "cluster",
+        nodes=nodes,
+        partitions=partitions,
+        seed=seed,
+        failpoints=failpoints,
+        spares=SPARES if changes_members else 0,
     )
     run = Run(cluster.urls, cluster.token, seed)
-    plan = schedule(seed, cluster.nodes, faults, seconds)
+    plan = schedule(seed, cluster.nodes, [f for f in faults if f != MEMBERSHIP], seconds)
+    membership: MembershipNemesis | None = None
     try:
         cluster.start()
         cluster.wait_ready()
@@ -118,13 +136,23 @@ def run_chaos(
         for thread in threads:
             thread.start()
         nemesis.start()
+        if changes_members:
+            membership = MembershipNemesis(cluster, run.record, seed)
+            membership.start()
         time.sleep(seconds)
         nemesis.stop()
+        if membership is not None:
+            membership.stop()
         cluster.net.heal()
-        for node in cluster.nodes:
+        for node in cluster.members():
             cluster.resume(node)
             cluster.start(node)
         cluster.wait_ready()
+        if membership is not None:
+            try:
+                membership.settle()
+            except TimeoutError as exc:
+                run.errors.append(str(exc))
         time.sleep(0.5)  # clients commit once more on the healed cluster
         run.stopping.set()
         for thread in threads:
@@ -153,6 +181,7 @@ def run_chaos(
         faults=sum(1 for op in history if op.process < 0 and not op.f.startswith("end-")),
         unknown=sum(1 for op in client_ops if op.type == "info"),
         errors=errors,
+        membership=membership.changes if membership is not None else [],
     )
     summary = {
         "valid": result.valid,
@@ -166,6 +195,7 @@ def run_chaos(
         "faults_injected": result.faults,
         "unknown_outcomes": result.unknown,
         "errors": errors,
+        "membership": result.membership,
         "checkers": checkers,
     }
     (directory / "results.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -179,7 +209,8 @@ MIXES: dict[str, list[str]] = {
     "partitions": ["partition", "isolate-leader", "bridge", "one-way"],
     "slow": ["slow", "partition"],
     "disks": ["disk", "kill"],
-    "everything": list(KINDS),
+    "membership": [MEMBERSHIP, "kill", "pause", "partition", "isolate-leader"],
+    "everything": [*KINDS, MEMBERSHIP],
 }
 """Named fault mixes a campaign runs every workload under."""
 

@@ -28,6 +28,13 @@ some, 30; 0: only on ``protobase cluster rebalance``), ``join`` (the URL of a me
 of a running cluster: this node joins it, and its ``[[members]]`` name only
 itself; ``protobase node --join URL`` sets it too).
 
+Optional ``[peer_routes]`` table: how this node reaches members its
+``[[members]]`` do not name, overriding the peer address the cluster map
+gives (a proxy, NAT or tunnel between them)::
+
+    [peer_routes]
+    4 = "127.0.0.1:9304"             # member id = HOST:PORT
+
 Optional ``[s3]`` table, the cold tier (`cluster.cold_tier`); credentials
 come from the usual AWS environment variables or profile::
 
@@ -108,6 +115,17 @@ class NodeSettings:
     leader_balance_after: float = 30.0
     """Seconds group leaders may stay unevenly spread before the meta leader
     moves some (0: only on `protobase cluster rebalance`)."""
+    peer_routes: tuple[tuple[int, tuple[str, int]], ...] = ()
+    """(member id, address) pairs: how this node reaches those members, over
+    the address the cluster map gives."""
+
+    def peer_route(self, node_id: int) -> tuple[str, int] | None:
+        """How this node reaches member `node_id` when its config says:
+        `[[members]]` first, then `[peer_routes]` (None: as the map says)."""
+        for member in self.members:
+            if member.id == node_id:
+                return member.peer
+        return dict(self.peer_routes).get(node_id)
 
     @property
     def me(self) -> Member:
@@ -227,7 +245,21 @@ def load_config(path: str | Path) -> NodeSettings:
         join=join,
         zone=zone,
         leader_balance_after=_leader_balance_after(table),
+        peer_routes=_peer_routes(table.get("peer_routes")),
     )
+
+
+def _peer_routes(raw: Any) -> tuple[tuple[int, tuple[str, int]], ...]:
+    if raw is None:
+        return ()
+    if type(raw) is not dict:
+        raise ConfigError('[peer_routes] must be a table of member id = "HOST:PORT"')
+    routes = []
+    for key, address in raw.items():
+        if not key.isdigit() or int(key) < 1:
+            raise ConfigError(f"peer_routes keys are member ids (integers > 0), not {key!r}")
+        routes.append((int(key), parse_address(address, f"peer_routes.{key}")))
+    return tuple(sorted(routes))
 
 
 def _seconds(table: dict[str, Any], key: str, default: float) -> float:

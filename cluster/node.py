@@ -247,6 +247,14 @@ class ClusterNode:
             try:
                 if META_GROUP not in self.raft.groups:
                     await self._fetch_map()
+                elif self.raft.leader(META_GROUP) is None:
+                    # A meta replica that hears no leader may have been removed
+                    # from the group while this node was down; its own map would
+                    # then never change again. The others' maps tell.
+                    try:
+                        await self._fetch_map()
+                    except Unavailable as exc:  # this node's own map serves meanwhile
+                        log.debug("node %d: no other meta replica answered: %s", self.id, exc)
                 current = self.cluster_map
                 if self._would_drop(current):
                     current = await self.current_map()
@@ -347,15 +355,29 @@ class ClusterNode:
             if found is None:
                 raise Unavailable("the cluster map is not written yet")
             return found
-        url = self.leader_url(META_GROUP)
-        for _ in range(2):  # the leader named may have just changed: follow its hint once
-            if url is None or url == self.client_url(self.id):
-                raise Unavailable("the meta group has no leader this node knows of")
-            answer = await self._map_from(url, current=True)
-            if isinstance(answer, ClusterMap):
-                return answer
-            url = answer
-        raise Unavailable("the meta leader kept moving")
+        mine = self.client_url(self.id)
+        known = self.leader_url(META_GROUP)
+        # No leader known here: the meta replicas name theirs.
+        asked = (
+            [known]
+            if known is not None
+            else [self.client_url(r) for r in self.placement.get(META_GROUP, ()) if r != self.id]
+        )
+        errors = []
+        for first in asked:
+            url = first
+            for _ in range(2):  # the leader named may have just changed: follow its hint once
+                if url is None or url == mine:
+                    break
+                try:
+                    answer = await self._map_from(url, current=True)
+                except Unavailable as exc:
+                    errors.append(str(exc))
+                    break
+                if isinstance(answer, ClusterMap):
+                    return answer
+                url = answer
+        raise Unavailable("no meta leader answered" + (": " + "; ".join(errors) if errors else ""))
 
     async def _follow_groups(self, current: ClusterMap) -> None:
         """Run exactly the groups `current` places here.
@@ -416,11 +438,10 @@ class ClusterNode:
         current = self.cluster_map
         if current.epoch == self._peers_epoch:
             return
-        # node.toml's [[members]] say how this node reaches a member (a proxy
-        # may stand between them); the map gives the addresses of the others.
-        configured = {m.id: m.peer for m in self.settings.members}
+        # node.toml's [[members]] and [peer_routes] say how this node reaches a
+        # member (a proxy may stand between them); the map gives the others.
         peers = {
-            member: configured.get(member)
+            member: self.settings.peer_route(member)
             or parse_address(peer, f"the peer address of member {member}")
             for member, peer, _ in current.members
             if member != self.id

@@ -64,10 +64,10 @@ def _node(args: argparse.Namespace) -> int:
 def _chaos_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from chaos.nemesis import KINDS
-    from chaos.runner import run_chaos
+    from chaos.runner import MIXES, run_chaos
 
-    faults = [k for k in args.faults.split(",") if k] if args.faults != "all" else list(KINDS)
+    everything = MIXES["everything"]
+    faults = [k for k in args.faults.split(",") if k] if args.faults != "all" else everything
     failpoints = tuple(f for f in args.failpoints.split(",") if f)
     result = run_chaos(
         Path(args.out),
@@ -482,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workload", default="bank", choices=["register", "bank", "set", "list-append"]
     )
     chaos_run.add_argument(
-        "--faults", default="kill,pause,partition", help="comma-separated kinds, or all"
+        "--faults",
+        default="kill,pause,partition",
+        help="comma-separated kinds (kill, kill-all, pause, partition, isolate-leader, bridge, "
+        "one-way, slow, disk, membership), or all",
     )
     chaos_run.add_argument("--seed", type=int, default=1)
     chaos_run.add_argument("--seconds", type=float, default=20.0)

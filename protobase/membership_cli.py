@@ -106,7 +106,7 @@ def _any_current_map(urls: list[str], token: str) -> dict[str, Any]:
     raise ClusterBusy("no member to ask")
 
 
-def _leader_step(leader_url: str) -> str:
+def leader_step(leader_url: str) -> str:
     """What the meta leader's last membership step did ("balanced": nothing
     was left to do, leaders included when a rebalance asked for them)."""
     try:
@@ -144,7 +144,7 @@ def _watch(
             # others the map names, in turn, when it stops answering.
             others = [m["client"] for m in found["members"].values()]
             urls = [url, *(u for u in others if u.rstrip("/") != url.rstrip("/"))]
-            step = _leader_step(found["leader"])
+            step = leader_step(found["leader"])
             line = f"epoch {found['epoch']}: {describe(found)}; {step}"
         if line != last:
             out(line)
@@ -207,7 +207,8 @@ def _take_out(
     if member not in found["members"]:
         out(f"member {member} is not in the cluster (already out)")
         return
-    admin_post(url, "/v1/admin/members/state", {"member": member, "state": state}, token)
+    if found["states"].get(member) != state:  # a second run finds it done
+        admin_post(url, "/v1/admin/members/state", {"member": member, "state": state}, token)
     out(f"member {member} is {state}; its replicas move to the other members")
     _watch(
         url,

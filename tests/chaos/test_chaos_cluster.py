@@ -54,3 +54,25 @@ def test_the_majority_commits_while_the_meta_leader_is_cut_off_and_all_meet_agai
             break
         assert time.monotonic() < deadline, f"node {leader} never rejoined: {meta}"
         time.sleep(0.1)
+
+
+def test_a_spare_s_links_go_through_the_proxies_both_ways(tmp_path: Path) -> None:
+    """Each first member reaches a spare through its [peer_routes] proxy, and the
+    spare reaches every member through its own; a spare lists only itself."""
+    from cluster.config import load_config
+
+    spared = ChaosCluster(tmp_path / "chaos", nodes=3, spares=2, partitions=2, seed=7)
+    try:
+        for node in (1, 2, 3):
+            settings = load_config(spared.configs[node])
+            assert [m.id for m in settings.members] == [1, 2, 3]
+            for spare in (4, 5):
+                assert settings.peer_route(spare) == spared.net.address(node, spare)
+        for spare in (4, 5):
+            settings = load_config(spared.configs[spare])
+            assert [m.id for m in settings.members] == [spare]
+            for other in {1, 2, 3, 4, 5} - {spare}:
+                assert settings.peer_route(other) == spared.net.address(spare, other)
+        assert spared.members() == [1, 2, 3] and spared.spares == [4, 5]
+    finally:
+        spared.stop()

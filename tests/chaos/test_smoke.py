@@ -20,7 +20,8 @@ from chaos.runner import run_chaos
         ("bank", ["kill", "pause", "partition"]),
         ("set", ["kill", "pause", "partition"]),
         ("register", ["partition", "isolate-leader"]),
-        ("list-append", ["kill", "partition", "bridge", "slow", "one-way"]),
+        # Members are added, removed and replaced during this one.
+        ("list-append", ["membership", "kill", "partition", "bridge", "slow", "one-way"]),
     ],
 )
 def test_a_short_run_under_faults_is_valid(
@@ -35,3 +36,9 @@ def test_a_short_run_under_faults_is_valid(
     history = list(read_history(tmp_path / "run" / "history.jsonl"))
     assert any(op.process < 0 for op in history)  # the faults are in the history
     assert sum(op.type == "ok" for op in history if op.process >= 0) > 15
+    if "membership" in faults:
+        # At least one change was made, and carried out once the faults ended
+        # (`settle`, or the run would have an error): the members changed.
+        assert result.membership, results
+        changed = [op for op in history if op.f.endswith("-member") and op.process < 0]
+        assert changed and results["membership"] == result.membership

@@ -59,3 +59,33 @@ def test_a_bad_s3_table_is_refused_with_the_key_named(
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert message in str(caught.value)
+
+
+def test_peer_routes_say_how_to_reach_members_the_config_does_not_name(tmp_path: Path) -> None:
+    tables = '\n[peer_routes]\n4 = "127.0.0.1:9304"\n7 = "proxy.local:1"\n'
+    settings = load_config(config_with(tmp_path, tables=tables))
+    assert settings.peer_route(4) == ("127.0.0.1", 9304)
+    assert settings.peer_route(7) == ("proxy.local", 1)
+    assert settings.peer_route(1) == ("127.0.0.1", 7201)  # [[members]] first
+    assert settings.peer_route(5) is None  # as the cluster map says
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[peer_routes]\nfour = "127.0.0.1:1"\n', "keys are member ids"),
+        ('[peer_routes]\n0 = "127.0.0.1:1"\n', "keys are member ids"),
+        ('[peer_routes]\n4 = "127.0.0.1"\n', "peer_routes.4 = '127.0.0.1' is not HOST:PORT"),
+        ("[peer_routes]\n4 = 9\n", "peer_routes.4 must be a string"),
+    ],
+)
+def test_bad_peer_routes_are_refused_with_the_key_named(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_with(tmp_path, tables="\n" + table))
+
+
+def test_peer_routes_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be a table"):
+        load_config(config_with(tmp_path, "peer_routes = 1\n"))
