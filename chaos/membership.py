@@ -178,7 +178,7 @@ class MembershipNemesis:
             members = set(self.cluster.members())
             try:
                 found = current_map(self._url(0), self.token)
-                step = leader_step(found["leader"])
+                step = leader_step(found["leader"], found["epoch"])
                 named = set(found["members"])
                 for gone in members - named:
                     self.cluster.retire(gone)  # a removal that finished after its timeout

@@ -87,6 +87,9 @@ class Mover:
         self.node = node
         self.last_step = "idle"
         """What the latest step did (shown in /status.json)."""
+        self.balanced_epoch = 0
+        """The map epoch at which a step last found nothing to do (a watcher
+        that sees "balanced" knows which map it was said of)."""
         self.balance_leaders = False
         """Move group leaders to spread them (set by a rebalance request)."""
         self._settled_epoch = 0
@@ -230,6 +233,7 @@ class Mover:
             return f"group {group}: leadership asked to move from member {source} to {target}"
         if not transfers or self.node.settings.leader_balance_after == 0:
             self._settled_epoch = current.epoch
+        self.balanced_epoch = current.epoch
         return "balanced"
 
     async def confs(self, current: ClusterMap) -> dict[int, GroupConf | None]:

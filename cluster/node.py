@@ -1249,6 +1249,7 @@ class ClusterNode:
             "s3": None if self.cold is None else self.cold.status(),
             "membership": {
                 "last_step": self.mover.last_step,
+                "balanced_epoch": self.mover.balanced_epoch,
                 "balancing_leaders": self.mover.balance_leaders,
                 "unreachable": {str(k): v for k, v in self.mover.unreachable.items()},
             },

@@ -106,9 +106,10 @@ def _any_current_map(urls: list[str], token: str) -> dict[str, Any]:
     raise ClusterBusy("no member to ask")
 
 
-def leader_step(leader_url: str) -> str:
+def leader_step(leader_url: str, epoch: int) -> str:
     """What the meta leader's last membership step did ("balanced": nothing
-    was left to do, leaders included when a rebalance asked for them)."""
+    was left to do at map `epoch` or later, leaders included when a rebalance
+    asked for them)."""
     try:
         with urllib.request.urlopen(leader_url.rstrip("/") + "/status.json", timeout=5) as r:
             status = json.loads(r.read())
@@ -117,7 +118,11 @@ def leader_step(leader_url: str) -> str:
     membership = status.get("membership") or {}
     if membership.get("balancing_leaders"):
         return "spreading the group leaders"
-    return str(membership.get("last_step", "?"))
+    step = str(membership.get("last_step", "?"))
+    if step == "balanced" and int(membership.get("balanced_epoch", 0)) < epoch:
+        # Said of an older map: the step that made this one is still going on.
+        return "planning the next step"
+    return step
 
 
 def _watch(
@@ -144,7 +149,7 @@ def _watch(
             # others the map names, in turn, when it stops answering.
             others = [m["client"] for m in found["members"].values()]
             urls = [url, *(u for u in others if u.rstrip("/") != url.rstrip("/"))]
-            step = leader_step(found["leader"])
+            step = leader_step(found["leader"], found["epoch"])
             line = f"epoch {found['epoch']}: {describe(found)}; {step}"
         if line != last:
             out(line)

@@ -88,8 +88,10 @@ class IncarnationRefused(RaftError):
         super().__init__(
             f"node {node_id}'s data directory was wiped or replaced (incarnation "
             f"{incarnation.hex()}, the cluster knows {known.hex()}); it cannot rejoin as the "
-            f"same member: remove member {node_id} from the cluster and add it back as a new "
-            f"member, or restore its data directory (refused by node {refused_by})"
+            f"same member: start this machine as a new member (a new id, an empty "
+            f"directory, joining the cluster) and declare member {node_id} dead "
+            f"(`protobase cluster replace-node URL {node_id}`), or restore its data directory "
+            f"(refused by node {refused_by})"
         )
 
 
@@ -146,8 +148,9 @@ def load_incarnation(directory: str | os.PathLike[str]) -> bytes:
             raise IncarnationFileError(
                 f"{path / INCARNATION_FILE} is damaged ({text[:80]!r}); it says which life of "
                 "this data directory the cluster knows, so it is not replaced automatically: "
-                "restore it from a backup of this directory, or remove this member from the "
-                "cluster and add it back as a new member with an empty directory"
+                "restore it from a backup of this directory, or start this machine as a new "
+                "member (a new id, an empty directory) and declare this one dead "
+                "(`protobase cluster replace-node`)"
             )
         return bytes.fromhex(match.group(1))
     incarnation = os.urandom(INCARNATION_BYTES)

@@ -507,8 +507,9 @@ class Transport:
         return PeerIncarnationMismatch(
             f"refused node {peer_id}: it presents incarnation {presented.hex()}, but node "
             f"{self.node_id} knows {known.hex()}: node {peer_id}'s data directory was wiped or "
-            f"replaced; remove member {peer_id} from the cluster and add it back as a new "
-            "member, or restore its data directory"
+            f"replaced: add a new member (a new id, an empty directory) and declare member "
+            f"{peer_id} dead (`protobase cluster replace-node URL {peer_id}`), or restore its "
+            "data directory"
         )
 
     # -- dialing ------------------------------------------------------------------------

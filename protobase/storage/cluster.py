@@ -120,9 +120,9 @@ class ClusterFileStorage:
         self._rotation = itertools.count(random.randrange(1 << 16))
         self._atoms = AtomCache(cache_bytes)
         self._suspect: dict[str, float] = {}
+        """URL -> until when it is tried last (it did not answer)."""
         self._failures: dict[str, int] = {}
         """URL -> failed attempts in a row: its suspicion doubles with each."""
-        """URL -> until when it is tried last (it did not answer)."""
         self._seen_lock = threading.Lock()
         self._seen = RootRef(None, 0)
         self._closed = False
@@ -184,6 +184,10 @@ class ClusterFileStorage:
         problems: list[str] = []
         maybe_applied = False
         for attempt in itertools.count():
+            if attempt and time.monotonic() > deadline:
+                # Redirects count against the timeout too: two nodes that keep
+                # naming each other must not hold a request forever.
+                raise _unavailable(route, problems, maybe_applied, self._timeout)
             url = self._pick(meta)
             sent = False
             remaining = deadline - time.monotonic()
@@ -229,6 +233,7 @@ class ClusterFileStorage:
                     continue
                 if status == 421 and error.get("leader_url"):
                     self._meta_url = error["leader_url"].rstrip("/")
+                    problems.append(f"{url}: redirected to {self._meta_url}")
                     continue
                 if status == 404:
                     raise AtomNotFoundError(message)

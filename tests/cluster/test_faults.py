@@ -176,7 +176,7 @@ def test_wiped_data_directory_is_refused_and_the_others_keep_committing(
     status = cluster.wait_exit(victim, timeout=30)
     log = cluster.log(victim)
     assert status == 3, log
-    assert "wiped or replaced" in log and f"remove member {victim}" in log, log
+    assert "wiped or replaced" in log and f"declare member {victim} dead" in log, log
     # The other two keep committing, after the refusal too.
     bank.wait_acked_since(time.monotonic(), 10, timeout=20)
     bank.finish()

@@ -143,7 +143,7 @@ def test_a_wiped_member_is_refused_and_stops_and_the_others_go_on(
                 f"{wiped.incarnation.hex()}, the cluster knows {first_life.hex()})"
             ) in message
             assert (
-                f"remove member {victim} from the cluster and add it back as a new member, "
+                f"declare member {victim} dead (`protobase cluster replace-node URL {victim}`), "
                 "or restore its data directory"
             ) in message
             with pytest.raises(NodeStopped, match="refused its incarnation"):

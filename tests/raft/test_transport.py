@@ -906,8 +906,9 @@ def test_a_peer_back_with_another_incarnation_is_refused_and_told_why(
             assert str(refusal).startswith(
                 f"node {victim}'s data directory was wiped or replaced (incarnation "
                 f"{new_life.hex()}, the cluster knows {LIVES[victim].hex()}); it cannot rejoin "
-                f"as the same member: remove member {victim} from the cluster and add it back "
-                "as a new member, or restore its data directory"
+                "as the same member: start this machine as a new member (a new id, an empty "
+                f"directory, joining the cluster) and declare member {victim} dead "
+                f"(`protobase cluster replace-node URL {victim}`), or restore its data directory"
             )
             assert new.stats.refused_by_peers == len(refusals)
             assert nodes[survivor - 1].stats.peers_refused >= 2
