@@ -78,6 +78,7 @@ class LocalCluster:
             # move only when they make them move.
             extra_config = "leader_balance_after = 0\n" + extra_config
         self.extra_config = extra_config
+        self.tables = tables
         if extra_config:
             for config in self.configs:
                 config.write_text(extra_config.rstrip("\n") + "\n" + config.read_text())
@@ -97,7 +98,10 @@ class LocalCluster:
         config = join_config(
             self.directory, member, self.base, self.configs[0], self.url(join), zone
         )
-        config.write_text(self.extra_config.rstrip("\n") + "\n" + config.read_text())
+        text = self.extra_config.rstrip("\n") + "\n" + config.read_text()
+        if self.tables:
+            text += "\n" + self.tables.rstrip("\n") + "\n"
+        config.write_text(text)
         self.configs.append(config)
         self.nodes = member
         self.start(member)

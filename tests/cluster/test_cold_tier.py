@@ -26,10 +26,20 @@ from cluster.cold_tier import (
     unframe,
 )
 from cluster.meta import MetaMachine
-from protobase import DBObject, ObjectSpace
+from protobase import ClusterFileStorage, DBObject, ObjectSpace
 from protobase.s3 import Bucket, S3Location
 
 PARTITION_GROUPS = (1, 2)
+
+
+class PinnedStorage(ClusterFileStorage):
+    """Sends every request but the meta leader's to the first URL it was given:
+    reads of the groups that node holds are served from its own replica."""
+
+    def _pick(self, meta: bool) -> str:
+        if meta and self._meta_url is not None:
+            return self._meta_url
+        return self._urls[0]
 
 
 class Blob(DBObject):
@@ -66,6 +76,7 @@ def tiered(
         tmp_path_factory.mktemp("tiered"),
         nodes=3,
         partitions=2,
+        spare=1,
         extra_config="snapshot_every = 20\nkeep_entries = 5\nlog_segment_bytes = 16384\n",
         tables=(
             "[s3]\n"
@@ -145,9 +156,11 @@ def test_committed_entries_and_meta_state_reach_s3(tiered: tuple[LocalCluster, B
         snapshot = unframe(bucket.get(metas[-1]), META_MAGIC, metas[-1])
         machine = MetaMachine()
         machine.restore_bytes(snapshot["state"])
-        return machine.state if "uploads" in machine.state.spaces else None
+        uploads = machine.state.spaces.get("uploads")
+        # The state is uploaded now and then: one may hold the first commits only.
+        return machine.state if uploads is not None and uploads.version >= 30 else None
 
-    state = wait_for(newest_meta_state, 30, "a meta snapshot holding the new space")
+    state = wait_for(newest_meta_state, 30, "a meta snapshot holding all 30 commits")
     assert state.spaces["uploads"].version >= 30
     with urllib.request.urlopen(cluster.url(1) + "/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -421,3 +434,61 @@ def test_a_prefix_of_another_cluster_is_left_alone(
     assert f"belongs to cluster {owner!r}, not 'stranger'" in stranger.refused
     assert stranger.status()["refused"] == stranger.refused
     assert all(cluster.status(n)["s3"]["refused"] is None for n in (1, 2, 3))
+
+
+def test_a_new_member_catches_up_from_a_snapshot_and_s3(
+    tiered: tuple[LocalCluster, Bucket],
+) -> None:
+    """A member added to groups whose replicas all evicted some entries gets a
+    snapshot (its log starts after them); once it leads, reads through it get
+    those atoms, read back from the tier. (Last in the module: the
+    cluster has 4 members afterwards.)"""
+    from protobase.membership_cli import admin_post, current_map, wait_added
+
+    cluster, _ = tiered
+    # Commits land in the partitions the meta leader leads: have it lead both,
+    # so that both hold data (the new member gets one or both of them).
+    meta_leader = cluster.leader_of(0)
+    for group in PARTITION_GROUPS:
+        body = {"group": group, "member": meta_leader, "timeout": 10.0}
+        admin_post(cluster.url(1), "/v1/admin/groups/transfer", body, cluster.token)
+        wait_for(lambda g=group: cluster.leader_of(g) == meta_leader, 30, f"a leader of {group}")
+    write_objects(cluster, "joining", 100, 2000)
+    written = {g: cluster.status(1)["s3"]["groups"][str(g)]["applied"] for g in PARTITION_GROUPS}
+
+    def compacted() -> bool:
+        # No replica's log holds the entries written above any more: a new
+        # replica can only get them from S3. Compaction comes with snapshots,
+        # which new entries bring.
+        done = all(
+            cluster.status(n)["s3"]["groups"][str(g)]["log_first_index"] > written[g]
+            for n in (1, 2, 3)
+            for g in PARTITION_GROUPS
+        )
+        if not done:
+            write_objects(cluster, "joining-more", 10, 2000)
+        return done
+
+    wait_for(compacted, 90, "the replicas to compact the entries away")
+    member = cluster.add_member(join=1)
+    wait_added(cluster.url(1), cluster.token, member, 120, lambda line: None)
+    placement = current_map(cluster.url(1), cluster.token)["placement"]
+    mine = [g for g in PARTITION_GROUPS if member in placement[g]]
+    assert mine, placement  # 3 groups x 3 replicas over 4 members: it holds 2
+    for group in mine:
+        state = cluster.status(member)["s3"]["groups"][str(group)]
+        assert state["log_first_index"] > written[group], state  # a snapshot, then S3
+        body = {"group": group, "member": member, "timeout": 10.0}
+        admin_post(cluster.url(1), "/v1/admin/groups/transfer", body, cluster.token)
+        wait_for(lambda g=group: cluster.leader_of(g) == member, 30, f"{member} to lead {group}")
+    # Every request to the new member (which forwards what it does not hold).
+    nodes = (1, 2, 3, member)
+    fetched = sum(cluster.status(n)["s3"]["fetches"] for n in nodes)
+    pinned = PinnedStorage([cluster.url(member)], token=cluster.token, space="joining")
+    with ObjectSpace(pinned) as opened, opened.open_database("db").transaction() as tr:
+        for i in range(100):
+            assert tr.get_root_object(f"k{i}").payload == f"{i}:" + "x" * 2000
+    # No replica's log holds those entries: they were read back from S3, by the
+    # new member or by a replica it asked (which one is left to the cluster).
+
+    assert sum(cluster.status(n)["s3"]["fetches"] for n in nodes) > fetched
