@@ -74,6 +74,14 @@ bench-cluster: $(STAMP)
 		{ apt-get update && apt-get install -y etcd-server; }
 	$(BIN)/python bench/cluster.py
 
+# Adding and removing a 4th member of a loaded 3-node ProtoBase cluster vs the same on etcd
+# (1 GiB of data; ARGS=--quick for 64 MiB, ARGS="--gib 4" for another size).
+.PHONY: bench-membership
+bench-membership: $(STAMP)
+	command -v etcd >/dev/null 2>&1 || apt-get install -y etcd-server || \
+		{ apt-get update && apt-get install -y etcd-server; }
+	$(BIN)/python bench/membership.py $(ARGS)
+
 # CloudFileStorage, backup and restore against their own moto_server (extra test: moto[server]).
 bench-s3: $(STAMP)
 	$(BIN)/python bench/s3.py

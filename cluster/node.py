@@ -733,6 +733,18 @@ class ClusterNode:
                 atom = await self._read_partition(
                     group, lambda m=machine, t=transaction_id, i=index: m.atom(t, i)
                 )
+                if atom is None and self.is_leader(group):
+                    # A leader elected moments ago may not have applied all that
+                    # its predecessor committed: after a read barrier it has.
+                    await self._partition_barrier(group)
+                    atom = await self._read_partition(
+                        group, lambda m=machine, t=transaction_id, i=index: m.atom(t, i)
+                    )
+                    if atom is None:
+                        raise AtomNotFoundError(
+                            f"no atom at ({transaction_id.hex()}, {index}) in partition "
+                            f"group {group}"
+                        )
             if atom is not None:
                 found[position] = atom
                 if budget > 0 and transaction_id not in batches and machine is not None:
@@ -746,10 +758,6 @@ class ClusterNode:
                         if whole is not None:
                             batches[transaction_id] = whole
                             budget -= size
-            elif self.is_leader(group):
-                raise AtomNotFoundError(
-                    f"no atom at ({transaction_id.hex()}, {index}) in partition group {group}"
-                )
             else:
                 remote.setdefault(group, []).append(position)
         for group, positions in remote.items():
@@ -763,6 +771,18 @@ class ClusterNode:
                 batches[transaction_id] = atoms
                 budget -= sum(len(a) for a in atoms)
         return found, batches  # type: ignore[return-value]
+
+    async def _partition_barrier(self, group: int) -> None:
+        """Wait until this leader has applied everything committed in `group`
+        before the call (a ReadIndex round).
+
+        Raises:
+            Unavailable: it is not the leader any more, or no quorum answered.
+        """
+        try:
+            await self.raft.read_barrier(group, timeout=5.0)
+        except (NotLeader, OutcomeUnknown, NodeStopped, ProposalTimeout) as exc:
+            raise Unavailable(f"partition group {group}: read barrier failed: {exc}") from exc
 
     # -- roots ---------------------------------------------------------------------
 
