@@ -17,6 +17,8 @@ def chaos(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_failing_checker_exits_1_and_prints_the_seed_that_replays_it(tmp_path: Path) -> None:
+    # Also the mutation check's set case (test_mutations.py): the set checker
+    # must find the lost writes of a node that overwrites instead of merging.
     broken = chaos(
         "--workload", "set", "--faults", "kill,partition", "--seconds", "5", "--seed", "31",
         "--clients", "3", "--failpoints", "overwrite-on-rebase", "--out", str(tmp_path / "bad"),
@@ -29,7 +31,7 @@ def test_a_failing_checker_exits_1_and_prints_the_seed_that_replays_it(tmp_path:
 
 def test_a_valid_run_exits_0(tmp_path: Path) -> None:
     good = chaos(
-        "--workload", "set", "--faults", "kill", "--seconds", "4", "--seed", "31",
+        "--workload", "set", "--faults", "kill", "--seconds", "2", "--seed", "31",
         "--clients", "2", "--out", str(tmp_path / "good"),
     )  # fmt: skip
     assert good.returncode == 0, good.stdout + good.stderr

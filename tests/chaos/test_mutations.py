@@ -2,7 +2,8 @@
 
 Each case starts the smoke configuration's cluster with one failpoint of
 `cluster.failpoints` switched on; the same workload and faults without it
-are valid in tests/chaos/test_smoke.py.
+are valid in tests/chaos/test_smoke.py. The set workload's case runs through
+the command line, in test_chaos_cli.py (one run serves both checks).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from chaos.runner import run_chaos
 @pytest.mark.parametrize(
     ("failpoint", "workload", "faults"),
     [
-        ("overwrite-on-rebase", "set", ["kill", "pause", "partition"]),
         ("overwrite-on-rebase", "bank", ["kill", "pause", "partition"]),
         ("stale-follower-reads", "register", ["partition", "isolate-leader"]),
     ],

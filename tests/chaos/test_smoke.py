@@ -27,7 +27,7 @@ from chaos.runner import run_chaos
 def test_a_short_run_under_faults_is_valid(
     tmp_path: Path, workload: str, faults: list[str]
 ) -> None:
-    result = run_chaos(tmp_path / "run", workload, faults, seed=11, seconds=6, clients=3)
+    result = run_chaos(tmp_path / "run", workload, faults, seed=11, seconds=5, clients=3)
     assert result.errors == []
     assert result.valid is True, json.dumps(result.checkers, indent=1)[:3000]
     assert result.operations > 30 and result.faults >= 1

@@ -2,7 +2,7 @@
 
 After every kill the directory must open, hold every commit the child
 acknowledged (printed after `commit()` returned), show no commit partly, and
-pass `fsck`. The number of kills is PROTOBASE_CRASH_RUNS (default 50), so a
+pass `fsck`. The number of kills is PROTOBASE_CRASH_RUNS (default 30), so a
 longer run is ``PROTOBASE_CRASH_RUNS=1000 pytest tests/file_storage/test_crash.py``;
 PROTOBASE_CRASH_SEED replays one run of the random choices.
 
@@ -35,7 +35,7 @@ from protobase.maintenance import fsck
 from protobase.storage import wal
 
 CHILD_SCRIPT = Path(__file__).with_name("crash_child.py")
-RUNS = int(os.environ.get("PROTOBASE_CRASH_RUNS", "50"))
+RUNS = int(os.environ.get("PROTOBASE_CRASH_RUNS", "30"))
 SEED = int(os.environ.get("PROTOBASE_CRASH_SEED", str(random.randrange(2**32))))
 KILLS_PER_DIRECTORY = 10
 WAIT_SECONDS = 30.0

@@ -63,6 +63,9 @@ def test_cluster_up_with_monitoring_is_scraped_by_a_real_prometheus(tmp_path: Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C must reach it: a pytest started in the background of a
+        # non-interactive shell would hand SIGINT on ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(

@@ -12,7 +12,7 @@ import os
 import pytest
 from raft_simulation import Simulation, Violation, run_seeds
 
-SEEDS = int(os.environ.get("PROTOBASE_SIM_SEEDS", "500"))
+SEEDS = int(os.environ.get("PROTOBASE_SIM_SEEDS", "300"))
 CHUNK = 50
 
 
