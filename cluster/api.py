@@ -53,7 +53,13 @@ import msgpack
 from aiohttp import web
 
 from protobase.atoms import AtomPointer
-from protobase.errors import AtomNotFoundError, CorruptionError, RootConflict, StorageError
+from protobase.errors import (
+    AtomNotFoundError,
+    CommitOutcomeUnknown,
+    CorruptionError,
+    RootConflict,
+    StorageError,
+)
 from protobase.s3 import S3Unavailable
 from protobase.storage.interfaces import DatabaseReads
 
@@ -227,7 +233,9 @@ class NodeAPI:
             return _error(421, str(exc), "not_leader", leader_url=url)
         except (MembershipError, MetaEntryError) as exc:
             return _error(409, str(exc), "membership")
-        except UnknownOutcome as exc:
+        except (UnknownOutcome, CommitOutcomeUnknown) as exc:
+            # Before StorageError: a commit whose outcome is unknown was not
+            # refused (a 400 says nothing changed), it may still take effect.
             return _error(503, str(exc), "outcome_unknown")
         except (Unavailable, NodeStopped, S3Unavailable, GroupNotHere, GroupRemoved) as exc:
             # A group moved away a moment ago counts as not served here now.
