@@ -242,8 +242,8 @@ class ClusterNode:
         failing = False
         while True:
             await asyncio.sleep(MAP_POLL_SECONDS)
-            if self.map_epoch == 0:
-                continue  # the first map is not written yet
+            if self.map_epoch == 0 and META_GROUP in self.raft.groups:
+                continue  # the first map is not written yet (this replica will apply it)
             try:
                 if META_GROUP not in self.raft.groups:
                     await self._fetch_map()
@@ -288,12 +288,20 @@ class ClusterNode:
         )
 
     async def _fetch_map(self) -> None:
-        """Learn the map from a meta replica (not linearizable: a replica may lag)."""
+        """Learn the map from a meta replica (not linearizable: a replica may lag).
+
+        The meta replicas the newest known map names are asked first, then
+        every other member it names, then the `join` URL: a node restarted
+        without a meta replica starts from its configured map, which may name
+        none that still serves (a joined member's names only itself).
+        """
         errors = []
-        for replica in self.placement.get(META_GROUP, ()):
-            url = self.client_url(replica)
-            if url is None or replica == self.id:
-                continue
+        known = self.cluster_map
+        members = [*self.placement.get(META_GROUP, ()), *known.member_ids()]
+        urls = [self.client_url(m) for m in dict.fromkeys(members) if m != self.id]
+        if self.settings.join is not None:
+            urls.append(self.settings.join)
+        for url in dict.fromkeys(u for u in urls if u is not None):
             try:
                 found = await self._map_from(url, current=False)
             except Unavailable as exc:
