@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -220,8 +221,6 @@ def member_configs(directory: Path) -> dict[int, tuple[Path, str]]:
     """Member id -> (its ``nodeK.toml``, its client URL) for every config in
     `directory` (those `protobase cluster add-node` wrote included) whose node
     has not left the cluster."""
-    import tomllib
-
     found: dict[int, tuple[Path, str]] = {}
     for config in directory.glob("node*.toml"):
         if not config.stem[4:].isdigit() or left_cluster(config):
@@ -233,8 +232,6 @@ def member_configs(directory: Path) -> dict[int, tuple[Path, str]]:
 
 def left_cluster(config: Path) -> bool:
     """Whether the node of `config` left the cluster (its data directory says so)."""
-    import tomllib
-
     from cluster.node import LEFT_MARKER
 
     data_dir = config.parent / tomllib.loads(config.read_text())["data_dir"]
