@@ -10,7 +10,7 @@
 - A `Literal` boxes a large str or bytes value into an atom of its own, so the
   collection nodes that refer to it stay small; it loads on first use.
 
-Classes are stored by registered name (`protobase.atoms.registry`; default
+Classes are stored by registered name (`protobase.registry.registry`; default
 ``module.QualName``). A stored name that can no longer be imported loads as
 `UnknownObject` (or `UnknownMutableObject`) with a warning, keeping its
 attributes and its stored name so that it is written back unchanged.
@@ -24,9 +24,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .atoms import AtomPointer, registry
+from .atoms import AtomPointer
 from .collections.ordering import canonical_bytes, sort_key
 from .errors import ImmutableObjectError, TransactionClosedError, ValidationError
+from .registry import registry
 from .values import NO_CHECK_TYPES, Storable, needs_check, same_value, storable
 
 if TYPE_CHECKING:

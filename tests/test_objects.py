@@ -20,8 +20,8 @@ from protobase import (
     UnknownObject,
     register_class,
 )
-from protobase.atoms import registry
 from protobase.objects import UnknownMutableObject
+from protobase.registry import registry
 
 
 class Person(DBObject):
