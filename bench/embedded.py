@@ -848,20 +848,309 @@ def latency_zodb(path: Path, count: int, seconds: float) -> tuple[float, float, 
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def main_run(args: argparse.Namespace) -> None:
-    quick = args.quick
-    rounds, seconds = (1, 1.0) if quick else (3, 1.5)  # workloads 1-2: per system and round
-    latency_seconds = 2.0 if quick else 4.0  # workload 7, per system
-    insert_runs = 1 if quick else 3
-    read_passes = 1 if quick else 3
-    cold_runs = 3
-    warm_reads = 30_000 if quick else 100_000
-    big_count = 100_000 if quick else 1_000_000
-    tmp = Path(tempfile.mkdtemp(prefix="protobase-bench-", dir="/tmp"))
-    began = time.perf_counter()
-    info = machine(tmp)
-    command = "python bench/embedded.py" + (" --quick" if quick else "")
-    print(f"# ProtoBase embedded benchmark ({'quick' if quick else 'full'} mode)")
+@dataclass(frozen=True)
+class Settings:
+    """How long and how big the workloads run: full mode or --quick."""
+
+    quick: bool
+    rounds: int  # workloads 1-2: rounds, each running every system
+    seconds: float  # workloads 1-2: per system, thread count and round
+    latency_seconds: float  # workload 7, per system
+    insert_runs: int  # workload 3
+    read_passes: int  # workload 4, timed passes
+    cold_runs: int  # workloads 5 and 6, fresh processes per system
+    warm_reads: int  # workload 4, keys per pass
+    big_count: int  # workloads 6 and 7
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "full"
+
+
+def settings_for(quick: bool) -> Settings:
+    return Settings(
+        quick=quick,
+        rounds=1 if quick else 3,
+        seconds=1.0 if quick else 1.5,
+        latency_seconds=2.0 if quick else 4.0,
+        insert_runs=1 if quick else 3,
+        read_passes=1 if quick else 3,
+        cold_runs=3,
+        warm_reads=30_000 if quick else 100_000,
+        big_count=100_000 if quick else 1_000_000,
+    )
+
+
+SCALING_TARGET = 1.5  # row 2s: ProtoBase with THREADS threads vs 1, real fsync
+SLOW_SYNC_SCALING_TARGET = 3.0  # row 2g: the same with every WAL sync slowed
+
+
+def commit_rows(tmp: Path, settings: Settings) -> list[Row]:
+    """Rows 1, 2 and 2s: one-object durable commits with 1 and THREADS threads."""
+    progress(f"workloads 1-2: one-object durable commits, {settings.rounds} round(s)")
+    commits = durable_commits(tmp, settings.rounds, settings.seconds)
+    pb1, sq1, zo1 = (rate(commits[s][1]) for s in commits)
+    pb8, sq8, zo8 = (rate(commits[s][THREADS]) for s in commits)
+    return [
+        Row(
+            "1",
+            f"durable 1-object commits, 1 thread ({COUNTER_KEYS:,}-key dict)",
+            "/s",
+            pb1,
+            sq1,
+            zo1,
+            [
+                Target(">= 0.8x SQLite", pb1 >= 0.8 * sq1),
+                Target(">= 1.5x ZODB", pb1 >= 1.5 * zo1),
+            ],
+            {"runs": commits},
+        ),
+        Row("2", f"durable 1-object commits, {THREADS} threads", "/s", pb8, sq8, zo8),
+        Row(
+            "2s",
+            f"scaling: {THREADS} threads / 1 thread",
+            "x",
+            pb8 / pb1,
+            sq8 / sq1,
+            zo8 / zo1,
+            [
+                Target(
+                    f">= {SCALING_TARGET:g}x (ProtoBase {THREADS} vs 1 thread)",
+                    pb8 >= SCALING_TARGET * pb1,
+                )
+            ],
+        ),
+    ]
+
+
+def slow_disk_row(tmp: Path, settings: Settings) -> Row:
+    """Row 2g: ProtoBase's scaling from 1 to THREADS threads with every WAL sync slowed."""
+    progress(f"workload 2g: group commit with every sync slowed by {SLOW_SYNC_MS} ms")
+    (tmp / "slow-disk").mkdir()
+    slow = slow_disk_scaling(tmp, settings.seconds * settings.rounds)
+    scaling = rate(slow[THREADS]) / rate(slow[1])
+    return Row(
+        "2g",
+        f"scaling, every WAL sync slowed by {SLOW_SYNC_MS:g} ms: {THREADS} / 1 thread",
+        "x",
+        scaling,
+        None,
+        None,
+        [
+            Target(
+                f">= {SLOW_SYNC_SCALING_TARGET:g}x (ProtoBase {THREADS} vs 1 thread)",
+                scaling >= SLOW_SYNC_SCALING_TARGET,
+            )
+        ],
+        {"runs": slow},
+    )
+
+
+def item_places(tmp: Path) -> dict[str, Path]:
+    """Where each system keeps the items of workloads 3 to 5."""
+    return {
+        "protobase": tmp / "pb-items",
+        "sqlite": tmp / "items.sqlite",
+        "zodb": tmp / "zodb-items",
+    }
+
+
+def insert_row(places: dict[str, Path], settings: Settings) -> tuple[Row, str]:
+    """Row 3: ITEMS new objects in one transaction.
+
+    Returns the row and the name of the last run's collection, which
+    workloads 4 and 5 read.
+    """
+    progress(f"workload 3: {ITEMS:,} new objects in one transaction")
+    keys = range(ITEMS)
+    inserts = {"protobase": insert_protobase, "sqlite": insert_sqlite, "zodb": insert_zodb}
+    for system, insert in inserts.items():  # warm-up: imports, first allocations
+        insert(places[system], "warmup", range(10_000))
+    times: dict[str, list[float]] = {s: [] for s in inserts}
+    for run in track(range(settings.insert_runs), "workload 3: inserts", "runs"):
+        for system, insert in inserts.items():
+            times[system].append(insert(places[system], f"items{run}", keys))
+    pb3, sq3, zo3 = (ITEMS / statistics.median(times[s]) for s in inserts)
+    row = Row(
+        "3",
+        f"{ITEMS:,} new objects in one transaction",
+        "/s",
+        pb3,
+        sq3,
+        zo3,
+        [Target(">= 100,000/s", pb3 >= 100_000), Target(">= 4x ZODB", pb3 >= 4 * zo3)],
+        {"seconds": times},
+    )
+    return row, f"items{settings.insert_runs - 1}"
+
+
+def warm_read_row(places: dict[str, Path], items: str, settings: Settings) -> Row:
+    """Row 4: random point reads of `items`, warm."""
+    progress("workload 4: warm random point reads")
+    rng = random.Random(SEED)
+    sample = [rng.randrange(ITEMS) for _ in range(settings.warm_reads)]
+    readers = {
+        "protobase": warm_reads_protobase,
+        "sqlite": warm_reads_sqlite,
+        "zodb": warm_reads_zodb,
+    }
+    four = {s: read(places[s], items, sample, settings.read_passes) for s, read in readers.items()}
+    assert len({total for _, total in four.values()}) == 1, four
+    pb4, sq4, zo4 = (four[s][0] for s in readers)
+    return Row(
+        "4",
+        f"random point reads, warm ({settings.warm_reads:,} reads)",
+        "/s",
+        pb4,
+        sq4,
+        zo4,
+        [Target(">= 100,000/s", pb4 >= 100_000)],
+    )
+
+
+def cold_read_rows(places: dict[str, Path], items: str, settings: Settings) -> list[Row]:
+    """Rows 5 and 5d: random point reads of `items` in fresh processes."""
+    progress("workload 5: random point reads after reopening (fresh processes)")
+    keys = random.Random(SEED + 5).sample(range(ITEMS), COLD_READS)
+    runs = settings.cold_runs
+    five = {s: cold(s, p, items, keys, False, runs) for s, p in places.items()}
+    five_dropped = {s: cold(s, p, items, keys, True, runs) for s, p in places.items()}
+    assert len({r["total"] for r in (*five.values(), *five_dropped.values())}) == 1
+    pb5, sq5, zo5 = (five[s]["reads_per_s"] for s in places)
+    return [
+        Row(
+            "5",
+            f"random point reads after reopen ({COLD_READS:,} reads, new process)",
+            "/s",
+            pb5,
+            sq5,
+            zo5,
+            [Target(">= ZODB", pb5 >= zo5)],
+            {"runs": five},
+        ),
+        Row(
+            "5d",
+            "same, data files also evicted from the OS page cache",
+            "/s",
+            *trio({s: five_dropped[s]["reads_per_s"] for s in places}),
+            details={"runs": five_dropped},
+        ),
+    ]
+
+
+def big_places(tmp: Path) -> dict[str, Path]:
+    """Where each system keeps the big database of workloads 6 and 7."""
+    return {
+        "protobase": tmp / "pb-big",
+        "sqlite": tmp / "big.sqlite",
+        "zodb": tmp / "zodb-big",
+    }
+
+
+def open_rows(places: dict[str, Path], settings: Settings) -> list[Row]:
+    """Rows 6 and 6d: build the big databases, then open each and read one key."""
+    big_count = settings.big_count
+    progress(f"workload 6: building the {big_count:,}-object databases")
+    builders = {
+        "protobase": build_big_protobase,
+        "sqlite": build_big_sqlite,
+        "zodb": build_big_zodb,
+    }
+    build = {
+        system: builders[system](places[system], big_count)
+        for system in track(builders, "workload 6: building", "databases")
+    }
+    progress(f"built in {', '.join(f'{s} {t:.1f} s' for s, t in build.items())}")
+    progress(f"workload 6: opening the {big_count:,}-object databases (fresh processes)")
+    probe = [random.Random(SEED + 6).randrange(big_count)]
+    runs = settings.cold_runs
+    six = {s: cold(s, p, "big", probe, False, runs) for s, p in places.items()}
+    six_dropped = {s: cold(s, p, "big", probe, True, runs) for s, p in places.items()}
+    return [
+        Row(
+            "6",
+            f"open a {big_count:,}-object database + read one key",
+            "s",
+            *trio({s: six[s]["open_s"] for s in places}),
+            [Target("< 1 s", six["protobase"]["open_s"] < 1.0)],
+            {"build_seconds": build, "runs": six},
+        ),
+        Row(
+            "6d",
+            "same, data files also evicted from the OS page cache",
+            "s",
+            *trio({s: six_dropped[s]["open_s"] for s in places}),
+            details={"runs": six_dropped},
+        ),
+    ]
+
+
+def latency_rows(places: dict[str, Path], settings: Settings) -> list[Row]:
+    """Rows 7a, 7b and 7: commit latency into the big database's small and big dictionary."""
+    big_count, seconds = settings.big_count, settings.latency_seconds
+    progress(f"workload 7: commit latency, {big_count:,}-key vs {SMALL_KEYS:,}-key dictionary")
+    lat = {
+        "protobase": latency_protobase(places["protobase"], big_count, seconds),
+        "sqlite": latency_sqlite(places["sqlite"], big_count, seconds),
+        "zodb": latency_zodb(places["zodb"], big_count, seconds),
+    }
+    pb7 = lat["protobase"][1] / lat["protobase"][0]
+    return [
+        Row(
+            "7a",
+            f"commit latency, {SMALL_KEYS:,}-key dict (median)",
+            "ms",
+            *trio({s: lat[s][0] for s in lat}),
+            details={"commits": {s: lat[s][2] for s in lat}},
+        ),
+        Row(
+            "7b",
+            f"commit latency, {big_count:,}-key dict (median)",
+            "ms",
+            *trio({s: lat[s][1] for s in lat}),
+        ),
+        Row(
+            "7",
+            f"latency ratio {big_count:,} / {SMALL_KEYS:,} keys",
+            "x",
+            pb7,
+            lat["sqlite"][1] / lat["sqlite"][0],
+            lat["zodb"][1] / lat["zodb"][0],
+            [Target("< 2", pb7 < 2)],
+        ),
+    ]
+
+
+def run_workloads(tmp: Path, settings: Settings) -> list[Row]:
+    """Every workload, in order, with its data under `tmp`: the table's rows."""
+    rows = commit_rows(tmp, settings)
+    rows.append(slow_disk_row(tmp, settings))
+    items_at = item_places(tmp)
+    row, items = insert_row(items_at, settings)
+    rows.append(row)
+    rows.append(warm_read_row(items_at, items, settings))
+    rows.extend(cold_read_rows(items_at, items, settings))
+    big_at = big_places(tmp)
+    rows.extend(open_rows(big_at, settings))
+    rows.extend(latency_rows(big_at, settings))
+    return rows
+
+
+@dataclass
+class Conditions:
+    """The run's command, the machine, and the disk and load before and after the run."""
+
+    command: str
+    machine: dict[str, Any]
+    disk_before: dict[str, float]
+    load_before: tuple[float, float, float]
+    disk_after: dict[str, float] = field(default_factory=dict)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def print_header(settings: Settings, tmp: Path, conditions: Conditions) -> None:
+    info, disk, load = conditions.machine, conditions.disk_before, conditions.load_before
+    print(f"# ProtoBase embedded benchmark ({settings.mode} mode)")
     print()
     print(
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
@@ -870,271 +1159,83 @@ def main_run(args: argparse.Namespace) -> None:
     print(f"- protobase source: {info['protobase_source']}")
     print(f"- data: {tmp} on {info['data_filesystem']}")
     print(f"- {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"- command: {command}")
-    disk_before = fsync_latency(tmp)
+    print(f"- command: {conditions.command}")
     print(
         f"- disk: 200-byte append + fdatasync in the data directory: median "
-        f"{disk_before['median_ms']:.2f} ms, p90 {disk_before['p90_ms']:.2f} ms (before the run)"
+        f"{disk['median_ms']:.2f} ms, p90 {disk['p90_ms']:.2f} ms (before the run)"
     )
-    load_before = os.getloadavg()
-    print(
-        f"- load average at the start: {load_before[0]:.2f} (1 min), {load_before[1]:.2f} (5 min)"
-    )
+    print(f"- load average at the start: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)")
     print(flush=True)
-    rows: list[Row] = []
-    try:
-        # 1 and 2
-        progress(f"workloads 1-2: one-object durable commits, {rounds} round(s)")
-        commits = durable_commits(tmp, rounds, seconds)
-        pb1, sq1, zo1 = (rate(commits[s][1]) for s in commits)
-        pb8, sq8, zo8 = (rate(commits[s][THREADS]) for s in commits)
-        rows.append(
-            Row(
-                "1",
-                f"durable 1-object commits, 1 thread ({COUNTER_KEYS:,}-key dict)",
-                "/s",
-                pb1,
-                sq1,
-                zo1,
-                [
-                    Target(">= 0.8x SQLite", pb1 >= 0.8 * sq1),
-                    Target(">= 1.5x ZODB", pb1 >= 1.5 * zo1),
-                ],
-                {"runs": commits},
-            )
-        )
-        rows.append(Row("2", f"durable 1-object commits, {THREADS} threads", "/s", pb8, sq8, zo8))
-        rows.append(
-            Row(
-                "2s",
-                f"scaling: {THREADS} threads / 1 thread",
-                "x",
-                pb8 / pb1,
-                sq8 / sq1,
-                zo8 / zo1,
-                [Target(f">= 3x (ProtoBase {THREADS} vs 1 thread)", pb8 >= 3 * pb1)],
-            )
-        )
 
-        progress(f"workload 2g: group commit with every sync slowed by {SLOW_SYNC_MS} ms")
-        (tmp / "slow-disk").mkdir()
-        slow = slow_disk_scaling(tmp, seconds * rounds)
-        rows.append(
-            Row(
-                "2g",
-                f"scaling, every WAL sync slowed by {SLOW_SYNC_MS:g} ms: {THREADS} / 1 thread",
-                "x",
-                rate(slow[THREADS]) / rate(slow[1]),
-                None,
-                None,
-                details={"runs": slow},
-            )
-        )
 
-        # 3
-        progress(f"workload 3: {ITEMS:,} new objects in one transaction")
-        keys = range(ITEMS)
-        places = {
-            "protobase": tmp / "pb-items",
-            "sqlite": tmp / "items.sqlite",
-            "zodb": tmp / "zodb-items",
-        }
-        inserts = {"protobase": insert_protobase, "sqlite": insert_sqlite, "zodb": insert_zodb}
-        for system, insert in inserts.items():  # warm-up: imports, first allocations
-            insert(places[system], "warmup", range(10_000))
-        times: dict[str, list[float]] = {s: [] for s in inserts}
-        for run in track(range(insert_runs), "workload 3: inserts", "runs"):
-            for system, insert in inserts.items():
-                times[system].append(insert(places[system], f"items{run}", keys))
-        pb3, sq3, zo3 = (ITEMS / statistics.median(times[s]) for s in inserts)
-        rows.append(
-            Row(
-                "3",
-                f"{ITEMS:,} new objects in one transaction",
-                "/s",
-                pb3,
-                sq3,
-                zo3,
-                [Target(">= 100,000/s", pb3 >= 100_000), Target(">= 4x ZODB", pb3 >= 4 * zo3)],
-                {"seconds": times},
-            )
-        )
-        items = f"items{insert_runs - 1}"
-
-        # 4
-        progress("workload 4: warm random point reads")
-        rng = random.Random(SEED)
-        sample = [rng.randrange(ITEMS) for _ in range(warm_reads)]
-        readers = {
-            "protobase": warm_reads_protobase,
-            "sqlite": warm_reads_sqlite,
-            "zodb": warm_reads_zodb,
-        }
-        four = {s: read(places[s], items, sample, read_passes) for s, read in readers.items()}
-        assert len({total for _, total in four.values()}) == 1, four
-        pb4, sq4, zo4 = (four[s][0] for s in readers)
-        rows.append(
-            Row(
-                "4",
-                f"random point reads, warm ({warm_reads:,} reads)",
-                "/s",
-                pb4,
-                sq4,
-                zo4,
-                [Target(">= 100,000/s", pb4 >= 100_000)],
-            )
-        )
-
-        # 5
-        progress("workload 5: random point reads after reopening (fresh processes)")
-        cold_keys = random.Random(SEED + 5).sample(range(ITEMS), COLD_READS)
-        five = {s: cold(s, p, items, cold_keys, False, cold_runs) for s, p in places.items()}
-        five_dropped = {s: cold(s, p, items, cold_keys, True, cold_runs) for s, p in places.items()}
-        assert len({r["total"] for r in (*five.values(), *five_dropped.values())}) == 1
-        pb5, sq5, zo5 = (five[s]["reads_per_s"] for s in places)
-        rows.append(
-            Row(
-                "5",
-                f"random point reads after reopen ({COLD_READS:,} reads, new process)",
-                "/s",
-                pb5,
-                sq5,
-                zo5,
-                [Target(">= ZODB", pb5 >= zo5)],
-                {"runs": five},
-            )
-        )
-        rows.append(
-            Row(
-                "5d",
-                "same, data files also evicted from the OS page cache",
-                "/s",
-                *trio({s: five_dropped[s]["reads_per_s"] for s in places}),
-                details={"runs": five_dropped},
-            )
-        )
-
-        # 6
-        progress(f"workload 6: building the {big_count:,}-object databases")
-        big_places = {
-            "protobase": tmp / "pb-big",
-            "sqlite": tmp / "big.sqlite",
-            "zodb": tmp / "zodb-big",
-        }
-        builders = {
-            "protobase": build_big_protobase,
-            "sqlite": build_big_sqlite,
-            "zodb": build_big_zodb,
-        }
-        build = {
-            system: builders[system](big_places[system], big_count)
-            for system in track(builders, "workload 6: building", "databases")
-        }
-        progress(f"built in {', '.join(f'{s} {t:.1f} s' for s, t in build.items())}")
-        progress(f"workload 6: opening the {big_count:,}-object databases (fresh processes)")
-        probe = [random.Random(SEED + 6).randrange(big_count)]
-        six = {s: cold(s, p, "big", probe, False, cold_runs) for s, p in big_places.items()}
-        six_dropped = {s: cold(s, p, "big", probe, True, cold_runs) for s, p in big_places.items()}
-        rows.append(
-            Row(
-                "6",
-                f"open a {big_count:,}-object database + read one key",
-                "s",
-                *trio({s: six[s]["open_s"] for s in big_places}),
-                [Target("< 1 s", six["protobase"]["open_s"] < 1.0)],
-                {"build_seconds": build, "runs": six},
-            )
-        )
-        rows.append(
-            Row(
-                "6d",
-                "same, data files also evicted from the OS page cache",
-                "s",
-                *trio({s: six_dropped[s]["open_s"] for s in big_places}),
-                details={"runs": six_dropped},
-            )
-        )
-
-        # 7
-        progress(f"workload 7: commit latency, {big_count:,}-key vs {SMALL_KEYS:,}-key dictionary")
-        lat = {
-            "protobase": latency_protobase(big_places["protobase"], big_count, latency_seconds),
-            "sqlite": latency_sqlite(big_places["sqlite"], big_count, latency_seconds),
-            "zodb": latency_zodb(big_places["zodb"], big_count, latency_seconds),
-        }
-        rows.append(
-            Row(
-                "7a",
-                f"commit latency, {SMALL_KEYS:,}-key dict (median)",
-                "ms",
-                *trio({s: lat[s][0] for s in lat}),
-                details={"commits": {s: lat[s][2] for s in lat}},
-            )
-        )
-        rows.append(
-            Row(
-                "7b",
-                f"commit latency, {big_count:,}-key dict (median)",
-                "ms",
-                *trio({s: lat[s][1] for s in lat}),
-            )
-        )
-        pb7 = lat["protobase"][1] / lat["protobase"][0]
-        rows.append(
-            Row(
-                "7",
-                f"latency ratio {big_count:,} / {SMALL_KEYS:,} keys",
-                "x",
-                pb7,
-                lat["sqlite"][1] / lat["sqlite"][0],
-                lat["zodb"][1] / lat["zodb"][0],
-                [Target("< 2", pb7 < 2)],
-            )
-        )
-        disk_after = fsync_latency(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    elapsed = time.perf_counter() - began
-    print(table(rows))
-    print()
-    load_after = os.getloadavg()
+def print_footer(rows: list[Row], conditions: Conditions, elapsed: float) -> None:
+    """What follows the table: disk and load after the run, how to read it, the misses."""
+    disk, load = conditions.disk_after, conditions.load_after
     print(
-        f"Disk after the run: append + fdatasync median {disk_after['median_ms']:.2f} ms, "
-        f"p90 {disk_after['p90_ms']:.2f} ms. Load average at the end: {load_after[0]:.2f} (1 min), "
-        f"{load_after[1]:.2f} (5 min)."
+        f"Disk after the run: append + fdatasync median {disk['median_ms']:.2f} ms, "
+        f"p90 {disk['p90_ms']:.2f} ms. Load average at the end: {load[0]:.2f} (1 min), "
+        f"{load[1]:.2f} (5 min)."
     )
     print("PB/SQLite and PB/ZODB are the ProtoBase figure divided by the other one: above 1 is")
     print("better for ProtoBase on rates (/s), worse on times (s, ms) and latency ratios (x).")
     misses = [f"{row.key} ({t.text})" for row in rows for t in row.targets if not t.passed]
     print(f"Missed targets: {', '.join(misses) if misses else 'none'}")
     print(f"Total run time: {elapsed:.0f} s")
+
+
+def write_json(
+    path: str, settings: Settings, conditions: Conditions, rows: list[Row], elapsed: float
+) -> None:
+    report = {
+        "mode": settings.mode,
+        "command": conditions.command,
+        "machine": conditions.machine,
+        "fdatasync_ms": {"before": conditions.disk_before, "after": conditions.disk_after},
+        "load_average": {"before": conditions.load_before, "after": conditions.load_after},
+        "total_seconds": elapsed,
+        "results": [
+            {
+                "id": row.key,
+                "workload": row.workload,
+                "unit": row.unit,
+                "protobase": row.pb,
+                "sqlite": row.sqlite,
+                "zodb": row.zodb,
+                "protobase_over_sqlite": row.ratio(row.sqlite),
+                "protobase_over_zodb": row.ratio(row.zodb),
+                "targets": [{"target": t.text, "pass": t.passed} for t in row.targets],
+                "details": row.details,
+            }
+            for row in rows
+        ],
+    }
+    Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"Results written to {path}")
+
+
+def main_run(args: argparse.Namespace) -> None:
+    settings = settings_for(args.quick)
+    tmp = Path(tempfile.mkdtemp(prefix="protobase-bench-", dir="/tmp"))
+    began = time.perf_counter()
+    conditions = Conditions(
+        command="python bench/embedded.py" + (" --quick" if settings.quick else ""),
+        machine=machine(tmp),
+        disk_before=fsync_latency(tmp),
+        load_before=os.getloadavg(),
+    )
+    print_header(settings, tmp, conditions)
+    try:
+        rows = run_workloads(tmp, settings)
+        conditions.disk_after = fsync_latency(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.perf_counter() - began
+    print(table(rows))
+    print()
+    conditions.load_after = os.getloadavg()
+    print_footer(rows, conditions, elapsed)
     if args.json:
-        report = {
-            "mode": "quick" if quick else "full",
-            "command": command,
-            "machine": info,
-            "fdatasync_ms": {"before": disk_before, "after": disk_after},
-            "load_average": {"before": load_before, "after": load_after},
-            "total_seconds": elapsed,
-            "results": [
-                {
-                    "id": row.key,
-                    "workload": row.workload,
-                    "unit": row.unit,
-                    "protobase": row.pb,
-                    "sqlite": row.sqlite,
-                    "zodb": row.zodb,
-                    "protobase_over_sqlite": row.ratio(row.sqlite),
-                    "protobase_over_zodb": row.ratio(row.zodb),
-                    "targets": [{"target": t.text, "pass": t.passed} for t in row.targets],
-                    "details": row.details,
-                }
-                for row in rows
-            ],
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"Results written to {args.json}")
+        write_json(args.json, settings, conditions, rows, elapsed)
 
 
 # -- small ProtoBase-only reproductions, for the profiler --------------------------------------
@@ -1177,6 +1278,43 @@ def count_commit_work(space: ObjectSpace) -> dict[str, int]:
     return counts
 
 
+def repro_commits(path: Path, threads: int) -> None:
+    """Workload 1 (one thread) or 2 (THREADS threads) in a new space at `path`, counted."""
+    space, db = pb_open(path)
+    with db.transaction() as tr:
+        tr.set_root_object("d", Dictionary((k, 0) for k in range(COUNTER_KEYS)))
+    steps = 2_000 if threads == 1 else 300
+
+    def work(i: int) -> None:
+        for j in range(steps):
+            key = counter_key(i, j, threads)
+
+            def change(tr: Any, key: int = key, j: int = j) -> None:
+                tr.set_root_object("d", tr.get_root_object("d").set_at(key, j))
+
+            db.run(change, retries=1000)
+
+    counts = count_commit_work(space)
+    # cProfile sees the main thread only: it is one of the workers.
+    others = [threading.Thread(target=work, args=(i,)) for i in range(1, threads)]
+    start, cpu = time.perf_counter(), os.times()
+    for thread in others:
+        thread.start()
+    work(0)
+    for thread in others:
+        thread.join()
+    elapsed, cpu_end = time.perf_counter() - start, os.times()
+    done = steps * threads
+    space.close()
+    used = cpu_end.user - cpu.user + cpu_end.system - cpu.system
+    print(
+        f"{done / elapsed:,.0f} commits/s ({threads} threads); per commit: "
+        f"{counts['attempts'] / done:.2f} storage commit attempts "
+        f"({counts['conflicts'] / done:.2f} lost the compare-and-set), "
+        f"{counts['syncs'] / done:.2f} fdatasyncs, {used / done * 1e3:.2f} ms of CPU"
+    )
+
+
 def repro(number: int, data: str | None) -> None:
     """A small ProtoBase-only run of workload `number` (see the module docstring)."""
     scratch = None
@@ -1195,42 +1333,8 @@ def repro(number: int, data: str | None) -> None:
         scratch = Path(tempfile.mkdtemp(prefix="protobase-repro-", dir="/tmp"))
         path = scratch / "pb"
     try:
-        start = time.perf_counter()
         if number in (1, 2):
-            space, db = pb_open(path)
-            with db.transaction() as tr:
-                tr.set_root_object("d", Dictionary((k, 0) for k in range(COUNTER_KEYS)))
-            threads = 1 if number == 1 else THREADS
-            steps = 2_000 if number == 1 else 300
-
-            def work(i: int) -> None:
-                for j in range(steps):
-                    key = counter_key(i, j, threads)
-
-                    def change(tr: Any, key: int = key, j: int = j) -> None:
-                        tr.set_root_object("d", tr.get_root_object("d").set_at(key, j))
-
-                    db.run(change, retries=1000)
-
-            counts = count_commit_work(space)
-            # cProfile sees the main thread only: it is one of the workers.
-            others = [threading.Thread(target=work, args=(i,)) for i in range(1, threads)]
-            start, cpu = time.perf_counter(), os.times()
-            for thread in others:
-                thread.start()
-            work(0)
-            for thread in others:
-                thread.join()
-            elapsed, cpu_end = time.perf_counter() - start, os.times()
-            done = steps * threads
-            space.close()
-            used = cpu_end.user - cpu.user + cpu_end.system - cpu.system
-            print(
-                f"{done / elapsed:,.0f} commits/s ({threads} threads); per commit: "
-                f"{counts['attempts'] / done:.2f} storage commit attempts "
-                f"({counts['conflicts'] / done:.2f} lost the compare-and-set), "
-                f"{counts['syncs'] / done:.2f} fdatasyncs, {used / done * 1e3:.2f} ms of CPU"
-            )
+            repro_commits(path, 1 if number == 1 else THREADS)
         elif number == 3:
             seconds = insert_protobase(path, "items", range(ITEMS))
             print(f"{ITEMS / seconds:,.0f} objects/s inserted")
