@@ -1,12 +1,17 @@
-"""The byte-bounded LRU of atoms that an object space and the cluster client keep."""
+"""The byte-bounded LRUs of an object space: atom payloads and shared decoded nodes.
+
+The cluster client keeps an `AtomCache` of its own.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from .atoms import AtomPointer
+from .registry import registry
 
 
 class AtomCache:
@@ -49,3 +54,94 @@ class AtomCache:
         """Every atom of a batch, at its pointer."""
         for index, atom in enumerate(atoms):
             self.put(AtomPointer(transaction_id, index), atom)
+
+
+class NodeCache:
+    """A thread-safe LRU of decoded tree nodes that any transaction may read.
+
+    Only *shareable* nodes enter: nodes whose entries hold plain values and
+    no object bound to a transaction (no collection, MutableObject or
+    Literal, which each read through the transaction that decoded them),
+    and internal nodes, whose children are held as pointers or as other
+    shareable nodes. Such a node is immutable once stored, so every
+    transaction of the space reads the same object instead of decoding the
+    atom again. The budget counts the nodes' payload bytes.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self._capacity = capacity_bytes
+        self._size = 0
+        self._entries: OrderedDict[AtomPointer, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = registry.generation
+
+    def get(self, pointer: AtomPointer) -> Any:
+        """The node stored at `pointer`, or None."""
+        with self._lock:
+            if self._generation != registry.generation:
+                # A class was registered or renamed: objects decoded before may now
+                # decode to another class.
+                self._entries.clear()
+                self._size = 0
+                self._generation = registry.generation
+            entry = self._entries.get(pointer)
+            if entry is None:
+                return None
+            self._entries.move_to_end(pointer)
+            return entry[0]
+
+    def put(self, pointer: AtomPointer, node: Any, cost: int, generation: int) -> None:
+        """Keep `node` (decoded from a payload of `cost` bytes) for every transaction.
+
+        `generation` is the class registry's generation when the node was
+        decoded; a node decoded before the registry last changed is dropped.
+        """
+        if cost > self._capacity:
+            return
+        with self._lock:
+            if generation != registry.generation or pointer in self._entries:
+                return
+            self._entries[pointer] = (node, cost)
+            self._size += cost
+            while self._size > self._capacity:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._size -= evicted
+
+
+Descriptor = tuple[AtomPointer | None, int]
+"""A stored collection: its root node's pointer (None when empty) and its entry count."""
+
+
+class LayoutCache:
+    """``(space root pointer, database name) -> descriptors`` of the path to its data.
+
+    A transaction starts by reading the space root, the database table and
+    the database's state, three atoms; for a root seen recently it builds the
+    three collections (table, roots, objects) from their descriptors
+    instead. Entries never go stale: a space root pointer names one
+    immutable atom. Only the latest `capacity` entries are kept.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._capacity = capacity
+        self._entries: dict[tuple[AtomPointer, str], tuple[Descriptor, ...]] = {}
+
+    def get(self, key: tuple[AtomPointer | None, str]) -> tuple[Descriptor, ...] | None:
+        return self._entries.get(key)  # type: ignore[arg-type]
+
+    def remember(self, key: tuple[AtomPointer, str], collections: tuple[Any, ...]) -> None:
+        """Note the stored collections ``(databases, roots, objects)`` found under `key`."""
+        descriptors = []
+        for collection in collections:
+            root = collection._root
+            if root is not None and type(root) is not AtomPointer:
+                root = root.pointer
+                if root is None:
+                    return  # not stored: nothing to describe
+            descriptors.append((root, collection._count))
+        entries = self._entries
+        entries[key] = tuple(descriptors)
+        if len(entries) > self._capacity:
+            # dicts keep insertion order: forget the oldest (thread races only forget more)
+            for old in list(entries)[: len(entries) - self._capacity]:
+                entries.pop(old, None)

@@ -280,11 +280,17 @@ def _check_ints(fields: Any, count: int, what: str) -> None:
         raise CorruptionError(f"{what} extension holds a field that is not an integer")
 
 
-def _make_ext_hook(hooks: ExtensionHooks | None, checked: bool) -> Callable[[int, bytes], Any]:
+class _HookSource(Protocol):
+    hooks: ExtensionHooks | None
+
+
+def _make_ext_hook(source: _HookSource, checked: bool) -> Callable[[int, bytes], Any]:
     """The ext hook of one decoding path; nested payloads stay on the same path.
 
     An extension payload is a slice of the data being decoded, so when the
     whole data holds no timestamp header (the fast path), neither does it.
+    The object-layer hooks are read from `source` at each call, so one hook
+    serves every decoding that borrows its source (see `decode_with`).
     """
     unpacker = _unpack_checked if checked else _unpack_fast
 
@@ -328,6 +334,7 @@ def _make_ext_hook(hooks: ExtensionHooks | None, checked: bool) -> Callable[[int
             if len(data) != 16:
                 raise CorruptionError(f"UUID extension has {len(data)} bytes, expected 16")
             return uuid.UUID(bytes=data)
+        hooks = source.hooks
         if hooks is not None and FIRST_OBJECT_EXT <= code <= LAST_OBJECT_EXT:
             return hooks.decode_extension(code, unpack(data))
         raise CorruptionError(f"unknown msgpack extension code {code} in stored data")
@@ -338,28 +345,27 @@ def _make_ext_hook(hooks: ExtensionHooks | None, checked: bool) -> Callable[[int
 class Codec:
     """Encodes and decodes stored values, with optional object-layer hooks.
 
-    A Codec is cheap to build and safe to share between threads.
+    A Codec is safe to share between threads. Its ext hooks refer to each
+    other (a cycle only the garbage collector frees), so a Codec is meant
+    to live long; code that decodes for a short-lived object uses
+    `decode_with` and `encode_with`, which borrow pooled ones.
     """
 
     def __init__(self, hooks: ExtensionHooks | None = None) -> None:
-        self._hooks = hooks
-        self._fast_ext_hook = _make_ext_hook(hooks, checked=False)
+        self.hooks = hooks
+        self._fast_ext_hook = _make_ext_hook(self, checked=False)
         self._checked_ext_hook: Callable[[int, bytes], Any] | None = None  # built on first use
 
     def encode(self, value: Any) -> bytes:
         """Encode `value`; raises `ValidationError` for an unstorable type."""
-        try:
-            return _pack(value, self._hooks)
-        except (ValueError, OverflowError, RecursionError) as exc:
-            # msgpack refuses e.g. a dict nested deeper than its limit.
-            raise ValidationError(f"cannot encode value: {exc}") from exc
+        return encode_with(value, self.hooks)
 
     def decode(self, data: bytes) -> Any:
         """Decode one value; raises `CorruptionError` on any malformed input."""
         try:
             if _may_hold_timestamp(data):
                 if self._checked_ext_hook is None:
-                    self._checked_ext_hook = _make_ext_hook(self._hooks, checked=True)
+                    self._checked_ext_hook = _make_ext_hook(self, checked=True)
                 return _unpack_checked(data, self._checked_ext_hook)
             return _unpack_fast(data, self._fast_ext_hook)
         except ProtoBaseException:
@@ -378,6 +384,37 @@ class Codec:
             raise CorruptionError(
                 f"stored data does not decode: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+def encode_with(value: Any, hooks: ExtensionHooks | None) -> bytes:
+    """Encode `value` with the object layer's `hooks` (no Codec object needed).
+
+    Raises `ValidationError` for an unstorable type.
+    """
+    try:
+        return _pack(value, hooks)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # msgpack refuses e.g. a dict nested deeper than its limit.
+        raise ValidationError(f"cannot encode value: {exc}") from exc
+
+
+_decoders: list[Codec] = []
+
+
+def decode_with(data: bytes, hooks: ExtensionHooks) -> Any:
+    """Decode one value with the object layer's `hooks`, through a pooled Codec.
+
+    Raises `CorruptionError` on any malformed input. The pool (list pop and
+    append are atomic) lets a short-lived reader decode without building
+    a Codec, whose hooks would tie it into a reference cycle.
+    """
+    codec = _decoders.pop() if _decoders else Codec()
+    codec.hooks = hooks
+    try:
+        return codec.decode(data)
+    finally:
+        codec.hooks = None
+        _decoders.append(codec)
 
 
 _plain = Codec()

@@ -42,9 +42,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .atoms import HEADER_SIZE as ATOM_HEADER_SIZE
 from .atoms import AtomPointer, new_transaction_id
+from .collections.btree import Node
 from .errors import CommitOutcomeUnknown, ConflictError, RootConflict, StorageError
 from .merge import merge_databases
+from .registry import registry
 from .serialization import AtomWriter
+from .sharing import shareable
 from .storage.interfaces import (
     CommitBatch,
     PipelinedStorage,
@@ -56,8 +59,8 @@ from .storage.interfaces import (
 )
 
 if TYPE_CHECKING:
+    from .cache import AtomCache, NodeCache
     from .collections import Dictionary
-    from .space import AtomCache
     from .transaction import Snapshot
 
 T = TypeVar("T")
@@ -88,6 +91,11 @@ class SpaceChange:
     reads: ReadSet = field(default_factory=dict)
     stored_root: AtomPointer | None = None
     transaction_id: bytes | None = None
+    written_root: AtomPointer | None = None
+    """Set by the committer: the space root it stored (None when the storage
+    rebased it remotely and chose another)."""
+    written_databases: Dictionary | None = None
+    """The database table under `written_root` (after a rebase, the merged one)."""
 
 
 @dataclass
@@ -120,9 +128,15 @@ class Committer:
     """The commit protocol of one `ObjectSpace`; see the module docstring."""
 
     def __init__(
-        self, storage: Storage, cache: AtomCache, origin: object, monotonic_reads: bool = True
+        self,
+        storage: Storage,
+        cache: AtomCache,
+        origin: object,
+        monotonic_reads: bool = True,
+        node_cache: NodeCache | None = None,
     ) -> None:
         self.storage = storage
+        self._node_cache = node_cache
         self._monotonic = monotonic_reads
         """False only for a storage whose root may go back by design (see `ObjectSpace`)."""
         self._cache = cache
@@ -321,6 +335,7 @@ class Committer:
                 result = found(ref)
             writer.mark_saved()
             self.remember_written(writer)
+            change.written_root, change.written_databases = pointer, databases
             return result
         raise ConflictError(
             f"commit gave up after {MAX_ATTEMPTS} attempts on a busy database; "
@@ -355,6 +370,12 @@ class Committer:
         """
         for index, atom in enumerate(writer.atoms):
             self._cache.put(AtomPointer(writer.transaction_id, index), atom[ATOM_HEADER_SIZE:])
+        nodes = self._node_cache
+        if nodes is not None:
+            generation = registry.generation
+            for obj, pointer in writer.written:
+                if type(obj) is Node and shareable(obj):
+                    nodes.put(pointer, obj, len(writer.atoms[pointer.index]), generation)
 
 
 def _nothing() -> None:

@@ -25,6 +25,9 @@ class ClassRegistry:
         self._by_name: dict[str, type] = {}
         self._names: dict[type, str] = {}
         self._missing: set[str] = set()
+        self.generation = 0
+        """Goes up whenever a stored name may resolve differently: objects decoded
+        before (kept by the space's shared node cache) are then decoded again."""
 
     def register(self, cls: type, name: str | None = None, aliases: tuple[str, ...] = ()) -> None:
         """Register `cls` under `name` (default ``module.QualName``) and aliases."""
@@ -32,6 +35,7 @@ class ClassRegistry:
         previous = self._names.get(cls)
         if previous is not None and previous != stored:
             self._by_name.pop(previous, None)
+        self.generation += 1
         self._names[cls] = stored
         self._by_name[stored] = cls
         self._missing.discard(stored)
@@ -44,7 +48,9 @@ class ClassRegistry:
         if name is None:
             name = default_class_name(cls)
             self._names[cls] = name
-            self._by_name.setdefault(name, cls)
+            if name not in self._by_name:
+                self._by_name[name] = cls
+                self.generation += 1
         return name
 
     def lookup(self, name: str) -> type | None:

@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .atoms import AtomPointer, frame_atom
-from .codec import Codec
+from .codec import decode_with, encode_with
 from .collections.base import PersistentCollection
 from .collections.btree import Node
 from .collections.fields import parse_path, path_text
 from .collections.indexes import Index, IndexSpec
 from .collections.keyed import IndexTree
-from .errors import CorruptionError, QueryError, ValidationError
+from .errors import CorruptionError, QueryError, TransactionClosedError, ValidationError
 from .objects import (
     DBObject,
     Literal,
@@ -89,8 +89,8 @@ class AtomWriter:
         """One list per atom being encoded (nested encodings nest); the
         bottom one catches pointers of no atom and is never read."""
         self._assigned: dict[int, AtomPointer] = {}
-        self._written: list[tuple[Any, AtomPointer]] = []
-        self._codec = Codec(self)
+        self.written: list[tuple[Any, AtomPointer]] = []
+        """The nodes and literals given atoms of this batch, with their pointers."""
 
     def batch(self) -> CommitBatch:
         """The atoms written so far, with their links, as a batch to store."""
@@ -105,7 +105,7 @@ class AtomWriter:
             return pointer, False
         pointer = AtomPointer(self.transaction_id, len(self.atoms))
         self._assigned[id(obj)] = pointer
-        self._written.append((obj, pointer))
+        self.written.append((obj, pointer))
         self.atoms.append(b"")
         self.links.append([])
         return pointer, True
@@ -115,7 +115,7 @@ class AtomWriter:
         links = self.links[index]
         self._linking.append(links)
         try:
-            self.atoms[index] = frame_atom(self._codec.encode(make_payload()))
+            self.atoms[index] = frame_atom(encode_with(make_payload(), self))
         finally:
             self._linking.pop()
 
@@ -186,7 +186,7 @@ class AtomWriter:
 
     def mark_saved(self) -> None:
         """Record the pointers of a batch the storage accepted."""
-        for obj, pointer in self._written:
+        for obj, pointer in self.written:
             if isinstance(obj, Node):
                 obj.pointer = pointer
                 obj.origin = self.origin
@@ -214,15 +214,32 @@ def _decode_indexes(stored: Any) -> tuple[Index, ...]:
     return tuple(indexes)
 
 
+class _ClosedContext:
+    """The context of a released reader: every read is refused."""
+
+    origin = None
+
+    def _refuse(self, *args: Any) -> Any:
+        raise TransactionClosedError("this transaction has ended; read the data again")
+
+    load_node = load_nodes = load_value = mutable_for = _refuse
+
+
+_CLOSED_CONTEXT: Any = _ClosedContext()
+
+
 class AtomReader:
     """Decodes the atoms of one snapshot."""
 
     def __init__(self, context: SnapshotContext) -> None:
         self._context = context
-        self._codec = Codec(self)
 
     def decode(self, payload: bytes) -> Any:
-        return self._codec.decode(payload)
+        return decode_with(payload, self)
+
+    def release(self) -> None:
+        """Forget the snapshot (it refers to this reader): no cycle outlives it."""
+        self._context = _CLOSED_CONTEXT
 
     def encode_extension(self, value: Any) -> tuple[int, Any] | None:
         return None

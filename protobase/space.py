@@ -10,6 +10,9 @@ Invariants:
   space (in any thread) sees that commit or a later one.
 - The space caches verified atom payloads (immutable, so the cache never
   needs invalidation) up to a byte budget, shared by every transaction.
+- It also caches decoded tree nodes that hold nothing bound to a
+  transaction (`cache.NodeCache`): every transaction reads the same node
+  object, so a path read by one commit is not decoded again by the next.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TypeVar
 
 from . import reachability
 from .atoms import AtomPointer, unframe_atom
-from .cache import AtomCache
+from .cache import AtomCache, LayoutCache, NodeCache
 from .collections import Dictionary, HashDictionary
 from .committer import Committer, SpaceChange
 from .errors import ConflictError, DatabaseExistsError, StorageError, ValidationError
@@ -34,6 +37,9 @@ from .transaction import Snapshot, Transaction
 T = TypeVar("T")
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+NODE_CACHE_SHARE = 4
+"""The shared node cache's budget is the atom cache's divided by this (decoded
+nodes take several times their payload's size in memory)."""
 MAX_CREATE_ATTEMPTS = 16
 """Attempts of `new_database` while other databases are created concurrently."""
 
@@ -69,7 +75,13 @@ class ObjectSpace:
         self.origin = object()
         """Nodes and literals stored through this space carry it."""
         self._cache = AtomCache(cache_bytes)
-        self.committer = Committer(storage, self._cache, self.origin, monotonic_reads)
+        self.layouts = LayoutCache()
+        """Where each recent space root keeps each database's roots and objects."""
+        self.node_cache = NodeCache(cache_bytes // NODE_CACHE_SHARE)
+        """Decoded nodes shared by every transaction of this space (see `NodeCache`)."""
+        self.committer = Committer(
+            storage, self._cache, self.origin, monotonic_reads, self.node_cache
+        )
         self._closed = False
 
     @property

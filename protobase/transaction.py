@@ -15,8 +15,12 @@ meanwhile. A conflict raises `ConflictError` and writes nothing.
 Invariants:
 
 - Inside one transaction an object id maps to one Python object.
-- Nodes decoded for a transaction are private to it (they may hold its
-  MutableObjects); the raw atom bytes are shared through the space's cache.
+- A node decoded for a transaction is private to it when it holds anything
+  that reads through the transaction (a collection, a MutableObject, a
+  Literal) or that a reader could change (a list or dict value). Every
+  other node is immutable data and is shared by all the space's
+  transactions through its `NodeCache` (see `shareable`); the raw atom
+  bytes are shared through the space's atom cache.
 - After `commit` or `abort` (successful or not) the transaction and every
   object read through it refuse further use with `TransactionClosedError`.
 """
@@ -47,7 +51,9 @@ from .objects import (
     unbound_objects,
 )
 from .query import Query
+from .registry import registry
 from .serialization import AtomReader
+from .sharing import shareable
 from .storage.interfaces import DatabaseReads, RootRef
 from .values import storable
 
@@ -63,6 +69,7 @@ class Snapshot:
         self._ref = ref
         self._reader = AtomReader(self)
         self._nodes: dict[AtomPointer, Node] = {}
+        self._shared = space.node_cache
         self._identity: dict[bytes, MutableObject] = {}
         self._pinned = [ref.version]
         self._closed = False
@@ -99,20 +106,35 @@ class Snapshot:
         self._check_open()
         node = self._nodes.get(pointer)
         if node is None:
-            payload = self._space.read_payloads([pointer])[0]
-            node = Node.from_payload(self._reader.decode(payload), pointer, self.origin)
+            node = self._shared.get(pointer)
+            if node is None:
+                node = self._decode_node(pointer, self._space.read_payloads([pointer])[0])
             self._nodes[pointer] = node
         return node
 
     def load_nodes(self, pointers: Sequence[AtomPointer]) -> list[Node]:
         self._check_open()
-        missing = [p for p in pointers if p not in self._nodes]
+        nodes = self._nodes
+        missing = []
+        for pointer in pointers:
+            if pointer not in nodes:
+                node = self._shared.get(pointer)
+                if node is None:
+                    missing.append(pointer)
+                else:
+                    nodes[pointer] = node
         if missing:
             for pointer, payload in zip(missing, self._space.read_payloads(missing), strict=True):
-                self._nodes[pointer] = Node.from_payload(
-                    self._reader.decode(payload), pointer, self.origin
-                )
-        return [self._nodes[p] for p in pointers]
+                nodes[pointer] = self._decode_node(pointer, payload)
+        return [nodes[p] for p in pointers]
+
+    def _decode_node(self, pointer: AtomPointer, payload: bytes) -> Node:
+        """Decode a node; one that holds only immutable plain data is shared."""
+        generation = registry.generation
+        node = Node.from_payload(self._reader.decode(payload), pointer, self.origin)
+        if shareable(node):
+            self._shared.put(pointer, node, len(payload), generation)
+        return node
 
     def load_value(self, pointer: AtomPointer) -> Any:
         self._check_open()
@@ -129,6 +151,9 @@ class Snapshot:
 
     def _object_context(self) -> ObjectContext:
         return _SNAPSHOT_OBJECTS
+
+    def _release(self) -> None:
+        """Drop what refers back to this snapshot (collections bound to it), at close."""
 
     def hold(self, ref: RootRef) -> RootRef:
         """Adopt a pin of `ref`'s version (from `Committer.pinned_root`); released at close."""
@@ -172,6 +197,9 @@ class Snapshot:
             return
         self._closed = True
         self._nodes.clear()
+        self._reader.release()
+        self._identity.clear()
+        self._release()
         for version in self._pinned:
             self._space.committer.unpin(version)
         self._pinned = []
@@ -194,6 +222,10 @@ class _SnapshotObjects:
 _SNAPSHOT_OBJECTS = _SnapshotObjects()
 
 
+_CLOSED_ROOTS = Dictionary()
+_CLOSED_OBJECTS = HashDictionary()
+
+
 class Transaction(Snapshot, ObjectContext):
     """One unit of work on a database, isolated on the snapshot it started from."""
 
@@ -201,10 +233,27 @@ class Transaction(Snapshot, ObjectContext):
         super().__init__(database.space, ref)
         self._database = database
         self._read_only = read_only
-        self._base_databases = self.databases_at(ref)
-        self._base_roots, self._base_objects = self._database_state(
-            self._base_databases, database.name
-        )
+        layouts = database.space.layouts
+        layout = layouts.get((ref.pointer, database.name))
+        if layout is None:
+            self._base_databases = self.databases_at(ref)
+            self._base_roots, self._base_objects = self._database_state(
+                self._base_databases, database.name
+            )
+            if ref.pointer is not None:
+                layouts.remember(
+                    (ref.pointer, database.name),
+                    (self._base_databases, self._base_roots, self._base_objects),
+                )
+        else:
+            databases, roots, objects = layout
+            self._base_databases = Dictionary._pb_from_descriptor(
+                databases[0], databases[1], None, self
+            )
+            self._base_roots = Dictionary._pb_from_descriptor(roots[0], roots[1], None, self)
+            self._base_objects = HashDictionary._pb_from_descriptor(
+                objects[0], objects[1], None, self
+            )
         self._roots = self._base_roots
         self._dirty: dict[bytes, MutableObject] = {}
         self._new: dict[bytes, MutableObject] = {}
@@ -222,6 +271,14 @@ class Transaction(Snapshot, ObjectContext):
 
     def _object_context(self) -> ObjectContext:
         return self
+
+    def _release(self) -> None:
+        # The collections read here hold this transaction as their loader: dropping
+        # them lets reference counting free the transaction, without the cycle GC.
+        self._base_databases = self._base_roots = self._roots = _CLOSED_ROOTS
+        self._base_objects = _CLOSED_OBJECTS
+        self._dirty.clear()
+        self._new.clear()
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -346,8 +403,20 @@ class Transaction(Snapshot, ObjectContext):
             self._collect_new()
             if self._roots._pb_same_value(self._base_roots) and not self._dirty:
                 return None
-            ref = self._space.committer.commit(self._change(), self)
+            change = self._change()
+            ref = self._space.committer.commit(change, self)
             self.committed_root = ref
+            written = change.written_databases
+            if (
+                written is not None
+                and ref.pointer is not None
+                and change.written_root == ref.pointer
+            ):
+                state = written.get_at(self._database.name)
+                self._space.layouts.remember(
+                    (ref.pointer, self._database.name),
+                    (written, state["roots"], state["objects"]),
+                )
             return ref
         except BaseException:
             self._unbind_new()

@@ -385,6 +385,7 @@ def test_renamed_class_loads_data_stored_under_old_name_via_alias(db) -> None:
     # The old class is gone (renamed); the new one lists the old name as an alias.
     del registry._by_name["legacy_shop.Customer"]
     del registry._names[OldCustomer]
+    registry.generation += 1  # as a new process sees it: nothing decoded yet
 
     @register_class(name="shop.Client", aliases=("legacy_shop.Customer",))
     class Client(DBObject):
@@ -400,6 +401,7 @@ def test_renamed_class_loads_data_stored_under_old_name_via_alias(db) -> None:
 
     # Written back under the new name: loads without the alias too.
     del registry._by_name["legacy_shop.Customer"]
+    registry.generation += 1  # as a new process sees it: nothing decoded yet
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         c = db.new_transaction().get_root_object("c")
@@ -416,6 +418,7 @@ def test_renamed_mutable_class_loads_via_alias(db) -> None:
     store(db, a=OldAcct(balance=3))
     del registry._by_name["legacy_bank.Acct"]
     del registry._names[OldAcct]
+    registry.generation += 1  # as a new process sees it: nothing decoded yet
 
     @register_class(name="bank.Account", aliases=("legacy_bank.Acct",))
     class NewAcct(MutableObject):
@@ -437,6 +440,7 @@ def test_unimportable_class_loads_as_unknown_object_and_stores_back_its_name(db)
     store(db, g=Ghost(name="Casper", level=3, home=Address(city="Oslo")))
     del registry._by_name["nonexistent_pkg.Ghost"]
     del registry._names[Ghost]
+    registry.generation += 1  # as a new process sees it: nothing decoded yet
 
     with db.transaction() as tr:
         with pytest.warns(UserWarning, match="nonexistent_pkg.Ghost"):
@@ -473,6 +477,7 @@ def test_unimportable_mutable_class_loads_generic_and_stores_back(db) -> None:
     store(db, m=MGhost(a=1))
     del registry._by_name["nonexistent_pkg.MGhost"]
     del registry._names[MGhost]
+    registry.generation += 1  # as a new process sees it: nothing decoded yet
 
     with db.transaction() as tr:
         with pytest.warns(UserWarning, match="nonexistent_pkg.MGhost"):
