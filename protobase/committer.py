@@ -8,7 +8,8 @@ a storage's root. It owns:
 - **pins**: the versions open snapshots read, which pack must keep;
 - **the commit lock**: commits of one space append one at a time, so that
   they never fail their compare-and-set against each other and their
-  durability waits (outside the lock) share syncs;
+  durability waits (outside the lock) share syncs; a change is encoded
+  before the lock is taken;
 - **rebase and retries**: a change built on a stale root is merged onto the
   current one with `protobase.merge.merge_databases`; a compare-and-set
   lost to another process is retried with jittered back-off, a bounded
@@ -27,6 +28,10 @@ Invariants:
   durably, and nothing is reported as failed that may still take effect.
 - A change's atoms are written once per attempt under a fresh transaction
   id, so a lost attempt leaves nothing a retry could be confused with.
+- Encoding is outside the commit lock: a change is encoded on its base
+  first; a rebase under the lock adds the merged root to the same batch,
+  reusing the nodes encoded before (those the merge replaced stay in the
+  batch unreachable, garbage that pack removes).
 """
 
 from __future__ import annotations
@@ -255,15 +260,23 @@ class Committer:
             if self._rebasing:
                 ref = self._commit_remotely(change)
             elif self._pipelined:
-                # Merge and append under the lock (no compare-and-set fails against
-                # another thread of this space, so no work is thrown away); wait
-                # for durability outside it, so that syncs are shared.
+                # Encode the change on its base outside the lock, while other threads
+                # append or wait for their syncs. Under the lock, rebase it when the
+                # root moved meanwhile (the new root is written into the same batch and
+                # shares the nodes already encoded) and append: no compare-and-set
+                # fails against another thread of this space, so no work is thrown
+                # away. Wait for durability outside the lock, so that syncs are shared.
+                early = None
+                if change.stored_root is None:
+                    writer = AtomWriter(self._origin, self._new_id())
+                    early = (writer, self._write_root(writer, change.databases))
                 with self._commit_lock:
                     ref, wait_durable = self._attempts(
                         change,
                         snapshot,
                         self.storage.commit_pipelined,  # type: ignore[attr-defined]
                         lambda ref: (ref, _nothing),
+                        early,
                     )
                 durable_from = time.perf_counter()
                 wait_durable()
@@ -293,7 +306,14 @@ class Committer:
         snapshot: Snapshot,
         commit: Callable[[CommitBatch, int, AtomPointer], T],
         found: Callable[[RootRef], T],
+        early: tuple[AtomWriter, AtomPointer] | None = None,
     ) -> T:
+        """Commit `change`, rebasing and retrying; `early` is the change already encoded.
+
+        `early` is a writer never handed to the storage, holding the change
+        encoded on its base: the first attempt appends to that batch (a
+        rebase adds the merged root to it), later attempts start new ones.
+        """
         current = change.base
         if self._pipelined and current.version != self._latest.version:
             current = snapshot.hold(self.pinned_root())
@@ -316,8 +336,14 @@ class Committer:
                     change.reads,
                 )
                 self.stats.count("merges")
-            writer = AtomWriter(self._origin, self._new_id())
-            pointer = writer.write_value({"format": SPACE_FORMAT, "databases": databases})
+            if early is None:
+                writer = AtomWriter(self._origin, self._new_id())
+                pointer = self._write_root(writer, databases)
+            else:
+                writer, pointer = early
+                early = None
+                if databases is not change.databases:
+                    pointer = self._write_root(writer, databases)
             try:
                 result = commit(writer.batch(), current.version, pointer)
             except RootConflict:
@@ -342,6 +368,10 @@ class Committer:
             "nothing was written. Run the transaction again."
         )
 
+    def _write_root(self, writer: AtomWriter, databases: Dictionary) -> AtomPointer:
+        """Encode a space root holding `databases` (and every node not yet stored)."""
+        return writer.write_value({"format": SPACE_FORMAT, "databases": databases})
+
     def _set_stored_root(self, change: SpaceChange, current: RootRef) -> RootRef:
         assert change.stored_root is not None and change.transaction_id is not None
         try:
@@ -355,7 +385,7 @@ class Committer:
     def _commit_remotely(self, change: SpaceChange) -> RootRef:
         """Write the change on its base and let the storage rebase it where the data is."""
         writer = AtomWriter(self._origin, self._new_id())
-        pointer = writer.write_value({"format": SPACE_FORMAT, "databases": change.databases})
+        pointer = self._write_root(writer, change.databases)
         request = RebaseRequest(writer.batch(), change.base.version, pointer, change.reads)
         ref = self.storage.commit_rebasing(request)  # type: ignore[attr-defined]
         writer.mark_saved()

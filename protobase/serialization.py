@@ -186,14 +186,16 @@ class AtomWriter:
 
     def mark_saved(self) -> None:
         """Record the pointers of a batch the storage accepted."""
+        # The origin is set before the pointer: a thread encoding the same node
+        # meanwhile (outside the commit lock) never sees a pointer without it.
         for obj, pointer in self.written:
             if isinstance(obj, Node):
-                obj.pointer = pointer
                 obj.origin = self.origin
+                obj.pointer = pointer
                 obj.edit = None
             elif isinstance(obj, Literal):
-                obj._pointer = pointer
                 obj._origin = self.origin
+                obj._pointer = pointer
 
 
 def _decode_indexes(stored: Any) -> tuple[Index, ...]:
