@@ -52,7 +52,7 @@ from .errors import CommitOutcomeUnknown, ConflictError, RootConflict, StorageEr
 from .merge import merge_databases
 from .registry import registry
 from .serialization import AtomWriter
-from .sharing import shareable
+from .sharing import shared_form
 from .storage.interfaces import (
     CommitBatch,
     PipelinedStorage,
@@ -404,8 +404,10 @@ class Committer:
         if nodes is not None:
             generation = registry.generation
             for obj, pointer in writer.written:
-                if type(obj) is Node and shareable(obj):
-                    nodes.put(pointer, obj, len(writer.atoms[pointer.index]), generation)
+                if isinstance(obj, Node):
+                    kept = shared_form(obj)
+                    if kept is not None:
+                        nodes.put(pointer, kept, len(writer.atoms[pointer.index]), generation)
 
 
 def _nothing() -> None:

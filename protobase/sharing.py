@@ -1,21 +1,31 @@
-"""Which decoded nodes every transaction of a space may read (the shared node cache).
+"""What the space's shared node cache keeps of a stored leaf (see `cache.NodeCache`).
 
-A node is *shareable* when it is a stored leaf whose keys and values are
-immutable plain data: scalars, tuples of them, and DBObjects (immutable)
-holding them. Anything that reads through the transaction that decoded it
-(a collection, a MutableObject, a Literal) or that a reader could change in
-place (a list or dict value) keeps the node private to its transaction.
-Internal nodes stay private: they cache the children they load, which may
-be private to the transaction that loads them.
+- A leaf whose keys and values are immutable plain data (scalars, tuples of
+  them, DBObjects holding them) is kept as it is: every transaction reads
+  the same node object.
+- A leaf whose values also hold collections, lists or dicts is kept as a
+  `NodeTemplate`: each transaction that loads it gets a copy in which those
+  values are copied, the collections bound to that transaction (a
+  collection reads its nodes through its transaction, and a list or dict a
+  reader changes must not change another transaction's value). Copying is
+  much cheaper than decoding the atom again.
+- A leaf holding a MutableObject or a Literal (each resolved through its
+  transaction's identity map or reads), or a collection with secondary
+  indexes, is not kept: each transaction decodes it.
+
+Internal nodes are not kept here: they cache the children they load, which
+may be private to the transaction that loads them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .atoms import AtomPointer
 from .codec import PLAIN_SCALAR_TYPES
-from .collections.btree import Node
-from .objects import DBObject
+from .collections.base import DETACHED, PersistentCollection
+from .collections.btree import Node, NodeLoader
+from .objects import DBObject, UnknownObject
 
 _FROZEN_SCALARS = frozenset(PLAIN_SCALAR_TYPES)
 
@@ -32,17 +42,98 @@ def _frozen(value: Any) -> bool:
     return False
 
 
-def shareable(node: Node) -> bool:
-    """Whether every transaction of a space may read `node` itself (see the module doc).
+def _rebindable(value: Any) -> bool:
+    """True when `value` can be copied for another transaction (see the module doc)."""
+    kind = type(value)
+    if kind in _FROZEN_SCALARS:
+        return True
+    if kind is tuple or kind is list:
+        return all(map(_rebindable, value))
+    if kind is dict:
+        return all(map(_rebindable, value.values()))
+    if isinstance(value, PersistentCollection):
+        root = value._root
+        return not value._indexes and (
+            root is None or type(root) is AtomPointer or root.pointer is not None  # type: ignore[union-attr]
+        )
+    if isinstance(value, DBObject) and not isinstance(value, UnknownObject):
+        return all(map(_rebindable, value._attrs.values()))
+    return False
 
-    Only stored leaves qualify: an internal node caches the children it
-    loads, which may be private to the transaction that loads them.
+
+def _rebind(value: Any, loader: NodeLoader) -> Any:
+    """A copy of `value` whose collections read through `loader`, from their stored roots."""
+    kind = type(value)
+    if kind in _FROZEN_SCALARS:
+        return value
+    if kind is dict:
+        return {key: _rebind(item, loader) for key, item in value.items()}
+    if kind is list:
+        return [_rebind(item, loader) for item in value]
+    if kind is tuple:
+        return tuple([_rebind(item, loader) for item in value])
+    if isinstance(value, PersistentCollection):
+        root = value._root
+        if root is not None and type(root) is not AtomPointer:
+            root = root.pointer  # type: ignore[union-attr]
+        copy = value._copy_with(root, ())
+        copy._loader = loader
+        return copy
+    if isinstance(value, DBObject):
+        return type(value)._pb_from_state(
+            {name: _rebind(item, loader) for name, item in value._attrs.items()}
+        )
+    return value
+
+
+class NodeTemplate:
+    """A stored leaf to copy for each transaction: the values at `positions` are rebound.
+
+    The template's own values hold collections bound to no transaction,
+    with stored roots, so what one transaction loads never reaches another.
     """
+
+    __slots__ = ("node", "positions")
+
+    def __init__(self, node: Node, positions: tuple[int, ...]) -> None:
+        self.node = node
+        self.positions = positions
+
+    def instantiate(self, loader: NodeLoader) -> Node:
+        """The leaf as `loader` (a transaction) reads it."""
+        template = self.node
+        node = template.clone(None)
+        node.pointer, node.origin = template.pointer, template.origin
+        values = node.values
+        assert values is not None
+        for position in self.positions:
+            values[position] = _rebind(values[position], loader)
+        return node
+
+
+def shared_form(node: Node) -> Node | NodeTemplate | None:
+    """What the shared cache keeps for a stored node: itself, a template, or nothing."""
     if node.height or node.pointer is None:
-        return False
+        return None
     scalars = _FROZEN_SCALARS
-    for items in (node.keys or (), node.values or ()):
-        for item in items:
-            if type(item) not in scalars and not _frozen(item):
-                return False
-    return True
+    for key in node.keys or ():
+        if type(key) not in scalars and not _frozen(key):
+            return None
+    values = node.values
+    assert values is not None
+    positions = []
+    for position, value in enumerate(values):
+        if type(value) in scalars or _frozen(value):
+            continue
+        if not _rebindable(value):
+            return None
+        positions.append(position)
+    if not positions:
+        return node
+    template = node.clone(None)
+    template.pointer, template.origin = node.pointer, node.origin
+    kept = template.values
+    assert kept is not None
+    for position in positions:
+        kept[position] = _rebind(kept[position], DETACHED)
+    return NodeTemplate(template, tuple(positions))

@@ -53,7 +53,7 @@ from .objects import (
 from .query import Query
 from .registry import registry
 from .serialization import AtomReader
-from .sharing import shareable
+from .sharing import NodeTemplate, shared_form
 from .storage.interfaces import DatabaseReads, RootRef
 from .values import storable
 
@@ -109,6 +109,8 @@ class Snapshot:
             node = self._shared.get(pointer)
             if node is None:
                 node = self._decode_node(pointer, self._space.read_payloads([pointer])[0])
+            elif type(node) is NodeTemplate:
+                node = node.instantiate(self)
             self._nodes[pointer] = node
         return node
 
@@ -121,6 +123,8 @@ class Snapshot:
                 node = self._shared.get(pointer)
                 if node is None:
                     missing.append(pointer)
+                elif type(node) is NodeTemplate:
+                    nodes[pointer] = node.instantiate(self)
                 else:
                     nodes[pointer] = node
         if missing:
@@ -132,8 +136,9 @@ class Snapshot:
         """Decode a node; one that holds only immutable plain data is shared."""
         generation = registry.generation
         node = Node.from_payload(self._reader.decode(payload), pointer, self.origin)
-        if shareable(node):
-            self._shared.put(pointer, node, len(payload), generation)
+        kept = shared_form(node)
+        if kept is not None:
+            self._shared.put(pointer, kept, len(payload), generation)
         return node
 
     def load_value(self, pointer: AtomPointer) -> Any:
