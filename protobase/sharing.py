@@ -38,7 +38,11 @@ def _frozen(value: Any) -> bool:
     if kind is tuple:
         return all(map(_frozen, value))
     if isinstance(value, DBObject):
-        return all(map(_frozen, value._attrs.values()))
+        scalars = _FROZEN_SCALARS
+        for item in value._attrs.values():
+            if type(item) not in scalars and not _frozen(item):
+                return False
+        return True
     return False
 
 
