@@ -42,14 +42,14 @@ cluster: $(STAMP)
 	$(BIN)/protobase cluster up cluster-data --nodes 3
 
 lint: $(STAMP)
-	$(BIN)/ruff check protobase cluster chaos tests bench ops
-	$(BIN)/ruff format --check protobase cluster chaos tests bench ops
+	$(BIN)/ruff check protobase cluster chaos seglog tests bench ops
+	$(BIN)/ruff format --check protobase cluster chaos seglog tests bench ops
 	$(BIN)/mypy
 	$(BIN)/mypy ops/grafana/dashboard.py
 
 format: $(STAMP)
-	$(BIN)/ruff format protobase cluster chaos tests bench ops
-	$(BIN)/ruff check --fix protobase cluster chaos tests bench ops
+	$(BIN)/ruff format protobase cluster chaos seglog tests bench ops
+	$(BIN)/ruff check --fix protobase cluster chaos seglog tests bench ops
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
