@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+import seglog
+from seglog import write_all
 
 from ..atoms import AtomPointer
 from ..errors import CorruptionError, StorageError
@@ -44,7 +45,7 @@ from .records import RecordLog, placed
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_CHECKPOINT_BYTES = 64 * 1024 * 1024
-LOCK_NAME = "LOCK"
+LOCK_NAME = seglog.LOCK_NAME
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` by long operations."""
@@ -98,8 +99,7 @@ class StandaloneFileStorage(RecordLog):
     # -- opening -----------------------------------------------------------------
 
     def _take_lock(self) -> int:
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        _flock(fd, fcntl.LOCK_EX, self.path)
+        fd = _lock(self.path)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
@@ -134,7 +134,7 @@ class StandaloneFileStorage(RecordLog):
         os.ftruncate(fd, max(torn.offset, wal.SEGMENT_HEADER_SIZE))
         if torn.offset < wal.SEGMENT_HEADER_SIZE:
             os.lseek(fd, 0, os.SEEK_SET)
-            _write_all(fd, wal.segment_header(self._generation, torn.segment))
+            write_all(fd, wal.segment_header(self._generation, torn.segment))
         wal.durable_write(fd)
         if torn.offset < wal.SEGMENT_HEADER_SIZE:
             wal.fsync_directory(self.path)  # the segment may be new
@@ -210,7 +210,7 @@ class StandaloneFileStorage(RecordLog):
         fd = self._fds[self._active]
         offset = self._active_size
         try:
-            _write_all(fd, record_bytes)
+            write_all(fd, record_bytes)
         except OSError as exc:
             self._failed = exc
             raise StorageError(f"writing the WAL of {self.path} failed: {exc}") from exc
@@ -222,11 +222,12 @@ class StandaloneFileStorage(RecordLog):
         try:
             wal.durable_write(self._fds[self._active])
             number = self._active + 1
-            path = self.path / wal.segment_name(self._generation, number)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            _write_all(fd, wal.segment_header(self._generation, number))
-            wal.durable_write(fd)
-            wal.fsync_directory(self.path)
+            fd = seglog.create_segment(
+                self.path,
+                wal.segment_name(self._generation, number),
+                wal.segment_header(self._generation, number),
+                make_durable=wal.durable_write,
+            )
         except OSError as exc:
             self._failed = exc
             raise StorageError(f"starting a new WAL segment in {self.path} failed: {exc}") from exc
@@ -466,25 +467,20 @@ def lock_for_reading(path: Path) -> int | None:
         StorageError: a StandaloneFileStorage has the directory open.
     """
     try:
-        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+        return _lock(path, shared=True)
     except FileNotFoundError:
         return None
-    _flock(fd, fcntl.LOCK_SH, path)
-    return fd
 
 
-def _flock(fd: int, operation: int, path: Path) -> None:
-    """Lock `fd` (closing it on failure) without waiting."""
+def _lock(path: Path, *, shared: bool = False) -> int:
+    """Lock the directory `path` (`seglog.lock_directory`) without waiting."""
     try:
-        fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StorageError(
-                f"{path} is already open (by another process, another "
-                "StandaloneFileStorage in this one, or a running fsck); close it first"
-            ) from exc
-        raise
+        return seglog.lock_directory(path, shared=shared)
+    except seglog.DirectoryLocked as exc:
+        raise StorageError(
+            f"{path} is already open (by another process, another "
+            "StandaloneFileStorage in this one, or a running fsck); close it first"
+        ) from exc
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -685,7 +681,7 @@ class _GenerationWriter:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self.fds[number] = fd
         self.segments.append(number)
-        _write_all(fd, wal.segment_header(self.generation, number))
+        write_all(fd, wal.segment_header(self.generation, number))
         self.size = wal.SEGMENT_HEADER_SIZE
 
     def append(self, record_bytes: bytes) -> None:
@@ -696,7 +692,7 @@ class _GenerationWriter:
             wal.durable_write(self.fds[self.segments[-1]])
             self._start_segment()
         number = self.segments[-1]
-        _write_all(self.fds[number], record_bytes)
+        write_all(self.fds[number], record_bytes)
         self.records.append(placed(record_bytes, number, self.size))
         self.size += len(record_bytes)
 
@@ -717,10 +713,3 @@ def _looks_like_database(path: Path) -> bool:
     if (path / CHECKPOINT_NAME).exists():
         return True
     return any(wal.parse_segment_name(entry) is not None for entry in os.listdir(path))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

@@ -35,7 +35,10 @@ Body::
 
 One commit is one record: its atoms and the new root. A record is durable
 once `durable_write`'s fdatasync returned; a new segment (and every rename or
-removal) is followed by an fsync of the directory.
+removal) is followed by an fsync of the directory. The file machinery (those
+two functions, writing, creating segments, the directory lock, segment names
+and the torn-tail rule) is the `seglog` package's, shared with the Raft log;
+this module owns the format.
 
 Recovery
 --------
@@ -50,7 +53,8 @@ not form one database), naming the file (and offset) and saying what to do,
 and changes no file. The cases:
 
 - **Torn tail** (`scan_segment`; kept). Records are read in order from the
-  checkpoint's tail position. In the *last* segment, a record that is cut
+  checkpoint's tail position, by `seglog.RecordScan` under its torn-tail
+  rule (the WAL adds no condition). In the *last* segment, a record that is cut
   short by the end of the file, or fails its checksum with no valid record
   at any later offset, is a torn tail and is truncated away. Every byte
   before the checkpoint's tail was durable when the checkpoint was written,
@@ -106,6 +110,10 @@ from pathlib import Path
 
 import xxhash
 
+from seglog import BadRecord, DamagedRecord, RecordScan, SegmentNames, never_written
+from seglog import durable_write as durable_write
+from seglog import fsync_directory as fsync_directory
+
 from ..atoms import TRANSACTION_ID_BYTES, AtomPointer
 from ..errors import CorruptionError
 
@@ -126,9 +134,11 @@ MAX_RECORD_BODY = 2**32 - 1
 
 _NO_ROOT = bytes(TRANSACTION_ID_BYTES)
 
+SEGMENT_NAMES = SegmentNames("wal-", ".pbw", (4, 8))
+
 
 def segment_name(generation: int, number: int) -> str:
-    return f"wal-{generation:04d}-{number:08d}.pbw"
+    return SEGMENT_NAMES.name(generation, number)
 
 
 def parse_segment_name(name: str) -> tuple[int, int] | None:
@@ -137,15 +147,8 @@ def parse_segment_name(name: str) -> tuple[int, int] | None:
     Only the names `segment_name` makes count: ``wal-1-1.pbw`` is not ours,
     so recovery never reads or removes it.
     """
-    if not (name.startswith("wal-") and name.endswith(".pbw")):
-        return None
-    parts = name[4:-4].split("-")
-    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
-        return None
-    generation, number = int(parts[0]), int(parts[1])
-    if segment_name(generation, number) != name:
-        return None
-    return generation, number
+    parsed = SEGMENT_NAMES.parse(name)
+    return None if parsed is None else (parsed[0], parsed[1])
 
 
 def segment_header(generation: int, number: int) -> bytes:
@@ -158,9 +161,7 @@ def header_never_written(data: bytes, generation: int, number: int) -> bool:
     True when they are a prefix of the segment's header (an empty file
     included) or zeros; a complete, correct header is not "never written".
     """
-    head = data[:SEGMENT_HEADER_SIZE]
-    expected = segment_header(generation, number)
-    return (len(head) < SEGMENT_HEADER_SIZE and expected.startswith(head)) or not any(head)
+    return never_written(data[:SEGMENT_HEADER_SIZE], segment_header(generation, number))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +222,7 @@ def encode_record(
     return RECORD_HEADER.pack(RECORD_MAGIC, len(body), xxhash.xxh3_64_intdigest(body)) + body
 
 
-class TornRecord(Exception):
+class TornRecord(BadRecord):
     """A record that is incomplete or fails its checksum (internal to recovery)."""
 
 
@@ -312,22 +313,16 @@ def scan_segment(
             "this database's. Nothing was changed: restore the directory from a backup, "
             "or move the file away if it does not belong to this database"
         )
-    offset = max(start, SEGMENT_HEADER_SIZE)
-    records: list[RecordInfo] = []
-    while offset < len(data):
-        try:
-            record = parse_record(data, offset, number)
-        except TornRecord as exc:
-            if is_last and not _valid_record_after(data, offset + 1, number):
-                return ScanResult(records, offset, offset)
-            raise CorruptionError(
-                f"{path}: offset {offset}: damaged WAL record ({exc}) before the end of the "
-                "log; acknowledged commits are at risk. Run `protobase fsck` and restore "
-                "from a backup."
-            ) from exc
-        records.append(record)
-        offset += record.size
-    return ScanResult(records, offset, None)
+    scan = RecordScan(data, max(start, SEGMENT_HEADER_SIZE), _Records(number), is_last=is_last)
+    try:
+        records = [record for record, _, _ in scan]
+    except DamagedRecord as exc:
+        raise CorruptionError(
+            f"{path}: offset {exc.offset}: damaged WAL record ({exc.problem}) before the end "
+            "of the log; acknowledged commits are at risk. Run `protobase fsck` and restore "
+            "from a backup."
+        ) from exc
+    return ScanResult(records, scan.end, scan.end if scan.torn else None)
 
 
 def _crashed_while_starting(data: bytes, generation: int, number: int) -> bool:
@@ -339,21 +334,41 @@ def _crashed_while_starting(data: bytes, generation: int, number: int) -> bool:
     """
     if not header_never_written(data, generation, number):
         return False
-    return len(data) <= SEGMENT_HEADER_SIZE or not _valid_record_after(
-        data, SEGMENT_HEADER_SIZE, number
+    return (
+        len(data) <= SEGMENT_HEADER_SIZE
+        or _Records(number).record_after(data, SEGMENT_HEADER_SIZE) is None
     )
 
 
-def _valid_record_after(data: bytes, start: int, segment: int) -> bool:
-    """Whether a complete, checksummed record starts anywhere at or after `start`."""
-    position = data.find(RECORD_MAGIC, start)
-    while position != -1:
-        try:
-            parse_record(data, position, segment)
-            return True
-        except TornRecord:
-            position = data.find(RECORD_MAGIC, position + 1)
-    return False
+class _Records:
+    """The WAL's records as `seglog.RecordScan` reads them (a `seglog.RecordCodec`).
+
+    Every bad record that no valid record follows is a torn append: the
+    WAL adds nothing to seglog's rule.
+    """
+
+    __slots__ = ("segment",)
+
+    def __init__(self, segment: int) -> None:
+        self.segment = segment
+
+    def read(self, data: bytes, view: memoryview, pos: int) -> tuple[RecordInfo, int]:
+        record = parse_record(data, pos, self.segment)
+        return record, pos + record.size
+
+    def record_after(self, data: bytes, start: int) -> int | None:
+        """Where the first complete, checksummed record at or after `start` starts."""
+        position = data.find(RECORD_MAGIC, start)
+        while position != -1:
+            try:
+                parse_record(data, position, self.segment)
+                return position
+            except TornRecord:
+                position = data.find(RECORD_MAGIC, position + 1)
+        return None
+
+    def torn_append(self, data: bytes, pos: int) -> bool:
+        return True
 
 
 def read_atom_spans(table: bytes, count: int) -> list[int]:
@@ -373,17 +388,3 @@ def read_atom(fd: int, record: RecordInfo, slot: int) -> bytes | None:
     start, end = struct.unpack(">II", span)
     atom = os.pread(fd, end - start, record.data_offset + start)
     return atom if len(atom) == end - start else None
-
-
-def durable_write(fd: int) -> None:
-    """Make everything written to `fd` durable. The one place data becomes durable."""
-    os.fdatasync(fd)
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a file creation, rename or removal in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
