@@ -129,14 +129,18 @@ Durability: every write is one `os.write` (no fsync); `LogStore.sync()` makes
 the dirty segments of all groups durable in one round through
 `LogStore._make_durable` (fdatasync for one file, one syncfs(2) for several).
 New and removed files are followed by an fsync of their directory.
+
+The file machinery is the `seglog` package's, shared with the WAL of
+`protobase.storage`: writing, fdatasync, directory fsync, creating a segment,
+the flock on ``LOCK``, segment names, and the scan that applies the torn-tail
+rule above (`_Records` is this format's `seglog.RecordCodec`; its
+`torn_append` is the zeros-or-plausible-header condition).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
-import fcntl
 import io
 import os
 import re
@@ -149,6 +153,21 @@ from typing import Any, BinaryIO
 
 import msgpack
 import xxhash
+
+from seglog import (
+    BadRecord,
+    DamagedRecord,
+    DirectoryLocked,
+    RecordScan,
+    SegmentNames,
+    create_segment,
+    durable_write,
+    fsync_directory,
+    lock_directory,
+    never_written,
+    write_all,
+    zeros_from,
+)
 
 from .errors import LogCorruptionError, LogError, LogUnavailableError, ProtocolError
 from .types import (
@@ -213,7 +232,7 @@ _MAX_READ_SPAN = 8 << 20
 _MAX_READ_GAP = 64 << 10
 """Entries whose records are at most this far apart are read with one pread."""
 
-_SEGMENT_NAME = re.compile(r"seg-(\d{8,})\.log")
+SEGMENT_NAMES = SegmentNames("seg-", ".log", (8,))
 _SNAPSHOT_NAME = re.compile(r"snapshot-(\d{20})\.snap")
 _GROUP_NAME = re.compile(r"group-(\d+)")
 _TOMBSTONE_NAME = re.compile(r"tombstone-group-\d+-[0-9a-f]+")
@@ -243,7 +262,7 @@ _syncfs: Callable[[int], None] | None = _load_syncfs()
 
 
 def segment_name(seq: int) -> str:
-    return f"seg-{seq:08d}.log"
+    return SEGMENT_NAMES.name(seq)
 
 
 def snapshot_name(index: int) -> str:
@@ -254,14 +273,6 @@ def tombstone_name(group_id: int) -> str:
     """A fresh name for a removed group's directory, unique even if an
     earlier tombstone of the same group could not be deleted."""
     return f"tombstone-group-{group_id}-{os.urandom(4).hex()}"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _hard_state_record(hard_state: HardState) -> bytes:
@@ -285,6 +296,57 @@ def _compact_record(index: int) -> bytes:
     return _U64.pack(_xxh3(body)) + body
 
 
+class _Records:
+    """This log's record framing, as `seglog.RecordScan` reads it (a
+    `seglog.RecordCodec` of record types): `read` checks the length against
+    the end of the file and the checksum, and leaves the type and body to
+    replay."""
+
+    __slots__ = ()
+
+    def read(self, data: bytes, view: memoryview, pos: int) -> tuple[int, int]:
+        end = len(data)
+        if end - pos < RECORD_HEADER_SIZE:
+            raise BadRecord("record header cut short by the end of the file")
+        checksum, length, record_type = _RECORD_HEADER.unpack_from(data, pos)
+        record_end = pos + RECORD_HEADER_SIZE + length
+        if record_end > end:
+            raise BadRecord("record cut short by the end of the file")
+        if _xxh3(view[pos + 8 : record_end]) != checksum:
+            raise BadRecord("checksum mismatch")
+        return record_type, record_end
+
+    def record_after(self, data: bytes, start: int) -> int | None:
+        """The first byte offset >= start where a valid record starts, if any."""
+        view = memoryview(data)
+        type_offset = RECORD_HEADER_SIZE - 1
+        for pos in range(start, len(data) - RECORD_HEADER_SIZE + 1):
+            # Cheap filter first: most offsets do not even hold a known type.
+            if data[pos + type_offset] in _BODY_SIZES and _valid_record_at(data, view, pos):
+                return pos
+        return None
+
+    def torn_append(self, data: bytes, pos: int) -> bool:
+        """Whether the bytes from the bad record at `pos` to the end of the last
+        segment are what a crash leaves of an unsynced append (see the module
+        docstring); seglog has checked that no valid record follows."""
+        end = len(data)
+        if end - pos < RECORD_HEADER_SIZE:
+            return True  # a record header cut short by the end of the file
+        _, length, record_type = _RECORD_HEADER.unpack_from(data, pos)
+        body_size = _BODY_SIZES.get(record_type)
+        plausible = body_size is not None and (
+            length >= body_size if record_type == RECORD_ENTRY else length == body_size
+        )
+        if not plausible:
+            return zeros_from(data, pos + RECORD_HEADER_SIZE)
+        record_end = pos + RECORD_HEADER_SIZE + length
+        return record_end > end or zeros_from(data, record_end)
+
+
+_RECORDS = _Records()
+
+
 def _valid_record_at(buf: bytes, view: memoryview, pos: int) -> bool:
     """Whether a well-formed record with a matching checksum starts at `pos`."""
     end = len(buf)
@@ -300,44 +362,11 @@ def _valid_record_at(buf: bytes, view: memoryview, pos: int) -> bool:
     return record_end <= end and _xxh3(view[pos + 8 : record_end]) == checksum
 
 
-def _valid_record_after(buf: bytes, start: int) -> int | None:
-    """The first byte offset >= start where a valid record starts, if any."""
-    view = memoryview(buf)
-    type_offset = RECORD_HEADER_SIZE - 1
-    for pos in range(start, len(buf) - RECORD_HEADER_SIZE + 1):
-        # Cheap filter first: most offsets do not even hold a known type.
-        if buf[pos + type_offset] in _BODY_SIZES and _valid_record_at(buf, view, pos):
-            return pos
-    return None
-
-
 def _corruption(path: str, offset: int, problem: str) -> LogCorruptionError:
     return LogCorruptionError(
         f"{path}: {problem} at byte offset {offset}; the Raft log of this group is "
         "damaged: restore the node's data from a backup or let it rejoin from a peer"
     )
-
-
-def _is_torn_tail(buf: bytes, pos: int) -> bool:
-    """Whether the bytes from the bad record at `pos` to the end of the last
-    segment are what a crash leaves of an unsynced append (see the module
-    docstring); the caller has checked that no valid record follows."""
-    end = len(buf)
-    if end - pos < RECORD_HEADER_SIZE:
-        return True  # a record header cut short by the end of the file
-    _, length, record_type = _RECORD_HEADER.unpack_from(buf, pos)
-    body_size = _BODY_SIZES.get(record_type)
-    plausible = body_size is not None and (
-        length >= body_size if record_type == RECORD_ENTRY else length == body_size
-    )
-    if not plausible:
-        return _zeros_from(buf, pos + RECORD_HEADER_SIZE)
-    record_end = pos + RECORD_HEADER_SIZE + length
-    return record_end > end or _zeros_from(buf, record_end)
-
-
-def _zeros_from(buf: bytes, start: int) -> bool:
-    return buf.count(0, start) == max(len(buf) - start, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +396,7 @@ class _ImageWriter(io.RawIOBase):
 
     def _emit(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
 
     def writable(self) -> bool:
         return True
@@ -388,7 +417,7 @@ class _ImageWriter(io.RawIOBase):
 
     def finish(self) -> None:
         self._emit(_U64.pack(self.data_size))
-        _write_all(self._fd, _U64.pack(self._hash.intdigest()))
+        write_all(self._fd, _U64.pack(self._hash.intdigest()))
 
 
 class _SnapshotData(io.RawIOBase):
@@ -885,7 +914,7 @@ class FileGroupLog:
                 f"group {self.group_id}: a snapshot chunk at offset {chunk.offset} does not "
                 "continue the snapshot being received"
             )
-        _write_all(incoming.fd, chunk.data)
+        write_all(incoming.fd, chunk.data)
         incoming.size += len(chunk.data)
         incoming.done = chunk.done
 
@@ -979,7 +1008,7 @@ class FileGroupLog:
 
     def _adopt_snapshot(self, snapshot: _SnapshotFile, keeps_log: bool) -> None:
         """`snapshot`, just renamed into place, becomes the snapshot."""
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
         previous = self._snapshot
         fd = os.open(snapshot.path, os.O_RDONLY)
         if self._snapshot_fd >= 0:
@@ -987,7 +1016,7 @@ class FileGroupLog:
         self._snapshot, self._snapshot_meta, self._snapshot_fd = snapshot, snapshot.meta, fd
         if previous is not None:
             os.unlink(previous.path)
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
         if not keeps_log:
             self._restart_log(snapshot.meta)
 
@@ -1005,22 +1034,24 @@ class FileGroupLog:
         return self._new_segment(b"")
 
     def _new_segment(self, extra: bytes) -> _Segment:
-        """Create and activate the next segment, opening with the hard state and `extra`."""
+        """Create and activate the next segment, opening with the hard state and
+        `extra`: its name is durable on return, its bytes at the next sync. If
+        creating it fails, the file is gone and the log is as it was."""
         seq = self._segments[-1].seq + 1 if self._segments else 1
-        path = os.path.join(self.directory, segment_name(seq))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        seg = _Segment(seq, path, fd, 0)
+        name = segment_name(seq)
+        header = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, self.group_id, seq)
+        first = header + _hard_state_record(self._hard_state) + extra
+        fd = create_segment(self.directory, name, first, append=True)
+        seg = _Segment(seq, os.path.join(self.directory, name), fd, len(first))
         self._segments.append(seg)
         self._by_seq[seq] = seg
-        header = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, self.group_id, seq)
-        self._write(seg, header + _hard_state_record(self._hard_state) + extra)
-        _fsync_dir(self.directory)
+        self._store._mark_dirty(seg)
         return seg
 
     def _write(self, seg: _Segment, data: bytes) -> None:
         self._store._mark_dirty(seg)
         try:
-            _write_all(seg.fd, data)
+            write_all(seg.fd, data)
         except OSError:
             # Undo a partial record, or later records would follow garbage.
             try:
@@ -1101,7 +1132,7 @@ class FileGroupLog:
             del self._by_seq[seg.seq]
             os.close(seg.fd)
             os.unlink(seg.path)
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
 
     def _read_from_segments(self, lo: int, hi: int) -> list[Entry]:
         """Entries [lo, hi) read back from their segments, checksums verified."""
@@ -1185,8 +1216,8 @@ class FileGroupLog:
         snapshots: list[int] = []
         leftovers: list[str] = []
         for name in os.listdir(self.directory):
-            if match := _SEGMENT_NAME.fullmatch(name):
-                seqs.append(int(match.group(1)))
+            if (parsed := SEGMENT_NAMES.parse(name)) is not None:
+                seqs.append(parsed[0])
             elif match := _SNAPSHOT_NAME.fullmatch(name):
                 snapshots.append(int(match.group(1)))
             elif name.endswith(".snap.tmp"):
@@ -1259,13 +1290,13 @@ class FileGroupLog:
         for name in leftovers:
             os.unlink(os.path.join(self.directory, name))
         if leftovers:
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
         if drop_last:
             seg = self._segments.pop()
             del self._by_seq[seg.seq]
             os.close(seg.fd)
             os.unlink(seg.path)
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
         elif torn_at is not None:
             seg = self._segments[-1]
             os.ftruncate(seg.fd, torn_at)
@@ -1295,8 +1326,8 @@ class FileGroupLog:
         Any other bytes are not ours to delete: replay reports them."""
         if len(buf) < SEGMENT_HEADER_SIZE:
             header = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, self.group_id, seq)
-            return header.startswith(buf) or not any(buf)
-        return _zeros_from(buf, 0)
+            return never_written(buf, header)
+        return zeros_from(buf, 0)
 
     def _replay_segment(
         self, seg: _Segment, buf: bytes, is_last: bool, replay: _Replay
@@ -1318,64 +1349,33 @@ class FileGroupLog:
             raise _corruption(path, 0, "bad segment magic or format version")
         if group_id != self.group_id or seq != seg.seq:
             raise _corruption(path, 8, f"header names group {group_id} segment {seq}")
-        view = memoryview(buf)
-        end = len(buf)
-        pos = SEGMENT_HEADER_SIZE
         has_hard_state = False
-        unpack_header = _RECORD_HEADER.unpack_from
-        while pos < end:
-            if end - pos < RECORD_HEADER_SIZE:
-                problem = "record header cut short by the end of the file"
-            else:
-                checksum, length, record_type = unpack_header(buf, pos)
-                record_end = pos + RECORD_HEADER_SIZE + length
-                if record_end > end:
-                    problem = "record cut short by the end of the file"
-                elif _xxh3(view[pos + 8 : record_end]) != checksum:
-                    problem = "checksum mismatch"
+        scan = RecordScan(buf, SEGMENT_HEADER_SIZE, _RECORDS, is_last=is_last)
+        try:
+            for record_type, pos, record_end in scan:
+                body = pos + RECORD_HEADER_SIZE
+                length = record_end - body
+                if record_type == RECORD_ENTRY and length >= _ENTRY_FIELDS.size:
+                    index, term, kind = _ENTRY_FIELDS.unpack_from(buf, body)
+                    if kind not in _KINDS:
+                        raise _corruption(path, pos, f"unknown entry kind {kind}")
+                    replay.entry(index, term, seg, pos, length - _ENTRY_FIELDS.size)
+                elif record_type == RECORD_HARD_STATE and length == _HARD_STATE_FIELDS.size:
+                    replay.hard_state = HardState(*_HARD_STATE_FIELDS.unpack_from(buf, body))
+                    has_hard_state = True
+                elif record_type == RECORD_LOG_RESET and length == _LOG_RESET_FIELDS.size:
+                    index, term = _LOG_RESET_FIELDS.unpack_from(buf, body)
+                    replay.reset(index, term, seg, pos)
+                elif record_type == RECORD_COMPACT and length == _COMPACT_FIELDS.size:
+                    (index,) = _COMPACT_FIELDS.unpack_from(buf, body)
+                    replay.compacted = max(replay.compacted, index)
                 else:
-                    body = pos + RECORD_HEADER_SIZE
-                    if record_type == RECORD_ENTRY and length >= _ENTRY_FIELDS.size:
-                        index, term, kind = _ENTRY_FIELDS.unpack_from(buf, body)
-                        if kind not in _KINDS:
-                            raise _corruption(path, pos, f"unknown entry kind {kind}")
-                        replay.entry(index, term, seg, pos, length - _ENTRY_FIELDS.size)
-                    elif record_type == RECORD_HARD_STATE and length == _HARD_STATE_FIELDS.size:
-                        replay.hard_state = HardState(*_HARD_STATE_FIELDS.unpack_from(buf, body))
-                        has_hard_state = True
-                    elif record_type == RECORD_LOG_RESET and length == _LOG_RESET_FIELDS.size:
-                        index, term = _LOG_RESET_FIELDS.unpack_from(buf, body)
-                        replay.reset(index, term, seg, pos)
-                    elif record_type == RECORD_COMPACT and length == _COMPACT_FIELDS.size:
-                        (index,) = _COMPACT_FIELDS.unpack_from(buf, body)
-                        replay.compacted = max(replay.compacted, index)
-                    else:
-                        raise _corruption(
-                            path, pos, f"record of type {record_type} with {length} bytes"
-                        )
-                    pos = record_end
-                    continue
-            if not is_last:
-                raise _corruption(path, pos, f"{problem} in a sealed segment")
-            following = _valid_record_after(buf, pos + 1)
-            if following is not None:
-                raise _corruption(
-                    path, pos, f"{problem}, followed by a valid record at {following}"
-                )
-            if not _is_torn_tail(buf, pos):
-                raise _corruption(
-                    path, pos, f"{problem}, followed by bytes that are not a record of this log"
-                )
-            return pos, has_hard_state
-        return None, has_hard_state
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    written = os.write(fd, data)
-    if written < len(data):
-        view = memoryview(data)
-        while written < len(data):
-            written += os.write(fd, view[written:])
+                    raise _corruption(
+                        path, pos, f"record of type {record_type} with {length} bytes"
+                    )
+        except DamagedRecord as exc:
+            raise _corruption(path, exc.offset, str(exc)) from exc
+        return (scan.end if scan.torn else None), has_hard_state
 
 
 class LogStore:
@@ -1420,12 +1420,9 @@ class LogStore:
         self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         self._lock_fd = -1
         try:
-            self._lock_fd = os.open(os.path.join(self.directory, "LOCK"), os.O_RDWR | os.O_CREAT)
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
+                self._lock_fd = lock_directory(self.directory)
+            except DirectoryLocked:
                 raise LogError(
                     f"{self.directory} is in use by another LogStore; close it first"
                 ) from None
@@ -1550,14 +1547,14 @@ class LogStore:
         syncfs = _syncfs
         if len(segments) == 1:
             for seg in segments:
-                os.fdatasync(seg.fd)
+                durable_write(seg.fd)
             self.fsync_count += 1
         elif syncfs is not None:
             syncfs(self._dir_fd)
             self.fsync_count += 1
         else:
             for seg in segments:
-                os.fdatasync(seg.fd)
+                durable_write(seg.fd)
                 self.fsync_count += 1
 
     def _sync_segments(self, segments: Collection[_Segment]) -> None:
