@@ -9,6 +9,10 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
     34  MutableObject     [object id, class name]   (a reference; the state is
                           in the database's object table)
     35  Literal           pointer of the atom holding the str/bytes value
+    36  DBObject run      a leaf's values when they are all DBObjects:
+                          [[class name, ...], [name index, {attribute: value}, ...]]
+                          (one extension per leaf instead of one per object;
+                          decodes to the list of objects)
 
 `AtomWriter` turns the values of one commit into the atoms of its batch:
 every node or literal not yet stored in *this* space gets the next index of
@@ -45,6 +49,73 @@ EXT_OBJECT = 32
 EXT_COLLECTION = 33
 EXT_MUTABLE_REF = 34
 EXT_LITERAL = 35
+EXT_OBJECT_RUN = 36
+
+MIN_OBJECT_RUN = 2
+"""A leaf holding at least this many values, all DBObjects, stores them as one run."""
+
+
+class _ObjectRun:
+    """The DBObject values of one leaf, encoded as one extension (code 36)."""
+
+    __slots__ = ("objects",)
+
+    def __init__(self, objects: list[DBObject]) -> None:
+        self.objects = objects
+
+
+def _leaf_payload(payload: list[Any]) -> list[Any]:
+    """`payload` with a leaf's values given as one object run when they are all DBObjects."""
+    tag = payload[0]
+    if tag == 0 or tag == 1:
+        at = 2 if tag == 0 else 1
+        values = payload[at]
+        if len(values) >= MIN_OBJECT_RUN and all(isinstance(v, DBObject) for v in values):
+            payload = list(payload)
+            payload[at] = _ObjectRun(values)
+    return payload
+
+
+def _encode_run(run: _ObjectRun) -> list[Any]:
+    names: dict[str, int] = {}
+    flat: list[Any] = []
+    append = flat.append
+    last_kind: type | None = None
+    last_index = 0
+    for obj in run.objects:
+        kind = type(obj)
+        if kind is not last_kind or kind is UnknownObject:
+            name = class_name(obj)
+            last_index = names.setdefault(name, len(names))
+            last_kind = kind
+        append(last_index)
+        append(obj._attrs)
+    return [list(names), flat]
+
+
+def _decode_run(plain: Any) -> list[Any]:
+    if type(plain) is not list or len(plain) != 2:
+        raise ValueError("an object run is [class names, objects]")
+    names, flat = plain
+    if type(names) is not list or type(flat) is not list or len(flat) % 2:
+        raise ValueError("an object run holds a name list and index/attribute pairs")
+    makers: list[Any] = []
+    for name in names:
+        if type(name) is not str:
+            raise ValueError("an object run's class names are str")
+        cls = resolve_class(name, DBObject)
+        if cls is None:
+            makers.append(lambda attrs, name=name: UnknownObject._pb_with_name(name, attrs))
+        else:
+            makers.append(cls._pb_from_state)
+    objects = []
+    append = objects.append
+    for position in range(0, len(flat), 2):
+        attrs = flat[position + 1]
+        if type(attrs) is not dict:
+            raise ValueError("an object's attributes are a map")
+        append(makers[flat[position]](attrs))
+    return objects
 
 
 class SnapshotContext(Protocol):
@@ -128,7 +199,9 @@ class AtomWriter:
             raise _foreign("collection")
         pointer, fresh = self._reserve(node)
         if fresh:
-            self._encode_atom(pointer.index, lambda: node.payload(self._child_pointer))
+            self._encode_atom(
+                pointer.index, lambda: _leaf_payload(node.payload(self._child_pointer))
+            )
         return pointer
 
     def _child_pointer(self, child: Any) -> AtomPointer:
@@ -145,6 +218,8 @@ class AtomWriter:
         return pointer
 
     def encode_extension(self, value: Any) -> tuple[int, Any] | None:
+        if type(value) is _ObjectRun:
+            return EXT_OBJECT_RUN, _encode_run(value)
         if isinstance(value, DBObject):
             return EXT_OBJECT, [class_name(value), value._attrs]
         if isinstance(value, PersistentCollection):
@@ -256,6 +331,8 @@ class AtomReader:
                 if cls is None:
                     return UnknownObject._pb_with_name(name, attrs)
                 return cls._pb_from_state(attrs)  # type: ignore[attr-defined]
+            if code == EXT_OBJECT_RUN:
+                return _decode_run(plain)
             if code == EXT_COLLECTION:
                 if type(plain) is not list or len(plain) not in (4, 5):
                     raise ValueError("a collection descriptor has 4 or 5 fields")
