@@ -107,8 +107,8 @@ def _decode_run(plain: Any) -> list[Any]:
         if cls is None:
             makers.append(lambda attrs, name=name: UnknownObject._pb_with_name(name, attrs))
         else:
-            makers.append(cls._pb_from_state)
-    objects = []
+            makers.append(cls._pb_from_state)  # type: ignore[attr-defined]  # a DBObject class
+    objects: list[Any] = []
     append = objects.append
     for position in range(0, len(flat), 2):
         attrs = flat[position + 1]
