@@ -22,7 +22,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .atoms import AtomPointer
 from .collections.ordering import canonical_bytes, sort_key
@@ -67,7 +67,10 @@ def class_name(obj: Any) -> str:
     return registry.name_of(kind)
 
 
-def resolve_class(name: str, base: type) -> type | None:
+C = TypeVar("C")
+
+
+def resolve_class(name: str, base: type[C]) -> type[C] | None:
     """The registered class for `name` if it derives from `base`; None otherwise."""
     cls = registry.lookup(name)
     if cls is None or not issubclass(cls, base):
@@ -78,7 +81,7 @@ def resolve_class(name: str, base: type) -> type | None:
             stacklevel=4,
         )
         return None
-    return cls
+    return cls  # a subclass of base, checked above
 
 
 def _attributes_repr(attrs: dict[str, Any]) -> str:

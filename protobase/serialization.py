@@ -107,7 +107,7 @@ def _decode_run(plain: Any) -> list[Any]:
         if cls is None:
             makers.append(lambda attrs, name=name: UnknownObject._pb_with_name(name, attrs))
         else:
-            makers.append(cls._pb_from_state)  # type: ignore[attr-defined]  # a DBObject class
+            makers.append(cls._pb_from_state)
     objects: list[Any] = []
     append = objects.append
     for position in range(0, len(flat), 2):
@@ -327,29 +327,31 @@ class AtomReader:
                 name, attrs = plain
                 if type(name) is not str or type(attrs) is not dict:
                     raise ValueError("object extension needs a name and an attribute map")
-                cls = resolve_class(name, DBObject)
-                if cls is None:
+                object_class = resolve_class(name, DBObject)
+                if object_class is None:
                     return UnknownObject._pb_with_name(name, attrs)
-                return cls._pb_from_state(attrs)  # type: ignore[attr-defined]
+                return object_class._pb_from_state(attrs)
             if code == EXT_OBJECT_RUN:
                 return _decode_run(plain)
             if code == EXT_COLLECTION:
                 if type(plain) is not list or len(plain) not in (4, 5):
                     raise ValueError("a collection descriptor has 4 or 5 fields")
                 kind, root, count, meta = plain[:4]
-                cls = PersistentCollection._registry.get(kind)
-                if cls is None:
+                collection_class = PersistentCollection._registry.get(kind)
+                if collection_class is None:
                     raise ValueError(f"unknown collection kind {kind!r}")
                 if root is not None and type(root) is not AtomPointer:
                     raise ValueError("collection root is not a pointer")
                 indexes = _decode_indexes(plain[4]) if len(plain) == 5 else ()
-                return cls._pb_from_descriptor(root, int(count), meta, self._context, indexes)
+                return collection_class._pb_from_descriptor(
+                    root, int(count), meta, self._context, indexes
+                )
             if code == EXT_MUTABLE_REF:
                 oid, name = plain
                 if type(oid) is not bytes or type(name) is not str:
                     raise ValueError("mutable object reference needs an id and a class name")
-                cls = resolve_class(name, MutableObject) or UnknownMutableObject
-                return self._context.mutable_for(oid, cls, name)
+                mutable_class = resolve_class(name, MutableObject) or UnknownMutableObject
+                return self._context.mutable_for(oid, mutable_class, name)
             if code == EXT_LITERAL:
                 if type(plain) is not AtomPointer:
                     raise ValueError("literal extension does not hold a pointer")
