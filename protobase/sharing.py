@@ -120,11 +120,15 @@ def shared_form(node: Node) -> Node | NodeTemplate | None:
     if node.height or node.pointer is None:
         return None
     scalars = _FROZEN_SCALARS
-    for key in node.keys or ():
-        if type(key) not in scalars and not _frozen(key):
-            return None
+    keys = node.keys
+    if keys is not None and not scalars.issuperset(map(type, keys)):
+        for key in keys:
+            if type(key) not in scalars and not _frozen(key):
+                return None
     values = node.values
     assert values is not None
+    if scalars.issuperset(map(type, values)):  # the common case, checked in C
+        return node
     positions = []
     for position, value in enumerate(values):
         if type(value) in scalars or _frozen(value):
