@@ -11,34 +11,18 @@ In an atom, a collection is stored inline as its *descriptor*:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..atoms import AtomPointer
-from ..errors import QueryError, TransactionClosedError
+from ..errors import QueryError
 from ..values import Storable, storable
-from .btree import Node, NodeLoader, same_node
+from .btree import DETACHED, Node, NodeLoader, same_node
 from .fields import Path, parse_path, path_text
 from .indexes import Index, IndexSpec
 
 if TYPE_CHECKING:
     from typing import Self
-
-
-class DetachedLoader:
-    """The loader of a collection built outside any transaction: it has no stored nodes."""
-
-    def load_node(self, pointer: AtomPointer) -> Node:
-        raise TransactionClosedError(
-            f"node {pointer} cannot be loaded: this collection is not attached to a "
-            "transaction; read it again through a transaction"
-        )
-
-    def load_nodes(self, pointers: Sequence[AtomPointer]) -> list[Node]:
-        return [self.load_node(p) for p in pointers]
-
-
-DETACHED = DetachedLoader()
 
 
 class PersistentCollection(Storable):
@@ -103,10 +87,12 @@ class PersistentCollection(Storable):
     def _copy_with(self, root: Node | AtomPointer | None, indexes: tuple[Index, ...]) -> Self:
         obj = self.__class__.__new__(self.__class__)
         obj._root = root
-        if type(root) is AtomPointer:
+        if root is None:
+            obj._count = 0
+        elif isinstance(root, Node):
+            obj._count = root.total
+        else:  # a stored root, not loaded: the count is known without loading it
             obj._count = self._count
-        else:
-            obj._count = 0 if root is None else root.total  # type: ignore[union-attr]
         obj._loader = self._loader
         obj._indexes = indexes
         obj._pb_set_meta(self._pb_meta())
@@ -174,13 +160,6 @@ class PersistentCollection(Storable):
         if factory is None:
             raise QueryError("protobase.query is not loaded; import protobase first")
         return factory(self)
-
-    def _node(self) -> Node | None:
-        root = self._root
-        if type(root) is AtomPointer:
-            root = self._loader.load_node(root)
-            self._root = root
-        return root  # type: ignore[return-value]
 
     @staticmethod
     def _check(value: Any, where: str) -> Any:

@@ -7,10 +7,19 @@ key (so keys are found without loading siblings).
 
 Two flavours share the code:
 
-- **keyed** trees (Dictionary, HashDictionary, Set, CountedSet): leaves hold
-  ``keys`` and ``values`` sorted by ``keyfn(key)``; a key appears once.
+- **keyed** trees (Dictionary, HashDictionary, Set, CountedSet, index trees):
+  leaves hold ``keys`` and ``values`` sorted by ``keyfn(key)``; a key
+  appears once.
 - **positional** trees (List): leaves hold ``values`` only; the position of
   an entry is the number of entries before it.
+
+so a node has one of four shapes, each a class of its own: `KeyedLeaf`,
+`KeyedInternal`, `PositionalLeaf` and `PositionalInternal` (`KeyedNode` and
+`PositionalNode` name the two flavours). All four derive from `Node`, which
+is what code that does not care about the shape sees (the loader, the
+writer); `Node.keys` and `Node.values` read None on a shape without them.
+A child loaded from an atom of the wrong shape or height for its place is a
+`CorruptionError`, so the code of a flavour only ever meets its own shapes.
 
 Invariants:
 
@@ -24,8 +33,10 @@ Invariants:
 3. Every node but the root holds at least `MIN_WIDTH` entries or children;
    all leaves are at the same depth (height 0); a node's ``total`` is the
    number of entries below it.
-4. A child is either a loaded `Node` or the `AtomPointer` of a stored one;
+4. A child is either a loaded node or the `AtomPointer` of a stored one;
    replacing the pointer by the node it names changes nothing observable.
+5. A keyed node's sort key cache (``_skeys``), when present, is
+   ``[keyfn(key) for key in keys]``; mutators keep it so or drop it.
 
 Node atom payloads (msgpack, see `protobase.codec`)::
 
@@ -43,11 +54,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, Self, TypeAlias, TypeVar, final
 
 from ..atoms import AtomPointer
 from ..codec import POINTER_STRUCT as _POINTER
-from ..errors import CorruptionError
+from ..errors import CorruptionError, TransactionClosedError
 
 MAX_WIDTH = 64
 MIN_WIDTH = MAX_WIDTH // 4
@@ -76,90 +87,72 @@ class NodeLoader(Protocol):
     def load_nodes(self, pointers: Sequence[AtomPointer]) -> list[Node]: ...
 
 
+class DetachedLoader:
+    """The loader of a tree built outside any transaction: it has no stored nodes."""
+
+    def load_node(self, pointer: AtomPointer) -> Node:
+        raise TransactionClosedError(
+            f"node {pointer} cannot be loaded: this collection is not attached to a "
+            "transaction; read it again through a transaction"
+        )
+
+    def load_nodes(self, pointers: Sequence[AtomPointer]) -> list[Node]:
+        return [self.load_node(p) for p in pointers]
+
+
+DETACHED = DetachedLoader()
+
+
+# -- the node shapes ----------------------------------------------------------------
+
+
 class Node:
-    """One tree node; see the module docstring for its invariants."""
+    """What every node shape has; see the module docstring for the invariants.
 
-    __slots__ = (
-        "_skeys",
-        "children",
-        "edit",
-        "height",
-        "keys",
-        "origin",
-        "pointer",
-        "sizes",
-        "total",
-        "values",
-    )
+    Not instantiated itself: a node is a `KeyedLeaf`, `KeyedInternal`,
+    `PositionalLeaf` or `PositionalInternal`.
+    """
 
-    def __init__(
-        self,
-        height: int,
-        keys: list[Any] | None,
-        values: list[Any] | None = None,
-        children: list[Any] | None = None,
-        sizes: list[int] | None = None,
-        edit: object | None = None,
-        origin: object | None = None,
-    ) -> None:
-        self.height = height
-        self.keys = keys
-        self.values = values
-        self.children = children
-        self.sizes = sizes
-        self.total = len(values) if height == 0 else sum(sizes or ())  # type: ignore[arg-type]
-        self.edit = edit
-        self.origin = origin
-        self.pointer: AtomPointer | None = None
-        self._skeys: list[Any] | None = None
+    __slots__ = ("edit", "origin", "pointer", "total")
+
+    edit: object | None
+    """The token of the bulk operation that may still change the node in place."""
+    origin: object | None
+    """The space the node was stored in or loaded from (None: never stored)."""
+    pointer: AtomPointer | None
+    """The atom holding the node, once it is stored."""
+    total: int
+    """The number of entries below the node."""
+    height: int
+    """0 for a leaf; the children of an internal node are one lower."""
+
+    # Readers that do not care about the shape (the commit's walk for new
+    # objects, the shared node cache) read these of any node; the shapes that
+    # have them define slots of the same names.
+    keys: list[Any] | None = None
+    values: list[Any] | None = None
 
     @property
     def width(self) -> int:
-        return len(self.values) if self.height == 0 else len(self.children)  # type: ignore[arg-type]
+        """The number of entries (leaf) or children (internal node)."""
+        raise NotImplementedError
 
-    def skeys(self, keyfn: KeyFn) -> list[Any]:
-        """Sort keys of ``self.keys``, computed once per node."""
-        if self._skeys is None:
-            self._skeys = list(map(keyfn, self.keys))  # type: ignore[arg-type]
-        return self._skeys
+    def clone(self, edit: object | None) -> Self:
+        """An unstored copy that bulk operation `edit` may change in place."""
+        raise NotImplementedError
 
-    def child(self, index: int, loader: NodeLoader) -> Node:
-        child = self.children[index]  # type: ignore[index]
-        if type(child) is AtomPointer:
-            child = loader.load_node(child)
-            self.children[index] = child  # type: ignore[index]
-        return child
+    def split(self, at_end: bool) -> Self:
+        """Cut this node (editable) in two; returns the new right half.
 
-    def load_children(self, loader: NodeLoader, start: int = 0, stop: int | None = None) -> None:
-        """Load the children in ``[start, stop)`` with one batched read."""
-        children = self.children
-        assert children is not None
-        stop = len(children) if stop is None else stop
-        wanted = [i for i in range(start, stop) if type(children[i]) is AtomPointer]
-        if wanted:
-            loaded = loader.load_nodes([children[i] for i in wanted])
-            for i, node in zip(wanted, loaded, strict=True):
-                children[i] = node
+        When the last insertion was at the end (sequential loading), this
+        node keeps all but `MIN_WIDTH` entries, so appends leave nodes about
+        three quarters full behind them and the new node is not underfull.
+        """
+        raise NotImplementedError
 
-    def clone(self, edit: object | None) -> Node:
-        copy = Node.__new__(Node)
-        copy.height = self.height
-        copy.keys = None if self.keys is None else list(self.keys)
-        copy.values = None if self.values is None else list(self.values)
-        copy.children = None if self.children is None else list(self.children)
-        copy.sizes = None if self.sizes is None else list(self.sizes)
-        copy.total = self.total
-        copy.edit = edit
-        copy.origin = self.origin
-        copy.pointer = None
-        copy._skeys = None if self._skeys is None else list(self._skeys)
-        return copy
-
-    def identity(self) -> object:
-        """Equal for two references to the same stored or in-memory node."""
-        return self.pointer if self.pointer is not None else self
-
-    # -- encoding -----------------------------------------------------------
+    def absorb(self, right: Self) -> None:
+        """Append all of `right` to this node (editable)."""
+        raise NotImplementedError
 
     def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
         """The atom payload; ``ref`` turns each child into its pointer.
@@ -168,43 +161,42 @@ class Node:
         AtomPointer (``ref`` returns it as it is), so that the writer sees
         every pointer the atom holds (its links).
         """
-        if self.height == 0:
-            if self.keys is None:
-                return [1, self.values]
-            return [0, self.keys, self.values]
-        pack = _POINTER.pack
-        children = b"".join(
-            [
-                pack(*ref(child))
-                for child in self.children  # type: ignore[union-attr]
-            ]
-        )
-        if self.keys is None:
-            return [3, self.height, self.sizes, children]
-        return [2, self.height, self.sizes, children, self.keys]
+        raise NotImplementedError
+
+    def identity(self) -> object:
+        """Equal for two references to the same stored or in-memory node."""
+        return self.pointer if self.pointer is not None else self
 
     @staticmethod
     def from_payload(payload: Any, pointer: AtomPointer, origin: object) -> Node:
+        """The node stored as `payload` at `pointer`; CorruptionError when malformed."""
+        node: Node
         try:
             tag = payload[0]
             if tag == 0:
-                node = Node(0, list(payload[1]), list(payload[2]))
-                if len(node.keys) != len(node.values):  # type: ignore[arg-type]
+                keys, values = list(payload[1]), list(payload[2])
+                if len(keys) != len(values):
                     raise ValueError("keys and values differ in length")
+                node = KeyedLeaf(keys, values)
             elif tag == 1:
-                node = Node(0, None, list(payload[1]))
-            elif tag in (2, 3):
+                node = PositionalLeaf(list(payload[1]))
+            elif tag == 2 or tag == 3:
                 height, sizes = payload[1], list(payload[2])
                 blob = payload[3]
                 if type(blob) is not bytes or len(blob) % _POINTER.size:
                     raise ValueError("children are not a packed pointer array")
                 children: list[Any] = [AtomPointer(t, i) for t, i in _POINTER.iter_unpack(blob)]
-                keys = list(payload[4]) if tag == 2 else None
                 if not (isinstance(height, int) and height > 0):
                     raise ValueError(f"bad height {height!r}")
-                if len(sizes) != len(children) or (keys is not None and len(keys) != len(sizes)):
+                if len(sizes) != len(children):
                     raise ValueError("sizes, children and keys differ in length")
-                node = Node(height, keys, None, children, sizes)
+                if tag == 2:
+                    keys = list(payload[4])
+                    if len(keys) != len(sizes):
+                        raise ValueError("sizes, children and keys differ in length")
+                    node = KeyedInternal(height, keys, children, sizes)
+                else:
+                    node = PositionalInternal(height, children, sizes)
             else:
                 raise ValueError(f"unknown node tag {tag!r}")
         except (TypeError, ValueError, IndexError) as exc:
@@ -214,6 +206,430 @@ class Node:
         return node
 
 
+def _cut(width: int, at_end: bool) -> int:
+    """Where `Node.split` cuts a node of `width`."""
+    return width - MIN_WIDTH if at_end else width // 2
+
+
+@final
+class KeyedLeaf(Node):
+    """A leaf of a keyed tree: ``keys[i]`` maps to ``values[i]``, in ``keyfn`` order."""
+
+    __slots__ = ("_skeys", "keys", "values")
+
+    keys: list[Any]
+    values: list[Any]
+    _skeys: list[Any] | None
+    height = 0
+
+    def __init__(
+        self,
+        keys: list[Any],
+        values: list[Any],
+        edit: object | None = None,
+        origin: object | None = None,
+        skeys: list[Any] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.values = values
+        self.total = len(values)
+        self.edit = edit
+        self.origin = origin
+        self.pointer = None
+        self._skeys = skeys
+
+    @property
+    def width(self) -> int:
+        return len(self.values)
+
+    def skeys(self, keyfn: KeyFn) -> list[Any]:
+        """Sort keys of ``self.keys``, computed once per node."""
+        if self._skeys is None:
+            self._skeys = list(map(keyfn, self.keys))
+        return self._skeys
+
+    def clone(self, edit: object | None) -> KeyedLeaf:
+        skeys = self._skeys
+        return KeyedLeaf(
+            list(self.keys),
+            list(self.values),
+            edit,
+            self.origin,
+            None if skeys is None else list(skeys),
+        )
+
+    def split(self, at_end: bool) -> KeyedLeaf:
+        cut = _cut(len(self.values), at_end)
+        skeys = self._skeys
+        right = KeyedLeaf(
+            self.keys[cut:],
+            self.values[cut:],
+            self.edit,
+            self.origin,
+            None if skeys is None else skeys[cut:],
+        )
+        del self.keys[cut:]
+        del self.values[cut:]
+        if skeys is not None:
+            del skeys[cut:]
+        self.total -= right.total
+        return right
+
+    def absorb(self, right: KeyedLeaf) -> None:
+        self.keys.extend(right.keys)
+        self.values.extend(right.values)
+        self._skeys = _joined_skeys(self._skeys, right._skeys)
+        self.total += right.total
+
+    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
+        return [0, self.keys, self.values]
+
+
+@final
+class PositionalLeaf(Node):
+    """A leaf of a positional tree: its values, in order."""
+
+    __slots__ = ("values",)
+
+    values: list[Any]
+    height = 0
+
+    def __init__(
+        self, values: list[Any], edit: object | None = None, origin: object | None = None
+    ) -> None:
+        self.values = values
+        self.total = len(values)
+        self.edit = edit
+        self.origin = origin
+        self.pointer = None
+
+    @property
+    def width(self) -> int:
+        return len(self.values)
+
+    def clone(self, edit: object | None) -> PositionalLeaf:
+        return PositionalLeaf(list(self.values), edit, self.origin)
+
+    def split(self, at_end: bool) -> PositionalLeaf:
+        cut = _cut(len(self.values), at_end)
+        right = PositionalLeaf(self.values[cut:], self.edit, self.origin)
+        del self.values[cut:]
+        self.total -= right.total
+        return right
+
+    def absorb(self, right: PositionalLeaf) -> None:
+        self.values.extend(right.values)
+        self.total += right.total
+
+    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
+        return [1, self.values]
+
+
+C = TypeVar("C", bound=Node)
+"""The shape of an internal node's children (its flavour's `KeyedNode` or `PositionalNode`)."""
+
+
+class Internal(Node, Generic[C]):
+    """What both internal shapes have: children (nodes or pointers) and their sizes."""
+
+    __slots__ = ("children", "height", "sizes")
+
+    children: list[C | AtomPointer]
+    sizes: list[int]
+    """``sizes[i]`` is the ``total`` of child i."""
+
+    @property
+    def width(self) -> int:
+        return len(self.children)
+
+    def child(self, index: int, loader: NodeLoader) -> C:
+        """Child `index`, loaded (and kept) if it is still a pointer."""
+        child = self.children[index]
+        if isinstance(child, AtomPointer):
+            child = self._adopt(loader.load_node(child))
+            self.children[index] = child
+        return child
+
+    def load_children(self, loader: NodeLoader, start: int = 0, stop: int | None = None) -> None:
+        """Load the children in ``[start, stop)`` with one batched read."""
+        children = self.children
+        stop = len(children) if stop is None else stop
+        wanted: list[int] = []
+        pointers: list[AtomPointer] = []
+        for i in range(start, stop):
+            child = children[i]
+            if isinstance(child, AtomPointer):
+                wanted.append(i)
+                pointers.append(child)
+        if wanted:
+            for i, node in zip(wanted, loader.load_nodes(pointers), strict=True):
+                children[i] = self._adopt(node)
+
+    def _adopt(self, node: Node) -> C:
+        """`node`, loaded as a child of this node; CorruptionError if it cannot be one."""
+        raise NotImplementedError
+
+    def _wrong_child(self, node: Node) -> CorruptionError:
+        return CorruptionError(
+            f"atom {node.pointer} holds a {type(node).__name__} of height {node.height}, "
+            f"which cannot be a child of a {type(self).__name__} of height {self.height}"
+        )
+
+    def replace_child(self, index: int, child: C) -> None:
+        """Put `child` (not empty, or the only child) in place of child `index`."""
+        raise NotImplementedError
+
+    def insert_child(self, index: int, child: C) -> None:
+        """Insert `child` (not empty) before child `index`; ``total`` is the caller's."""
+        raise NotImplementedError
+
+    def delete_child(self, index: int) -> None:
+        """Remove child `index`; ``total`` is the caller's."""
+        raise NotImplementedError
+
+    def _packed_children(self, ref: Callable[[Any], AtomPointer]) -> bytes:
+        pack = _POINTER.pack
+        return b"".join([pack(*ref(child)) for child in self.children])
+
+
+@final
+class KeyedInternal(Internal["KeyedNode"]):
+    """An internal node of a keyed tree: ``keys[i]`` is the smallest key below child i."""
+
+    __slots__ = ("_skeys", "keys")
+
+    keys: list[Any]
+    _skeys: list[Any] | None
+
+    def __init__(
+        self,
+        height: int,
+        keys: list[Any],
+        children: list[KeyedNode | AtomPointer],
+        sizes: list[int],
+        edit: object | None = None,
+        origin: object | None = None,
+        skeys: list[Any] | None = None,
+        total: int | None = None,
+    ) -> None:
+        self.height = height
+        self.keys = keys
+        self.children = children
+        self.sizes = sizes
+        self.total = sum(sizes) if total is None else total
+        self.edit = edit
+        self.origin = origin
+        self.pointer = None
+        self._skeys = skeys
+
+    @staticmethod
+    def over(
+        children: list[KeyedNode], edit: object | None, origin: object | None = None
+    ) -> KeyedInternal:
+        """A new parent of `children` (none of them empty)."""
+        held: list[KeyedNode | AtomPointer] = list(children)
+        return KeyedInternal(
+            children[0].height + 1,
+            [child.keys[0] for child in children],
+            held,
+            [child.total for child in children],
+            edit,
+            origin,
+        )
+
+    def skeys(self, keyfn: KeyFn) -> list[Any]:
+        """Sort keys of ``self.keys``, computed once per node."""
+        if self._skeys is None:
+            self._skeys = list(map(keyfn, self.keys))
+        return self._skeys
+
+    def _adopt(self, node: Node) -> KeyedNode:
+        if (type(node) is KeyedLeaf or type(node) is KeyedInternal) and (
+            node.height == self.height - 1
+        ):
+            return node
+        raise self._wrong_child(node)
+
+    def clone(self, edit: object | None) -> KeyedInternal:
+        skeys = self._skeys
+        return KeyedInternal(
+            self.height,
+            list(self.keys),
+            list(self.children),
+            list(self.sizes),
+            edit,
+            self.origin,
+            None if skeys is None else list(skeys),
+            self.total,
+        )
+
+    def split(self, at_end: bool) -> KeyedInternal:
+        cut = _cut(len(self.children), at_end)
+        skeys = self._skeys
+        right = KeyedInternal(
+            self.height,
+            self.keys[cut:],
+            self.children[cut:],
+            self.sizes[cut:],
+            self.edit,
+            self.origin,
+            None if skeys is None else skeys[cut:],
+        )
+        del self.keys[cut:]
+        del self.children[cut:]
+        del self.sizes[cut:]
+        if skeys is not None:
+            del skeys[cut:]
+        self.total -= right.total
+        return right
+
+    def absorb(self, right: KeyedInternal) -> None:
+        self.keys.extend(right.keys)
+        self.children.extend(right.children)
+        self.sizes.extend(right.sizes)
+        self._skeys = _joined_skeys(self._skeys, right._skeys)
+        self.total += right.total
+
+    def replace_child(self, index: int, child: KeyedNode) -> None:
+        self.children[index] = child
+        self.sizes[index] = child.total
+        if child.keys:
+            self.keys[index] = child.keys[0]
+            skeys = self._skeys
+            if skeys is not None:
+                # The child's cache holds its first sort key (it was searched to
+                # be changed); without one, this cache is dropped, not recomputed.
+                if child._skeys is None:
+                    self._skeys = None
+                else:
+                    skeys[index] = child._skeys[0]
+
+    def insert_child(self, index: int, child: KeyedNode) -> None:
+        self.children.insert(index, child)
+        self.sizes.insert(index, child.total)
+        self.keys.insert(index, child.keys[0])
+        skeys = self._skeys
+        if skeys is not None:
+            if child._skeys is None:
+                self._skeys = None
+            else:
+                skeys.insert(index, child._skeys[0])
+
+    def delete_child(self, index: int) -> None:
+        del self.children[index]
+        del self.sizes[index]
+        del self.keys[index]
+        if self._skeys is not None:
+            del self._skeys[index]
+
+    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
+        return [2, self.height, self.sizes, self._packed_children(ref), self.keys]
+
+
+@final
+class PositionalInternal(Internal["PositionalNode"]):
+    """An internal node of a positional tree."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        height: int,
+        children: list[PositionalNode | AtomPointer],
+        sizes: list[int],
+        edit: object | None = None,
+        origin: object | None = None,
+        total: int | None = None,
+    ) -> None:
+        self.height = height
+        self.children = children
+        self.sizes = sizes
+        self.total = sum(sizes) if total is None else total
+        self.edit = edit
+        self.origin = origin
+        self.pointer = None
+
+    @staticmethod
+    def over(
+        children: list[PositionalNode], edit: object | None, origin: object | None = None
+    ) -> PositionalInternal:
+        """A new parent of `children`."""
+        held: list[PositionalNode | AtomPointer] = list(children)
+        return PositionalInternal(
+            children[0].height + 1, held, [child.total for child in children], edit, origin
+        )
+
+    def _adopt(self, node: Node) -> PositionalNode:
+        if (type(node) is PositionalLeaf or type(node) is PositionalInternal) and (
+            node.height == self.height - 1
+        ):
+            return node
+        raise self._wrong_child(node)
+
+    def clone(self, edit: object | None) -> PositionalInternal:
+        return PositionalInternal(
+            self.height, list(self.children), list(self.sizes), edit, self.origin, self.total
+        )
+
+    def split(self, at_end: bool) -> PositionalInternal:
+        cut = _cut(len(self.children), at_end)
+        right = PositionalInternal(
+            self.height, self.children[cut:], self.sizes[cut:], self.edit, self.origin
+        )
+        del self.children[cut:]
+        del self.sizes[cut:]
+        self.total -= right.total
+        return right
+
+    def absorb(self, right: PositionalInternal) -> None:
+        self.children.extend(right.children)
+        self.sizes.extend(right.sizes)
+        self.total += right.total
+
+    def replace_child(self, index: int, child: PositionalNode) -> None:
+        self.children[index] = child
+        self.sizes[index] = child.total
+
+    def insert_child(self, index: int, child: PositionalNode) -> None:
+        self.children.insert(index, child)
+        self.sizes.insert(index, child.total)
+
+    def delete_child(self, index: int) -> None:
+        del self.children[index]
+        del self.sizes[index]
+
+    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
+        return [3, self.height, self.sizes, self._packed_children(ref)]
+
+
+KeyedNode: TypeAlias = KeyedLeaf | KeyedInternal
+PositionalNode: TypeAlias = PositionalLeaf | PositionalInternal
+
+
+def _joined_skeys(left: list[Any] | None, right: list[Any] | None) -> list[Any] | None:
+    """The sort key cache of two keyed nodes joined: kept only if both have one."""
+    if left is None or right is None:
+        return None
+    left.extend(right)
+    return left
+
+
+def as_keyed(node: Node) -> KeyedNode:
+    """`node` as the root of a keyed tree; CorruptionError when it has another shape."""
+    if type(node) is KeyedLeaf or type(node) is KeyedInternal:
+        return node
+    raise CorruptionError(f"atom {node.pointer} holds a {type(node).__name__}, not a keyed tree")
+
+
+def as_positional(node: Node) -> PositionalNode:
+    """`node` as the root of a positional tree; CorruptionError when it has another shape."""
+    if type(node) is PositionalLeaf or type(node) is PositionalInternal:
+        return node
+    raise CorruptionError(
+        f"atom {node.pointer} holds a {type(node).__name__}, not a positional tree"
+    )
+
+
 def same_node(a: object, b: object) -> bool:
     """True when two child references denote the same node."""
     ia = a.identity() if isinstance(a, Node) else a
@@ -221,257 +637,169 @@ def same_node(a: object, b: object) -> bool:
     return ia is ib or (type(ia) is AtomPointer and ia == ib)
 
 
-def _editable(node: Node, edit: object | None) -> Node:
+N = TypeVar("N", bound=Node)
+
+
+def _editable(node: N, edit: object | None) -> N:
     if edit is not None and node.edit is edit:
         return node
     return node.clone(edit)
 
 
-# -- splitting and rebalancing (shared by both flavours) ------------------------
+# -- rebalancing (shared by both flavours) ---------------------------------------
 
 
-def _split(node: Node, at_end: bool) -> Node:
-    """Cut `node` (already editable) in two; returns the new right half.
-
-    When the last insertion was at the end (sequential loading), the left
-    node keeps all but `MIN_WIDTH` entries, so appends leave nodes about
-    three quarters full behind them and the new node is not underfull.
-    """
-    width = node.width
-    cut = width - MIN_WIDTH if at_end else width // 2
-    if node.height == 0:
-        right = Node(
-            0,
-            None if node.keys is None else node.keys[cut:],
-            node.values[cut:],  # type: ignore[index]
-            edit=node.edit,
-            origin=node.origin,
-        )
-        del node.values[cut:]  # type: ignore[union-attr]
-    else:
-        right = Node(
-            node.height,
-            None if node.keys is None else node.keys[cut:],
-            None,
-            node.children[cut:],  # type: ignore[index]
-            node.sizes[cut:],  # type: ignore[index]
-            edit=node.edit,
-            origin=node.origin,
-        )
-        del node.children[cut:]  # type: ignore[union-attr]
-        del node.sizes[cut:]  # type: ignore[union-attr]
-    if node.keys is not None:
-        if node._skeys is not None:
-            right._skeys = node._skeys[cut:]
-            del node._skeys[cut:]
-        del node.keys[cut:]
-    node.total -= right.total
-    return right
-
-
-def _replace_child(parent: Node, index: int, child: Node, keyfn: KeyFn | None) -> None:
-    parent.children[index] = child  # type: ignore[index]
-    parent.sizes[index] = child.total  # type: ignore[index]
-    if parent.keys is not None and child.width:
-        parent.keys[index] = child.keys[0]  # type: ignore[index]
-        if parent._skeys is not None:
-            parent._skeys[index] = child.skeys(keyfn)[0]  # type: ignore[arg-type]
-
-
-def _insert_child(parent: Node, index: int, child: Node, keyfn: KeyFn | None) -> None:
-    parent.children.insert(index, child)  # type: ignore[union-attr]
-    parent.sizes.insert(index, child.total)  # type: ignore[union-attr]
-    if parent.keys is not None:
-        parent.keys.insert(index, child.keys[0])  # type: ignore[index]
-        if parent._skeys is not None:
-            parent._skeys.insert(index, child.skeys(keyfn)[0])  # type: ignore[arg-type]
-
-
-def _delete_child(parent: Node, index: int) -> None:
-    del parent.children[index]  # type: ignore[union-attr]
-    del parent.sizes[index]  # type: ignore[union-attr]
-    if parent.keys is not None:
-        del parent.keys[index]
-        if parent._skeys is not None:
-            del parent._skeys[index]
-
-
-def _absorb(left: Node, right: Node) -> None:
-    """Append all of `right` to `left` (editable)."""
-    if left.height == 0:
-        left.values.extend(right.values)  # type: ignore[union-attr, arg-type]
-    else:
-        left.children.extend(right.children)  # type: ignore[union-attr, arg-type]
-        left.sizes.extend(right.sizes)  # type: ignore[union-attr, arg-type]
-    if left.keys is not None:
-        left.keys.extend(right.keys)  # type: ignore[arg-type]
-        if left._skeys is not None and right._skeys is not None:
-            left._skeys.extend(right._skeys)
-        else:
-            left._skeys = None
-    left.total += right.total
-
-
-def _rebalance(
-    parent: Node, index: int, loader: NodeLoader, keyfn: KeyFn | None, edit: object | None
-) -> None:
+def _rebalance(parent: Internal[C], index: int, loader: NodeLoader, edit: object | None) -> None:
     """Fix an underfull child of `parent` (editable) by merging or sharing."""
-    if parent.width < 2:
+    width = len(parent.children)
+    if width < 2:
         return
-    a = index if index + 1 < parent.width else index - 1
+    a = index if index + 1 < width else index - 1
     left = _editable(parent.child(a, loader), edit)
-    right = parent.child(a + 1, loader)
-    _absorb(left, right)
+    left.absorb(parent.child(a + 1, loader))
     if left.width <= MAX_WIDTH:
-        _replace_child(parent, a, left, keyfn)
-        _delete_child(parent, a + 1)
+        parent.replace_child(a, left)
+        parent.delete_child(a + 1)
     else:
-        new_right = _split(left, at_end=False)
-        _replace_child(parent, a, left, keyfn)
-        _replace_child(parent, a + 1, new_right, keyfn)
+        right = left.split(at_end=False)
+        parent.replace_child(a, left)
+        parent.replace_child(a + 1, right)
 
 
-def _finish(root: Node | None, loader: NodeLoader) -> Node | None:
+def _finish(root: N, loader: NodeLoader) -> N | None:
     """Collapse a root with a single child; an empty tree is None."""
-    while root is not None and root.height > 0 and root.width == 1:
+    while isinstance(root, Internal) and len(root.children) == 1:
         root = root.child(0, loader)
-    if root is not None and root.total == 0:
-        return None
-    return root
-
-
-def _grow(root: Node, split: Node | None, keyfn: KeyFn | None, edit: object | None) -> Node:
-    if split is None:
-        return root
-    keyed = root.keys is not None
-    new_root = Node(
-        root.height + 1, [] if keyed else None, None, [], [], edit=edit, origin=root.origin
-    )
-    _insert_child(new_root, 0, root, keyfn)
-    _insert_child(new_root, 1, split, keyfn)
-    new_root.total = root.total + split.total
-    return new_root
+    return None if root.total == 0 else root
 
 
 # -- keyed trees ----------------------------------------------------------------
 
 
-def _child_for(node: Node, skey: Any, keyfn: KeyFn) -> int:
+def _child_for(node: KeyedInternal, skey: Any, keyfn: KeyFn) -> int:
     return max(bisect_right(node.skeys(keyfn), skey) - 1, 0)
 
 
-def keyed_get(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> Any:
+def _grow_keyed(root: KeyedNode, split: KeyedNode | None, edit: object | None) -> KeyedNode:
+    if split is None:
+        return root
+    return KeyedInternal.over([root, split], edit, root.origin)
+
+
+def keyed_get(root: KeyedNode | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> Any:
     """The value stored under `skey`, or MISSING."""
     node = root
     if node is None:
         return MISSING
     # The hot path of every point read: inlined child search and memoized loads.
-    while node.height:
+    while type(node) is KeyedInternal:
         sk = node._skeys
         if sk is None:
             sk = node.skeys(keyfn)
         i = bisect_right(sk, skey) - 1
-        child = node.children[i if i > 0 else 0]  # type: ignore[index]
-        node = child if type(child) is Node else node.child(i if i > 0 else 0, loader)
+        if i < 0:
+            i = 0
+        child = node.children[i]
+        node = node.child(i, loader) if isinstance(child, AtomPointer) else child
     sk = node._skeys
     if sk is None:
         sk = node.skeys(keyfn)
     i = bisect_left(sk, skey)
     if i < len(sk) and sk[i] == skey:
-        return node.values[i]  # type: ignore[index]
+        return node.values[i]
     return MISSING
 
 
 def _keyed_set(
-    node: Node,
+    node: KeyedNode,
     loader: NodeLoader,
     key: Any,
     skey: Any,
     value: Any,
     keyfn: KeyFn,
     edit: object | None,
-) -> tuple[Node, Node | None, int]:
-    if node.height == 0:
+) -> tuple[KeyedNode, KeyedNode | None, int]:
+    if type(node) is KeyedLeaf:
         sk = node.skeys(keyfn)
         i = bisect_left(sk, skey)
         if i < len(sk) and sk[i] == skey:
-            if node.values[i] is value:  # type: ignore[index]
+            if node.values[i] is value:
                 return node, None, 0
-            n = _editable(node, edit)
-            n.values[i] = value  # type: ignore[index]
-            return n, None, 0
-        n = _editable(node, edit)
-        n.keys.insert(i, key)  # type: ignore[union-attr]
-        n.skeys(keyfn).insert(i, skey)
-        n.values.insert(i, value)  # type: ignore[union-attr]
-        n.total += 1
-        added = 1
-        at_end = i == n.width - 1
-    else:
-        i = _child_for(node, skey, keyfn)
-        child, split, added = _keyed_set(
-            node.child(i, loader), loader, key, skey, value, keyfn, edit
-        )
-        if child is node.children[i] and split is None and not added:  # type: ignore[index]
-            return node, None, 0
-        n = _editable(node, edit)
-        _replace_child(n, i, child, keyfn)
-        if split is not None:
-            _insert_child(n, i + 1, split, keyfn)
-        n.total += added
-        at_end = i + (split is not None) == n.width - 1
-    return n, (_split(n, at_end) if n.width > MAX_WIDTH else None), added
+            leaf = _editable(node, edit)
+            leaf.values[i] = value
+            return leaf, None, 0
+        leaf = _editable(node, edit)
+        leaf.keys.insert(i, key)
+        leaf.skeys(keyfn).insert(i, skey)
+        leaf.values.insert(i, value)
+        leaf.total += 1
+        width = len(leaf.values)
+        return leaf, (leaf.split(i == width - 1) if width > MAX_WIDTH else None), 1
+    i = _child_for(node, skey, keyfn)
+    child, split, added = _keyed_set(node.child(i, loader), loader, key, skey, value, keyfn, edit)
+    if child is node.children[i] and split is None and not added:
+        return node, None, 0
+    parent = _editable(node, edit)
+    parent.replace_child(i, child)
+    if split is not None:
+        parent.insert_child(i + 1, split)
+    parent.total += added
+    width = len(parent.children)
+    at_end = i + (split is not None) == width - 1
+    return parent, (parent.split(at_end) if width > MAX_WIDTH else None), added
 
 
 def keyed_set(
-    root: Node | None,
+    root: KeyedNode | None,
     loader: NodeLoader,
     key: Any,
     value: Any,
     keyfn: KeyFn,
     edit: object | None = None,
-) -> tuple[Node, bool]:
+) -> tuple[KeyedNode, bool]:
     """Set `key` to `value`; returns the new root and whether the key is new."""
     skey = keyfn(key)
     if root is None:
-        leaf = Node(0, [key], [value], edit=edit)
-        leaf._skeys = [skey]
-        return leaf, True
+        return KeyedLeaf([key], [value], edit, None, [skey]), True
     before = root.total
     new_root, split, _ = _keyed_set(root, loader, key, skey, value, keyfn, edit)
-    new_root = _grow(new_root, split, keyfn, edit)
+    new_root = _grow_keyed(new_root, split, edit)
     return new_root, new_root.total > before
 
 
 def _keyed_remove(
-    node: Node, loader: NodeLoader, skey: Any, keyfn: KeyFn, edit: object | None
-) -> tuple[Node, Any]:
-    if node.height == 0:
+    node: KeyedNode, loader: NodeLoader, skey: Any, keyfn: KeyFn, edit: object | None
+) -> tuple[KeyedNode, Any]:
+    if type(node) is KeyedLeaf:
         sk = node.skeys(keyfn)
         i = bisect_left(sk, skey)
         if i == len(sk) or sk[i] != skey:
             return node, MISSING
-        n = _editable(node, edit)
-        removed = n.values.pop(i)  # type: ignore[union-attr]
-        del n.keys[i]  # type: ignore[union-attr]
-        del n.skeys(keyfn)[i]
-        n.total -= 1
-        return n, removed
+        leaf = _editable(node, edit)
+        removed = leaf.values.pop(i)
+        del leaf.keys[i]
+        del leaf.skeys(keyfn)[i]
+        leaf.total -= 1
+        return leaf, removed
     i = _child_for(node, skey, keyfn)
     child, removed = _keyed_remove(node.child(i, loader), loader, skey, keyfn, edit)
     if removed is MISSING:
         return node, MISSING
-    n = _editable(node, edit)
-    _replace_child(n, i, child, keyfn)
-    n.total -= 1
-    if child.width < MIN_WIDTH:
-        _rebalance(n, i, loader, keyfn, edit)
-    return n, removed
+    parent = _editable(node, edit)
+    parent.replace_child(i, child)
+    parent.total -= 1
+    if len(child.keys) < MIN_WIDTH:
+        _rebalance(parent, i, loader, edit)
+    return parent, removed
 
 
 def keyed_remove(
-    root: Node | None, loader: NodeLoader, key: Any, keyfn: KeyFn, edit: object | None = None
-) -> tuple[Node | None, Any]:
+    root: KeyedNode | None,
+    loader: NodeLoader,
+    key: Any,
+    keyfn: KeyFn,
+    edit: object | None = None,
+) -> tuple[KeyedNode | None, Any]:
     """Remove `key`; returns the new root and the removed value (or MISSING)."""
     if root is None:
         return None, MISSING
@@ -482,7 +810,11 @@ def keyed_remove(
 
 
 def keyed_items(
-    root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any = MISSING, hi: Any = MISSING
+    root: KeyedNode | None,
+    loader: NodeLoader,
+    keyfn: KeyFn,
+    lo: Any = MISSING,
+    hi: Any = MISSING,
 ) -> Iterator[tuple[Any, Any]]:
     """Entries ``(key, value)`` in key order, with ``lo <= skey < hi`` when given."""
     if root is None:
@@ -491,7 +823,11 @@ def keyed_items(
 
 
 def keyed_sorted_keys(
-    root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any = MISSING, hi: Any = MISSING
+    root: KeyedNode | None,
+    loader: NodeLoader,
+    keyfn: KeyFn,
+    lo: Any = MISSING,
+    hi: Any = MISSING,
 ) -> Iterator[tuple[Any, Any]]:
     """``(sort key, key)`` of the entries with ``lo <= skey < hi``, in key order.
 
@@ -502,7 +838,7 @@ def keyed_sorted_keys(
     yield from _keyed_items(root, loader, keyfn, lo, hi, True)
 
 
-def keyed_values(root: Node | None, loader: NodeLoader, keyfn: KeyFn) -> Iterator[Any]:
+def keyed_values(root: KeyedNode | None, loader: NodeLoader, keyfn: KeyFn) -> Iterator[Any]:
     """Every value, in key order (what a scan of a Dictionary's rows reads)."""
     if root is None:
         return
@@ -510,17 +846,22 @@ def keyed_values(root: Node | None, loader: NodeLoader, keyfn: KeyFn) -> Iterato
 
 
 def _keyed_items(
-    root: Node, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any, sorted_keys: bool | None
+    root: KeyedNode,
+    loader: NodeLoader,
+    keyfn: KeyFn,
+    lo: Any,
+    hi: Any,
+    sorted_keys: bool | None,
 ) -> Iterator[Any]:
     # Iterative (a stack of [node, next child, stop]): nested generators per
     # level cost more than the short ranges index lookups read.
     bounded = lo is not MISSING or hi is not MISSING
     stack: list[list[Any]] = []
-    node: Node | None = root
+    node: KeyedNode | None = root
     while True:
-        if node is not None and node.height == 0:
+        if type(node) is KeyedLeaf:
             keys, values = node.keys, node.values
-            start, stop = 0, len(values)  # type: ignore[arg-type]
+            start, stop = 0, len(values)
             if bounded:
                 sk = node.skeys(keyfn)
                 if lo is not MISSING:
@@ -528,18 +869,17 @@ def _keyed_items(
                 if hi is not MISSING:
                     stop = bisect_left(sk, hi)
             if sorted_keys is None:  # values only
-                assert values is not None
                 yield from values if start == 0 and stop == len(values) else values[start:stop]
             elif sorted_keys:
                 sk = node.skeys(keyfn)
                 for i in range(start, stop):
-                    yield sk[i], keys[i]  # type: ignore[index]
+                    yield sk[i], keys[i]
             else:
                 for i in range(start, stop):
-                    yield keys[i], values[i]  # type: ignore[index]
+                    yield keys[i], values[i]
             node = None
         elif node is not None:
-            start, stop = 0, node.width
+            start, stop = 0, len(node.children)
             if bounded:
                 sk = node.skeys(keyfn)
                 if lo is not MISSING:
@@ -564,7 +904,7 @@ def _keyed_items(
 
 
 def keyed_get_sorted(
-    root: Node | None, loader: NodeLoader, skeys: Iterable[Any], keyfn: KeyFn
+    root: KeyedNode | None, loader: NodeLoader, skeys: Iterable[Any], keyfn: KeyFn
 ) -> list[Any]:
     """The values under ascending sort keys `skeys` (MISSING where absent), as a list.
 
@@ -576,7 +916,7 @@ def keyed_get_sorted(
         return [MISSING for _ in skeys]
     found: list[Any] = []
     append = found.append
-    path: list[tuple[Node, Any]] = [(root, MISSING)]  # (node, end of its key range)
+    path: list[tuple[KeyedNode, Any]] = [(root, MISSING)]  # (node, end of its key range)
     sk: list[Any] = []
     values: list[Any] = []
     leaf_end: Any = None  # None: no leaf reached yet
@@ -585,7 +925,7 @@ def keyed_get_sorted(
             while len(path) > 1 and path[-1][1] is not MISSING and not skey < path[-1][1]:
                 path.pop()
             node, end = path[-1]
-            while node.height:  # inlined as in keyed_get: this runs once per leaf visited
+            while type(node) is KeyedInternal:  # inlined as in keyed_get: once per leaf visited
                 node_sk = node._skeys
                 if node_sk is None:
                     node_sk = node.skeys(keyfn)
@@ -594,11 +934,11 @@ def keyed_get_sorted(
                     i = 0
                 if i + 1 < len(node_sk):
                     end = node_sk[i + 1]
-                child = node.children[i]  # type: ignore[index]
-                node = child if type(child) is Node else node.child(i, loader)
-                if node.height:
+                child = node.children[i]
+                node = node.child(i, loader) if isinstance(child, AtomPointer) else child
+                if type(node) is KeyedInternal:
                     path.append((node, end))
-            sk, values = node.skeys(keyfn), node.values  # type: ignore[assignment]
+            sk, values = node.skeys(keyfn), node.values
             leaf_end = end
         i = bisect_left(sk, skey)
         append(values[i] if i < len(sk) and sk[i] == skey else MISSING)
@@ -606,7 +946,7 @@ def keyed_get_sorted(
 
 
 def keyed_first(
-    root: Node | None, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
+    root: KeyedNode | None, loader: NodeLoader, keyfn: KeyFn, lo: Any, hi: Any
 ) -> tuple[Any, Any] | None:
     """``(sort key, key)`` of the first entry with ``lo <= skey < hi``, or None.
 
@@ -616,30 +956,31 @@ def keyed_first(
     node = root
     if node is None:
         return None
-    while node.height:  # inlined as in keyed_get: one call per index lookup
+    while type(node) is KeyedInternal:  # inlined as in keyed_get: one call per index lookup
         node_sk = node._skeys
         if node_sk is None:
             node_sk = node.skeys(keyfn)
         i = bisect_right(node_sk, lo) - 1
-        child = node.children[i if i > 0 else 0]  # type: ignore[index]
-        node = child if type(child) is Node else node.child(i if i > 0 else 0, loader)
+        if i < 0:
+            i = 0
+        child = node.children[i]
+        node = node.child(i, loader) if isinstance(child, AtomPointer) else child
     sk = node.skeys(keyfn)
     i = bisect_left(sk, lo)
     if i == len(sk):
         return next(keyed_sorted_keys(root, loader, keyfn, lo, hi), None)
-    return (sk[i], node.keys[i]) if sk[i] < hi else None  # type: ignore[index]
+    return (sk[i], node.keys[i]) if sk[i] < hi else None
 
 
-def keyed_rank(root: Node | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> int:
+def keyed_rank(root: KeyedNode | None, loader: NodeLoader, skey: Any, keyfn: KeyFn) -> int:
     """The number of entries whose sort key is below `skey`; O(log n) loads."""
     node = root
     if node is None:
         return 0
     rank = 0
-    while node.height:
-        sk = node.skeys(keyfn)
-        i = max(bisect_left(sk, skey) - 1, 0)
-        rank += sum(node.sizes[:i])  # type: ignore[index]
+    while type(node) is KeyedInternal:
+        i = max(bisect_left(node.skeys(keyfn), skey) - 1, 0)
+        rank += sum(node.sizes[:i])
         node = node.child(i, loader)
     return rank + bisect_left(node.skeys(keyfn), skey)
 
@@ -649,29 +990,34 @@ def build_keyed(
     keyfn: KeyFn,
     edit: object | None = None,
     skeys: Sequence[Any] | None = None,
-) -> Node | None:
+) -> KeyedNode | None:
     """A tree from entries already sorted by ``keyfn(key)`` with unique keys; O(n).
 
     `skeys`, when the caller has them, are the entries' sort keys; they seed
-    the nodes' caches instead of being computed again.
+    the leaves' caches instead of being computed again (with `keyfn`, by the
+    first reader that needs them).
     """
-    leaves = []
+    leaves: list[KeyedNode] = []
     for chunk in _chunks(len(items)):
         part = items[chunk]
-        leaf = Node(0, [k for k, _ in part], [v for _, v in part], edit=edit)
-        if skeys is not None:
-            leaf._skeys = list(skeys[chunk])
-        leaves.append(leaf)
-    return _build_levels(leaves, keyfn, edit)
+        leaves.append(
+            KeyedLeaf(
+                [k for k, _ in part],
+                [v for _, v in part],
+                edit,
+                None,
+                None if skeys is None else list(skeys[chunk]),
+            )
+        )
+    return _build_levels(leaves, KeyedInternal.over, edit)
 
 
 # -- positional trees -------------------------------------------------------------
 
 
-def _locate(node: Node, index: int, inserting: bool = False) -> tuple[int, int]:
+def _locate(node: PositionalInternal, index: int, inserting: bool = False) -> tuple[int, int]:
     """The child holding position `index` and the position within it."""
     sizes = node.sizes
-    assert sizes is not None
     for child_index, size in enumerate(sizes):
         if index < size:
             return child_index, index
@@ -682,57 +1028,66 @@ def _locate(node: Node, index: int, inserting: bool = False) -> tuple[int, int]:
     raise IndexError("position out of range")
 
 
-def positional_get(root: Node | None, loader: NodeLoader, index: int) -> Any:
+def positional_get(root: PositionalNode | None, loader: NodeLoader, index: int) -> Any:
     node = root
     if node is None or not 0 <= index < node.total:
         raise IndexError("list index out of range")
-    while node.height > 0:
+    while type(node) is PositionalInternal:
         child_index, index = _locate(node, index)
         node = node.child(child_index, loader)
-    return node.values[index]  # type: ignore[index]
+    return node.values[index]
 
 
 def _positional_update(
-    node: Node, loader: NodeLoader, index: int, value: Any, mode: str, edit: object | None
-) -> tuple[Node, Node | None, Any]:
+    node: PositionalNode,
+    loader: NodeLoader,
+    index: int,
+    value: Any,
+    mode: str,
+    edit: object | None,
+) -> tuple[PositionalNode, PositionalNode | None, Any]:
     """Set, insert or remove at `index` below `node`; returns (node, split, old value)."""
-    n = _editable(node, edit)
-    if n.height == 0:
-        values = n.values
-        assert values is not None
+    if type(node) is PositionalLeaf:
+        leaf = _editable(node, edit)
+        values = leaf.values
         old = MISSING
         if mode == "set":
             old = values[index]
             values[index] = value
         elif mode == "insert":
             values.insert(index, value)
-            n.total += 1
+            leaf.total += 1
         else:
             old = values.pop(index)
-            n.total -= 1
-        at_end = index == n.width - 1
-    else:
-        child_index, offset = _locate(n, index, inserting=mode == "insert")
-        child, split, old = _positional_update(
-            n.child(child_index, loader), loader, offset, value, mode, edit
-        )
-        _replace_child(n, child_index, child, None)
-        if split is not None:
-            _insert_child(n, child_index + 1, split, None)
-        if mode == "insert":
-            n.total += 1
-        elif mode == "remove":
-            n.total -= 1
-            if child.width < MIN_WIDTH:
-                _rebalance(n, child_index, loader, None, edit)
-        at_end = child_index + (split is not None) == n.width - 1
-    split_node = _split(n, at_end) if n.width > MAX_WIDTH else None
-    return n, split_node, old
+            leaf.total -= 1
+        width = len(values)
+        return leaf, (leaf.split(index == width - 1) if width > MAX_WIDTH else None), old
+    parent = _editable(node, edit)
+    child_index, offset = _locate(parent, index, inserting=mode == "insert")
+    child, split, old = _positional_update(
+        parent.child(child_index, loader), loader, offset, value, mode, edit
+    )
+    parent.replace_child(child_index, child)
+    if split is not None:
+        parent.insert_child(child_index + 1, split)
+    if mode == "insert":
+        parent.total += 1
+    elif mode == "remove":
+        parent.total -= 1
+        if child.width < MIN_WIDTH:
+            _rebalance(parent, child_index, loader, edit)
+    width = len(parent.children)
+    at_end = child_index + (split is not None) == width - 1
+    return parent, (parent.split(at_end) if width > MAX_WIDTH else None), old
 
 
 def positional_set(
-    root: Node | None, loader: NodeLoader, index: int, value: Any, edit: object | None = None
-) -> Node:
+    root: PositionalNode | None,
+    loader: NodeLoader,
+    index: int,
+    value: Any,
+    edit: object | None = None,
+) -> PositionalNode:
     if root is None or not 0 <= index < root.total:
         raise IndexError("list assignment index out of range")
     new_root, _, _ = _positional_update(root, loader, index, value, "set", edit)
@@ -740,20 +1095,26 @@ def positional_set(
 
 
 def positional_insert(
-    root: Node | None, loader: NodeLoader, index: int, value: Any, edit: object | None = None
-) -> Node:
+    root: PositionalNode | None,
+    loader: NodeLoader,
+    index: int,
+    value: Any,
+    edit: object | None = None,
+) -> PositionalNode:
     """Insert so that `value` ends at position `index` (0 <= index <= total)."""
     if root is None:
-        return Node(0, None, [value], edit=edit)
+        return PositionalLeaf([value], edit)
     if not 0 <= index <= root.total:
         raise IndexError("list insert index out of range")
     new_root, split, _ = _positional_update(root, loader, index, value, "insert", edit)
-    return _grow(new_root, split, None, edit)
+    if split is None:
+        return new_root
+    return PositionalInternal.over([new_root, split], edit, new_root.origin)
 
 
 def positional_remove(
-    root: Node | None, loader: NodeLoader, index: int, edit: object | None = None
-) -> tuple[Node | None, Any]:
+    root: PositionalNode | None, loader: NodeLoader, index: int, edit: object | None = None
+) -> tuple[PositionalNode | None, Any]:
     if root is None or not 0 <= index < root.total:
         raise IndexError("list index out of range")
     new_root, _, old = _positional_update(root, loader, index, None, "remove", edit)
@@ -761,7 +1122,7 @@ def positional_remove(
 
 
 def positional_values(
-    root: Node | None, loader: NodeLoader, start: int = 0, stop: int | None = None
+    root: PositionalNode | None, loader: NodeLoader, start: int = 0, stop: int | None = None
 ) -> Iterator[Any]:
     """Values at positions ``[start, stop)`` in order."""
     if root is None:
@@ -771,12 +1132,13 @@ def positional_values(
         yield from _positional_values(root, loader, start, stop)
 
 
-def _positional_values(node: Node, loader: NodeLoader, start: int, stop: int) -> Iterator[Any]:
-    if node.height == 0:
-        yield from node.values[start:stop]  # type: ignore[index]
+def _positional_values(
+    node: PositionalNode, loader: NodeLoader, start: int, stop: int
+) -> Iterator[Any]:
+    if type(node) is PositionalLeaf:
+        yield from node.values[start:stop]
         return
     sizes = node.sizes
-    assert sizes is not None
     first, offset = _locate(node, start)
     last, _ = _locate(node, stop - 1)
     node.load_children(loader, first, last + 1)
@@ -789,10 +1151,12 @@ def _positional_values(node: Node, loader: NodeLoader, start: int, stop: int) ->
         base += size
 
 
-def build_positional(values: Sequence[Any], edit: object | None = None) -> Node | None:
+def build_positional(values: Sequence[Any], edit: object | None = None) -> PositionalNode | None:
     """A tree holding `values` in order; O(n)."""
-    leaves = [Node(0, None, list(values[chunk]), edit=edit) for chunk in _chunks(len(values))]
-    return _build_levels(leaves, None, edit)
+    leaves: list[PositionalNode] = [
+        PositionalLeaf(list(values[chunk]), edit) for chunk in _chunks(len(values))
+    ]
+    return _build_levels(leaves, PositionalInternal.over, edit)
 
 
 # -- building -------------------------------------------------------------------
@@ -811,20 +1175,14 @@ def _chunks(count: int) -> Iterator[slice]:
         start += size
 
 
-def _build_levels(level: list[Node], keyfn: KeyFn | None, edit: object | None) -> Node | None:
+def _build_levels(
+    level: list[N], parent_of: Callable[[list[N], object | None], N], edit: object | None
+) -> N | None:
+    """The root over `level` (nodes of one height), adding levels of parents."""
     if not level:
         return None
-    height = 0
     while len(level) > 1:
-        height += 1
-        parents = []
-        for chunk in _chunks(len(level)):
-            parent = Node(height, None if keyfn is None else [], None, [], [], edit=edit)
-            for child in level[chunk]:
-                _insert_child(parent, parent.width, child, keyfn)
-            parent.total = sum(parent.sizes)  # type: ignore[arg-type]
-            parents.append(parent)
-        level = parents
+        level = [parent_of(level[chunk], edit) for chunk in _chunks(len(level))]
     return level[0]
 
 
@@ -832,8 +1190,8 @@ def _build_levels(level: list[Node], keyfn: KeyFn | None, edit: object | None) -
 
 
 def keyed_diff(
-    base: Node | None,
-    other: Node | None,
+    base: KeyedNode | AtomPointer | None,
+    other: KeyedNode | AtomPointer | None,
     loader: NodeLoader,
     keyfn: KeyFn,
     same_value: Callable[[Any, Any], bool],
@@ -897,38 +1255,44 @@ def keyed_diff(
                 yield item[0], item[1], MISSING, item[2]
 
 
-def _subtree(ref: Node | AtomPointer, loader: NodeLoader, keyfn: KeyFn) -> list[Any]:
-    node = loader.load_node(ref) if type(ref) is AtomPointer else ref
-    return [ref, node.height, node.skeys(keyfn)[0]]  # type: ignore[union-attr]
+def _keyed_node(ref: KeyedNode | AtomPointer, loader: NodeLoader) -> KeyedNode:
+    return as_keyed(loader.load_node(ref)) if isinstance(ref, AtomPointer) else ref
+
+
+def _subtree(ref: KeyedNode | AtomPointer, loader: NodeLoader, keyfn: KeyFn) -> list[Any]:
+    node = _keyed_node(ref, loader)
+    return [ref, node.height, node.skeys(keyfn)[0]]
 
 
 def _expand(stack: list[Any], loader: NodeLoader, keyfn: KeyFn) -> None:
     """Replace the subtree on top of `stack` by its children (or its entries)."""
     ref, height, _ = stack.pop()
-    node = loader.load_node(ref) if type(ref) is AtomPointer else ref
+    node = _keyed_node(ref, loader)
     sk = node.skeys(keyfn)
-    if height == 0:
+    if type(node) is KeyedLeaf:
         keys, values = node.keys, node.values
-        for i in range(node.width - 1, -1, -1):
-            stack.append((sk[i], keys[i], values[i]))  # type: ignore[index]
+        for i in range(len(keys) - 1, -1, -1):
+            stack.append((sk[i], keys[i], values[i]))
     else:
         children = node.children
-        for i in range(node.width - 1, -1, -1):
-            stack.append([children[i], height - 1, sk[i]])  # type: ignore[index]
+        for i in range(len(children) - 1, -1, -1):
+            stack.append([children[i], height - 1, sk[i]])
 
 
 def iter_nodes(
     root: Node | None, loader: NodeLoader, descend: Callable[[Node], bool]
 ) -> Iterator[Node]:
-    """Nodes of a tree, parents first, entering only nodes `descend` accepts."""
+    """Nodes of a tree, parents first, entering only nodes `descend` accepts.
+
+    Children still held as pointers are not entered (`loader` loads nothing).
+    """
     if root is None or not descend(root):
         return
     stack = [root]
     while stack:
         node = stack.pop()
         yield node
-        if node.height > 0:
-            for i in range(node.width):
-                child = node.children[i]  # type: ignore[index]
+        if isinstance(node, Internal):
+            for child in node.children:
                 if isinstance(child, Node) and descend(child):
                     stack.append(child)

@@ -18,11 +18,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..atoms import AtomPointer
 from ..values import NO_CHECK_TYPES, needs_check, same_value
 from .base import Indexable, PersistentCollection
 from .btree import (
     MISSING,
-    Node,
+    KeyedNode,
+    as_keyed,
     build_keyed,
     keyed_diff,
     keyed_get,
@@ -45,6 +47,14 @@ class KeyedCollection(PersistentCollection):
     __slots__ = ()
     _keyfn: ClassVar[staticmethod[[Any], Any]]
     _what: ClassVar[str] = "key"
+    _root: KeyedNode | AtomPointer | None
+
+    def _node(self) -> KeyedNode | None:
+        """The root node, loaded on first use."""
+        root = self._root
+        if isinstance(root, AtomPointer):
+            root = self._root = as_keyed(self._loader.load_node(root))
+        return root
 
     def _lookup(self, key: Any) -> Any:
         cls = type(self)
@@ -87,7 +97,7 @@ class KeyedCollection(PersistentCollection):
         """Apply ``(key, value or MISSING)`` changes in place of a copy (merge)."""
         keyfn = type(self)._keyfn
         edit = object()
-        root: Node | None = self._node()
+        root = self._node()
         for key, value in changes:
             if value is MISSING:
                 root, _ = keyed_remove(root, self._loader, key, keyfn, edit)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, overload
 
+from ..atoms import AtomPointer
 from .base import Indexable, PersistentCollection
 from .btree import (
-    Node,
+    PositionalNode,
+    as_positional,
     build_positional,
     positional_get,
     positional_insert,
@@ -31,6 +33,7 @@ class List(PersistentCollection, Indexable):
 
     __slots__ = ()
     _kind = "list"
+    _root: PositionalNode | AtomPointer | None
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         super().__init__()
@@ -48,6 +51,13 @@ class List(PersistentCollection, Indexable):
         return position
 
     # -- reading -----------------------------------------------------------------
+
+    def _node(self) -> PositionalNode | None:
+        """The root node, loaded on first use."""
+        root = self._root
+        if isinstance(root, AtomPointer):
+            root = self._root = as_positional(self._loader.load_node(root))
+        return root
 
     def get_at(self, index: int) -> Any:
         """The item at `index` (negative counts from the end); IndexError if absent."""
@@ -120,7 +130,7 @@ class List(PersistentCollection, Indexable):
 
     def _derive_changing(
         self,
-        root: Node | None,
+        root: PositionalNode | None,
         removed: list[tuple[int, Any]],
         added: list[tuple[int, Any]],
     ) -> Self:

@@ -36,7 +36,12 @@ from protobase.collections.btree import (
     MAX_WIDTH,
     MIN_WIDTH,
     MISSING,
+    Internal,
+    KeyedInternal,
+    KeyedLeaf,
     Node,
+    PositionalInternal,
+    PositionalLeaf,
     build_keyed,
     build_positional,
     keyed_diff,
@@ -107,6 +112,10 @@ def walk(
         if len(problems[kind]) < 5:
             problems[kind].append(f"node at {list(path)}: {text}")
 
+    leaf_shape, internal_shape = (
+        (KeyedLeaf, KeyedInternal) if keyed else (PositionalLeaf, PositionalInternal)
+    )
+
     def visit(node: Node, path: tuple[int, ...]) -> None:
         width = node.width
         if path and width < MIN_WIDTH:
@@ -115,28 +124,30 @@ def walk(
             note("max_width", path, f"width {width} > {MAX_WIDTH}")
         if not path and (width == 0 or (node.height > 0 and width < 2)):
             note("structure", path, f"root of height {node.height} has width {width}")
-        if (node.keys is not None) != keyed:
-            note("structure", path, "keys present in a positional tree or missing in a keyed one")
+        if type(node) is not leaf_shape and type(node) is not internal_shape:
+            flavour = "keyed" if keyed else "positional"
+            note("structure", path, f"a {type(node).__name__} in a {flavour} tree")
             return
-        if keyed:
+        if isinstance(node, KeyedLeaf | KeyedInternal):
             assert keyfn is not None
-            if len(node.keys) != width:  # type: ignore[arg-type]
-                note("structure", path, f"{len(node.keys)} keys for width {width}")  # type: ignore[arg-type]
-            skeys = [keyfn(k) for k in node.keys]  # type: ignore[union-attr]
+            if len(node.keys) != width:
+                note("structure", path, f"{len(node.keys)} keys for width {width}")
+            skeys = [keyfn(k) for k in node.keys]
             if node.skeys(keyfn) != skeys:
                 note("skeys", path, "cached sort keys differ from the keys")
             if any(a >= b for a, b in pairwise(skeys)):
                 note("order", path, "keys are not strictly increasing")
-        if node.height == 0:
+        if isinstance(node, KeyedLeaf | PositionalLeaf):
             leaf_depths.add(len(path))
             if node.total != width:
                 note("size", path, f"leaf total {node.total} for {width} values")
-            if keyed:
-                entries.extend(zip(node.keys, node.values, strict=False))  # type: ignore[arg-type]
+            if isinstance(node, KeyedLeaf):
+                entries.extend(zip(node.keys, node.values, strict=False))
             else:
-                entries.extend(node.values)  # type: ignore[arg-type]
+                entries.extend(node.values)
             return
-        if node.sizes is None or len(node.sizes) != width:
+        assert isinstance(node, Internal)
+        if len(node.sizes) != width:
             note("structure", path, "sizes do not match the children")
             return
         if node.total != sum(node.sizes):
@@ -149,14 +160,13 @@ def walk(
                 note(
                     "size", path, f"sizes[{i}] = {node.sizes[i]} but the child holds {child.total}"
                 )
-            if keyed and child.width and child.keys:
+            if isinstance(node, KeyedInternal) and child.width:
                 assert keyfn is not None
-                if keyfn(node.keys[i]) != keyfn(child.keys[0]):  # type: ignore[index]
+                if keyfn(node.keys[i]) != keyfn(child.keys[0]):
                     note(
                         "separator",
                         path,
-                        f"keys[{i}] = {node.keys[i]!r} but child {i} starts at "  # type: ignore[index]
-                        f"{child.keys[0]!r}",
+                        f"keys[{i}] = {node.keys[i]!r} but child {i} starts at {child.keys[0]!r}",
                     )
             visit(child, (*path, i))
 
@@ -183,17 +193,16 @@ def fingerprint(node: Any) -> Any:
     """Everything observable about a tree, node by node (identity included)."""
     if not isinstance(node, Node):
         return ("pointer", node)
-    children = None
-    if node.children is not None:
-        children = tuple(fingerprint(child) for child in node.children)
+    internal = isinstance(node, Internal)
     return (
         id(node),
+        type(node).__name__,
         node.height,
         node.total,
         None if node.keys is None else tuple(node.keys),
         None if node.values is None else tuple(node.values),
-        None if node.sizes is None else tuple(node.sizes),
-        children,
+        tuple(node.sizes) if internal else None,
+        tuple(fingerprint(child) for child in node.children) if internal else None,
     )
 
 
@@ -611,7 +620,7 @@ def reachable(pointer: AtomPointer, transaction: Any) -> set[AtomPointer]:
     stack = [pointer]
     while stack:
         node = transaction.load_node(stack.pop())
-        for child in node.children or ():
+        for child in node.children if isinstance(node, Internal) else ():
             assert type(child) is AtomPointer
             if child not in seen:
                 seen.add(child)
