@@ -316,3 +316,31 @@ def fetch(collection: PersistentCollection, lookup: Lookup) -> Iterator[Any]:
         order_keys = [order for order, _ in pairs]
         identities = [identity for _, identity in pairs]
     return collection._pb_fetch(order_keys, identities)  # type: ignore[attr-defined]
+
+
+def unique_equality_rows(
+    collection: PersistentCollection, expr: Compare
+) -> tuple[Iterator[Any], int] | None:
+    """The rows of ``field == value`` through a unique index, in one descent; None otherwise.
+
+    The lean path of the commonest indexed query: no lookup objects and no
+    estimate (a unique index yields at most one row, always under the scan
+    threshold). It answers exactly what `choose_lookup` and `fetch` would,
+    with the number of candidates the index gave (0 or 1); None when the
+    collection has no unique index on the field or the value is not one an
+    index can look up.
+    """
+    index = collection._pb_index_for(expr.path)
+    if index is None or not index.spec.unique:
+        return None
+    value = expr.value
+    if value is None or isinstance(value, Field):
+        return None
+    key = _field_key(value)
+    if key is None:
+        return None
+    hit = index.first(below(key), above(key))
+    if hit is None:
+        return iter(()), 0
+    rows = collection._pb_fetch([hit[0]], [hit[1]])  # type: ignore[attr-defined]
+    return (rows if _exact_value(value) else filter(expr.test, rows)), 1

@@ -235,16 +235,29 @@ class WherePlan(QueryPlan):
         self.filter = as_expression(filter)
         self._lookup: planner.Lookup | None = None
         self._reason: str | None = None
+        self._lean_candidates: int | None = None
+        """Index candidates of the last run when it took the lean path (see `_rows`)."""
 
     def _plan_access(self) -> planner.Lookup | None:
         source = self.based_on
         if isinstance(source, CollectionPlan):
             self._lookup, self._reason = planner.choose_lookup(source.collection, self.filter)
+            if self._lookup is not None and self._lean_candidates is not None:
+                self._lookup.actual = self._lean_candidates
         else:
             self._lookup, self._reason = None, "the input is not a collection"
         return self._lookup
 
     def _rows(self) -> Iterator[Any]:
+        source, condition = self.based_on, self.filter
+        if type(condition) is Compare and condition.op == "==" and type(source) is CollectionPlan:
+            lean = planner.unique_equality_rows(source.collection, condition)
+            if lean is not None:
+                # explain() plans it again, with the candidates counted here
+                self._lookup, self._reason = None, None
+                rows, self._lean_candidates = lean
+                return rows
+        self._lean_candidates = None
         lookup = self._plan_access()
         if lookup is None:
             assert self.based_on is not None
