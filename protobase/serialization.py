@@ -5,7 +5,9 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
     32  DBObject          [class name, {attribute: value}]
     33  collection        [kind, root node pointer | nil, count, meta]
                           or, with secondary indexes, the same plus
-                          [[dotted field, unique, IndexTree], ...]
+                          [[dotted field, unique, IndexTree], ...], where an
+                          IndexTree is a 33 of kind "index":
+                          ["index", root node pointer | nil, count, nil]
     34  MutableObject     [object id, class name]   (a reference; the state is
                           in the database's object table)
     35  Literal           pointer of the atom holding the str/bytes value
@@ -31,8 +33,7 @@ from .codec import decode_with, encode_with
 from .collections.base import PersistentCollection
 from .collections.btree import Node
 from .collections.fields import parse_path, path_text
-from .collections.indexes import Index, IndexSpec
-from .collections.keyed import IndexTree
+from .collections.indexes import INDEX_TREE_KIND, Index, IndexSpec, IndexTree
 from .errors import CorruptionError, QueryError, TransactionClosedError, ValidationError
 from .objects import (
     DBObject,
@@ -217,23 +218,26 @@ class AtomWriter:
         self._encode_atom(pointer.index, lambda: value)
         return pointer
 
+    def _root_pointer(self, root: Node | AtomPointer | None, loader: Any) -> AtomPointer | None:
+        """The pointer a descriptor holds for a tree's root (written if new), as a link."""
+        if root is None:
+            return None
+        if isinstance(root, Node):
+            pointer = self.node_pointer(root)
+        else:
+            if loader.origin is not self.origin:
+                raise _foreign("collection")
+            pointer = root
+        self._linking[-1].append(pointer)
+        return pointer
+
     def encode_extension(self, value: Any) -> tuple[int, Any] | None:
         if type(value) is _ObjectRun:
             return EXT_OBJECT_RUN, _encode_run(value)
         if isinstance(value, DBObject):
             return EXT_OBJECT, [class_name(value), value._attrs]
         if isinstance(value, PersistentCollection):
-            root = value._root
-            if root is None:
-                pointer = None
-            elif type(root) is AtomPointer:
-                if value._loader.origin is not self.origin:  # type: ignore[attr-defined]
-                    raise _foreign("collection")
-                pointer = root
-            else:
-                pointer = self.node_pointer(root)  # type: ignore[arg-type]
-            if pointer is not None:
-                self._linking[-1].append(pointer)
+            pointer = self._root_pointer(value._root, value._loader)
             descriptor = [value._kind, pointer, value._count, value._pb_meta()]
             if value._indexes:
                 descriptor.append(
@@ -243,6 +247,9 @@ class AtomWriter:
                     ]
                 )
             return EXT_COLLECTION, descriptor
+        if isinstance(value, IndexTree):
+            pointer = self._root_pointer(value.root, value.loader)
+            return EXT_COLLECTION, [INDEX_TREE_KIND, pointer, value.count, None]
         if isinstance(value, MutableObject):
             return EXT_MUTABLE_REF, [value._pb_oid, class_name(value)]
         if isinstance(value, Literal):
@@ -338,10 +345,12 @@ class AtomReader:
                     raise ValueError("a collection descriptor has 4 or 5 fields")
                 kind, root, count, meta = plain[:4]
                 collection_class = PersistentCollection._registry.get(kind)
-                if collection_class is None:
+                if collection_class is None and kind != INDEX_TREE_KIND:
                     raise ValueError(f"unknown collection kind {kind!r}")
                 if root is not None and type(root) is not AtomPointer:
                     raise ValueError("collection root is not a pointer")
+                if collection_class is None:  # the tree of a secondary index
+                    return IndexTree(root, int(count), self._context)
                 indexes = _decode_indexes(plain[4]) if len(plain) == 5 else ()
                 return collection_class._pb_from_descriptor(
                     root, int(count), meta, self._context, indexes

@@ -6,7 +6,12 @@ stored nodes. Values are immutable: every mutator returns a new collection
 that shares the untouched nodes with the old one.
 
 In an atom, a collection is stored inline as its *descriptor*:
-``[kind, root pointer or nil, count, meta]``; its nodes are atoms of their own.
+``[kind, root pointer or nil, count, meta]``, followed by its indexes when it
+has any (see `collections.indexes`); its nodes are atoms of their own.
+
+Only `Indexable` kinds (List, Set, Dictionary) can have secondary indexes and
+carry a slot for them; every kind reads its indexes as ``_indexes``, which
+for the others is the empty default of `PersistentCollection`.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ if TYPE_CHECKING:
 class PersistentCollection(Storable):
     """Base of List, Dictionary, HashDictionary, Set and CountedSet."""
 
-    __slots__ = ("_count", "_indexes", "_loader", "_root")
+    __slots__ = ("_count", "_loader", "_root")
     _kind: ClassVar[str]
     _registry: ClassVar[dict[str, type[PersistentCollection]]] = {}
 
     _root: Node | AtomPointer | None
     _loader: NodeLoader
     _count: int
-    _indexes: tuple[Index, ...]
+    _indexes: tuple[Index, ...] = ()
+    """The secondary indexes: none, unless the collection is `Indexable`."""
     _query_plan_factory: ClassVar[Callable[[PersistentCollection], Any] | None] = None
     """Set by protobase.query (a layer above) so that `as_query_plan` can build a plan."""
 
@@ -49,7 +55,6 @@ class PersistentCollection(Storable):
         self._root = None
         self._loader = DETACHED
         self._count = 0
-        self._indexes = ()
 
     # -- construction ----------------------------------------------------------
 
@@ -62,11 +67,13 @@ class PersistentCollection(Storable):
         loader: NodeLoader,
         indexes: tuple[Index, ...] = (),
     ) -> Self:
+        """The collection a stored descriptor describes (ValueError if it cannot be one)."""
+        if indexes:
+            raise ValueError(f"a {cls._kind!r} collection has no secondary indexes")
         obj = cls.__new__(cls)
         obj._root = root
         obj._count = count
         obj._loader = loader
-        obj._indexes = indexes
         obj._pb_set_meta(meta)
         return obj
 
@@ -78,13 +85,13 @@ class PersistentCollection(Storable):
         """Restore what `_pb_meta` returned."""
 
     def _derive(self, root: Node | None) -> Self:
-        """A collection of the same kind (and loader) over `root`, its indexes kept exact."""
-        obj = self._copy_with(root, ())
-        if self._indexes:
-            obj._indexes = self._pb_maintained_indexes(obj)
-        return obj
+        """A collection of the same kind (and loader) over `root`."""
+        return self._copy_with(root)
 
-    def _copy_with(self, root: Node | AtomPointer | None, indexes: tuple[Index, ...]) -> Self:
+    def _copy_with(self, root: Node | AtomPointer | None, indexes: tuple[Index, ...] = ()) -> Self:
+        """This collection's kind, loader and meta over `root`, with `indexes`."""
+        if indexes:
+            raise TypeError(f"{type(self).__name__} has no secondary indexes")
         obj = self.__class__.__new__(self.__class__)
         obj._root = root
         if root is None:
@@ -94,19 +101,10 @@ class PersistentCollection(Storable):
         else:  # a stored root, not loaded: the count is known without loading it
             obj._count = self._count
         obj._loader = self._loader
-        obj._indexes = indexes
         obj._pb_set_meta(self._pb_meta())
         return obj
 
-    # -- secondary indexes (see collections.indexes) ------------------------------
-
-    def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
-        """Every row as ``(identity, row)``, for building an index."""
-        raise TypeError(f"{type(self).__name__} has no secondary indexes")
-
-    def _pb_maintained_indexes(self, new: Self) -> tuple[Index, ...]:
-        """The indexes of `new`, derived from this collection's; default: rebuilt."""
-        return tuple(Index.build(index.spec, new._pb_index_rows()) for index in self._indexes)
+    # -- secondary indexes, as every kind reads them (see Indexable) --------------
 
     def _pb_index_specs(self) -> tuple[IndexSpec, ...]:
         return tuple(index.spec for index in self._indexes)
@@ -118,36 +116,10 @@ class PersistentCollection(Storable):
         return None
 
     def _pb_with_index_specs(self, specs: tuple[IndexSpec, ...]) -> Self:
-        """This collection with exactly the indexes `specs` (kept ones are reused)."""
-        kept = {index.spec: index for index in self._indexes}
-        indexes = tuple(
-            kept[spec] if spec in kept else Index.build(spec, self._pb_index_rows())
-            for spec in specs
-        )
-        return self._copy_with(self._root, indexes)
-
-    def _add_index(self, field: Any, unique: bool) -> Self:
-        path = parse_path(field)
-        current = self._pb_index_for(path)
-        if current is not None:
-            if current.spec.unique == bool(unique):
-                return self
-            raise QueryError(
-                f"{type(self).__name__} already has an {current.spec.describe()}; "
-                "remove_index it first to change unique"
-            )
-        return self._pb_with_index_specs((*self._pb_index_specs(), IndexSpec(path, bool(unique))))
-
-    def _remove_index(self, field: Any) -> Self:
-        path = parse_path(field)
-        if self._pb_index_for(path) is None:
-            raise QueryError(
-                f"{type(self).__name__} has no index on {path_text(path)!r}; "
-                f"its indexes: {self.indexed_fields or 'none'}"
-            )
-        return self._pb_with_index_specs(
-            tuple(spec for spec in self._pb_index_specs() if spec.path != path)
-        )
+        """This collection with exactly the indexes `specs` (none: only Indexable has any)."""
+        if specs:
+            raise TypeError(f"{type(self).__name__} has no secondary indexes")
+        return self
 
     @property
     def indexed_fields(self) -> list[str]:
@@ -212,10 +184,60 @@ class PersistentCollection(Storable):
         return f"{type(self).__name__}([{', '.join(shown)}], count={self._count})"
 
 
-class Indexable:
-    """The public index methods of List, Set and Dictionary (see collections.indexes)."""
+class Indexable(PersistentCollection):
+    """A collection that can have secondary indexes: List, Set and Dictionary.
 
-    __slots__ = ()
+    It keeps them exact through every change (see collections.indexes).
+    """
+
+    __slots__ = ("_indexes",)
+    _indexes: tuple[Index, ...]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._indexes = ()
+
+    @classmethod
+    def _pb_from_descriptor(
+        cls,
+        root: AtomPointer | None,
+        count: int,
+        meta: Any,
+        loader: NodeLoader,
+        indexes: tuple[Index, ...] = (),
+    ) -> Self:
+        obj = super()._pb_from_descriptor(root, count, meta, loader)
+        obj._indexes = indexes
+        return obj
+
+    def _copy_with(self, root: Node | AtomPointer | None, indexes: tuple[Index, ...] = ()) -> Self:
+        obj = super()._copy_with(root)
+        obj._indexes = indexes
+        return obj
+
+    def _derive(self, root: Node | None) -> Self:
+        """A collection of the same kind (and loader) over `root`, its indexes kept exact."""
+        obj = self._copy_with(root)
+        if self._indexes:
+            obj._indexes = self._pb_maintained_indexes(obj)
+        return obj
+
+    def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
+        """Every row as ``(identity, row)``, for building an index."""
+        raise NotImplementedError
+
+    def _pb_maintained_indexes(self, new: Self) -> tuple[Index, ...]:
+        """The indexes of `new`, derived from this collection's; default: rebuilt."""
+        return tuple(Index.build(index.spec, new._pb_index_rows()) for index in self._indexes)
+
+    def _pb_with_index_specs(self, specs: tuple[IndexSpec, ...]) -> Self:
+        """This collection with exactly the indexes `specs` (kept ones are reused)."""
+        kept = {index.spec: index for index in self._indexes}
+        indexes = tuple(
+            kept[spec] if spec in kept else Index.build(spec, self._pb_index_rows())
+            for spec in specs
+        )
+        return self._copy_with(self._root, indexes)
 
     def add_index(self, field: str, *, unique: bool = False) -> Self:
         """This collection with an index on `field` of its rows (see docs/queries.md).
@@ -227,8 +249,25 @@ class Indexable:
             ValidationError: the field reads through a MutableObject.
             QueryError: the field is already indexed with the other `unique`.
         """
-        return self._add_index(field, unique)  # type: ignore[attr-defined]
+        path = parse_path(field)
+        current = self._pb_index_for(path)
+        if current is not None:
+            if current.spec.unique == bool(unique):
+                return self
+            raise QueryError(
+                f"{type(self).__name__} already has an {current.spec.describe()}; "
+                "remove_index it first to change unique"
+            )
+        return self._pb_with_index_specs((*self._pb_index_specs(), IndexSpec(path, bool(unique))))
 
     def remove_index(self, field: str) -> Self:
         """This collection without its index on `field`; QueryError when there is none."""
-        return self._remove_index(field)  # type: ignore[attr-defined]
+        path = parse_path(field)
+        if self._pb_index_for(path) is None:
+            raise QueryError(
+                f"{type(self).__name__} has no index on {path_text(path)!r}; "
+                f"its indexes: {self.indexed_fields or 'none'}"
+            )
+        return self._pb_with_index_specs(
+            tuple(spec for spec in self._pb_index_specs() if spec.path != path)
+        )

@@ -1,10 +1,12 @@
 """Secondary indexes: stored with their collection, exact after every change.
 
-An index on field path P of a collection is an `IndexTree`: a keyed
-B+-tree (the core's, like an ordered `Dictionary`) whose keys are
-``(value at P, identity)``, ordered by ``(sort_key(value),
-sort_key(identity))``, and whose values are counts. The identity names the
-row inside the collection:
+An index on field path P of a collection is a keyed B+-tree (`btree`, the
+same as under an ordered `Dictionary`) whose keys are ``(value at P,
+identity)``, ordered by ``(sort_key(value), sort_key(identity))``
+(`index_key`), and whose values are counts. An `Index` holds its tree raw,
+as an `IndexTree` (root node or pointer, entry count, loader), and reads and
+changes it with the `btree` functions. The identity names the row inside
+the collection:
 
 - Dictionary: the row's key (the index serves the dictionary's values);
 - List: the row's position;
@@ -12,6 +14,16 @@ row inside the collection:
   copy of each element. Elements whose hashes collide share an entry, whose
   count says how many there are; a lookup reads every element of that hash
   and the query re-checks its condition on each.
+
+This module knows nothing of collections: `collections.base.Indexable`
+gives List, Set and Dictionary their indexes and calls `Index.build` and
+`Index.changed`.
+
+Stored form (written by `protobase.serialization`, inside the descriptor of
+the collection): each index is ``[dotted field, unique, tree]``, and its
+tree is written like a collection descriptor of kind ``"index"``::
+
+    ["index", root node pointer | nil, entry count, nil]
 
 Invariants:
 
@@ -33,35 +45,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+from ..atoms import AtomPointer
 from ..errors import UniqueConstraintError, ValidationError
 from .btree import (
+    DETACHED,
     MISSING,
+    KeyedNode,
+    NodeLoader,
+    as_keyed,
     build_keyed,
     keyed_first,
+    keyed_get,
     keyed_items,
     keyed_rank,
+    keyed_remove,
+    keyed_set,
     keyed_sorted_keys,
 )
 from .fields import Path, index_path_value, path_text
 from .ordering import sort_key
 
-if TYPE_CHECKING:
-    from .keyed import IndexTree
-
+INDEX_TREE_KIND = "index"
+"""The kind in the stored descriptor of an index tree (see the module docstring)."""
 HIGH: tuple[Any, ...] = (1 << 62,)
 """Sorts after the sort key of any value (ranks are small integers)."""
 UNORDERABLE_RANK = 1 << 61
 """Where entries of values that cannot be ordered sort: after all others."""
 END_RANK = 1 << 62
-
-
-def _empty_tree() -> IndexTree:
-    # keyed.py builds on base.py, which builds on this module: import late.
-    from .keyed import IndexTree
-
-    return IndexTree()
 
 
 def index_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -102,6 +114,33 @@ def above(field_key: Any) -> tuple[Any, ...]:
     return (*field_key, HIGH)
 
 
+class IndexTree:
+    """The tree of one index, raw: its root, its entry count, and the loader of its nodes.
+
+    The root is a node, the `AtomPointer` of a stored one (read on first
+    use), or None when the index is empty.
+    """
+
+    __slots__ = ("count", "loader", "root")
+
+    def __init__(
+        self, root: KeyedNode | AtomPointer | None, count: int, loader: NodeLoader = DETACHED
+    ) -> None:
+        self.root = root
+        self.count = count
+        self.loader = loader
+
+    def node(self) -> KeyedNode | None:
+        """The root node, loaded (and kept) on first use."""
+        root = self.root
+        if isinstance(root, AtomPointer):
+            root = self.root = as_keyed(self.loader.load_node(root))
+        return root
+
+    def __repr__(self) -> str:
+        return f"<IndexTree of {self.count} entries>"
+
+
 class Index:
     """One index of a collection (immutable: changes return a new Index)."""
 
@@ -112,7 +151,7 @@ class Index:
         self.tree = tree
 
     def __repr__(self) -> str:
-        return f"<{self.spec.describe()}, {len(self.tree)} entries>"
+        return f"<{self.spec.describe()}, {self.tree.count} entries>"
 
     # -- building and maintenance ----------------------------------------------------
 
@@ -165,8 +204,8 @@ class Index:
             entries.append((key, 1))
             skeys.append(skey)
             previous = skey
-        tree = _empty_tree()
-        return cls(spec, tree._derive(build_keyed(entries, index_key, skeys=skeys)))
+        root = build_keyed(entries, index_key, skeys=skeys)
+        return cls(spec, IndexTree(root, len(entries)))
 
     def changed(
         self, removed: Iterable[tuple[Any, Any]], added: Iterable[tuple[Any, Any]]
@@ -179,36 +218,32 @@ class Index:
         Raises:
             UniqueConstraintError: an added row repeats a unique value.
         """
-        tree = self.tree
+        root, loader = self.tree.node(), self.tree.loader
         for identity, row in removed:
             key = self.entry(identity, row)
-            count = tree._lookup(key)
+            count = keyed_get(root, loader, index_key(key), index_key)
             if count is MISSING:
                 raise AssertionError(f"{self.spec.describe()} lacks entry {key!r}")
-            tree = tree._without(key) if count <= 1 else tree._with(key, count - 1)
+            if count <= 1:
+                root, _ = keyed_remove(root, loader, key, index_key)
+            else:
+                root, _ = keyed_set(root, loader, key, count - 1, index_key)
         for identity, row in added:
             key = self.entry(identity, row)
             if (
                 self.spec.unique
                 and len(key) == 2
                 and key[0] is not None
-                and next(self._entries_equal(tree, key[0]), None) is not None
+                and next(_entries_equal(root, loader, key[0]), None) is not None
             ):
                 raise UniqueConstraintError(
                     f"the {self.spec.describe()} already holds value {key[0]!r}; nothing changed"
                 )
-            count = tree._lookup(key)
-            tree = tree._with(key, 1 if count is MISSING else count + 1)
-        return Index(self.spec, tree)
+            count = keyed_get(root, loader, index_key(key), index_key)
+            root, _ = keyed_set(root, loader, key, 1 if count is MISSING else count + 1, index_key)
+        return Index(self.spec, IndexTree(root, 0 if root is None else root.total, loader))
 
     # -- reading (the planner) -------------------------------------------------------
-
-    @staticmethod
-    def _entries_equal(tree: IndexTree, value: Any) -> Iterator[tuple[Any, Any]]:
-        field_key = sort_key(value)
-        return keyed_items(
-            tree._node(), tree._loader, index_key, below(field_key), above(field_key)
-        )
 
     def scan(self, low: Any, high: Any) -> Iterator[tuple[Any, Any]]:
         """``(order key, identity)`` of the entries between tree positions `low` and `high`.
@@ -217,22 +252,28 @@ class Index:
         collection's own order of its rows.
         """
         tree = self.tree
-        for skey, key in keyed_sorted_keys(tree._node(), tree._loader, index_key, low, high):
+        for skey, key in keyed_sorted_keys(tree.node(), tree.loader, index_key, low, high):
             yield skey[-1], key[-1]
 
     def first(self, low: Any, high: Any) -> tuple[Any, Any] | None:
         """The first ``(order key, identity)`` of `scan`, found with one descent."""
         tree = self.tree
-        found = keyed_first(tree._node(), tree._loader, index_key, low, high)
+        found = keyed_first(tree.node(), tree.loader, index_key, low, high)
         return None if found is None else (found[0][-1], found[1][-1])
 
     def count(self, low: Any, high: Any) -> int:
         """The number of entries between tree positions `low` and `high`; O(log n)."""
         tree = self.tree
-        root = tree._node()
-        return keyed_rank(root, tree._loader, high, index_key) - keyed_rank(
-            root, tree._loader, low, index_key
-        )
+        root, loader = tree.node(), tree.loader
+        return keyed_rank(root, loader, high, index_key) - keyed_rank(root, loader, low, index_key)
 
     def __len__(self) -> int:
-        return len(self.tree)
+        return self.tree.count
+
+
+def _entries_equal(
+    root: KeyedNode | None, loader: NodeLoader, value: Any
+) -> Iterator[tuple[Any, Any]]:
+    """The entries of an index tree whose field value equals `value`."""
+    field_key = sort_key(value)
+    return keyed_items(root, loader, index_key, below(field_key), above(field_key))

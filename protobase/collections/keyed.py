@@ -34,7 +34,7 @@ from .btree import (
     keyed_set,
     keyed_values,
 )
-from .indexes import HIGH, Index, index_key
+from .indexes import HIGH, Index
 from .ordering import hash_key, sort_key, stable_hash
 
 if TYPE_CHECKING:
@@ -260,24 +260,6 @@ class HashDictionary(_Mapping):
     __slots__ = ()
     _kind = "hdict"
     _keyfn = staticmethod(hash_key)
-
-
-class IndexTree(KeyedCollection):
-    """The tree of a secondary index (see collections.indexes); not public.
-
-    Keys are ``(field value, row identity)``; values are counts. Only the
-    index code changes it, so entries are not re-checked on the way in.
-    """
-
-    __slots__ = ()
-    _kind = "index"
-    _keyfn = staticmethod(index_key)
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def as_iterable(self) -> Iterator[tuple[Any, Any]]:
-        return self._entries()
 
 
 class Set(KeyedCollection, Indexable):

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 
-class List(PersistentCollection, Indexable):
+class List(Indexable):
     """An immutable list value; every mutator returns the new list."""
 
     __slots__ = ()
@@ -134,9 +134,8 @@ class List(PersistentCollection, Indexable):
         removed: list[tuple[int, Any]],
         added: list[tuple[int, Any]],
     ) -> Self:
-        obj = self._copy_with(root, ())
-        obj._indexes = tuple(index.changed(removed, added) for index in self._indexes)
-        return obj
+        indexes = tuple(index.changed(removed, added) for index in self._indexes)
+        return self._copy_with(root, indexes)
 
     def append_last(self, value: Any) -> Self:
         return self.insert_at(self._count, value)
