@@ -13,13 +13,14 @@ Two flavours share the code:
 - **positional** trees (List): leaves hold ``values`` only; the position of
   an entry is the number of entries before it.
 
-so a node has one of four shapes, each a class of its own: `KeyedLeaf`,
-`KeyedInternal`, `PositionalLeaf` and `PositionalInternal` (`KeyedNode` and
-`PositionalNode` name the two flavours). All four derive from `Node`, which
-is what code that does not care about the shape sees (the loader, the
-writer); `Node.keys` and `Node.values` read None on a shape without them.
-A child loaded from an atom of the wrong shape or height for its place is a
-`CorruptionError`, so the code of a flavour only ever meets its own shapes.
+A node therefore has one of four shapes, each a class of its own:
+`KeyedLeaf`, `KeyedInternal`, `PositionalLeaf` and `PositionalInternal`
+(`KeyedNode` and `PositionalNode` name the two flavours). All four derive
+from `Node`, which is what code that does not care about the shape sees (the
+loader, the writer); `Node.keys` and `Node.values` read None on a shape
+without them. A child or root loaded from an atom of the wrong shape or
+height for its place is a `CorruptionError`, so the code of a flavour only
+ever meets its own shapes.
 
 Invariants:
 
