@@ -36,8 +36,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from ..collections.fields import Path, parse_path, path_text, read_path
-from ..errors import QueryError
-from ..objects import DBObject, Literal
+from ..collections.ordering import sort_key
+from ..errors import QueryError, ValidationError
+from ..objects import DBObject, Literal, class_name
 
 Predicate = Callable[[Any], bool]
 
@@ -68,6 +69,39 @@ def equal(left: Any, right: Any) -> bool:
         return bool(left == right)
     except (TypeError, ArithmeticError):
         return False
+
+
+def same_loose(left: Any, right: Any) -> bool:
+    """Whether DISTINCT and GROUP BY treat two values as one, also when they cannot be keys.
+
+    Values that can be keys are one when their sort keys are equal (``1``
+    and ``1.0``; NaN and NaN). Lists, tuples, dicts and DBObjects that
+    cannot be keys (they hold a list or a dict) compare part by part with
+    the same rule, so the answer never depends on whether two rows share
+    one NaN object or hold two. Anything else compares with `equal`.
+    """
+    left_key, right_key = _key_or_none(left), _key_or_none(right)
+    if left_key is not None or right_key is not None:
+        return left_key == right_key
+    kind = type(left)
+    if kind is not type(right):
+        return equal(left, right)
+    if kind is list or kind is tuple:
+        return len(left) == len(right) and all(map(same_loose, left, right))
+    if kind is dict:
+        return left.keys() == right.keys() and all(
+            same_loose(item, right[key]) for key, item in left.items()
+        )
+    if isinstance(left, DBObject):
+        return class_name(left) == class_name(right) and same_loose(left._attrs, right._attrs)
+    return equal(left, right)
+
+
+def _key_or_none(value: Any) -> Any:
+    try:
+        return sort_key(value)
+    except ValidationError:
+        return None
 
 
 def contains(container: Any, item: Any) -> bool | None:

@@ -30,7 +30,7 @@ from typing import Any
 from ..collections.fields import Path, parse_path, path_text
 from ..collections.ordering import sort_key
 from ..errors import QueryError, ValidationError
-from .expressions import equal, field_reader
+from .expressions import field_reader, same_loose
 from .plans import QueryPlan, hashable_key
 from .rows import Row
 
@@ -230,7 +230,7 @@ class GroupByPlan(QueryPlan):
             group = groups.get(key) if key is not None else None
             if group is None:
                 if key is None:
-                    group = next((g for g in loose if equal(g[0], values)), None)
+                    group = next((g for g in loose if same_loose(g[0], values)), None)
                 if group is None:
                     group = (values, new_state())
                     order.append(group)

@@ -39,7 +39,7 @@ from .expressions import (
     Or,
     StartsWith,
     as_expression,
-    equal,
+    same_loose,
 )
 from .rows import Row
 
@@ -436,7 +436,7 @@ class DistinctPlan(QueryPlan):
 
     Values are the same when a collection would treat them as one key
     (``1`` and ``1.0``; NaN and NaN); values that cannot be keys (lists,
-    dicts) are compared with ``==``.
+    dicts) are compared part by part with the same rule (`same_loose`).
     """
 
     def __init__(self, based_on: Any = None, fields: Sequence[str] | None = None) -> None:
@@ -464,7 +464,7 @@ class DistinctPlan(QueryPlan):
                     continue
                 seen.add(key)
             else:
-                if any(equal(value, other) for other in loose):
+                if any(same_loose(value, other) for other in loose):
                     continue
                 loose.append(value)
             yield row

@@ -262,9 +262,24 @@ def oracle_sort(rows: list[Any], keys: list[tuple[str, bool, bool]]) -> list[Any
 
 
 def same_key(value: Any, key: Any, other: Any, other_key: Any) -> bool:
-    """Duplicates for DISTINCT and GROUP BY: equal sort keys when both have one, else ==."""
-    if key is not None and other_key is not None:
+    """Duplicates for DISTINCT and GROUP BY: equal sort keys when both have one, else
+    part by part with that rule (so a NaN inside a row equals a NaN in another row
+    whether or not both rows hold the same NaN object)."""
+    if key is not None or other_key is not None:
         return bool(key == other_key)
+    if type(value) is not type(other):
+        return safe_eq(value, other)
+    if isinstance(value, (list, tuple)):
+        return len(value) == len(other) and all(
+            same_key(a, sortable_key(a), b, sortable_key(b))
+            for a, b in zip(value, other, strict=True)
+        )
+    if isinstance(value, dict):
+        return value.keys() == other.keys() and all(
+            same_key(v, sortable_key(v), other[k], sortable_key(other[k])) for k, v in value.items()
+        )
+    if isinstance(value, DBObject):
+        return same_key(value.attributes(), None, other.attributes(), None)
     return safe_eq(value, other)
 
 

@@ -796,6 +796,23 @@ def test_distinct_whole_rows() -> None:
     assert list(DistinctPlan(based_on=objects).execute()) == [Person(a=1), Person(a=2)]
 
 
+def test_distinct_and_group_by_find_nan_equal_inside_rows_that_cannot_be_keys() -> None:
+    # Two NaN objects: Python's == says the lists differ unless both hold the same one.
+    rows = [
+        {"tags": ["a"], "v": float("nan")},
+        {"tags": ["a"], "v": float("nan")},
+        Person(tags=["b"], v=float("nan")),
+        Person(tags=["b"], v=float("nan")),
+        {"tags": ["a"], "v": 1.0},
+        {"tags": ["a"], "v": 1},
+    ]
+    assert list(DistinctPlan(based_on=rows).execute()) == [rows[0], rows[2], rows[4]]
+    groups = GroupByPlan(
+        group_fields=["tags", "v"], aggregates={"n": ("count", None)}, based_on=rows
+    )
+    assert [row.n for row in groups.execute()] == [2, 2, 2]
+
+
 def test_distinct_by_fields_keeps_the_first_row() -> None:
     plan = DistinctPlan(based_on=PEOPLE, fields=["city"])
     assert names(plan.execute()) == ["Ann", "Bob", "Dee", "Fay"]
