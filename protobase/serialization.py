@@ -15,6 +15,9 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
                           [[class name, ...], [name index, {attribute: value}, ...]]
                           (one extension per leaf instead of one per object;
                           decodes to the list of objects)
+    37  tuple run         a leaf's keys (or values) when they are all tuples:
+                          [[item, ...], ...], each inner array one tuple
+                          (index trees' ``(value, identity)`` keys, tuple keys)
 
 `AtomWriter` turns the values of one commit into the atoms of its batch:
 every node or literal not yet stored in *this* space gets the next index of
@@ -51,9 +54,11 @@ EXT_COLLECTION = 33
 EXT_MUTABLE_REF = 34
 EXT_LITERAL = 35
 EXT_OBJECT_RUN = 36
+EXT_TUPLE_RUN = 37
 
-MIN_OBJECT_RUN = 2
-"""A leaf holding at least this many values, all DBObjects, stores them as one run."""
+MIN_RUN = 2
+"""A leaf's keys or values, at least this many and all DBObjects (or all tuples),
+are stored as one run."""
 
 
 class _ObjectRun:
@@ -65,16 +70,45 @@ class _ObjectRun:
         self.objects = objects
 
 
+class _TupleRun:
+    """The tuple keys or values of one leaf, encoded as one extension (code 37)."""
+
+    __slots__ = ("tuples",)
+
+    def __init__(self, tuples: list[tuple[Any, ...]]) -> None:
+        self.tuples = tuples
+
+
+def _as_run(items: list[Any]) -> Any:
+    """`items` as an object or tuple run when they qualify, else as they are."""
+    if len(items) < MIN_RUN:
+        return items
+    kinds = set(map(type, items))
+    if kinds == {tuple}:
+        return _TupleRun(items)
+    if all(isinstance(item, DBObject) for item in items):
+        return _ObjectRun(items)
+    return items
+
+
 def _leaf_payload(payload: list[Any]) -> list[Any]:
-    """`payload` with a leaf's values given as one object run when they are all DBObjects."""
+    """`payload` with a leaf's keys and values given as runs where they qualify."""
     tag = payload[0]
-    if tag == 0 or tag == 1:
-        at = 2 if tag == 0 else 1
-        values = payload[at]
-        if len(values) >= MIN_OBJECT_RUN and all(isinstance(v, DBObject) for v in values):
-            payload = list(payload)
-            payload[at] = _ObjectRun(values)
+    if tag == 0:
+        keys, values = _as_run(payload[1]), _as_run(payload[2])
+        if keys is not payload[1] or values is not payload[2]:
+            payload = [0, keys, values]
+    elif tag == 1:
+        values = _as_run(payload[1])
+        if values is not payload[1]:
+            payload = [1, values]
     return payload
+
+
+def _decode_tuple_run(plain: Any) -> list[tuple[Any, ...]]:
+    if type(plain) is not list or not all(type(item) is list for item in plain):
+        raise ValueError("a tuple run is a list of arrays")
+    return list(map(tuple, plain))
 
 
 def _encode_run(run: _ObjectRun) -> list[Any]:
@@ -234,6 +268,8 @@ class AtomWriter:
     def encode_extension(self, value: Any) -> tuple[int, Any] | None:
         if type(value) is _ObjectRun:
             return EXT_OBJECT_RUN, _encode_run(value)
+        if type(value) is _TupleRun:
+            return EXT_TUPLE_RUN, list(map(list, value.tuples))
         if isinstance(value, DBObject):
             return EXT_OBJECT, [class_name(value), value._attrs]
         if isinstance(value, PersistentCollection):
@@ -340,6 +376,8 @@ class AtomReader:
                 return object_class._pb_from_state(attrs)
             if code == EXT_OBJECT_RUN:
                 return _decode_run(plain)
+            if code == EXT_TUPLE_RUN:
+                return _decode_tuple_run(plain)
             if code == EXT_COLLECTION:
                 if type(plain) is not list or len(plain) not in (4, 5):
                     raise ValueError("a collection descriptor has 4 or 5 fields")

@@ -1,9 +1,10 @@
-"""A leaf whose values are all DBObjects is stored as one object run (extension 36).
+"""Runs: a leaf's values that are all DBObjects (extension 36), or keys or values
+that are all tuples (extension 37), are stored as one extension.
 
-The run must round-trip every object exactly (class, attributes, nested
-collections and values), keep the batch's links exact, decode the older
-one-extension-per-object form, and refuse a damaged run with a
-`CorruptionError`.
+A run must round-trip every item exactly (class, attributes, nested
+collections and values; tuples inside tuples, lists inside tuples), keep the
+batch's links exact, decode the older one-extension-per-item form, and
+refuse a damaged run with a `CorruptionError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from protobase import (
     CorruptionError,
     DBObject,
     Dictionary,
+    F,
     List,
     MemoryStorage,
     ObjectSpace,
@@ -25,11 +27,12 @@ from protobase import (
     register_class,
 )
 from protobase.atoms import AtomPointer, frame_atom, new_transaction_id
-from protobase.codec import encode_with
+from protobase.codec import EXT_TUPLE, encode_with
 from protobase.registry import registry
 from protobase.serialization import (
     EXT_OBJECT,
     EXT_OBJECT_RUN,
+    EXT_TUPLE_RUN,
     AtomReader,
     AtomWriter,
 )
@@ -46,7 +49,7 @@ class Other(DBObject):
 
 
 def _stored_leaf_exts(space: ObjectSpace, db_name: str, root: str) -> list[int]:
-    """The extension codes at the top of the values of the first leaf of root `root`."""
+    """The extension codes in the first leaf of root `root` (nested ones after theirs)."""
     tr = space.open_database(db_name).new_read_only_transaction()
     try:
         node = tr.get_root_object(root)._node()
@@ -59,6 +62,8 @@ def _stored_leaf_exts(space: ObjectSpace, db_name: str, root: str) -> list[int]:
 
     def hook(code: int, data: bytes) -> object:
         codes.append(code)
+        if code in (EXT_TUPLE, EXT_OBJECT, EXT_OBJECT_RUN, EXT_TUPLE_RUN):  # msgpack inside
+            msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
         return None
 
     msgpack.unpackb(payload, ext_hook=hook, raw=False, strict_map_key=False)
@@ -169,6 +174,43 @@ def test_links_of_a_run_name_the_collections_inside_its_objects() -> None:
     assert any(len(links) == 3 and len(set(links)) == 1 for links in leaf_links)
     assert all(isinstance(p, AtomPointer) for links in writer.links for p in links)
     assert frame_atom(b"") != b""  # framing is untouched by runs
+
+
+def test_tuple_keys_and_values_round_trip_as_runs() -> None:
+    with ObjectSpace(MemoryStorage()) as space:
+        db = space.new_database("r")
+        pairs = {(k, f"s{k}"): (k, (k, "inner"), [k, "list"]) for k in range(100)}
+        with db.transaction() as tr:
+            tr.set_root_object("d", Dictionary(pairs))
+        codes = _stored_leaf_exts(space, "r", "d")
+        assert codes.count(EXT_TUPLE_RUN) == 2  # the keys and the values
+        assert EXT_TUPLE in codes  # the tuple inside each value keeps its own extension
+        with db.transaction() as tr:
+            d = tr.get_root_object("d")
+            for key, value in pairs.items():
+                got = d.get_at(key)
+                assert got == value and type(got) is tuple
+                assert type(got[1]) is tuple and type(got[2]) is list
+
+
+def test_an_index_reads_back_from_its_tuple_runs() -> None:
+    with ObjectSpace(MemoryStorage()) as space:
+        db = space.new_database("r")
+        with db.transaction() as tr:
+            people = Dictionary({k: Item(n=k % 10, id=k) for k in range(500)})
+            tr.set_root_object("d", people.add_index("n").add_index("id", unique=True))
+        with db.transaction() as tr:
+            d = tr.get_root_object("d")
+            assert sorted(row.id for row in tr.query(d).where(F.n == 3)) == list(range(3, 500, 10))
+            assert [row.id for row in tr.query(d).where(F.id.between(10, 12))] == [10, 11, 12]
+
+
+@pytest.mark.parametrize("plain", [[1, 2], [[1], "ab"], "not a list"])
+def test_a_damaged_tuple_run_raises_corruption_error(plain: object) -> None:
+    reader = AtomReader(_NoContext())
+    data = encode_with([0, _Ext(EXT_TUPLE_RUN, plain), [1, 2]], _ExtOnly())
+    with pytest.raises(CorruptionError):
+        reader.decode(data)
 
 
 class _Ext:
