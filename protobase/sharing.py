@@ -13,8 +13,10 @@
   transaction's identity map or reads), or a collection with secondary
   indexes, is not kept: each transaction decodes it.
 
-Internal nodes are not kept here: they cache the children they load, which
-may be private to the transaction that loads them.
+- An internal node is kept as a *shared* node (`btree.Internal.shared`):
+  its children stay pointers, because a child may be private to the
+  transaction that loads it; each transaction finds them through its own
+  loader.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from .atoms import AtomPointer
 from .codec import PLAIN_SCALAR_TYPES
 from .collections.base import DETACHED, PersistentCollection
-from .collections.btree import Node, NodeLoader
+from .collections.btree import Internal, Node, NodeLoader
 from .objects import DBObject, UnknownObject
 
 _FROZEN_SCALARS = frozenset(PLAIN_SCALAR_TYPES)
@@ -116,9 +118,19 @@ class NodeTemplate:
 
 
 def shared_form(node: Node) -> Node | NodeTemplate | None:
-    """What the shared cache keeps for a stored node: itself, a template, or nothing."""
-    if node.height or node.pointer is None:
+    """What the shared cache keeps for a stored node: itself, a template, or nothing.
+
+    An internal node is kept as a shared node (its children as pointers): the
+    node itself when it was just decoded (all its children are pointers),
+    else a copy.
+    """
+    if node.pointer is None:
         return None
+    if isinstance(node, Internal):
+        if all(type(child) is AtomPointer for child in node.children):
+            node.shared = True
+            return node
+        return node.shareable_copy()
     scalars = _FROZEN_SCALARS
     keys = node.keys
     if keys is not None and not scalars.issuperset(map(type, keys)):

@@ -331,28 +331,40 @@ C = TypeVar("C", bound=Node)
 
 
 class Internal(Node, Generic[C]):
-    """What both internal shapes have: children (nodes or pointers) and their sizes."""
+    """What both internal shapes have: children (nodes or pointers) and their sizes.
 
-    __slots__ = ("children", "height", "sizes")
+    A *shared* internal node is read by every transaction of a space (see
+    `protobase.sharing`): it never keeps the children it loads, because a
+    child may be private to the transaction that loaded it (it may hold that
+    transaction's collections). Its children stay pointers; each reader
+    finds them through its loader, which remembers what it loaded.
+    """
+
+    __slots__ = ("children", "height", "shared", "sizes")
 
     children: list[C | AtomPointer]
     sizes: list[int]
     """``sizes[i]`` is the ``total`` of child i."""
+    shared: bool
 
     @property
     def width(self) -> int:
         return len(self.children)
 
     def child(self, index: int, loader: NodeLoader) -> C:
-        """Child `index`, loaded (and kept) if it is still a pointer."""
+        """Child `index`, loaded (and kept, unless this node is shared) if it is a pointer."""
         child = self.children[index]
         if isinstance(child, AtomPointer):
             child = self._adopt(loader.load_node(child))
-            self.children[index] = child
+            if not self.shared:
+                self.children[index] = child
         return child
 
     def load_children(self, loader: NodeLoader, start: int = 0, stop: int | None = None) -> None:
-        """Load the children in ``[start, stop)`` with one batched read."""
+        """Load the children in ``[start, stop)`` with one batched read.
+
+        A shared node only has its loader read them (`child` then finds them there).
+        """
         children = self.children
         stop = len(children) if stop is None else stop
         wanted: list[int] = []
@@ -363,8 +375,24 @@ class Internal(Node, Generic[C]):
                 wanted.append(i)
                 pointers.append(child)
         if wanted:
-            for i, node in zip(wanted, loader.load_nodes(pointers), strict=True):
-                children[i] = self._adopt(node)
+            loaded = loader.load_nodes(pointers)
+            if not self.shared:
+                for i, node in zip(wanted, loaded, strict=True):
+                    children[i] = self._adopt(node)
+
+    def shareable_copy(self) -> Self | None:
+        """A stored copy for every transaction: children as pointers; None if one is unstored."""
+        pointers: list[C | AtomPointer] = []
+        for child in self.children:
+            if not isinstance(child, AtomPointer):
+                if child.pointer is None:
+                    return None
+                child = child.pointer
+            pointers.append(child)
+        copy = self.clone(None)
+        copy.children = pointers
+        copy.pointer, copy.origin, copy.shared = self.pointer, self.origin, True
+        return copy
 
     def _adopt(self, node: Node) -> C:
         """`node`, loaded as a child of this node; CorruptionError if it cannot be one."""
@@ -421,6 +449,7 @@ class KeyedInternal(Internal["KeyedNode"]):
         self.edit = edit
         self.origin = origin
         self.pointer = None
+        self.shared = False
         self._skeys = skeys
 
     @staticmethod
@@ -549,6 +578,7 @@ class PositionalInternal(Internal["PositionalNode"]):
         self.edit = edit
         self.origin = origin
         self.pointer = None
+        self.shared = False
 
     @staticmethod
     def over(
@@ -737,8 +767,9 @@ def _keyed_set(
         width = len(leaf.values)
         return leaf, (leaf.split(i == width - 1) if width > MAX_WIDTH else None), 1
     i = _child_for(node, skey, keyfn)
-    child, split, added = _keyed_set(node.child(i, loader), loader, key, skey, value, keyfn, edit)
-    if child is node.children[i] and split is None and not added:
+    before = node.child(i, loader)
+    child, split, added = _keyed_set(before, loader, key, skey, value, keyfn, edit)
+    if child is before and split is None and not added:
         return node, None, 0
     parent = _editable(node, edit)
     parent.replace_child(i, child)
