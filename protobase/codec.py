@@ -234,7 +234,14 @@ _TIMESTAMP_HEADER = re.compile(
 
 
 def _may_hold_timestamp(data: bytes) -> bool:
-    return _TIMESTAMP_HEADER.search(data) is not None
+    # Every header ends with the type byte 0xff (-1): look only where one is
+    # (a C-speed find; most data holds no 0xff at all).
+    at = data.find(b"\xff")
+    while at >= 0:
+        if _TIMESTAMP_HEADER.search(data, max(at - 5, 0), at + 1) is not None:
+            return True
+        at = data.find(b"\xff", at + 1)
+    return False
 
 
 def _no_timestamp(value: Any) -> None:

@@ -156,6 +156,11 @@ class DBObject(Storable):
         """A stored attribute for query paths (collections.fields); None if unset."""
         return self._attrs.get(name)
 
+    @classmethod
+    def _pb_field_getter(cls, name: str) -> Callable[[DBObject], Any]:
+        """`_pb_field` of `name` as one function, for reading many rows (index builds)."""
+        return lambda obj: obj._attrs.get(name)
+
     def attributes(self) -> dict[str, Any]:
         """A copy of the attributes as a dict."""
         return dict(self._attrs)

@@ -714,3 +714,19 @@ def test_corruption_message_names_the_pointer(damage: Any) -> None:
     message = str(caught.value)
     assert str(pointer) in message
     assert pointer.transaction_id.hex() in message
+
+
+@settings(max_examples=300)
+@given(
+    data=st.lists(
+        st.sampled_from([b"\xd6", b"\xd7", b"\xc7", b"\xc8", b"\xc9", b"\x00", b"\x04", b"\x08"])
+        | st.sampled_from([b"\x0c", b"\xff", b"\x01"])
+        | st.binary(max_size=3),
+        max_size=40,
+    ).map(b"".join)
+)
+def test_the_timestamp_header_scan_finds_what_the_pattern_finds(data: bytes) -> None:
+    # The fast scan looks only around 0xff bytes; it must agree with a full search.
+    from protobase.codec import _TIMESTAMP_HEADER, _may_hold_timestamp
+
+    assert _may_hold_timestamp(data) == (_TIMESTAMP_HEADER.search(data) is not None)

@@ -44,7 +44,8 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from operator import itemgetter
+from itertools import islice
+from operator import eq, itemgetter
 from typing import Any, NamedTuple
 
 from ..atoms import AtomPointer
@@ -64,7 +65,7 @@ from .btree import (
     keyed_set,
     keyed_sorted_keys,
 )
-from .fields import Path, index_path_value, path_text
+from .fields import Path, index_field_reader, index_path_value, path_text
 from .ordering import sort_key
 
 INDEX_TREE_KIND = "index"
@@ -141,6 +142,39 @@ class IndexTree:
         return f"<IndexTree of {self.count} entries>"
 
 
+_SIMPLE_RANKS: dict[type, int] = {str: 3, int: 1, bool: 1, float: 1, bytes: 4}
+"""The sort key rank of scalars whose sort key is ``(rank, value)`` (a float but NaN)."""
+
+
+def _merged_duplicates(
+    pairs: list[tuple[Any, tuple[Any, ...]]],
+) -> tuple[list[tuple[Any, int]], list[Any]]:
+    """Entries with counts, one per distinct sort key, from sorted ``(skey, key)`` pairs."""
+    entries: list[tuple[Any, int]] = []
+    skeys: list[Any] = []
+    previous: Any = MISSING
+    for skey, key in pairs:
+        if skey == previous:
+            entries[-1] = (key, entries[-1][1] + 1)
+            continue
+        entries.append((key, 1))
+        skeys.append(skey)
+        previous = skey
+    return entries, skeys
+
+
+def _check_unique(spec: IndexSpec, entries: list[tuple[Any, int]], skeys: list[Any]) -> None:
+    """Raise UniqueConstraintError when two sorted entries share a non-None orderable value."""
+    for position in range(1, len(skeys)):
+        if skeys[position][:-1] == skeys[position - 1][:-1]:
+            key = entries[position][0]
+            if len(key) == 2 and key[0] is not None:
+                raise UniqueConstraintError(
+                    f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
+                    "than once; nothing changed"
+                )
+
+
 class Index:
     """One index of a collection (immutable: changes return a new Index)."""
 
@@ -172,38 +206,32 @@ class Index:
         Raises:
             UniqueConstraintError: `spec` is unique and two rows share a value.
         """
-        path = spec.path
+        read = index_field_reader(spec.path)
+        ranks = _SIMPLE_RANKS
         pairs: list[tuple[Any, tuple[Any, ...]]] = []
         append = pairs.append
         for identity, row in rows:
-            value = index_path_value(row, path)
-            identity_key = sort_key(identity)
+            value = read(row)
+            # sort_key inlined for the common scalars (a str, an int, a float but NaN)
+            rank = ranks.get(type(identity))
+            identity_key = (rank, identity) if rank is not None else sort_key(identity)
+            rank = ranks.get(type(value))
+            if rank is not None and value == value:
+                append(((rank, value, identity_key), (value, identity)))
+                continue
             try:
                 append(((*sort_key(value), identity_key), (value, identity)))
             except ValidationError:
                 append(((UNORDERABLE_RANK, identity_key), (identity,)))
         pairs.sort(key=itemgetter(0))
-        entries: list[tuple[Any, int]] = []
-        skeys: list[Any] = []
-        previous: Any = MISSING
-        for skey, key in pairs:
-            if skey == previous:  # Set elements whose hashes collide share an entry
-                entries[-1] = (key, entries[-1][1] + 1)
-                continue
-            if (
-                spec.unique
-                and skeys
-                and len(key) == 2
-                and key[0] is not None
-                and skey[:-1] == skeys[-1][:-1]
-            ):
-                raise UniqueConstraintError(
-                    f"cannot build the {spec.describe()}: value {key[0]!r} occurs more "
-                    "than once; nothing changed"
-                )
-            entries.append((key, 1))
-            skeys.append(skey)
-            previous = skey
+        skeys = [skey for skey, _ in pairs]
+        if any(map(eq, skeys, islice(skeys, 1, None))):
+            # Set elements whose hashes collide share an entry, with their count
+            entries, skeys = _merged_duplicates(pairs)
+        else:
+            entries = [(key, 1) for _, key in pairs]
+        if spec.unique:
+            _check_unique(spec, entries, skeys)
         root = build_keyed(entries, index_key, skeys=skeys)
         return cls(spec, IndexTree(root, len(entries)))
 

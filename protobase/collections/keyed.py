@@ -244,6 +244,9 @@ class Dictionary(_Mapping, Indexable):
     def _pb_index_item(self, key: Any, value: Any) -> tuple[Any, Any]:
         return key, value
 
+    def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
+        return self._entries()  # the entries are ``(identity, row)`` already
+
     def _pb_fetch(self, order_keys: list[Any], identities: list[Any]) -> Iterator[Any]:
         """The rows (values) under the keys `identities`, whose sort keys `order_keys` ascend."""
         root, loader = self._node(), self._loader
