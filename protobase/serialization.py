@@ -5,7 +5,8 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
     32  DBObject          [class name, {attribute: value}]
     33  collection        [kind, root node pointer | nil, count, meta]
                           or, with secondary indexes, the same plus
-                          [[dotted field, unique, IndexTree], ...], where an
+                          [[dotted field, unique, IndexTree(, true)], ...]
+                          (the fourth item only for a covering index), where an
                           IndexTree is a 33 of kind "index":
                           ["index", root node pointer | nil, count, nil]
     34  MutableObject     [object id, class name]   (a reference; the state is
@@ -279,6 +280,7 @@ class AtomWriter:
                 descriptor.append(
                     [
                         [path_text(index.spec.path), index.spec.unique, index.tree]
+                        + ([True] if index.spec.covering else [])
                         for index in value._indexes
                     ]
                 )
@@ -321,16 +323,22 @@ def _decode_indexes(stored: Any) -> tuple[Index, ...]:
         raise ValueError("collection indexes are a non-empty list")
     indexes = []
     for entry in stored:
-        if type(entry) is not list or len(entry) != 3:
-            raise ValueError("an index is [field, unique, tree]")
-        field, unique, tree = entry
-        if type(field) is not str or type(unique) is not bool or type(tree) is not IndexTree:
+        if type(entry) is not list or len(entry) not in (3, 4):
+            raise ValueError("an index is [field, unique, tree] or [field, unique, tree, covering]")
+        field, unique, tree = entry[:3]
+        covering = entry[3] if len(entry) == 4 else False
+        if (
+            type(field) is not str
+            or type(unique) is not bool
+            or type(tree) is not IndexTree
+            or covering is not (len(entry) == 4)
+        ):
             raise ValueError(f"malformed index {entry!r}")
         try:
             path = parse_path(field)
         except QueryError as exc:
             raise ValueError(str(exc)) from exc
-        indexes.append(Index(IndexSpec(path, unique), tree))
+        indexes.append(Index(IndexSpec(path, unique, covering), tree))
     return tuple(indexes)
 
 

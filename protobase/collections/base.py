@@ -222,6 +222,9 @@ class Indexable(PersistentCollection):
             obj._indexes = self._pb_maintained_indexes(obj)
         return obj
 
+    _pb_covering_allowed: ClassVar[bool] = True
+    """False where an identity may name several rows (a Set's hash)."""
+
     def _pb_index_rows(self) -> Iterator[tuple[Any, Any]]:
         """Every row as ``(identity, row)``, for building an index."""
         raise NotImplementedError
@@ -239,26 +242,38 @@ class Indexable(PersistentCollection):
         )
         return self._copy_with(self._root, indexes)
 
-    def add_index(self, field: str, *, unique: bool = False) -> Self:
+    def add_index(self, field: str, *, unique: bool = False, covering: bool = False) -> Self:
         """This collection with an index on `field` of its rows (see docs/queries.md).
 
         The rows are a Dictionary's values, a List's items, a Set's elements.
+        A `covering` index also keeps each row in its entry, so that a query
+        it answers reads no row from the collection (a range of 100 rows
+        reads a few index nodes instead of 100 paths), at the price of a
+        second copy of every row and of writing it on every change (List and
+        Dictionary only).
 
         Raises:
             UniqueConstraintError: `unique` and two rows share the field's value.
             ValidationError: the field reads through a MutableObject.
-            QueryError: the field is already indexed with the other `unique`.
+            QueryError: the field is already indexed differently (`unique`,
+                `covering`), or `covering` on a Set.
         """
         path = parse_path(field)
+        spec = IndexSpec(path, bool(unique), bool(covering))
+        if spec.covering and not self._pb_covering_allowed:
+            raise QueryError(
+                f"a {type(self).__name__}'s index finds its elements by their hash; "
+                "covering=True is for List and Dictionary"
+            )
         current = self._pb_index_for(path)
         if current is not None:
-            if current.spec.unique == bool(unique):
+            if current.spec == spec:
                 return self
             raise QueryError(
                 f"{type(self).__name__} already has an {current.spec.describe()}; "
-                "remove_index it first to change unique"
+                "remove_index it first to change unique or covering"
             )
-        return self._pb_with_index_specs((*self._pb_index_specs(), IndexSpec(path, bool(unique))))
+        return self._pb_with_index_specs((*self._pb_index_specs(), spec))
 
     def remove_index(self, field: str) -> Self:
         """This collection without its index on `field`; QueryError when there is none."""

@@ -3,10 +3,11 @@
 An index on field path P of a collection is a keyed B+-tree (`btree`, the
 same as under an ordered `Dictionary`) whose keys are ``(value at P,
 identity)``, ordered by ``(sort_key(value), sort_key(identity))``
-(`index_key`), and whose values are counts. An `Index` holds its tree raw,
-as an `IndexTree` (root node or pointer, entry count, loader), and reads and
-changes it with the `btree` functions. The identity names the row inside
-the collection:
+(`index_key`), and whose values are counts (in a *covering* index, the
+rows themselves, so that a range reads its rows from the index alone). An
+`Index` holds its tree raw, as an `IndexTree` (root node or pointer, entry
+count, loader), and reads and changes it with the `btree` functions. The
+identity names the row inside the collection:
 
 - Dictionary: the row's key (the index serves the dictionary's values);
 - List: the row's position;
@@ -92,13 +93,16 @@ def index_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class IndexSpec(NamedTuple):
-    """What an index is on: a field path, and whether values must be unique."""
+    """What an index is on: a field path, whether values must be unique, and
+    whether its entries keep the rows themselves (`covering`)."""
 
     path: Path
     unique: bool
+    covering: bool = False
 
     def describe(self) -> str:
-        return f"{'unique ' if self.unique else ''}index on {path_text(self.path)!r}"
+        kind = ("unique " if self.unique else "") + ("covering " if self.covering else "")
+        return f"{kind}index on {path_text(self.path)!r}"
 
 
 OPEN_HIGH: tuple[Any, ...] = (END_RANK,)
@@ -147,13 +151,13 @@ _SIMPLE_RANKS: dict[type, int] = {str: 3, int: 1, bool: 1, float: 1, bytes: 4}
 
 
 def _merged_duplicates(
-    pairs: list[tuple[Any, tuple[Any, ...]]],
-) -> tuple[list[tuple[Any, int]], list[Any]]:
-    """Entries with counts, one per distinct sort key, from sorted ``(skey, key)`` pairs."""
-    entries: list[tuple[Any, int]] = []
+    pairs: list[tuple[Any, tuple[Any, ...], Any]],
+) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """Entries with counts, one per distinct sort key, from sorted ``(skey, key, row)``."""
+    entries: list[tuple[Any, Any]] = []
     skeys: list[Any] = []
     previous: Any = MISSING
-    for skey, key in pairs:
+    for skey, key, _ in pairs:
         if skey == previous:
             entries[-1] = (key, entries[-1][1] + 1)
             continue
@@ -163,7 +167,7 @@ def _merged_duplicates(
     return entries, skeys
 
 
-def _check_unique(spec: IndexSpec, entries: list[tuple[Any, int]], skeys: list[Any]) -> None:
+def _check_unique(spec: IndexSpec, entries: list[tuple[Any, Any]], skeys: list[Any]) -> None:
     """Raise UniqueConstraintError when two sorted entries share a non-None orderable value."""
     for position in range(1, len(skeys)):
         if skeys[position][:-1] == skeys[position - 1][:-1]:
@@ -208,7 +212,7 @@ class Index:
         """
         read = index_field_reader(spec.path)
         ranks = _SIMPLE_RANKS
-        pairs: list[tuple[Any, tuple[Any, ...]]] = []
+        pairs: list[tuple[Any, tuple[Any, ...], Any]] = []
         append = pairs.append
         for identity, row in rows:
             value = read(row)
@@ -217,19 +221,21 @@ class Index:
             identity_key = (rank, identity) if rank is not None else sort_key(identity)
             rank = ranks.get(type(value))
             if rank is not None and value == value:
-                append(((rank, value, identity_key), (value, identity)))
+                append(((rank, value, identity_key), (value, identity), row))
                 continue
             try:
-                append(((*sort_key(value), identity_key), (value, identity)))
+                append(((*sort_key(value), identity_key), (value, identity), row))
             except ValidationError:
-                append(((UNORDERABLE_RANK, identity_key), (identity,)))
+                append(((UNORDERABLE_RANK, identity_key), (identity,), row))
         pairs.sort(key=itemgetter(0))
-        skeys = [skey for skey, _ in pairs]
-        if any(map(eq, skeys, islice(skeys, 1, None))):
+        skeys = [skey for skey, _, _ in pairs]
+        if spec.covering:  # every identity is one row (covering is refused on a Set)
+            entries = [(key, row) for _, key, row in pairs]
+        elif any(map(eq, skeys, islice(skeys, 1, None))):
             # Set elements whose hashes collide share an entry, with their count
             entries, skeys = _merged_duplicates(pairs)
         else:
-            entries = [(key, 1) for _, key in pairs]
+            entries = [(key, 1) for _, key, _ in pairs]
         if spec.unique:
             _check_unique(spec, entries, skeys)
         root = build_keyed(entries, index_key, skeys=skeys)
@@ -247,12 +253,13 @@ class Index:
             UniqueConstraintError: an added row repeats a unique value.
         """
         root, loader = self.tree.node(), self.tree.loader
+        covering = self.spec.covering
         for identity, row in removed:
             key = self.entry(identity, row)
             count = keyed_get(root, loader, index_key(key), index_key)
             if count is MISSING:
                 raise AssertionError(f"{self.spec.describe()} lacks entry {key!r}")
-            if count <= 1:
+            if covering or count <= 1:
                 root, _ = keyed_remove(root, loader, key, index_key)
             else:
                 root, _ = keyed_set(root, loader, key, count - 1, index_key)
@@ -267,6 +274,9 @@ class Index:
                 raise UniqueConstraintError(
                     f"the {self.spec.describe()} already holds value {key[0]!r}; nothing changed"
                 )
+            if covering:
+                root, _ = keyed_set(root, loader, key, row, index_key)
+                continue
             count = keyed_get(root, loader, index_key(key), index_key)
             root, _ = keyed_set(root, loader, key, 1 if count is MISSING else count + 1, index_key)
         return Index(self.spec, IndexTree(root, 0 if root is None else root.total, loader))
@@ -282,6 +292,16 @@ class Index:
         tree = self.tree
         for skey, key in keyed_sorted_keys(tree.node(), tree.loader, index_key, low, high):
             yield skey[-1], key[-1]
+
+    def scan_rows(self, low: Any, high: Any) -> Iterator[tuple[Any, Any]]:
+        """``(order key, row)`` of the entries between `low` and `high` (a covering index)."""
+        tree = self.tree
+        for key, row in keyed_items(tree.node(), tree.loader, index_key, low, high):
+            yield sort_key(key[-1]), row
+
+    def first_row(self, low: Any, high: Any) -> tuple[Any, Any] | None:
+        """The first ``(order key, row)`` of `scan_rows` (a covering index)."""
+        return next(self.scan_rows(low, high), None)
 
     def first(self, low: Any, high: Any) -> tuple[Any, Any] | None:
         """The first ``(order key, identity)`` of `scan`, found with one descent."""

@@ -272,6 +272,7 @@ class Set(KeyedCollection, Indexable):
     _kind = "set"
     _keyfn = staticmethod(hash_key)
     _what = "element"
+    _pb_covering_allowed = False
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         super().__init__()

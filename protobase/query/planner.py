@@ -121,6 +121,20 @@ class IndexRange(Lookup):
         self.actual = len(found)
         return found
 
+    def row_pairs(self) -> list[tuple[Any, Any]]:
+        """``(order key, row)`` of the candidates, in the collection's order (covering)."""
+        if self.empty:
+            found = []
+        elif self._estimate == 1 and self.single_value:  # one value of a unique index
+            first = self.index.first_row(self.low, self.high)
+            found = [] if first is None else [first]
+        else:
+            found = list(self.index.scan_rows(self.low, self.high))
+        if not self.single_value:
+            found.sort(key=itemgetter(0))
+        self.actual = len(found)
+        return found
+
     def candidates(self, collection: PersistentCollection) -> dict[Any, Any]:
         found = {} if self.empty else dict(self.index.scan(self.low, self.high))
         self.actual = len(found)
@@ -128,7 +142,9 @@ class IndexRange(Lookup):
 
     def describe(self) -> tuple[str, str, list[Lookup]]:
         # The label is the expression (or text) this range answers, formatted only here.
-        return "IndexRange", f"{self.label} (index on {path_text(self.index.spec.path)!r})", []
+        spec = self.index.spec
+        kind = "covering index" if spec.covering else "index"
+        return "IndexRange", f"{self.label} ({kind} on {path_text(spec.path)!r})", []
 
 
 class IndexIntersect(Lookup):
@@ -305,7 +321,13 @@ def choose_lookup(collection: PersistentCollection, expr: Expression) -> tuple[L
 
 
 def fetch(collection: PersistentCollection, lookup: Lookup) -> Iterator[Any]:
-    """The candidate rows of `lookup`, in the collection's order."""
+    """The candidate rows of `lookup`, in the collection's order.
+
+    A range of a covering index yields its rows itself: none is read from
+    the collection.
+    """
+    if isinstance(lookup, IndexRange) and lookup.index.spec.covering:
+        return iter([row for _, row in lookup.row_pairs()])
     if isinstance(lookup, IndexRange):
         pairs = lookup.pairs()
     else:
@@ -339,8 +361,14 @@ def unique_equality_rows(
     key = _field_key(value)
     if key is None:
         return None
-    hit = index.first(below(key), above(key))
-    if hit is None:
-        return iter(()), 0
-    rows = collection._pb_fetch([hit[0]], [hit[1]])  # type: ignore[attr-defined]
+    if index.spec.covering:
+        hit = index.first_row(below(key), above(key))
+        if hit is None:
+            return iter(()), 0
+        rows: Iterator[Any] = iter((hit[1],))
+    else:
+        hit = index.first(below(key), above(key))
+        if hit is None:
+            return iter(()), 0
+        rows = collection._pb_fetch([hit[0]], [hit[1]])  # type: ignore[attr-defined]
     return (rows if _exact_value(value) else filter(expr.test, rows)), 1
