@@ -236,14 +236,18 @@ class AtomWriter:
         pointer, fresh = self._reserve(node)
         if fresh:
             self._encode_atom(
-                pointer.index, lambda: _leaf_payload(node.payload(self._child_pointer))
+                pointer.index, lambda: _leaf_payload(node.payload(self._child_pointers))
             )
         return pointer
 
-    def _child_pointer(self, child: Any) -> AtomPointer:
-        pointer = child if type(child) is AtomPointer else self.node_pointer(child)
-        self._linking[-1].append(pointer)
-        return pointer
+    def _child_pointers(self, children: list[Any]) -> list[AtomPointer]:
+        """The pointers of an internal node's children (new ones written), as its links."""
+        node_pointer = self.node_pointer
+        pointers = [
+            child if type(child) is AtomPointer else node_pointer(child) for child in children
+        ]
+        self._linking[-1].extend(pointers)
+        return pointers
 
     def write_value(self, value: Any) -> AtomPointer:
         """Store `value` as an atom of its own (the space root)."""

@@ -155,12 +155,12 @@ class Node:
         """Append all of `right` to this node (editable)."""
         raise NotImplementedError
 
-    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
-        """The atom payload; ``ref`` turns each child into its pointer.
+    def payload(self, refs: Callable[[list[Any]], list[AtomPointer]]) -> list[Any]:
+        """The atom payload; ``refs`` turns the list of children into their pointers.
 
-        Every child goes through ``ref``, also one still held as an
-        AtomPointer (``ref`` returns it as it is), so that the writer sees
-        every pointer the atom holds (its links).
+        Every child goes through ``refs``, also one still held as an
+        AtomPointer (returned as it is), so that the writer sees every
+        pointer the atom holds (its links).
         """
         raise NotImplementedError
 
@@ -282,7 +282,7 @@ class KeyedLeaf(Node):
         self._skeys = _joined_skeys(self._skeys, right._skeys)
         self.total += right.total
 
-    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
+    def payload(self, refs: Callable[[list[Any]], list[AtomPointer]]) -> list[Any]:
         return [0, self.keys, self.values]
 
 
@@ -322,7 +322,7 @@ class PositionalLeaf(Node):
         self.values.extend(right.values)
         self.total += right.total
 
-    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
+    def payload(self, refs: Callable[[list[Any]], list[AtomPointer]]) -> list[Any]:
         return [1, self.values]
 
 
@@ -416,9 +416,9 @@ class Internal(Node, Generic[C]):
         """Remove child `index`; ``total`` is the caller's."""
         raise NotImplementedError
 
-    def _packed_children(self, ref: Callable[[Any], AtomPointer]) -> bytes:
+    def _packed_children(self, refs: Callable[[list[Any]], list[AtomPointer]]) -> bytes:
         pack = _POINTER.pack
-        return b"".join([pack(*ref(child)) for child in self.children])
+        return b"".join([pack(tid, index) for tid, index in refs(self.children)])
 
 
 @final
@@ -552,8 +552,8 @@ class KeyedInternal(Internal["KeyedNode"]):
         if self._skeys is not None:
             del self._skeys[index]
 
-    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
-        return [2, self.height, self.sizes, self._packed_children(ref), self.keys]
+    def payload(self, refs: Callable[[list[Any]], list[AtomPointer]]) -> list[Any]:
+        return [2, self.height, self.sizes, self._packed_children(refs), self.keys]
 
 
 @final
@@ -629,8 +629,8 @@ class PositionalInternal(Internal["PositionalNode"]):
         del self.children[index]
         del self.sizes[index]
 
-    def payload(self, ref: Callable[[Any], AtomPointer]) -> list[Any]:
-        return [3, self.height, self.sizes, self._packed_children(ref)]
+    def payload(self, refs: Callable[[list[Any]], list[AtomPointer]]) -> list[Any]:
+        return [3, self.height, self.sizes, self._packed_children(refs)]
 
 
 KeyedNode: TypeAlias = KeyedLeaf | KeyedInternal
