@@ -272,7 +272,10 @@ class Committer:
                 # fails against another thread of this space, so no work is thrown
                 # away. Wait for durability outside the lock, so that syncs are shared.
                 early = None
-                if change.stored_root is None:
+                if change.stored_root is None and change.base.version == self._latest.version:
+                    # Built on the newest root: likely to commit as it is. (On an older
+                    # one a rebase is certain, and would re-encode what the merge
+                    # changes, so the change is encoded after it, under the lock.)
                     writer = AtomWriter(self._origin, self._new_id())
                     early = (writer, self._write_root(writer, change.databases))
                 with self._commit_lock:
@@ -283,6 +286,10 @@ class Committer:
                         lambda ref: (ref, _nothing),
                         early,
                     )
+                    # Visible now (a pipelined commit is readable once appended): the
+                    # next commit under the lock builds on it instead of losing its
+                    # compare-and-set to it.
+                    self.note_root(ref)
                 durable_from = time.perf_counter()
                 wait_durable()
             else:

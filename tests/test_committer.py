@@ -216,8 +216,41 @@ def test_links_stay_exact_when_a_rebase_rewrites_the_change(value: Any) -> None:
         tr.set_root_object("mine", value)
         db.run(lambda other: other.set_root_object("theirs", Literal("t" * 200)))
         tr.commit()
-        # The change was encoded on its base before the rebase, which added the merged
-        # space root to the same batch: both roots' atoms are in it, links exact.
+        # Its base was already old when it committed: merged first, then encoded.
+        assert storage.roots[-1].index == 0
+        assert_links_exact(storage.batches[-1], storage.roots[-1])
+        assert root_names(db) == ["mine", "theirs"]
+
+
+@LINK_SETTINGS
+@given(value=nested_values)
+def test_links_stay_exact_when_a_rebase_follows_the_early_encoding(value: Any) -> None:
+    """Encoded on the newest root outside the lock, then another thread commits first:
+    the rebase adds the merged space root to the same batch."""
+    storage = RecordingStorage()
+    with ObjectSpace(storage) as space:
+        db = space.new_database("links")
+        tr = db.new_transaction()
+        tr.set_root_object("mine", value)
+        committer = space.committer
+        original = committer._write_root
+        raced: list[bool] = []
+
+        def write_then_lose_the_race(writer: Any, databases: Any) -> Any:
+            pointer = original(writer, databases)
+            if not raced:
+                raced.append(True)
+                other = threading.Thread(
+                    target=db.run, args=(lambda o: o.set_root_object("theirs", Literal("t")),)
+                )
+                other.start()
+                other.join()
+            return pointer
+
+        committer._write_root = write_then_lose_the_race  # type: ignore[method-assign]
+        tr.commit()
+        assert raced
+        # Both roots' atoms are in the batch (the first one unreachable), links exact.
         assert storage.roots[-1].index > 0
         assert_links_exact(storage.batches[-1], storage.roots[-1])
         assert root_names(db) == ["mine", "theirs"]
