@@ -529,6 +529,8 @@ class _Replay:
         self.origin = ("", 0)
         """File and offset of the record that set `first`, for error messages."""
         self.reset_term: int | None = None
+        """The term of the LOG_RESET that set `first` (its snapshot's term),
+        or None when `first` comes from an entry or a compaction."""
         self.terms: array[int] = array("Q")
         self.seqs: array[int] = array("I")
         self.offsets: array[int] = array("Q")
@@ -578,6 +580,11 @@ class _Replay:
         for column in (self.terms, self.seqs, self.offsets, self.sizes):
             del column[:count]
         self.first = self.compacted + 1
+        # The log now starts after the compaction point, not after a LOG_RESET:
+        # the reset's term is not the term of the entry before `first` any more
+        # (a snapshot taken there over the entries that followed the reset
+        # carries theirs).
+        self.reset_term = None
 
     def _truncate(self, position: int) -> None:
         if position < len(self.terms):

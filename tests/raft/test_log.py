@@ -380,6 +380,43 @@ def test_compaction_after_a_truncation_keeps_what_replay_needs(directory: Path) 
         assert log.entries(14, 26) == make_entries(14, 26, term=2)
 
 
+@pytest.mark.parametrize("after_reset", [1, 3])
+def test_compaction_past_a_log_reset_to_a_later_snapshot_reopens(
+    directory: Path, after_reset: int
+) -> None:
+    # Found by test_log_against_model: a snapshot the log does not hold
+    # (LOG_RESET at 7, term 2), entries of term 3 after it, a snapshot over
+    # them and a compaction to it. Recovery compared the reset's term with the
+    # later snapshot's and refused the log ("log reset disagrees with the
+    # snapshot's term"): after the COMPACT the log no longer starts at the reset.
+    top = 7 + after_reset
+    model = snapshot_at(top - after_reset // 2, 3, b"agreeing")
+    with LogStore(directory, segment_bytes=400, cache_bytes=300) as store:
+        log = store.group(1)
+        log.append(make_entries(1, 5, term=1))
+        save(log, snapshot_at(7, 2, b"disagreeing"))
+        assert (log.first_index(), log.last_index()) == (8, 7)
+        log.append(make_entries(8, top + 1, term=3))
+        save(log, model)
+        log.compact(model.meta.index)
+        expected_first = model.meta.index + 1
+        assert (log.first_index(), log.last_index()) == (expected_first, top)
+    for step in range(2):
+        with LogStore(directory, segment_bytes=400, cache_bytes=300) as store:
+            log = store.group(1)
+            assert (log.first_index(), log.last_index()) == (expected_first, top + step)
+            assert log.hard_state() == HardState()
+            assert log.snapshot_meta() == model.meta
+            assert log.term(model.meta.index) == 3
+            assert log.entries(expected_first, top + step + 1) == make_entries(
+                expected_first, top + step + 1, term=3
+            )
+            assert current(log) == model
+            if step == 0:  # and the log takes appends after the reopen
+                log.append(make_entries(top + 1, top + 2, term=3))
+                store.sync()
+
+
 def test_crash_after_snapshot_rename_before_the_log_restarts(
     directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
