@@ -1,7 +1,7 @@
 """What the benchmarks share: the machine header, progress lines, targets.
 
-Shared by bench/embedded.py and bench/queries.py (run as scripts, so this
-module is imported from the script's own directory).
+Imported by every benchmark in bench/ (run as scripts, so this module is
+imported from the script's own directory).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Drawn on stderr, and only when stderr is a terminal (the results go to
 stdout; the ``.. message`` lines of `common.progress` stay the log). The
 bar moves when a step ends, between the pieces the benchmarks time, and is
 redrawn only then: no thread of its own runs beside the measured code.
-Shared by every benchmark in bench/ (run as scripts, so this module is
-imported from the script's own directory).
+Shared by the benchmarks in bench/ but membership.py (run as scripts, so
+this module is imported from the script's own directory).
 """
 
 from __future__ import annotations

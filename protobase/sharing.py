@@ -13,7 +13,8 @@
   transaction's identity map or reads), or a collection with secondary
   indexes, is not kept: each transaction decodes it.
 
-- An internal node is kept as a *shared* node (`btree.Internal.shared`):
+- An internal node is kept as a *shared* node (the ``shared`` flag of `btree.KeyedInternal` and
+  `btree.PositionalInternal`, from their base `btree.Internal`):
   its children stay pointers, because a child may be private to the
   transaction that loads it; each transaction finds them through its own
   loader.

@@ -1,6 +1,6 @@
 """Errors of the Raft library, under its own root `RaftError`.
 
-The library imports nothing from `protobase` (DESIGN §5, package
+The library imports nothing from `protobase` (the project's package
 boundaries): an application that wants one exception root wraps these.
 """
 

@@ -1,5 +1,5 @@
 """`cluster/raft` is a library of its own: it imports nothing from `protobase`
-(DESIGN §5, package boundaries)."""
+(the project's package boundaries, docs/architecture.md)."""
 
 from __future__ import annotations
 
