@@ -25,12 +25,24 @@ fixed seed and both systems load the same tuples.
   Root ``plain`` has no index; root ``people`` is the same dictionary with
   ``add_index("ssn", unique=True)``, ``add_index("age")``,
   ``add_index("city")`` and ``add_index("score")``, committed in a second
-  transaction. Every measurement reads through one read-only transaction
-  opened after both commits.
+  transaction. Root ``people_covering`` is ``plain`` again with the same
+  four indexes but ``add_index("ssn", unique=True, covering=True)`` (the
+  index keeps each row in its entry), committed in a third transaction,
+  timed on its own ("4 indexes, ssn covering + commit"; it runs after
+  people's build, so it may find a little more of the space warm). Every
+  query reads through one read-only transaction opened after these commits.
 - SQLite: tables ``plain`` and ``people``, both ``(id INTEGER PRIMARY KEY,
   ssn INT, age INT, city TEXT, score REAL, name TEXT)``; ``people`` also has
   a unique index on ssn and indexes on age, city and score (the four CREATE
-  INDEX statements timed together); then ``ANALYZE``, timed apart.
+  INDEX statements timed together); then ``ANALYZE``, timed apart. Then,
+  timed apart step by step, a third table ``people_covering`` with the same
+  columns and rows, indexed like ``people`` except that its ssn index is
+  SQLite's covering counterpart, ``CREATE INDEX ... ON people_covering(ssn,
+  age, city, score, name)``: it holds every selected column (id is the rowid,
+  which ends every SQLite index entry), so a query on ssn reads no table row
+  ("USING COVERING INDEX"). It is not UNIQUE (SQLite has no unique key with
+  included columns); ``ANALYZE people_covering`` follows. A separate table,
+  so that no plan of ``people`` (rows 1, 2, 3i) can switch to this index.
 - Workload 6 adds 100,000 accounts ``(id, person_id, balance)``, one per
   person (person_id is a random permutation of the ids): a ProtoBase
   ``Dictionary`` of ``Account(DBObject)`` keyed by id and an SQLite table;
@@ -46,9 +58,15 @@ non-zero). Every workload runs at every N, except 6 (N = 100,000 only):
    queries/s; median latency <= 2x SQLite's.
    1w (information): the same lookups through ``WherePlan(filter=...,
    based_on=people).execute()``, without the builder.
+   1c (information): the same lookups on ``people_covering``, through its
+   covering unique ssn index (no row read from the dictionary), vs SQLite's
+   ``SELECT ... FROM people_covering WHERE ssn = ?`` (its covering index).
 2. indexed range of 100 rows: ``where(F.ssn.between(x, x + 99)).to_list()``
    for random x (1,000 values; 500 with --quick); SQLite ``WHERE ssn BETWEEN
    ? AND ?``. Target: median latency <= 3x SQLite's.
+   2c: the same ranges on ``people_covering``, answered by the covering ssn
+   index alone, vs the same SQLite query on ``people_covering`` (answered by
+   its covering index alone). Target: median latency <= 3x SQLite's.
 3. full scan with a two-term filter over the unindexed ``plain``:
    ``where((F.age > 50) & (F.city == "city3")).count()``; SQLite ``SELECT
    count(*) FROM plain WHERE age > ? AND city = ?`` (a scan too). Rows
@@ -74,6 +92,19 @@ non-zero). Every workload runs at every N, except 6 (N = 100,000 only):
    that follows them). One build of each, no repetitions; rows/s = N /
    time. Target: ProtoBase's time <= 5x SQLite's (asked at 1,000,000 rows,
    judged at 100,000 too).
+8. (information) the write cost of a covering index: one-row updates, each
+   committed in its own transaction, of a random person's (indexed) score:
+   ProtoBase ``with db.transaction() as tr: tr.set_root_object("people",
+   people.set_at(k, people.get_at(k)._setattr("score", s)))`` on
+   MemoryStorage; SQLite ``UPDATE people SET score = ? WHERE id = ?`` in
+   autocommit mode. 200 updates with --quick, 500 otherwise, after 20
+   untimed ones; updates/s = 1 / the median time (the details also hold the
+   mean and the slowest update).
+   8c: the same updates on ``people_covering`` (ProtoBase and SQLite), where
+   the ssn index's copy of the row changes too. Its label gives ProtoBase's
+   median time over row 8's (what covering costs a write); its details also
+   hold SQLite's, and both systems' index build time with ssn covering over
+   without (printed in the Build line too).
 
 How it measures (time.perf_counter throughout):
 
@@ -85,14 +116,20 @@ How it measures (time.perf_counter throughout):
 - ProtoBase returns its objects (Person, or Row / JoinRow); SQLite returns
   tuples of the selected columns. The untimed first run of every query
   checks that both systems give the same answer.
-- 1, 1w and 2: one untimed pass over the values, then timed passes (2 with
-  --quick, 3 at 1,000,000 rows, 5 otherwise), ProtoBase and SQLite
+- 1, 1w, 1c, 2 and 2c: one untimed pass over the values, then timed passes
+  (2 with --quick, 3 at 1,000,000 rows, 5 otherwise), ProtoBase and SQLite
   alternating pass by pass, each query timed on its own. The latency is the
   median over all timed queries; queries/s the median over the passes of
-  queries / pass time.
+  queries / pass time. The untimed pass of 1c and 2c compares whole rows.
 - 3 to 6: one untimed run, then repetitions (3 with --quick and at
   1,000,000 rows, 5 otherwise), ProtoBase and SQLite alternating; the
   figure is the median time.
+- 8 and 8c: the four writers (ProtoBase people, SQLite people, ProtoBase
+  people_covering, SQLite people_covering) alternate update by update and
+  apply the same (key, score) changes, each update timed on its own; the
+  figure is the median. They run last, after every query (the read
+  transaction keeps its snapshot); afterwards, untimed, both roots, the
+  covering index and both tables must hold every new score.
 - ``gc.collect()`` before every timed pass or repetition; the collector
   stays on, as it is for users.
 - The "index" column says whether the plan used an index: ProtoBase's
@@ -103,11 +140,15 @@ How it measures (time.perf_counter throughout):
   The queries run on one thread, so well below 100% means other processes
   had the CPU part of the time and that row's wall-clock figures are
   pessimistic (the targets are still judged on wall-clock time). Row 7
-  runs no query and has neither column ("—").
-- The build times (ProtoBase: objects and commit, indexes and commit;
-  SQLite: inserts, CREATE INDEX, ANALYZE) and the time of the untimed
-  first scan (it decodes every row into the transaction) are printed after
-  the table; the two index builds are also row 7.
+  runs no query and has neither column ("—"); rows 8 and 8c have no index
+  column and one CPU share over all their updates.
+- The build times (ProtoBase: objects and commit, indexes and commit, the
+  covering root's indexes and commit; SQLite: inserts, CREATE INDEX,
+  ANALYZE, then people_covering's inserts, CREATE INDEX and ANALYZE) and the
+  time of the untimed first scan (it decodes every row into the
+  transaction) are printed after the table, with the index build time with
+  ssn covering over without, for each system; the two plain index builds
+  are also row 7.
 
 ``--repro NAME`` builds only the ProtoBase data workload NAME needs
 (``--rows``, default 100,000) and runs it in a loop for ``--seconds``
@@ -116,8 +157,9 @@ How it measures (time.perf_counter throughout):
 is its ``Profile``) while the data is built and during the untimed first
 run (one pass over the 2,000 values of a lookup or range), so the profile
 shows the warm loop only. NAME is one of: lookup,
-lookup-plan (the lookup through WherePlan), range, scan, scan-indexed,
-orderby, groupby, join.
+lookup-plan (the lookup through WherePlan), lookup-covering, range,
+range-covering (the two on people_covering, also built), scan,
+scan-indexed, orderby, groupby, join.
 """
 
 from __future__ import annotations
@@ -165,6 +207,14 @@ COLUMNS = "id, ssn, age, city, score, name"
 
 SQL_LOOKUP = f"SELECT {COLUMNS} FROM people WHERE ssn = ?"
 SQL_RANGE = f"SELECT {COLUMNS} FROM people WHERE ssn BETWEEN ? AND ?"
+# rows 1c and 2c: the same queries on the table whose ssn index holds every selected column
+SQL_LOOKUP_COVERING = f"SELECT {COLUMNS} FROM people_covering WHERE ssn = ?"
+SQL_RANGE_COVERING = f"SELECT {COLUMNS} FROM people_covering WHERE ssn BETWEEN ? AND ?"
+# SQLite's covering ssn index: the other selected columns after ssn (id, the rowid, ends
+# every entry of every SQLite index, so listing it again would store it twice)
+SQLITE_COVERING_COLUMNS = "ssn, age, city, score, name"
+SQL_UPDATE = "UPDATE {table} SET score = ? WHERE id = ?"  # rows 8 and 8c
+UPDATE_WARMUP = 20  # rows 8 and 8c: untimed updates before the timed ones
 SQL_SCAN = "SELECT count(*) FROM {table} WHERE age > ? AND city = ?"
 SQL_TOP = f"SELECT {COLUMNS} FROM plain ORDER BY score DESC LIMIT ?"
 SQL_GROUP = "SELECT city, count(*), avg(score), max(age) FROM plain GROUP BY city"
@@ -175,6 +225,14 @@ SQL_JOIN = (
 
 PersonTuple = tuple[int, int, int, str, float, str]
 AccountTuple = tuple[int, int, float]
+
+# the build-time keys of the indexed roots (row 7, and the covering build of rows 8 and 8c)
+PB_INDEXES_BUILD = f"{len(INDEXED_FIELDS)} indexes + commit"
+PB_COVERING_BUILD = f"{len(INDEXED_FIELDS)} indexes, ssn covering + commit"
+SQ_INDEXES_BUILD = f"{len(INDEXED_FIELDS)} indexes"
+SQ_COVERING_INSERTS = "people_covering inserts"
+SQ_COVERING_BUILD = f"people_covering {len(INDEXED_FIELDS)} indexes, ssn covering"
+SQ_COVERING_ANALYZE = "people_covering ANALYZE"
 
 
 # -- the data ------------------------------------------------------------------------------
@@ -209,14 +267,25 @@ def accounts_data(n: int) -> list[AccountTuple]:
     return [(i, owners[i], round(rng.random() * 10_000, 2)) for i in range(n)]
 
 
+def person_tuple(person: Any) -> PersonTuple:
+    """A Person as the tuple of its columns, in SQLite's column order."""
+    return (person.id, person.ssn, person.age, person.city, person.score, person.name)
+
+
 @dataclass
 class PBData:
-    """The ProtoBase side: the space, the read transaction and its collections."""
+    """The ProtoBase side: the space, the read transaction and its collections.
+
+    `db` is the database, for the write transactions of rows 8 and 8c;
+    `people_covering` is None unless `build_protobase` was asked for it.
+    """
 
     space: ObjectSpace
+    db: Any
     tr: Any
     plain: Any
     people: Any
+    people_covering: Any
     accounts: Any
     build: dict[str, float]
 
@@ -225,10 +294,26 @@ class PBData:
         self.space.close()
 
 
+def indexed(collection: Any, indexes: Sequence[str], covering: bool) -> Any:
+    """`collection` with `indexes` (ssn unique; and covering if `covering`)."""
+    for name in indexes:
+        collection = collection.add_index(
+            name, unique=name == "ssn", covering=covering and name == "ssn"
+        )
+    return collection
+
+
 def build_protobase(
-    people: list[PersonTuple], accounts: list[AccountTuple] | None, indexes: Sequence[str]
+    people: list[PersonTuple],
+    accounts: list[AccountTuple] | None,
+    indexes: Sequence[str],
+    covering: bool = False,
 ) -> PBData:
-    """Commit `people` (and `accounts`), then `people` with `indexes`; open a read transaction."""
+    """Commit `people` (and `accounts`), then `people` with `indexes`; open a read transaction.
+
+    With `covering`, a third transaction, timed on its own, commits
+    ``people_covering``: `people` again with the same `indexes`, ssn's covering.
+    """
     space = ObjectSpace(MemoryStorage())
     db = space.new_database("q")
     build: dict[str, float] = {}
@@ -252,26 +337,35 @@ def build_protobase(
     if indexes:
         start = time.perf_counter()
         with db.transaction() as tr:
-            indexed = tr.get_root_object("plain")
-            for name in indexes:
-                indexed = indexed.add_index(name, unique=name == "ssn")
-            tr.set_root_object("people", indexed)
+            tr.set_root_object("people", indexed(tr.get_root_object("plain"), indexes, False))
         build[f"{len(indexes)} indexes + commit"] = time.perf_counter() - start
+    if indexes and covering:
+        start = time.perf_counter()
+        with db.transaction() as tr:
+            covered = indexed(tr.get_root_object("plain"), indexes, True)
+            tr.set_root_object("people_covering", covered)
+        build[f"{len(indexes)} indexes, ssn covering + commit"] = time.perf_counter() - start
     tr = db.new_read_only_transaction()
     return PBData(
-        space,
-        tr,
-        tr.get_root_object("plain"),
-        tr.get_root_object("people"),
-        tr.get_root_object("accounts"),
-        build,
+        space=space,
+        db=db,
+        tr=tr,
+        plain=tr.get_root_object("plain"),
+        people=tr.get_root_object("people"),
+        people_covering=tr.get_root_object("people_covering"),
+        accounts=tr.get_root_object("accounts"),
+        build=build,
     )
 
 
 def build_sqlite(
     people: list[PersonTuple], accounts: list[AccountTuple] | None
 ) -> tuple[sqlite3.Connection, dict[str, float]]:
-    """An in-memory database with tables plain, people (indexed) and accounts."""
+    """An in-memory database with tables plain, people (indexed), accounts, people_covering.
+
+    people_covering (rows 1c, 2c, 8c) is built after the others, each step
+    timed under its own key: its ssn index holds every selected column.
+    """
     con = sqlite3.connect(":memory:", isolation_level=None)
     build: dict[str, float] = {}
     start = time.perf_counter()
@@ -297,6 +391,23 @@ def build_sqlite(
     start = time.perf_counter()
     con.execute("ANALYZE")
     build["ANALYZE"] = time.perf_counter() - start
+    start = time.perf_counter()
+    con.execute(
+        "CREATE TABLE people_covering (id INTEGER PRIMARY KEY, ssn INT, age INT, city TEXT, "
+        "score REAL, name TEXT)"
+    )
+    con.execute("BEGIN")
+    con.executemany("INSERT INTO people_covering VALUES (?, ?, ?, ?, ?, ?)", people)
+    con.execute("COMMIT")
+    build[SQ_COVERING_INSERTS] = time.perf_counter() - start
+    start = time.perf_counter()
+    for name in INDEXED_FIELDS:
+        columns = SQLITE_COVERING_COLUMNS if name == "ssn" else name
+        con.execute(f"CREATE INDEX people_covering_{name} ON people_covering ({columns})")
+    build[SQ_COVERING_BUILD] = time.perf_counter() - start
+    start = time.perf_counter()
+    con.execute("ANALYZE people_covering")
+    build[SQ_COVERING_ANALYZE] = time.perf_counter() - start
     return con, build
 
 
@@ -331,6 +442,13 @@ def pb_group(tr: Any, people: Any) -> Query:
 
 def pb_join(tr: Any, people: Any, accounts: Any) -> Query:
     return tr.query(people).join(accounts, on=("id", "person_id"))
+
+
+def pb_update(db: Any, name: str, key: int, score: float) -> None:
+    """Rows 8 and 8c: set one person's score in root `name`, in its own transaction."""
+    with db.transaction() as tr:
+        people = tr.get_root_object(name)
+        tr.set_root_object(name, people.set_at(key, people.get_at(key)._setattr("score", score)))
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -511,9 +629,10 @@ class Settings:
 
     quick: bool
     sizes: list[int]
-    lookups: int  # random values for workloads 1 and 1w
-    ranges: int  # random values for workload 2
-    passes: Callable[[int], int]  # timed passes for 1, 1w and 2, by N
+    lookups: int  # random values for workloads 1, 1w and 1c
+    ranges: int  # random values for workloads 2 and 2c
+    updates: int  # timed one-row updates of rows 8 and 8c, per system and collection
+    passes: Callable[[int], int]  # timed passes for 1, 1w, 1c, 2 and 2c, by N
     reps: Callable[[int], int]  # repetitions for 3 to 6, by N
 
     @property
@@ -550,8 +669,11 @@ def build_both(n: int) -> tuple[PBData, sqlite3.Connection, dict[str, Any]]:
     progress(f"N={n:,}: generating the data")
     people = people_data(n)
     accounts = accounts_data(n) if n == JOIN_ROWS else None
-    progress(f"N={n:,}: building ProtoBase (plain, then people with {len(INDEXED_FIELDS)} indexes)")
-    pb = build_protobase(people, accounts, INDEXED_FIELDS)
+    progress(
+        f"N={n:,}: building ProtoBase (plain, then people and people_covering with "
+        f"{len(INDEXED_FIELDS)} indexes)"
+    )
+    pb = build_protobase(people, accounts, INDEXED_FIELDS, covering=True)
     progress(
         f"N={n:,}: ProtoBase built: " + ", ".join(f"{k} {v:.1f} s" for k, v in pb.build.items())
     )
@@ -560,30 +682,56 @@ def build_both(n: int) -> tuple[PBData, sqlite3.Connection, dict[str, Any]]:
     return pb, con, {"protobase_build_s": pb.build, "sqlite_build_s": sq_build}
 
 
-def lookup_row(run: SizeRun, values: list[int]) -> Row:
-    """Row 1: indexed equality lookups of `values`, one row each."""
+def lookup_row(run: SizeRun, values: list[int], covering: bool = False) -> Row:
+    """Row 1: indexed equality lookups of `values`, one row each.
+
+    With `covering`, row 1c (information): the same lookups on people_covering,
+    whose unique ssn index keeps the rows, vs SQLite's table people_covering,
+    whose ssn index holds every selected column; the untimed pass compares
+    whole rows, not only ids.
+    """
     n, tr, pb, con = run.n, run.tr, run.pb, run.con
-    progress(f"N={n:,}: workload 1: {len(values):,} indexed lookups")
+    key = "1c" if covering else "1"
+    collection = pb.people_covering if covering else pb.people
+    sql = SQL_LOOKUP_COVERING if covering else SQL_LOOKUP
+    kind = "covering " if covering else ""
+    progress(f"N={n:,}: workload {key}: {len(values):,} {kind}indexed lookups")
     for v in values:
-        got = [p.id for p in pb_lookup(tr, pb.people, v).to_list()]
-        check(got == [r[0] for r in con.execute(SQL_LOOKUP, (v,)).fetchall()], f"ssn == {v}")
-    query = pb_lookup(tr, pb.people, values[0])
+        got = pb_lookup(tr, collection, v).to_list()
+        expected = con.execute(sql, (v,)).fetchall()
+        if covering:
+            check([person_tuple(p) for p in got] == expected, f"ssn == {v} ({key})")
+        else:
+            check([p.id for p in got] == [r[0] for r in expected], f"ssn == {v}")
+    query = pb_lookup(tr, collection, values[0])
     query.to_list()
-    run.plans["1"] = str(query.explain())
-    sq_plan = sqlite_plan(con, SQL_LOOKUP, (values[0],))
+    run.plans[key] = str(query.explain())
+    sq_plan = sqlite_plan(con, sql, (values[0],))
     lookups = many_queries(
         {
-            "protobase": lambda v: pb_lookup(tr, pb.people, v).to_list(),
-            "sqlite": lambda v: con.execute(SQL_LOOKUP, (v,)).fetchall(),
+            "protobase": lambda v: pb_lookup(tr, collection, v).to_list(),
+            "sqlite": lambda v: con.execute(sql, (v,)).fetchall(),
         },
         values,
         run.passes,
     )
     pb1, sq1 = lookups["protobase"], lookups["sqlite"]
     ratio = pb1["latency"] / sq1["latency"]
+    if covering:
+        workload = (
+            "same through a covering unique index (`F.ssn == v` on people_covering; "
+            f"SQLite: index on ({SQLITE_COVERING_COLUMNS})) (information)"
+        )
+        targets = []
+    else:
+        workload = "indexed equality lookup, 1 row (`F.ssn == v`)"
+        targets = [
+            Target(">= 50,000 q/s", pb1["rate"] >= 50_000),
+            Target("latency <= 2x SQLite", ratio <= 2),
+        ]
     return Row(
-        "1",
-        "indexed equality lookup, 1 row (`F.ssn == v`)",
+        key,
+        workload,
         n,
         "q/s",
         pb1["rate"],
@@ -592,10 +740,7 @@ def lookup_row(run: SizeRun, values: list[int]) -> Row:
         sq1["latency"],
         query.explain().uses_index,
         sqlite_uses_index(sq_plan),
-        [
-            Target(">= 50,000 q/s", pb1["rate"] >= 50_000),
-            Target("latency <= 2x SQLite", ratio <= 2),
-        ],
+        targets,
         {"protobase": pb1, "sqlite": sq1, "sqlite_plan": sq_plan},
     )
 
@@ -636,30 +781,52 @@ def plan_lookup_row(run: SizeRun, values: list[int]) -> Row:
     )
 
 
-def range_row(run: SizeRun, lows: list[int]) -> Row:
-    """Row 2: indexed ranges of RANGE_ROWS rows, starting at each of `lows`."""
+def range_row(run: SizeRun, lows: list[int], covering: bool = False) -> Row:
+    """Row 2: indexed ranges of RANGE_ROWS rows, starting at each of `lows`.
+
+    With `covering`, row 2c: the same ranges on people_covering, answered by
+    its covering ssn index alone, vs SQLite's table people_covering, whose ssn
+    index holds every selected column (it reads no table row either); the
+    same target. The untimed pass compares whole rows, not only ids.
+    """
     n, tr, pb, con = run.n, run.tr, run.pb, run.con
-    progress(f"N={n:,}: workload 2: {len(lows):,} indexed ranges of {RANGE_ROWS} rows")
+    key = "2c" if covering else "2"
+    collection = pb.people_covering if covering else pb.people
+    sql = SQL_RANGE_COVERING if covering else SQL_RANGE
+    kind = "covering " if covering else ""
+    progress(f"N={n:,}: workload {key}: {len(lows):,} {kind}indexed ranges of {RANGE_ROWS} rows")
     for low in lows:
-        got = sorted(p.id for p in pb_range(tr, pb.people, low).to_list())
-        expected = con.execute(SQL_RANGE, (low, low + RANGE_ROWS - 1)).fetchall()
-        check(len(got) == RANGE_ROWS and got == sorted(r[0] for r in expected), "a range")
-    query = pb_range(tr, pb.people, lows[0])
+        found = pb_range(tr, collection, low).to_list()
+        expected = con.execute(sql, (low, low + RANGE_ROWS - 1)).fetchall()
+        if covering:
+            got_rows = sorted(person_tuple(p) for p in found)
+            check(len(got_rows) == RANGE_ROWS and got_rows == sorted(expected), "a range (2c)")
+        else:
+            got = sorted(p.id for p in found)
+            check(len(got) == RANGE_ROWS and got == sorted(r[0] for r in expected), "a range")
+    query = pb_range(tr, collection, lows[0])
     query.to_list()
-    run.plans["2"] = str(query.explain())
-    sq_plan = sqlite_plan(con, SQL_RANGE, (lows[0], lows[0] + RANGE_ROWS - 1))
+    run.plans[key] = str(query.explain())
+    sq_plan = sqlite_plan(con, sql, (lows[0], lows[0] + RANGE_ROWS - 1))
     ranges = many_queries(
         {
-            "protobase": lambda low: pb_range(tr, pb.people, low).to_list(),
-            "sqlite": lambda low: con.execute(SQL_RANGE, (low, low + RANGE_ROWS - 1)).fetchall(),
+            "protobase": lambda low: pb_range(tr, collection, low).to_list(),
+            "sqlite": lambda low: con.execute(sql, (low, low + RANGE_ROWS - 1)).fetchall(),
         },
         lows,
         run.passes,
     )
     pb2, sq2 = ranges["protobase"], ranges["sqlite"]
+    workload = f"indexed range, {RANGE_ROWS} rows (`F.ssn.between(x, x + {RANGE_ROWS - 1})`)"
+    if covering:
+        workload = (
+            f"indexed range, {RANGE_ROWS} rows, covering index (`F.ssn.between(x, x + "
+            f"{RANGE_ROWS - 1})` on people_covering; SQLite: index on "
+            f"({SQLITE_COVERING_COLUMNS}))"
+        )
     return Row(
-        "2",
-        f"indexed range, {RANGE_ROWS} rows (`F.ssn.between(x, x + {RANGE_ROWS - 1})`)",
+        key,
+        workload,
         n,
         "q/s",
         pb2["rate"],
@@ -859,6 +1026,129 @@ def index_build_row(n: int, build: dict[str, Any]) -> Row:
     )
 
 
+def timed_updates(
+    runs: dict[str, Callable[[int, float], Any]], changes: Sequence[tuple[int, float]]
+) -> dict[str, dict[str, Any]]:
+    """Each of `runs` applies every ``(key, score)`` of `changes`, each timed on its own.
+
+    The runs alternate change by change (a commit takes milliseconds, and so
+    does a burst of load on a shared machine). Per run: the median latency,
+    updates/s as 1 / that median (a collection pass landing in one update
+    would swing an updates / total time figure by a third), the mean and the
+    slowest, and its CPU share (a one-item list, read like a pass's by
+    `Row.cpu_share`).
+    """
+    gc.collect()
+    clock, cpu_clock = time.perf_counter, time.process_time
+    latencies: dict[str, list[float]] = {name: [] for name in runs}
+    cpus = dict.fromkeys(runs, 0.0)
+    for key, score in changes:
+        for name, run in runs.items():
+            cpu = cpu_clock()
+            began = clock()
+            run(key, score)
+            latencies[name].append(clock() - began)
+            cpus[name] += cpu_clock() - cpu
+    return {
+        name: {
+            "latency": statistics.median(each),
+            "rate": 1 / statistics.median(each),
+            "mean_s": sum(each) / len(each),
+            "max_s": max(each),
+            "pass_cpu_share": [cpus[name] / sum(each)],
+        }
+        for name, each in latencies.items()
+    }
+
+
+def write_rows(run: SizeRun, updates: int, info: dict[str, Any]) -> list[Row]:
+    """Rows 8 and 8c: one-row updates, each committed on its own, on people and people_covering.
+
+    ProtoBase: `pb_update` (MemoryStorage); SQLite: ``UPDATE ... SET score = ?
+    WHERE id = ?`` in autocommit mode, on the table indexed like each root
+    (people: 4 indexes; people_covering: 4, ssn's holding every column). The
+    score is indexed, so an update changes the score index and, in
+    people_covering, the ssn index's copy of the row too. The four runs
+    alternate update by update and apply the same changes; afterwards (untimed)
+    both roots and both tables must hold the new scores, and people_covering's
+    ssn index the new rows. Runs after every query row: the read transaction of
+    the queries keeps its snapshot.
+    """
+    n, pb, con = run.n, run.pb, run.con
+    progress(f"N={n:,}: workloads 8 and 8c: {updates:,} one-row updates on each collection")
+    rng = random.Random(SEED + 8)
+    keys = rng.sample(range(n), UPDATE_WARMUP + updates)
+    changes = [(key, round(rng.random() * 1000, 6)) for key in keys]
+    runs: dict[str, Callable[[int, float], Any]] = {}
+    for table in ("people", "people_covering"):
+        update_sql = SQL_UPDATE.format(table=table)
+        runs[f"protobase {table}"] = partial(pb_update, pb.db, table)
+        runs[f"sqlite {table}"] = lambda key, score, sql=update_sql: con.execute(sql, (score, key))
+    timed_updates(runs, changes[:UPDATE_WARMUP])
+    measured = timed_updates(runs, changes[UPDATE_WARMUP:])
+    tr = pb.db.new_read_only_transaction()
+    try:
+        plain_root = tr.get_root_object("people")
+        covering_root = tr.get_root_object("people_covering")
+        for key, score in changes:
+            row = person_tuple(plain_root.get_at(key))
+            check(row[4] == score, f"the score of person {key} after the updates")
+            by_index = [person_tuple(p) for p in pb_lookup(tr, covering_root, row[1]).to_list()]
+            check(
+                by_index == [row] and person_tuple(covering_root.get_at(key)) == row,
+                f"person {key} in people_covering and its ssn index after the updates",
+            )
+            for table in ("people", "people_covering"):
+                sq_row = con.execute(f"SELECT {COLUMNS} FROM {table} WHERE id = ?", (key,))
+                check(sq_row.fetchall() == [row], f"person {key} in {table} after the updates")
+    finally:
+        tr.abort()
+    pb_builds, sq_builds = info["protobase_build_s"], info["sqlite_build_s"]
+    write_ratio = (
+        measured["protobase people_covering"]["latency"] / measured["protobase people"]["latency"]
+    )
+    build_ratio = pb_builds[PB_COVERING_BUILD] / pb_builds[PB_INDEXES_BUILD]
+    rows = []
+    for key, table in (("8", "people"), ("8c", "people_covering")):
+        pb8, sq8 = measured[f"protobase {table}"], measured[f"sqlite {table}"]
+        if key == "8":
+            workload = (
+                "1-row update + commit on people, 4 indexes (PB: `set_at` in its own "
+                "transaction; SQLite: UPDATE, autocommit) (information)"
+            )
+        else:
+            workload = (
+                "same on people_covering, ssn index covering: the write cost of a covering "
+                f"index, PB time {write_ratio:.2f}x row 8's PB time (information)"
+            )
+        details: dict[str, Any] = {"protobase": pb8, "sqlite": sq8, "updates": updates}
+        if key == "8c":
+            details["protobase_covering_over_plain_update"] = write_ratio
+            details["protobase_covering_over_plain_build"] = build_ratio
+            details["sqlite_covering_over_plain_update"] = (
+                sq8["latency"] / measured["sqlite people"]["latency"]
+            )
+            details["sqlite_covering_over_plain_build"] = (
+                sq_builds[SQ_COVERING_BUILD] / sq_builds[SQ_INDEXES_BUILD]
+            )
+        rows.append(
+            Row(
+                key,
+                workload,
+                n,
+                "updates/s",
+                pb8["rate"],
+                sq8["rate"],
+                pb8["latency"],
+                sq8["latency"],
+                None,
+                None,
+                details=details,
+            )
+        )
+    return rows
+
+
 def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     """Build both systems with `n` people and run every workload: (rows, plans, build info)."""
     pb, con, info = build_both(n)
@@ -867,7 +1157,13 @@ def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dic
     values = [SSN_BASE + rng.randrange(n) for _ in range(settings.lookups)]
     lows = [SSN_BASE + rng.randrange(n - RANGE_ROWS + 1) for _ in range(settings.ranges)]
     try:
-        rows = [lookup_row(run, values), plan_lookup_row(run, values), range_row(run, lows)]
+        rows = [
+            lookup_row(run, values),
+            plan_lookup_row(run, values),
+            lookup_row(run, values, covering=True),
+            range_row(run, lows),
+            range_row(run, lows, covering=True),
+        ]
         scan = scan_row(run, "3")
         info["first_scan_s"] = scan.details["first_run_s"]
         rows += [scan, scan_row(run, "3i"), top_row(run, scan.pb_time), group_row(run)]
@@ -875,6 +1171,7 @@ def run_size(n: int, settings: Settings) -> tuple[list[Row], dict[str, Any], dic
             rows.append(join_row(run))
         run.plans["sqlite"] = {row.key: row.details.get("sqlite_plan") for row in rows}
         rows.append(index_build_row(n, info))
+        rows += write_rows(run, settings.updates, info)  # last: it writes
     finally:
         con.close()
         pb.close()
@@ -890,6 +1187,7 @@ def settings_for(quick: bool) -> Settings:
         sizes=[100_000] if quick else [100_000, 1_000_000],
         lookups=2_000,
         ranges=500 if quick else 1_000,
+        updates=200 if quick else 500,
         passes=lambda n: 2 if quick else 3 if n >= 1_000_000 else 5,
         reps=lambda n: 3 if quick or n >= 1_000_000 else 5,
     )
@@ -943,11 +1241,19 @@ def print_builds(builds: dict[int, dict[str, Any]]) -> None:
     for n, build in builds.items():
         pb_parts = ", ".join(f"{k} {v:.1f} s" for k, v in build["protobase_build_s"].items())
         sq_parts = ", ".join(f"{k} {v:.2f} s" for k, v in build["sqlite_build_s"].items())
+        pb_build, sq_build = build["protobase_build_s"], build["sqlite_build_s"]
+        covering = ""
+        if PB_COVERING_BUILD in pb_build and SQ_COVERING_BUILD in sq_build:
+            covering = (
+                " Index build with ssn covering over without: ProtoBase "
+                f"{pb_build[PB_COVERING_BUILD] / pb_build[PB_INDEXES_BUILD]:.2f}x, SQLite "
+                f"{sq_build[SQ_COVERING_BUILD] / sq_build[SQ_INDEXES_BUILD]:.2f}x."
+            )
         print(
-            f"Build, N={n:,}: ProtoBase {sum(build['protobase_build_s'].values()):.1f} s "
-            f"({pb_parts}); SQLite {sum(build['sqlite_build_s'].values()):.2f} s ({sq_parts}). "
+            f"Build, N={n:,}: ProtoBase {sum(pb_build.values()):.1f} s "
+            f"({pb_parts}); SQLite {sum(sq_build.values()):.2f} s ({sq_parts}). "
             f"First (untimed) run of workload 3, which decodes every row: "
-            f"{build['first_scan_s']:.2f} s."
+            f"{build['first_scan_s']:.2f} s.{covering}"
         )
 
 
@@ -1074,7 +1380,19 @@ def profiler_paused() -> Iterator[None]:
             profiler.enable()
 
 
-REPROS = ("lookup", "lookup-plan", "range", "scan", "scan-indexed", "orderby", "groupby", "join")
+REPROS = (
+    "lookup",
+    "lookup-plan",
+    "lookup-covering",
+    "range",
+    "range-covering",
+    "scan",
+    "scan-indexed",
+    "orderby",
+    "groupby",
+    "join",
+)
+LOOPED_REPROS = ("lookup", "lookup-plan", "lookup-covering", "range", "range-covering")
 
 
 def repro(name: str, n: int, seconds: float) -> None:
@@ -1084,16 +1402,20 @@ def repro(name: str, n: int, seconds: float) -> None:
     indexes = {
         "lookup": ("ssn",),
         "lookup-plan": ("ssn",),
+        "lookup-covering": ("ssn",),
         "range": ("ssn",),
+        "range-covering": ("ssn",),
         "scan-indexed": ("age", "city"),
     }.get(name, ())
+    covering = name.endswith("-covering")
     with profiler_paused():  # the profile shows the loop only
         start = time.perf_counter()
         people, accounts = people_data(n), accounts_data(n) if name == "join" else None
-        pb = build_protobase(people, accounts, indexes)
+        pb = build_protobase(people, accounts, indexes, covering=covering)
         del people, accounts
         built = time.perf_counter() - start
-        print(f"built {n:,} rows in {built:.1f} s (indexes: {', '.join(indexes) or 'none'})")
+        also = "; people_covering too, ssn covering" if covering else ""
+        print(f"built {n:,} rows in {built:.1f} s (indexes: {', '.join(indexes) or 'none'}{also})")
         rng = random.Random(SEED + 1)
         values = [SSN_BASE + rng.randrange(n - RANGE_ROWS + 1) for _ in range(2_000)]
     tr = pb.tr
@@ -1104,7 +1426,15 @@ def repro(name: str, n: int, seconds: float) -> None:
             lambda i: list(WherePlan(filter=F.ssn == values[i % 2_000], based_on=pb.people)),
             0,
         ),
+        "lookup-covering": (
+            lambda i: pb_lookup(tr, pb.people_covering, values[i % 2_000]).to_list(),
+            0,
+        ),
         "range": (lambda i: pb_range(tr, pb.people, values[i % 2_000]).to_list(), 0),
+        "range-covering": (
+            lambda i: pb_range(tr, pb.people_covering, values[i % 2_000]).to_list(),
+            0,
+        ),
         "scan": (lambda i: pb_scan(tr, pb.plain).count(), n),
         "scan-indexed": (lambda i: pb_scan(tr, pb.people).count(), 0),
         "orderby": (lambda i: pb_top(tr, pb.plain).to_list(), n),
@@ -1114,7 +1444,7 @@ def repro(name: str, n: int, seconds: float) -> None:
     step, rows_each = steps[name]
     try:
         with profiler_paused():  # untimed: decodes the rows (and index nodes) it reads
-            for i in range(2_000 if name in ("lookup", "lookup-plan", "range") else 1):
+            for i in range(2_000 if name in LOOPED_REPROS else 1):
                 step(i)
         done = 0
         start = time.perf_counter()
