@@ -16,7 +16,7 @@ Extension codes (see `protobase.codec` for the plain ones; never renumber)::
                           [[class name, ...], [name index, {attribute: value}, ...]]
                           (one extension per leaf instead of one per object;
                           decodes to the list of objects)
-    37  tuple run         a leaf's keys (or values) when they are all tuples:
+    37  tuple run         a node's keys (or a leaf's values) when they are all tuples:
                           [[item, ...], ...], each inner array one tuple
                           (index trees' ``(value, identity)`` keys, tuple keys)
 
@@ -93,7 +93,7 @@ def _as_run(items: list[Any]) -> Any:
 
 
 def _leaf_payload(payload: list[Any]) -> list[Any]:
-    """`payload` with a leaf's keys and values given as runs where they qualify."""
+    """`payload` with a node's keys and a leaf's values given as runs where they qualify."""
     tag = payload[0]
     if tag == 0:
         keys, values = _as_run(payload[1]), _as_run(payload[2])
@@ -103,6 +103,10 @@ def _leaf_payload(payload: list[Any]) -> list[Any]:
         values = _as_run(payload[1])
         if values is not payload[1]:
             payload = [1, values]
+    elif tag == 2:  # a keyed internal node: its keys (an index's are tuples)
+        keys = _as_run(payload[4])
+        if keys is not payload[4]:
+            payload = [*payload[:4], keys]
     return payload
 
 

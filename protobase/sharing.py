@@ -39,13 +39,12 @@ def _frozen(value: Any) -> bool:
     if kind in _FROZEN_SCALARS:
         return True
     if kind is tuple:
-        return all(map(_frozen, value))
+        return _FROZEN_SCALARS.issuperset(map(type, value)) or all(map(_frozen, value))
     if isinstance(value, DBObject):
-        scalars = _FROZEN_SCALARS
-        for item in value._attrs.values():
-            if type(item) not in scalars and not _frozen(item):
-                return False
-        return True
+        attrs = value._attrs.values()
+        if _FROZEN_SCALARS.issuperset(map(type, attrs)):  # the common case, checked in C
+            return True
+        return all(map(_frozen, attrs))
     return False
 
 
