@@ -38,7 +38,8 @@ def net() -> Iterator[ProxyNet]:
     for node in (1, 2, 3):
         server = socketserver.ThreadingTCPServer((HOST, 0), Echo)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # shutdown() waits until serve_forever polls again (by default every 0.5 s).
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
         servers.append(server)
         peers[node] = server.server_address
     links = [(a, b) for a in peers for b in peers if a != b]

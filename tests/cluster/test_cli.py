@@ -270,18 +270,14 @@ def test_cluster_up_as_the_readme_says_then_ctrl_c_then_up_again(
     assert read.returncode == 0, read.stderr
     assert "databases: ['readme']" in read.stdout
     assert "read back: hello, cluster" in read.stdout
-    assert again.interrupt() == 0, again.output
-    assert node_processes(directory) == {}
+    # SIGTERM (a CI timeout, `kill`) stops it as Ctrl-C does; SIGHUP is checked
+    # at the end of the grow-and-shrink test. Each signal goes to a `cluster up`
+    # that a test starts anyway: a cluster start fewer per signal.
+    stops_its_nodes_on(again, directory, signal.SIGTERM)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_cluster_up_stops_its_nodes_on_sigterm_and_sighup(
-    tmp_path: Path, started: list[ClusterUp], sig: int
-) -> None:
-    directory = (tmp_path / "cluster-data").resolve()
-    up = ClusterUp(directory, free_port_base(3))
-    started.append(up)
-    up.wait_printed()
+def stops_its_nodes_on(up: ClusterUp, directory: Path, sig: int) -> None:
+    """`sig` to a running `cluster up` of 3 nodes: it stops them all and exits 0."""
     assert len(node_processes(directory)) == 3
     up.process.send_signal(sig)
     assert up.process.wait(STOP_SECONDS) == 0, up.output
@@ -351,7 +347,9 @@ def test_a_cluster_up_cluster_grows_and_shrinks_by_the_documented_commands(
             assert time.monotonic() < deadline, up.output
             assert up.process.poll() is None, up.output
             time.sleep(0.2)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 1.0
+        while len(acked) <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(acked) > before, "no commit after the node was added"
     finally:
         stop.set()
@@ -378,8 +376,8 @@ def test_a_cluster_up_cluster_grows_and_shrinks_by_the_documented_commands(
     assert len(acked) >= 10, acked
     assert set(acked) <= kept, sorted(set(acked) - kept)  # every acknowledged commit
     assert kept <= set(acked) | set(unknown)  # and nothing that was never tried
-    assert again.interrupt() == 0, again.output
-    assert node_processes(directory) == {}
+    # SIGHUP (a closed terminal) stops it as Ctrl-C does, the 3 members left.
+    stops_its_nodes_on(again, directory, signal.SIGHUP)
 
 
 # -- 2. the demo on a cluster -----------------------------------------------------

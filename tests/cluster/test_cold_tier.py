@@ -205,67 +205,11 @@ def test_an_s3_outage_never_blocks_commits_and_the_backlog_catches_up(
     read_objects(cluster, "outage", 40, 200, cluster.urls)
 
 
-def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
-    cluster, bucket = tiered
-    before = cluster.status(1)["s3"]["groups"]
-    write_objects(cluster, "evicted", 150, 2000)
-
-    def evicted() -> list[str]:
-        # Commits land in the partitions the meta leader leads (ClusterFileStorage
-        # picks such transaction ids), so one group may hold all of them.
-        groups = cluster.status(1)["s3"]["groups"]
-        return [g for g in groups if groups[g]["keep_from"] > before[g]["keep_from"]]
-
-    evicting = wait_for(evicted, 60, "node 1 to evict uploaded entries")
-    assert cluster.status(1)["s3"]["evicted_entries"] > 0
-    # New snapshots compact the log up to keep_from; a few more commits bring them.
-    write_objects(cluster, "evicted-more", 60, 2000)
-
-    def uploaded_bytes(group: int) -> int:
-        prefix = bucket.key(f"partitions/group-{group:04d}/")
-        return sum(size for _, size in bucket.list_objects(prefix))
-
-    def small_logs() -> bool:
-        groups = cluster.status(1)["s3"]["groups"]
-        # A log over its budget keeps about one snapshot interval of entries.
-        small = all(
-            groups[g]["log_bytes"] < max(100_000, uploaded_bytes(int(g)) / 2) for g in evicting
-        )
-        if not small:
-            # Compaction happens at snapshots, which only new entries bring: under
-            # load the uploads (and so keep_from) can lag behind the writes above.
-            write_objects(cluster, "evicted-more", 10, 2000)
-        return small
-
-    wait_for(small_logs, 60, "node 1's partition logs to shrink")
-    read_objects(cluster, "evicted", 150, 2000, [cluster.url(1)])
-    # Node 1 reads an evicted entry back itself, or (when its listing of the
-    # tier is not fresh) asks the partition's leader, which reads it back.
-    assert sum(cluster.status(n)["s3"]["fetches"] for n in (1, 2, 3)) > 0
-
-
-def test_a_node_far_behind_starts_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
-    cluster, _ = tiered
-    before = cluster.status(3)["s3"]["groups"]
-    cluster.kill(3)
-    cluster.wait_exit(3, 10)
-    write_objects(cluster, "behind", 200, 2000, cluster.urls[:2])
-    wait_for(lambda: caught_up(cluster, (1, 2)), 60, "the backlog to reach 0")
-    write_objects(cluster, "behind-more", 40, 2000, cluster.urls[:2])
-    wait_for(lambda: caught_up(cluster, (1, 2)), 60, "the backlog to reach 0")
-    cluster.start(3)
-    cluster.wait_ready([3])
-    cluster.wait_converged(60)
-    # 240 commits went by while node 3 was down, and the leaders evicted them:
-    # node 3 took a snapshot, and its log starts after what it had applied.
-    after = cluster.status(3)["s3"]["groups"]
-    assert any(
-        after[g]["log_first_index"] > before[g]["applied"] + 1
-        for g in after
-        if after[g]["applied"] > before[g]["applied"] + 100
-    ), (before, after)
-    read_objects(cluster, "behind", 200, 2000, [cluster.url(3)])
-    assert cluster.status(3)["s3"]["fetches"] > 0
+# The backup tests come before the tests that write hundreds of 2 kB commits
+# (eviction, far behind, new member): a backup copies, verifies and restores
+# the whole tier, so there it costs seconds per test instead of tens. A backup
+# reads the tier only (never a node's log), so what the nodes evicted later
+# would not change what these tests exercise.
 
 
 def test_a_cluster_backup_restores_into_new_data_directories(
@@ -314,8 +258,8 @@ def test_a_cluster_backup_restores_into_new_data_directories(
         read_objects(again, "saved-later", 10, 300, urls[2:])
     finally:
         stop_processes(processes)
-    # --at is tested through the command line (the next test): each restore
-    # starts a cluster, and the suite has a time budget.
+    # --at is tested through the command line (the test after the next): each
+    # restore starts a cluster, and the suite has a time budget.
 
 
 def test_verify_finds_a_damaged_cluster_backup(
@@ -390,6 +334,69 @@ def test_cluster_backup_verify_and_restore_from_the_command_line(
         "node2.toml",
         "node3.toml",
     ]
+
+
+def test_evicted_entries_are_read_back_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
+    cluster, bucket = tiered
+    before = cluster.status(1)["s3"]["groups"]
+    write_objects(cluster, "evicted", 150, 2000)
+
+    def evicted() -> list[str]:
+        # Commits land in the partitions the meta leader leads (ClusterFileStorage
+        # picks such transaction ids), so one group may hold all of them.
+        groups = cluster.status(1)["s3"]["groups"]
+        return [g for g in groups if groups[g]["keep_from"] > before[g]["keep_from"]]
+
+    evicting = wait_for(evicted, 60, "node 1 to evict uploaded entries")
+    assert cluster.status(1)["s3"]["evicted_entries"] > 0
+    # New snapshots compact the log up to keep_from; a few more commits bring them.
+    write_objects(cluster, "evicted-more", 60, 2000)
+
+    def uploaded_bytes(group: int) -> int:
+        prefix = bucket.key(f"partitions/group-{group:04d}/")
+        return sum(size for _, size in bucket.list_objects(prefix))
+
+    def small_logs() -> bool:
+        groups = cluster.status(1)["s3"]["groups"]
+        # A log over its budget keeps about one snapshot interval of entries.
+        small = all(
+            groups[g]["log_bytes"] < max(100_000, uploaded_bytes(int(g)) / 2) for g in evicting
+        )
+        if not small:
+            # Compaction happens at snapshots, which only new entries bring: under
+            # load the uploads (and so keep_from) can lag behind the writes above.
+            write_objects(cluster, "evicted-more", 10, 2000)
+        return small
+
+    wait_for(small_logs, 60, "node 1's partition logs to shrink")
+    read_objects(cluster, "evicted", 150, 2000, [cluster.url(1)])
+    # Node 1 reads an evicted entry back itself, or (when its listing of the
+    # tier is not fresh) asks the partition's leader, which reads it back.
+    assert sum(cluster.status(n)["s3"]["fetches"] for n in (1, 2, 3)) > 0
+
+
+def test_a_node_far_behind_starts_from_s3(tiered: tuple[LocalCluster, Bucket]) -> None:
+    cluster, _ = tiered
+    before = cluster.status(3)["s3"]["groups"]
+    cluster.kill(3)
+    cluster.wait_exit(3, 10)
+    write_objects(cluster, "behind", 200, 2000, cluster.urls[:2])
+    wait_for(lambda: caught_up(cluster, (1, 2)), 60, "the backlog to reach 0")
+    write_objects(cluster, "behind-more", 40, 2000, cluster.urls[:2])
+    wait_for(lambda: caught_up(cluster, (1, 2)), 60, "the backlog to reach 0")
+    cluster.start(3)
+    cluster.wait_ready([3])
+    cluster.wait_converged(60)
+    # 240 commits went by while node 3 was down, and the leaders evicted them:
+    # node 3 took a snapshot, and its log starts after what it had applied.
+    after = cluster.status(3)["s3"]["groups"]
+    assert any(
+        after[g]["log_first_index"] > before[g]["applied"] + 1
+        for g in after
+        if after[g]["applied"] > before[g]["applied"] + 100
+    ), (before, after)
+    read_objects(cluster, "behind", 200, 2000, [cluster.url(3)])
+    assert cluster.status(3)["s3"]["fetches"] > 0
 
 
 def test_sigkill_during_uploads_loses_nothing(

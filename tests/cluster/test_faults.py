@@ -23,15 +23,34 @@ from harness import LocalCluster, free_port_base
 from protobase import ClusterFileStorage, ClusterUnavailableError, ObjectSpace
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path / "faults") as local:
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster for the module's tests (each start costs seconds, and the suite
+    has a budget). Every test undoes its faults; `cluster` checks that it did.
+    The wiped member's test is last: that member stays out for good."""
+    with LocalCluster(tmp_path_factory.mktemp("faults")) as local:
         yield local
 
 
 @pytest.fixture
-def bank(cluster: LocalCluster) -> Iterator[Bank]:
-    workload = Bank(cluster)
+def cluster(shared_cluster: LocalCluster) -> LocalCluster:
+    """The shared cluster as a fresh one would be: every member running and
+    ready, none paused, and the replicas equal (what a test left behind is
+    repaired first, so that one failure does not fail the tests after it)."""
+    for node in sorted(shared_cluster.paused):
+        shared_cluster.signal(node, signal.SIGCONT)
+    for node, process in shared_cluster.processes.items():
+        if process.poll() is not None:
+            shared_cluster.start(node)
+    shared_cluster.wait_ready()
+    shared_cluster.wait_converged()
+    return shared_cluster
+
+
+@pytest.fixture
+def bank(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[Bank]:
+    # A database of its own in the shared cluster.
+    workload = Bank(cluster, db_name=f"bank-{request.node.name}")
     workload.create()
     try:
         yield workload
@@ -81,7 +100,7 @@ def test_sigstopped_meta_leader_is_replaced_and_rejoins_as_follower(
     # A short client timeout: a request that reaches the stopped node gives up
     # after 2 s instead of 10 (see the xfail test below) and the transfer
     # counts as unknown.
-    bank = Bank(cluster, client_timeout=2.0)
+    bank = Bank(cluster, db_name="bank-sigstop", client_timeout=2.0)
     bank.create()
     try:
         bank.start()
@@ -140,7 +159,9 @@ def test_commits_are_quick_while_a_node_is_sigstopped(cluster: LocalCluster) -> 
 def test_all_nodes_sigkilled_at_once_keep_every_acknowledged_commit(
     cluster: LocalCluster,
 ) -> None:
-    bank = Bank(cluster, client_timeout=4.0)
+    # The clients retry for client_timeout before they report the cluster gone:
+    # 2 s, as in the SIGSTOP test, and not longer (finish() waits for them).
+    bank = Bank(cluster, db_name="bank-all-killed", client_timeout=2.0)
     bank.create()
     try:
         bank.start()

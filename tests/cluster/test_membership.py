@@ -12,24 +12,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from bank_workload import Bank
 from harness import LocalCluster
 
-from protobase import ObjectSpace
+from protobase import ObjectSpace, membership_cli
 from protobase.membership_cli import current_map, remove_node, replace_node, wait_added
 
 TIMEOUT = 120.0
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    # Leaders spread again two seconds after they became uneven.
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    # One cluster for both tests (test_membership_requests_are_checked changes
+    # nothing and runs first). Leaders spread again two seconds after they
+    # became uneven.
     with LocalCluster(
-        tmp_path, nodes=3, partitions=2, spare=3, extra_config="leader_balance_after = 2"
+        tmp_path_factory.mktemp("membership"),
+        nodes=3,
+        partitions=2,
+        spare=3,
+        extra_config="leader_balance_after = 2",
     ) as local:
         yield local
 
@@ -56,7 +61,34 @@ def check_placement(cluster: LocalCluster, members: set[int]) -> dict[int, tuple
         time.sleep(0.2)
 
 
-def test_grow_shrink_and_replace_while_a_bank_commits(cluster: LocalCluster) -> None:
+def test_membership_requests_are_checked(cluster: LocalCluster) -> None:
+    """Refused requests change nothing. (First in the module: it needs the
+    cluster as it started, 3 members at epoch 1.)"""
+    from protobase.membership_cli import MembershipCommandError, admin_post
+
+    url, token = cluster.url(2), cluster.token
+    with pytest.raises(MembershipCommandError, match=r"409.*not in the cluster"):
+        admin_post(url, "/v1/admin/members/state", {"member": 9, "state": "leaving"}, token)
+    with pytest.raises(MembershipCommandError, match=r"409.*add a member first"):
+        # Three members, three replicas each: one leaving would leave two copies.
+        admin_post(url, "/v1/admin/members/state", {"member": 1, "state": "leaving"}, token)
+    with pytest.raises(MembershipCommandError, match="400"):
+        admin_post(url, "/v1/admin/members/state", {"member": 1, "state": "asleep"}, token)
+    with pytest.raises(MembershipCommandError, match=r"409.*already uses"):
+        taken: dict[str, Any] = {"peer": "127.0.0.1:1", "client": cluster.url(1)}
+        admin_post(url, "/v1/admin/members/join", taken, token)
+    with pytest.raises(MembershipCommandError, match="401"):
+        admin_post(url, "/v1/admin/rebalance", {}, "wrong-token")
+    found = current_map(url, token)
+    assert found["epoch"] == 1 and set(found["members"]) == {1, 2, 3}  # nothing changed
+
+
+def test_grow_shrink_and_replace_while_a_bank_commits(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commands' watch loop asks for the map every 0.1 s instead of every
+    # second: each step is seen done when it is (what is checked is the same).
+    monkeypatch.setattr(membership_cli, "POLL_SECONDS", 0.1)
     out: list[str] = []
     bank = Bank(cluster, client_timeout=10.0)
     bank.create()
@@ -125,23 +157,3 @@ def test_grow_shrink_and_replace_while_a_bank_commits(cluster: LocalCluster) -> 
     # The commands printed each step as it happened.
     assert any("member 1 is removed" in line for line in out), out
     assert any("member 5 is removed" in line for line in out), out
-
-
-def test_membership_requests_are_checked(cluster: LocalCluster) -> None:
-    from protobase.membership_cli import MembershipCommandError, admin_post
-
-    url, token = cluster.url(2), cluster.token
-    with pytest.raises(MembershipCommandError, match=r"409.*not in the cluster"):
-        admin_post(url, "/v1/admin/members/state", {"member": 9, "state": "leaving"}, token)
-    with pytest.raises(MembershipCommandError, match=r"409.*add a member first"):
-        # Three members, three replicas each: one leaving would leave two copies.
-        admin_post(url, "/v1/admin/members/state", {"member": 1, "state": "leaving"}, token)
-    with pytest.raises(MembershipCommandError, match="400"):
-        admin_post(url, "/v1/admin/members/state", {"member": 1, "state": "asleep"}, token)
-    with pytest.raises(MembershipCommandError, match=r"409.*already uses"):
-        taken: dict[str, Any] = {"peer": "127.0.0.1:1", "client": cluster.url(1)}
-        admin_post(url, "/v1/admin/members/join", taken, token)
-    with pytest.raises(MembershipCommandError, match="401"):
-        admin_post(url, "/v1/admin/rebalance", {}, "wrong-token")
-    found = current_map(url, token)
-    assert found["epoch"] == 1 and set(found["members"]) == {1, 2, 3}  # nothing changed

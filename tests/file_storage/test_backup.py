@@ -462,13 +462,19 @@ def test_hot_backup_while_another_thread_commits(
     assert isinstance(storage, StandaloneFileStorage)
     stop = threading.Event()
     failures: list[BaseException] = []
+    committed = [0]
 
     def keep_committing() -> None:
         try:
             number = 100
             while not stop.is_set():
-                commit_rounds(open_source, number, 1)
+                # A short pause after each commit: unthrottled, the committer grows
+                # the database as fast as the backups copy it (each backup and
+                # restore then takes seconds), and each backup still runs while
+                # commits land (checked below).
+                commit_rounds(open_source, number, 1, pause=0.005)
                 number += 1
+                committed[0] += 1
         except BaseException as exc:
             failures.append(exc)
 
@@ -476,13 +482,17 @@ def test_hot_backup_while_another_thread_commits(
     committer.start()
     try:
         reports = []
+        during = []
         for _ in range(3):
             time.sleep(0.15)
+            before = committed[0]
             reports.append(backup(storage, location))
+            during.append(committed[0] - before)
     finally:
         stop.set()
         committer.join(timeout=30)
     assert not failures
+    assert all(count > 0 for count in during), f"no commit while a backup ran: {during}"
     assert all(report.hot for report in reports)
     assert reports[0].last_version < reports[1].last_version < reports[2].last_version
     assert reports[2].reused_objects >= 1 and reports[2].uploaded_bytes < reports[2].bytes
