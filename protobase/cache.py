@@ -90,6 +90,13 @@ class NodeCache:
             self._entries.move_to_end(pointer)
             return entry[0]
 
+    def discard(self, pointer: AtomPointer) -> None:
+        """Forget the node at `pointer` (a commit replaced it: new readers take the new one)."""
+        with self._lock:
+            entry = self._entries.pop(pointer, None)
+            if entry is not None:
+                self._size -= entry[1]
+
     def put(self, pointer: AtomPointer, node: Any, cost: int, generation: int) -> None:
         """Keep `node` (decoded from a payload of `cost` bytes) for every transaction.
 

@@ -420,6 +420,10 @@ class Committer:
                     kept = shared_form(obj)
                     if kept is not None:
                         nodes.put(pointer, kept, len(writer.atoms[pointer.index]), generation)
+                    if obj.replaces is not None:
+                        # The older version of this node: transactions that start from
+                        # now on read this one, so the cache need not keep that one.
+                        nodes.discard(obj.replaces)
 
 
 def _nothing() -> None:

@@ -150,6 +150,9 @@ def shared_form(node: Node) -> Node | NodeTemplate | None:
         positions.append(position)
     if not positions:
         return node
+    if all(isinstance(values[position], PersistentCollection) for position in positions):
+        # Collections are values: what `instantiate` rebinds is read, never changed.
+        return NodeTemplate(node, tuple(positions))
     template = node.clone(None)
     template.pointer, template.origin = node.pointer, node.origin
     kept = template.values

@@ -445,7 +445,8 @@ class Transaction(Snapshot, ObjectContext):
         return SpaceChange(
             self._ref,
             self._base_databases,
-            self._base_databases.set_at(self._database.name, state),
+            # Built here of stored collections: nothing to check or copy (set_at would).
+            self._base_databases._with(self._database.name, state),
             reads,
         )
 

@@ -207,3 +207,19 @@ def test_a_shared_internal_node_keeps_no_child_a_transaction_loaded(space: Objec
     assert value is not held and value._loader is second
     assert list(value.as_iterable()) == [250]
     second.abort()
+
+
+def test_the_cache_forgets_the_versions_a_commit_replaced(space: ObjectSpace) -> None:
+    db = space.new_database("d")
+    with db.transaction() as tr:
+        tr.set_root_object("d", Dictionary((k, 0) for k in range(1000)))  # 22 nodes
+    for j in range(300):
+        tr = db.new_transaction()
+        tr.set_root_object("d", tr.get_root_object("d").set_at(j * 7 % 1000, j))
+        tr.commit()
+    # The dictionary's 22 nodes, the root objects' and the database table's leaves:
+    # the older version of each path was dropped when its new version was committed.
+    assert len(space.node_cache._entries) <= 24
+    with db.transaction() as tr:
+        d = tr.get_root_object("d")
+        assert [d.get_at(j * 7 % 1000) for j in range(290, 300)] == list(range(290, 300))

@@ -114,7 +114,7 @@ class Node:
     `PositionalLeaf` or `PositionalInternal`.
     """
 
-    __slots__ = ("edit", "origin", "pointer", "total")
+    __slots__ = ("edit", "origin", "pointer", "replaces", "total")
 
     edit: object | None
     """The token of the bulk operation that may still change the node in place."""
@@ -122,6 +122,9 @@ class Node:
     """The space the node was stored in or loaded from (None: never stored)."""
     pointer: AtomPointer | None
     """The atom holding the node, once it is stored."""
+    replaces: AtomPointer | None
+    """The stored node a mutator copied this one from (its older version), if any:
+    once this one is committed, new transactions no longer read that one."""
     total: int
     """The number of entries below the node."""
     height: int
@@ -237,6 +240,7 @@ class KeyedLeaf(Node):
         self.edit = edit
         self.origin = origin
         self.pointer = None
+        self.replaces = None
         self._skeys = skeys
 
     @property
@@ -303,6 +307,7 @@ class PositionalLeaf(Node):
         self.edit = edit
         self.origin = origin
         self.pointer = None
+        self.replaces = None
 
     @property
     def width(self) -> int:
@@ -449,6 +454,7 @@ class KeyedInternal(Internal["KeyedNode"]):
         self.edit = edit
         self.origin = origin
         self.pointer = None
+        self.replaces = None
         self.shared = False
         self._skeys = skeys
 
@@ -578,6 +584,7 @@ class PositionalInternal(Internal["PositionalNode"]):
         self.edit = edit
         self.origin = origin
         self.pointer = None
+        self.replaces = None
         self.shared = False
 
     @staticmethod
@@ -674,7 +681,9 @@ N = TypeVar("N", bound=Node)
 def _editable(node: N, edit: object | None) -> N:
     if edit is not None and node.edit is edit:
         return node
-    return node.clone(edit)
+    copy = node.clone(edit)
+    copy.replaces = node.pointer if node.pointer is not None else node.replaces
+    return copy
 
 
 # -- rebalancing (shared by both flavours) ---------------------------------------
