@@ -27,7 +27,7 @@ from typing import Any
 from .atoms import AtomPointer
 from .codec import PLAIN_SCALAR_TYPES
 from .collections.base import DETACHED, PersistentCollection
-from .collections.btree import Internal, Node, NodeLoader
+from .collections.btree import Internal, KeyedLeaf, Node, NodeLoader, PositionalLeaf
 from .objects import DBObject, UnknownObject
 
 _FROZEN_SCALARS = frozenset(PLAIN_SCALAR_TYPES)
@@ -92,6 +92,12 @@ def _rebind(value: Any, loader: NodeLoader) -> Any:
     return value
 
 
+def _leaf_values(node: Node) -> list[Any]:
+    if isinstance(node, (KeyedLeaf, PositionalLeaf)):
+        return node.values
+    raise TypeError(f"a {type(node).__name__} has no values")
+
+
 class NodeTemplate:
     """A stored leaf to copy for each transaction: the values at `positions` are rebound.
 
@@ -110,8 +116,7 @@ class NodeTemplate:
         template = self.node
         node = template.clone(None)
         node.pointer, node.origin = template.pointer, template.origin
-        values = node.values
-        assert values is not None
+        values = _leaf_values(node)
         for position in self.positions:
             values[position] = _rebind(values[position], loader)
         return node
@@ -132,13 +137,11 @@ def shared_form(node: Node) -> Node | NodeTemplate | None:
             return node
         return node.shareable_copy()
     scalars = _FROZEN_SCALARS
-    keys = node.keys
-    if keys is not None and not scalars.issuperset(map(type, keys)):
-        for key in keys:
+    if isinstance(node, KeyedLeaf) and not scalars.issuperset(map(type, node.keys)):
+        for key in node.keys:
             if type(key) not in scalars and not _frozen(key):
                 return None
-    values = node.values
-    assert values is not None
+    values = _leaf_values(node)
     if scalars.issuperset(map(type, values)):  # the common case, checked in C
         return node
     positions = []
@@ -155,8 +158,7 @@ def shared_form(node: Node) -> Node | NodeTemplate | None:
         return NodeTemplate(node, tuple(positions))
     template = node.clone(None)
     template.pointer, template.origin = node.pointer, node.origin
-    kept = template.values
-    assert kept is not None
+    kept = _leaf_values(template)
     for position in positions:
         kept[position] = _rebind(kept[position], DETACHED)
     return NodeTemplate(template, tuple(positions))

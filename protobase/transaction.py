@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .atoms import AtomPointer
 from .collections import CountedSet, Dictionary, HashDictionary, List, Set
 from .collections.base import PersistentCollection
-from .collections.btree import MISSING, Node, iter_nodes, keyed_get
+from .collections.btree import MISSING, KeyedLeaf, Node, PositionalLeaf, iter_nodes, keyed_get
 from .committer import SPACE_FORMAT, SpaceChange
 from .errors import (
     CorruptionError,
@@ -488,10 +488,11 @@ class Transaction(Snapshot, ObjectContext):
                 root = item._root
                 if isinstance(root, Node):
                     for node in iter_nodes(root, self, self._is_unsaved):
-                        if node.height == 0:
-                            stack.extend(node.values)  # type: ignore[arg-type]
-                            if node.keys is not None:
-                                stack.extend(node.keys)
+                        if isinstance(node, KeyedLeaf):
+                            stack.extend(node.values)
+                            stack.extend(node.keys)
+                        elif isinstance(node, PositionalLeaf):
+                            stack.extend(node.values)
             elif isinstance(item, MutableObject) and self._bind(item):
                 yield item
 

@@ -17,10 +17,10 @@ A node therefore has one of four shapes, each a class of its own:
 `KeyedLeaf`, `KeyedInternal`, `PositionalLeaf` and `PositionalInternal`
 (`KeyedNode` and `PositionalNode` name the two flavours). All four derive
 from `Node`, which is what code that does not care about the shape sees (the
-loader, the writer); `Node.keys` and `Node.values` read None on a shape
-without them. A child or root loaded from an atom of the wrong shape or
-height for its place is a `CorruptionError`, so the code of a flavour only
-ever meets its own shapes.
+loader, the writer); code that reads entries tests the shape first. A
+child or root loaded from an atom of the wrong shape or height for its
+place is a `CorruptionError`, so the code of a flavour only ever meets its
+own shapes.
 
 Invariants:
 
@@ -129,12 +129,6 @@ class Node:
     """The number of entries below the node."""
     height: int
     """0 for a leaf; the children of an internal node are one lower."""
-
-    # Readers that do not care about the shape (the commit's walk for new
-    # objects, the shared node cache) read these of any node; the shapes that
-    # have them define slots of the same names.
-    keys: list[Any] | None = None
-    values: list[Any] | None = None
 
     @property
     def width(self) -> int:

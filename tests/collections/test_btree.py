@@ -199,8 +199,8 @@ def fingerprint(node: Any) -> Any:
         type(node).__name__,
         node.height,
         node.total,
-        None if node.keys is None else tuple(node.keys),
-        None if node.values is None else tuple(node.values),
+        tuple(node.keys) if hasattr(node, "keys") else None,
+        tuple(node.values) if hasattr(node, "values") else None,
         tuple(node.sizes) if internal else None,
         tuple(fingerprint(child) for child in node.children) if internal else None,
     )
