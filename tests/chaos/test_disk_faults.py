@@ -19,8 +19,14 @@ def test_failing_syncs_stop_the_member_and_the_checkers_stay_valid(tmp_path: Pat
     assert not [op for op in history if "(400)" in str(op.error)]
     faults = [op for op in history if op.f == "disk"]
     assert faults, "no disk fault was injected"
+    failed_syncs = 0
     for fault in faults:
         node, error = fault.value
         log = (tmp_path / "run" / "cluster" / f"node{node}.log").read_text()
-        assert f"injected disk fault ({error})" in log
-        assert "the node stops" in log
+        # A member synced while its disk failed, or had nothing to sync before the
+        # disk was healed (a fault late in the run, or while no quorum wrote): only
+        # the first must stop it.
+        if f"injected disk fault ({error})" in log:
+            failed_syncs += 1
+            assert "the node stops" in log
+    assert failed_syncs, "no member ever synced while its disk failed"
