@@ -14,58 +14,10 @@ from .atoms import AtomPointer
 from .registry import registry
 
 
-class AtomCache:
-    """A thread-safe LRU of atoms (or their payloads), bounded in bytes.
+class _BudgetLRU:
+    """A thread-safe LRU keyed by atom pointer, bounded by the sum of its entries' costs.
 
-    Atoms never change, so an entry is never stale: the cache only forgets.
-    """
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self._capacity = capacity_bytes
-        self._size = 0
-        self._entries: OrderedDict[AtomPointer, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, pointer: AtomPointer) -> bytes | None:
-        with self._lock:
-            payload = self._entries.get(pointer)
-            if payload is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(pointer)
-            self.hits += 1
-            return payload
-
-    def put(self, pointer: AtomPointer, payload: bytes) -> None:
-        if len(payload) > self._capacity:
-            return
-        with self._lock:
-            if pointer in self._entries:
-                return
-            self._entries[pointer] = payload
-            self._size += len(payload)
-            while self._size > self._capacity:
-                _, evicted = self._entries.popitem(last=False)
-                self._size -= len(evicted)
-
-    def put_batch(self, transaction_id: bytes, atoms: Sequence[bytes]) -> None:
-        """Every atom of a batch, at its pointer."""
-        for index, atom in enumerate(atoms):
-            self.put(AtomPointer(transaction_id, index), atom)
-
-
-class NodeCache:
-    """A thread-safe LRU of decoded tree nodes that any transaction may read.
-
-    Only *shareable* nodes enter: nodes whose entries hold plain values and
-    no object bound to a transaction (no collection, MutableObject or
-    Literal, which each read through the transaction that decoded them),
-    and internal nodes, whose children are held as pointers or as other
-    shareable nodes. Such a node is immutable once stored, so every
-    transaction of the space reads the same object instead of decoding the
-    atom again. The budget counts the nodes' payload bytes.
+    Subclasses call `_lookup` and `_store` with the lock held.
     """
 
     def __init__(self, capacity_bytes: int) -> None:
@@ -73,22 +25,84 @@ class NodeCache:
         self._size = 0
         self._entries: OrderedDict[AtomPointer, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _lookup(self, pointer: AtomPointer) -> Any:
+        entry = self._entries.get(pointer)
+        if entry is None:
+            return None
+        self._entries.move_to_end(pointer)
+        return entry[0]
+
+    def _store(self, pointer: AtomPointer, value: Any, cost: int) -> None:
+        """Keep `value` unless it is there already; forget the oldest entries over budget."""
+        if pointer in self._entries:
+            return
+        self._entries[pointer] = (value, cost)
+        self._size += cost
+        while self._size > self._capacity:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._size -= evicted
+
+    def _forget_all(self) -> None:
+        self._entries.clear()
+        self._size = 0
+
+
+class AtomCache(_BudgetLRU):
+    """A thread-safe LRU of atoms (or their payloads), bounded in bytes.
+
+    Atoms never change, so an entry is never stale: the cache only forgets.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        super().__init__(capacity_bytes)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, pointer: AtomPointer) -> bytes | None:
+        with self._lock:
+            payload: bytes | None = self._lookup(pointer)
+            if payload is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return payload
+
+    def put(self, pointer: AtomPointer, payload: bytes) -> None:
+        if len(payload) > self._capacity:
+            return
+        with self._lock:
+            self._store(pointer, payload, len(payload))
+
+    def put_batch(self, transaction_id: bytes, atoms: Sequence[bytes]) -> None:
+        """Every atom of a batch, at its pointer."""
+        for index, atom in enumerate(atoms):
+            self.put(AtomPointer(transaction_id, index), atom)
+
+
+class NodeCache(_BudgetLRU):
+    """A thread-safe LRU of decoded tree nodes that any transaction may read.
+
+    What enters is decided by `protobase.sharing.shared_form`: leaves of
+    immutable plain data as they are, leaves whose values hold collections,
+    lists or dicts as templates copied for each reader, and internal nodes
+    as shared nodes whose children stay pointers. Every transaction of the
+    space reads the same entry instead of decoding the atom again. The
+    budget counts the nodes' payload bytes. Entries decoded before the
+    class registry last changed are forgotten (they may decode differently).
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        super().__init__(capacity_bytes)
         self._generation = registry.generation
 
     def get(self, pointer: AtomPointer) -> Any:
-        """The node stored at `pointer`, or None."""
+        """The node (or template) stored at `pointer`, or None."""
         with self._lock:
             if self._generation != registry.generation:
-                # A class was registered or renamed: objects decoded before may now
-                # decode to another class.
-                self._entries.clear()
-                self._size = 0
+                self._forget_all()
                 self._generation = registry.generation
-            entry = self._entries.get(pointer)
-            if entry is None:
-                return None
-            self._entries.move_to_end(pointer)
-            return entry[0]
+            return self._lookup(pointer)
 
     def discard(self, pointer: AtomPointer) -> None:
         """Forget the node at `pointer` (a commit replaced it: new readers take the new one)."""
@@ -106,13 +120,8 @@ class NodeCache:
         if cost > self._capacity:
             return
         with self._lock:
-            if generation != registry.generation or pointer in self._entries:
-                return
-            self._entries[pointer] = (node, cost)
-            self._size += cost
-            while self._size > self._capacity:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self._size -= evicted
+            if generation == registry.generation:
+                self._store(pointer, node, cost)
 
 
 Descriptor = tuple[AtomPointer | None, int]

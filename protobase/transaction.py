@@ -106,11 +106,9 @@ class Snapshot:
         self._check_open()
         node = self._nodes.get(pointer)
         if node is None:
-            node = self._shared.get(pointer)
+            node = self._from_shared(pointer)
             if node is None:
                 node = self._decode_node(pointer, self._space.read_payloads([pointer])[0])
-            elif type(node) is NodeTemplate:
-                node = node.instantiate(self)
             self._nodes[pointer] = node
         return node
 
@@ -120,17 +118,20 @@ class Snapshot:
         missing = []
         for pointer in pointers:
             if pointer not in nodes:
-                node = self._shared.get(pointer)
+                node = self._from_shared(pointer)
                 if node is None:
                     missing.append(pointer)
-                elif type(node) is NodeTemplate:
-                    nodes[pointer] = node.instantiate(self)
                 else:
                     nodes[pointer] = node
         if missing:
             for pointer, payload in zip(missing, self._space.read_payloads(missing), strict=True):
                 nodes[pointer] = self._decode_node(pointer, payload)
         return [nodes[p] for p in pointers]
+
+    def _from_shared(self, pointer: AtomPointer) -> Node | None:
+        """The node at `pointer` from the space's shared cache (a template copied), or None."""
+        kept = self._shared.get(pointer)
+        return kept.instantiate(self) if type(kept) is NodeTemplate else kept
 
     def _decode_node(self, pointer: AtomPointer, payload: bytes) -> Node:
         """Decode a node; one that holds only immutable plain data is shared."""

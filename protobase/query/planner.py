@@ -107,30 +107,20 @@ class IndexRange(Lookup):
             self._estimate = self.index.count(self.low, self.high)
         return self._estimate
 
-    def pairs(self) -> list[tuple[Any, Any]]:
-        """``(order key, identity)`` of the candidates, in the collection's order."""
-        if self.empty:
-            found = []
-        elif self._estimate == 1 and self.single_value:  # one value of a unique index
-            first = self.index.first(self.low, self.high)
-            found = [] if first is None else [first]
-        else:
-            found = list(self.index.scan(self.low, self.high))
-        if not self.single_value:  # the index orders them by value first
-            found.sort(key=itemgetter(0))
-        self.actual = len(found)
-        return found
+    def pairs(self, rows: bool = False) -> list[tuple[Any, Any]]:
+        """``(order key, identity)`` of the candidates, in the collection's order.
 
-    def row_pairs(self) -> list[tuple[Any, Any]]:
-        """``(order key, row)`` of the candidates, in the collection's order (covering)."""
+        With `rows` (a covering index), ``(order key, row)`` instead.
+        """
+        index = self.index
         if self.empty:
             found = []
         elif self._estimate == 1 and self.single_value:  # one value of a unique index
-            first = self.index.first_row(self.low, self.high)
+            first = (index.first_row if rows else index.first)(self.low, self.high)
             found = [] if first is None else [first]
         else:
-            found = list(self.index.scan_rows(self.low, self.high))
-        if not self.single_value:
+            found = list((index.scan_rows if rows else index.scan)(self.low, self.high))
+        if not self.single_value:  # the index orders them by value first
             found.sort(key=itemgetter(0))
         self.actual = len(found)
         return found
@@ -327,7 +317,7 @@ def fetch(collection: PersistentCollection, lookup: Lookup) -> Iterator[Any]:
     the collection.
     """
     if isinstance(lookup, IndexRange) and lookup.index.spec.covering:
-        return iter([row for _, row in lookup.row_pairs()])
+        return iter([row for _, row in lookup.pairs(rows=True)])
     if isinstance(lookup, IndexRange):
         pairs = lookup.pairs()
     else:
