@@ -17,31 +17,40 @@ from .registry import registry
 class _BudgetLRU:
     """A thread-safe LRU keyed by atom pointer, bounded by the sum of its entries' costs.
 
-    Subclasses call `_lookup` and `_store` with the lock held.
+    Subclasses say what an entry costs (`_cost`) and call `_lookup` and
+    `_store` with the lock held.
     """
 
     def __init__(self, capacity_bytes: int) -> None:
         self._capacity = capacity_bytes
         self._size = 0
-        self._entries: OrderedDict[AtomPointer, tuple[Any, int]] = OrderedDict()
+        self._entries: OrderedDict[AtomPointer, Any] = OrderedDict()
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _cost(entry: Any) -> int:
+        raise NotImplementedError
 
     def _lookup(self, pointer: AtomPointer) -> Any:
         entry = self._entries.get(pointer)
-        if entry is None:
-            return None
-        self._entries.move_to_end(pointer)
-        return entry[0]
+        if entry is not None:
+            self._entries.move_to_end(pointer)
+        return entry
 
-    def _store(self, pointer: AtomPointer, value: Any, cost: int) -> None:
-        """Keep `value` unless it is there already; forget the oldest entries over budget."""
+    def _store(self, pointer: AtomPointer, entry: Any) -> None:
+        """Keep `entry` unless one is there already; forget the oldest ones over budget."""
         if pointer in self._entries:
             return
-        self._entries[pointer] = (value, cost)
-        self._size += cost
+        self._entries[pointer] = entry
+        self._size += self._cost(entry)
         while self._size > self._capacity:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self._size -= evicted
+            _, evicted = self._entries.popitem(last=False)
+            self._size -= self._cost(evicted)
+
+    def _forget(self, pointer: AtomPointer) -> None:
+        entry = self._entries.pop(pointer, None)
+        if entry is not None:
+            self._size -= self._cost(entry)
 
     def _forget_all(self) -> None:
         self._entries.clear()
@@ -59,6 +68,10 @@ class AtomCache(_BudgetLRU):
         self.hits = 0
         self.misses = 0
 
+    @staticmethod
+    def _cost(entry: bytes) -> int:
+        return len(entry)  # an entry is the payload itself
+
     def get(self, pointer: AtomPointer) -> bytes | None:
         with self._lock:
             payload: bytes | None = self._lookup(pointer)
@@ -72,7 +85,7 @@ class AtomCache(_BudgetLRU):
         if len(payload) > self._capacity:
             return
         with self._lock:
-            self._store(pointer, payload, len(payload))
+            self._store(pointer, payload)
 
     def put_batch(self, transaction_id: bytes, atoms: Sequence[bytes]) -> None:
         """Every atom of a batch, at its pointer."""
@@ -96,20 +109,23 @@ class NodeCache(_BudgetLRU):
         super().__init__(capacity_bytes)
         self._generation = registry.generation
 
+    @staticmethod
+    def _cost(entry: tuple[Any, int]) -> int:
+        return entry[1]  # an entry is (node, payload bytes)
+
     def get(self, pointer: AtomPointer) -> Any:
         """The node (or template) stored at `pointer`, or None."""
         with self._lock:
             if self._generation != registry.generation:
                 self._forget_all()
                 self._generation = registry.generation
-            return self._lookup(pointer)
+            entry = self._lookup(pointer)
+            return None if entry is None else entry[0]
 
     def discard(self, pointer: AtomPointer) -> None:
         """Forget the node at `pointer` (a commit replaced it: new readers take the new one)."""
         with self._lock:
-            entry = self._entries.pop(pointer, None)
-            if entry is not None:
-                self._size -= entry[1]
+            self._forget(pointer)
 
     def put(self, pointer: AtomPointer, node: Any, cost: int, generation: int) -> None:
         """Keep `node` (decoded from a payload of `cost` bytes) for every transaction.
@@ -121,7 +137,7 @@ class NodeCache(_BudgetLRU):
             return
         with self._lock:
             if generation == registry.generation:
-                self._store(pointer, node, cost)
+                self._store(pointer, (node, cost))
 
 
 Descriptor = tuple[AtomPointer | None, int]
