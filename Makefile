@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean compose-secrets bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster dashboard
+.PHONY: demo native test lint format clean compose-secrets bench bench-queries bench-raft bench-cluster bench-s3 crash sim cluster dashboard
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,25 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cluster,chaos,s3,test,dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The compiled hot path (protobase/native.py, docs/native.md): the editable install
+# builds it with mypyc; it is rebuilt here when one of its sources changed (an import
+# refuses extensions older than their sources). PROTOBASE_PURE_PYTHON=1 skips it.
+NATIVE_SOURCES := $(shell $(PYTHON) protobase/native.py)
+NATIVE := protobase/_native_manifest.json
+
+$(NATIVE): $(NATIVE_SOURCES) setup.py | $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
+
+native: $(NATIVE)
+
+demo: $(STAMP) $(NATIVE)
 	$(BIN)/protobase demo
 
+# The suite runs on the compiled hot path, then the tests marked pure_pass (tests/conftest.py)
+# run again on the pure-Python fallback.
 # The chaos report test renders report.html in Debian's chromium; the ops tests run
 # promtool from Debian's prometheus package (both installed when missing).
-test: $(STAMP)
+test: $(STAMP) $(NATIVE)
 	command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus \
@@ -28,6 +41,7 @@ test: $(STAMP)
 	command -v docker-compose >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose; }
 	$(BIN)/python -m pytest -q
+	PROTOBASE_PURE_PYTHON=1 $(BIN)/python -m pytest -q -m pure_pass -p no:cacheprovider
 
 # The secrets docker-compose.yml reads (random, written once, git-ignored).
 compose-secrets: | $(BIN)/python
@@ -42,17 +56,18 @@ cluster: $(STAMP)
 	$(BIN)/protobase cluster up cluster-data --nodes 3
 
 lint: $(STAMP)
-	$(BIN)/ruff check protobase cluster chaos seglog tests bench ops
-	$(BIN)/ruff format --check protobase cluster chaos seglog tests bench ops
+	$(BIN)/ruff check protobase cluster chaos seglog tests bench ops setup.py
+	$(BIN)/ruff format --check protobase cluster chaos seglog tests bench ops setup.py
 	$(BIN)/mypy
 	$(BIN)/mypy ops/grafana/dashboard.py
 
 format: $(STAMP)
-	$(BIN)/ruff format protobase cluster chaos seglog tests bench ops
+	$(BIN)/ruff format protobase cluster chaos seglog tests bench ops setup.py
 	$(BIN)/ruff check --fix protobase cluster chaos seglog tests bench ops
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(NATIVE)
+	find protobase -name '*.so' -delete
 
 bench: | $(BIN)/python
 	$(BIN)/pip install -e '.[bench]'

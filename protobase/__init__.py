@@ -8,6 +8,11 @@ with ObjectSpace(MemoryStorage()) as space:
         tr.set_root_object("greeting", "hello")
 """
 
+# First: decides whether the compiled hot path or the Python sources load (native.py).
+from .native import select_hot_path
+
+HOT_PATH = select_hot_path()
+
 from .atoms import AtomPointer
 from .collections import CountedSet, Dictionary, HashDictionary, List, Set
 from .errors import (

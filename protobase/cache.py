@@ -27,8 +27,7 @@ class _BudgetLRU:
         self._entries: OrderedDict[AtomPointer, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _cost(entry: Any) -> int:
+    def _cost(self, entry: Any) -> int:
         raise NotImplementedError
 
     def _lookup(self, pointer: AtomPointer) -> Any:
@@ -68,8 +67,7 @@ class AtomCache(_BudgetLRU):
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def _cost(entry: bytes) -> int:
+    def _cost(self, entry: bytes) -> int:
         return len(entry)  # an entry is the payload itself
 
     def get(self, pointer: AtomPointer) -> bytes | None:
@@ -109,8 +107,7 @@ class NodeCache(_BudgetLRU):
         super().__init__(capacity_bytes)
         self._generation = registry.generation
 
-    @staticmethod
-    def _cost(entry: tuple[Any, int]) -> int:
+    def _cost(self, entry: tuple[Any, int]) -> int:
         return entry[1]  # an entry is (node, payload bytes)
 
     def get(self, pointer: AtomPointer) -> Any:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import HOT_PATH, __version__
 from .logs import FORMATS, LEVELS, configure_logging
 
 if TYPE_CHECKING:
@@ -392,7 +392,9 @@ def _restore_cluster(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protobase", description="ProtoBase object database")
-    parser.add_argument("--version", action="version", version=f"protobase {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"protobase {__version__} (hot path: {HOT_PATH})"
+    )
     parser.add_argument(
         "--log-format",
         type=str.lower,

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .atoms import HEADER_SIZE as ATOM_HEADER_SIZE
 from .atoms import AtomPointer, new_transaction_id
+from .collections import Dictionary
 from .collections.btree import Node
 from .errors import CommitOutcomeUnknown, ConflictError, RootConflict, StorageError
 from .merge import merge_databases
@@ -65,7 +66,6 @@ from .storage.interfaces import (
 
 if TYPE_CHECKING:
     from .cache import AtomCache, NodeCache
-    from .collections import Dictionary
     from .transaction import Snapshot
 
 T = TypeVar("T")

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from . import (
+    HOT_PATH,
     CountedSet,
     DBObject,
     Dictionary,
@@ -22,6 +23,7 @@ from . import (
     ObjectSpace,
     Set,
     StandaloneFileStorage,
+    __version__,
 )
 from .errors import ConflictError
 from .storage.interfaces import Storage
@@ -75,6 +77,7 @@ def run_demo(
     """Run the demo on the database in directory `path` (or on `storage`, such as
     a `ClusterFileStorage`), reporting through `say`."""
     where = str(path) if storage is None else type(storage).__name__
+    say(f"ProtoBase {__version__}, hot path: {HOT_PATH} (docs/native.md)")
     with ObjectSpace(storage or StandaloneFileStorage(path)) as space:
         if "shop" in space.list_databases():
             db = space.open_database("shop")

@@ -358,7 +358,17 @@ class _ClosedContext:
     def _refuse(self, *args: Any) -> Any:
         raise TransactionClosedError("this transaction has ended; read the data again")
 
-    load_node = load_nodes = load_value = mutable_for = _refuse
+    def load_node(self, *args: Any) -> Any:
+        return self._refuse()
+
+    def load_nodes(self, *args: Any) -> Any:
+        return self._refuse()
+
+    def load_value(self, *args: Any) -> Any:
+        return self._refuse()
+
+    def mutable_for(self, *args: Any) -> Any:
+        return self._refuse()
 
 
 _CLOSED_CONTEXT: Any = _ClosedContext()

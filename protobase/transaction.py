@@ -300,8 +300,12 @@ class Transaction(Snapshot, ObjectContext):
         self._check_open()
         return self._roots.get_at(name)
 
-    def set_root_object(self, name: str, value: Any) -> None:
-        """Store `value` under root `name` (visible to others after commit)."""
+    def set_root_object(self, name: object, value: Any) -> None:
+        """Store `value` under root `name` (visible to others after commit).
+
+        `name` is typed `object` so that a wrong type reaches the ValidationError
+        below in the compiled form too (which checks declared argument types).
+        """
         self._check_writable()
         if type(name) is not str:
             raise ValidationError(f"root names are str, not {type(name).__name__}")
@@ -353,7 +357,9 @@ class Transaction(Snapshot, ObjectContext):
     def new_set(self) -> Set:
         return self._attach(Set())
 
-    new_hash_set = new_set
+    def new_hash_set(self) -> Set:
+        """The same as `new_set` (the public API promises one type for both)."""
+        return self.new_set()
 
     def query(self, source: Any) -> Query:
         """A fluent query over a collection, a plan or a list of rows (docs/queries.md).

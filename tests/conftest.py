@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import protobase
 from protobase import ClusterFileStorage, MemoryStorage, ObjectSpace
 
 TESTS = Path(__file__).parent
@@ -43,6 +44,45 @@ CLUSTER_RUNS: dict[str, frozenset[str] | None] = {
 CLUSTER_XFAILS: dict[str, str] = {
     # test function -> the bug it shows on the cluster (marked xfail, strict)
 }
+
+
+PURE_PASS: frozenset[str] = frozenset(
+    # The modules `make test` runs a second time on the pure-Python fallback of the
+    # compiled hot path (protobase/native.py), memory backend only: they drive every
+    # compiled module. Tests marked `pure_python` run there as well.
+    {
+        "test_native.py",
+        "test_transactions.py",
+        "test_objects.py",
+        "test_object_runs.py",
+        "test_committer.py",
+        "test_sharing.py",
+        "test_codec.py",
+        "test_errors.py",
+        "test_complexity.py",
+        "test_concurrency.py",
+        "collections/test_btree.py",
+        "query/test_indexes.py",
+        "query/test_plans.py",
+        "query/test_covering.py",
+        "query/test_explain.py",
+        "query/test_expressions.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the pure pass's tests; on the compiled form, skip those that need the pure one."""
+    for item in items:
+        module = Path(item.path).relative_to(TESTS).as_posix()
+        needs_pure = item.get_closest_marker("pure_python")
+        callspec = getattr(item, "callspec", None)
+        on_cluster = callspec is not None and callspec.params.get("space") == "cluster"
+        if needs_pure is not None or (module in PURE_PASS and not on_cluster):
+            item.add_marker(pytest.mark.pure_pass)
+        if needs_pure is not None and protobase.HOT_PATH == "compiled":
+            reason = needs_pure.args[0] if needs_pure.args else "needs the pure-Python form"
+            item.add_marker(pytest.mark.skip(reason=f"compiled hot path; pure pass only: {reason}"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -222,6 +222,7 @@ def test_links_stay_exact_when_a_rebase_rewrites_the_change(value: Any) -> None:
         assert root_names(db) == ["mine", "theirs"]
 
 
+@pytest.mark.pure_python("replaces a method of a Committer instance")
 @LINK_SETTINGS
 @given(value=nested_values)
 def test_links_stay_exact_when_a_rebase_follows_the_early_encoding(value: Any) -> None:

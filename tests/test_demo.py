@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import protobase
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -23,6 +25,7 @@ def test_demo_runs_twice_and_the_second_run_finds_the_first(tmp_path: Path) -> N
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "created database 'shop'" in out
+    assert f"hot path: {protobase.HOT_PATH}" in out
     assert "A-100: Product(name='teapot', price=24.50)" in out
     assert "after 2 attempts" in out
     assert "Alice's balance: 29.25" in out

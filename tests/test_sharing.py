@@ -138,6 +138,7 @@ def test_registering_a_class_later_decodes_shared_leaves_again(space: ObjectSpac
         registry._by_name["tests.sharing.Late"] = Late
 
 
+@pytest.mark.pure_python("counts decodes by patching btree.Node.from_payload")
 def test_a_warm_one_object_commit_decodes_no_node(
     space: ObjectSpace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -314,6 +314,7 @@ def test_pack_waits_for_a_read_in_flight(tmp_path: Path, monkeypatch: pytest.Mon
             assert dict(tr.get_root_object("big").items()) == items
 
 
+@pytest.mark.pure_python("replaces a method of the space's Committer")
 def test_transaction_started_while_a_pack_runs_keeps_its_version(
     space: ObjectSpace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
