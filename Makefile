@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 NATIVE_SOURCES := $(shell $(PYTHON) protobase/native.py)
 NATIVE := protobase/_native_manifest.json
 
-$(NATIVE): $(NATIVE_SOURCES) setup.py | $(STAMP)
+$(NATIVE): $(NATIVE_SOURCES) protobase/native.py setup.py | $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace
 
 native: $(NATIVE)

@@ -29,6 +29,8 @@ def compiled_extensions() -> list:
         for module in native["COMPILED_MODULES"]
     ]
     manifest.write_text(native["manifest_text"](ROOT))
+    for leftover in native["orphan_extensions"](ROOT / "protobase"):
+        leftover.unlink()  # a module no longer compiled: its source must load again
     # The build environment has none of the optional dependencies (aiohttp, boto3) that
     # modules outside the compiled set import; their types do not reach the hot path.
     return mypycify(

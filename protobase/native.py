@@ -15,6 +15,8 @@ Invariants, checked once when `protobase` is imported (`select_hot_path`):
   build records a hash of each source in `protobase/_native_manifest.json`, and a
   mismatch is an `ImportError` naming the file and the two ways out (rebuild, or
   run pure).
+- No extension of a module outside the list exists (one left by an older build
+  would shadow its source): an `ImportError`; the build deletes such leftovers.
 - `PROTOBASE_PURE_PYTHON=1` makes every module of the list load from its source
   even when extensions exist; the test suite uses it to run the fallback.
   Any other value but `0` or unset is a `ValueError`.
@@ -48,6 +50,10 @@ COMPILED_MODULES: tuple[str, ...] = (
     "protobase.sharing",
     "protobase.committer",
     "protobase.transaction",
+    "protobase.atoms",
+    "protobase.collections.fields",
+    "protobase.collections.indexes",
+    "protobase.query.planner",
 )
 
 # The shared library mypyc builds for the group (imported by each module's shim).
@@ -87,6 +93,26 @@ def _extension_of(module: str) -> Path | None:
     return None
 
 
+def orphan_extensions(package_dir: Path = _PACKAGE_DIR) -> list[Path]:
+    """Extensions under the package of modules no longer in `COMPILED_MODULES`.
+
+    An extension left by an older build would shadow its module's source.
+    """
+    group_library = GROUP_NAME.rsplit(".", 1)[1] + "__mypyc"
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
+    orphans = []
+    for path in sorted(package_dir.rglob("*")):
+        # the longest suffix names the module (".so" alone also ends the others)
+        suffix = next((suffix for suffix in suffixes if path.name.endswith(suffix)), None)
+        if suffix is None:
+            continue
+        stem = path.name[: -len(suffix)]
+        parts = path.parent.relative_to(package_dir.parent).parts
+        if stem != group_library and ".".join((*parts, stem)) not in COMPILED_MODULES:
+            orphans.append(path)
+    return orphans
+
+
 class _SourceFirst(importlib.abc.MetaPathFinder):
     """Finds the compiled modules' Python sources ahead of their extensions."""
 
@@ -124,6 +150,12 @@ def select_hot_path() -> str:
     loaded = [module for module in COMPILED_MODULES if module in sys.modules]
     if loaded:
         raise ImportError(f"protobase.native must run before {loaded[0]} is imported")
+    orphans = orphan_extensions()
+    if orphans:
+        raise ImportError(
+            f"{orphans[0]} is left from an older build (its module is no longer compiled) and "
+            "would shadow its source; delete it or rebuild (`make native`)"
+        )
     built = {module: ext for module in COMPILED_MODULES if (ext := _extension_of(module))}
     if switch == "1":
         if not any(isinstance(finder, _SourceFirst) for finder in sys.meta_path):

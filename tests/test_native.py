@@ -143,3 +143,18 @@ def test_the_manifest_records_every_compiled_source() -> None:
     assert sorted(sources) == sorted(native.COMPILED_MODULES)
     for module, digest in sources.items():
         assert digest == native.source_hash(native.source_path(module))
+
+
+def test_an_extension_left_by_an_older_build_is_refused(tmp_path: Path) -> None:
+    # A module dropped from the list keeps its extension until a build deletes it;
+    # it would shadow the source, so the import refuses it, in either form.
+    require_build()
+    root = package_copy(tmp_path)
+    built = native._extension_of("protobase.codec")
+    assert built is not None
+    leftover = root / "protobase" / built.name.replace("codec", "values", 1)
+    shutil.copy(built, leftover)
+    for pure in (None, "1"):
+        result = run_python(PROBE, pure, root)
+        assert result.returncode != 0
+        assert f"{leftover} is left from an older build" in result.stderr
