@@ -106,7 +106,7 @@ N ?= 500
 crash: $(STAMP)
 	PROTOBASE_CRASH_RUNS=$(N) $(BIN)/python -m pytest -q tests/file_storage/test_crash.py
 
-# More seeds of the Raft simulation than `make test` runs (500): make sim SEEDS=5000
+# More seeds of the Raft simulation than `make test` runs (200): make sim SEEDS=5000
 # (FIRST=N starts elsewhere; FAULT=name runs the mutation check by hand).
 SEEDS ?= 5000
 FIRST ?= 0

@@ -12,7 +12,12 @@ import os
 import pytest
 from raft_simulation import Simulation, Violation, run_seeds
 
-SEEDS = int(os.environ.get("PROTOBASE_SIM_SEEDS", "300"))
+# 200 seeds: every value of every fault parameter a seed draws (loss, duplication,
+# delay, crashes, partitions, membership changes, snapshots, 3 or 5 voters, up to
+# 7 nodes) is drawn by 14 seeds or more (most by 55 or more), and 42 seeds have
+# crashes, partitions, membership changes and snapshots at once; 300 took some
+# 5 s more. `make sim` (5000 seeds) and PROTOBASE_SIM_SEEDS run more.
+SEEDS = int(os.environ.get("PROTOBASE_SIM_SEEDS", "200"))
 CHUNK = 50
 
 
