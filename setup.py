@@ -31,12 +31,14 @@ def compiled_extensions() -> list:
     manifest.write_text(native["manifest_text"](ROOT))
     for leftover in native["orphan_extensions"](ROOT / "protobase"):
         leftover.unlink()  # a module no longer compiled: its source must load again
+    # -O1: the same instruction counts as -O3 on the commit and index-build paths
+    # (measured with callgrind), in two thirds of the compile time.
     # The build environment has none of the optional dependencies (aiohttp, boto3) that
     # modules outside the compiled set import; their types do not reach the hot path.
     return mypycify(
         ["--ignore-missing-imports", *sources],
         group_name=native["GROUP_NAME"],
-        opt_level="3",
+        opt_level="1",
         debug_level="0",
     )
 
