@@ -25,7 +25,8 @@ import msgpack
 
 from .cluster_cli import pid_file
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.25
+"""How often a watch reads the cluster map (one small GET): a step shows within 0.25 s."""
 
 
 class MembershipCommandError(Exception):
