@@ -63,7 +63,7 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff format protobase cluster chaos seglog tests bench ops setup.py
-	$(BIN)/ruff check --fix protobase cluster chaos seglog tests bench ops
+	$(BIN)/ruff check --fix protobase cluster chaos seglog tests bench ops setup.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(NATIVE)
@@ -73,6 +73,13 @@ bench: | $(BIN)/python
 	$(BIN)/pip install -e '.[bench]'
 	$(BIN)/python bench/embedded.py
 	$(BIN)/python bench/queries.py
+
+# Instructions per operation, compiled vs pure Python, under valgrind (Debian's valgrind).
+.PHONY: bench-hot-path
+bench-hot-path: $(STAMP) $(NATIVE)
+	command -v valgrind >/dev/null 2>&1 || apt-get install -y valgrind || \
+		{ apt-get update && apt-get install -y valgrind; }
+	$(BIN)/python bench/hot_path.py
 
 bench-queries: | $(BIN)/python
 	$(BIN)/python bench/queries.py
