@@ -54,6 +54,12 @@ COMPILED_MODULES: tuple[str, ...] = (
     "protobase.collections.fields",
     "protobase.collections.indexes",
     "protobase.query.planner",
+    "protobase.query.expressions",
+    "protobase.query.builder",
+    "protobase.query.plans",
+    "protobase.query.sorting",
+    "protobase.query.grouping",
+    "protobase.query.joins",
 )
 
 # The shared library mypyc builds for the group (imported by each module's shim).

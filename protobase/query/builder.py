@@ -37,17 +37,16 @@ class Query:
 
     __slots__ = ("_make", "_plan")
 
-    def __init__(self, source: Any) -> None:
-        plan = as_plan(source)
-        self._make: Callable[[], QueryPlan] = lambda: plan
+    def __init__(self, source: Any, _make: Callable[[], QueryPlan] | None = None) -> None:
+        if _make is None:
+            plan = as_plan(source)
+            _make = lambda: plan  # noqa: E731
+        self._make: Callable[[], QueryPlan] = _make
         self._plan: QueryPlan | None = None
 
     @classmethod
     def _from(cls, make: Callable[[], QueryPlan]) -> Query:
-        query = cls.__new__(cls)
-        query._make = make
-        query._plan = None
-        return query
+        return cls(None, make)
 
     @property
     def plan(self) -> QueryPlan:

@@ -340,7 +340,10 @@ class In(Term):
 
     def __init__(self, path: Path, values: Iterable[Any]) -> None:
         super().__init__(path)
-        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        # One flag, not the test inline: narrowing `values` to str | bytes in the
+        # raise branch made the compiled form check that type (and fail on 3).
+        not_a_list = isinstance(values, (str, bytes)) or not isinstance(values, Iterable)
+        if not_a_list:
             raise QueryError(f"'in' takes a list of values, not {values!r}")
         self.values = tuple(_plain(value) for value in values)
 
@@ -540,7 +543,8 @@ class Field:
             raise AttributeError(name)
         return Field((*self.path, name))
 
-    def __getitem__(self, name: str) -> Field:
+    def __getitem__(self, name: object) -> Field:
+        # `object`, so that the compiled form too reaches the QueryError below
         if not isinstance(name, str) or not name:
             raise QueryError(f"a field name is a non-empty str, not {name!r}")
         return Field((*self.path, name))
@@ -579,7 +583,8 @@ class Field:
     def contains(self, value: Any) -> Expression:
         return Contains(self._require_path(), value)
 
-    def startswith(self, prefix: str | bytes) -> Expression:
+    def startswith(self, prefix: Any) -> Expression:
+        """Rows whose field starts with `prefix` (a str or bytes, or a Literal of one)."""
         return StartsWith(self._require_path(), prefix)
 
     def is_null(self) -> Expression:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from ..collections import CountedSet, Dictionary, HashDictionary, PersistentCollection
 from ..collections.fields import parse_path, read_path
 from ..collections.ordering import sort_key
@@ -91,6 +93,7 @@ def _count(value: int | None, factor: float) -> int | None:
     return None if value is None else int(value * factor)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # applications may write their own plans
 class QueryPlan:
     """A node of a query plan. Subclasses implement `_rows` and `_describe`."""
 

@@ -22,10 +22,12 @@ from ..errors import QueryError, ValidationError
 from .expressions import OrderKey, field_reader
 from .plans import PlanDescription, QueryPlan
 
-_UNORDERABLE = (1 << 61,)
-_NULL_HIGH = (1 << 62,)
-_NULL_LOW = (-2,)
-_UNORDERABLE_DESC = (-1,)
+# Typed Any so that the compiled form keeps each marker one boxed object: `part`
+# below tests `is _UNORDERABLE`, and mypyc would re-box a `tuple[int]` at each use.
+_UNORDERABLE: Any = (1 << 61,)
+_NULL_HIGH: Any = (1 << 62,)
+_NULL_LOW: Any = (-2,)
+_UNORDERABLE_DESC: Any = (-1,)
 
 
 @total_ordering
