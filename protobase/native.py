@@ -130,7 +130,7 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
 
 
-def _check_manifest(built: dict[str, Path]) -> None:
+def _check_manifest() -> None:
     try:
         recorded = json.loads((_PACKAGE_DIR / MANIFEST_NAME).read_text())
     except (OSError, ValueError) as exc:
@@ -138,7 +138,7 @@ def _check_manifest(built: dict[str, Path]) -> None:
             f"protobase's compiled modules have no readable build manifest ({exc}); rebuild "
             f"them (`make native`) or set {ENV_SWITCH}=1 to run the pure-Python sources"
         ) from exc
-    for module in built:
+    for module in COMPILED_MODULES:
         source = source_path(module)
         if recorded.get(module) != source_hash(source):
             raise ImportError(
@@ -162,7 +162,7 @@ def select_hot_path() -> str:
             f"{orphans[0]} is left from an older build (its module is no longer compiled) and "
             "would shadow its source; delete it or rebuild (`make native`)"
         )
-    built = {module: ext for module in COMPILED_MODULES if (ext := _extension_of(module))}
+    built = [module for module in COMPILED_MODULES if _extension_of(module) is not None]
     if switch == "1":
         if not any(isinstance(finder, _SourceFirst) for finder in sys.meta_path):
             sys.meta_path.insert(0, _SourceFirst())
@@ -177,7 +177,7 @@ def select_hot_path() -> str:
             f"protobase's compiled hot path is incomplete ({source_path(missing[0])} has no "
             f"extension); rebuild it (`make native`) or set {ENV_SWITCH}=1"
         )
-    _check_manifest(built)
+    _check_manifest()
     HOT_PATH = "compiled"
     return HOT_PATH
 
